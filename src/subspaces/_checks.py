@@ -1,0 +1,82 @@
+"""Input validation shared by the whole library.
+
+Every public function validates user input through these helpers so that errors are uniform:
+a ``ValueError`` or ``TypeError`` that names the offending argument, its value and what was
+expected. Nothing here is public API.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(x: Any, name: str) -> Tensor:
+    """Return ``x`` if it is a tensor, else raise ``TypeError``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def check_float_tensor(x: Any, name: str, *, ndim: int | tuple[int, ...] | None = None) -> Tensor:
+    """Check that ``x`` is a real floating-point tensor with the given number of dimensions."""
+    x = check_tensor(x, name)
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else ndim
+        if x.ndim not in allowed:
+            raise ValueError(
+                f"{name} must have {' or '.join(map(str, allowed))} dimensions, "
+                f"got shape {tuple(x.shape)}"
+            )
+    return x
+
+
+def check_finite(x: Tensor, name: str) -> Tensor:
+    """Raise ``ValueError`` if ``x`` holds NaN or Inf."""
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf)")
+    return x
+
+
+def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
+    """Return ``value`` as an int if it is an integer ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_positive_float(value: Any, name: str, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as a float if it is finite and positive (or zero when allowed)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        expected = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {expected}, got {value}")
+    return value
+
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return str(value)
+
+
+def default_tol(dtype: torch.dtype) -> float:
+    """Default relative residual tolerance for iterative solvers in ``dtype``.
+
+    float64 gets 1e-8; float32 gets 1e-5 (about 100 machine epsilons, what a Krylov method
+    with full reorthogonalization reliably certifies in single precision).
+    """
+    return 1e-8 if dtype == torch.float64 else 1e-5

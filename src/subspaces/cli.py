@@ -1,0 +1,512 @@
+"""The ``subspaces`` command line.
+
+Usage::
+
+    subspaces --help | --version
+    subspaces reproduce --list
+    subspaces reproduce ID... [--fast] [--seed N] [--out DIR] [--quiet]
+    subspaces reproduce --all [--fast] [--seed N] [--out DIR] [--quiet]
+    subspaces demo [--n N] [--seed S]
+
+Exit status: 0 on success (every reproduction passed), 1 if a reproduction failed its criterion,
+2 on an error (bad arguments, unknown id, an exception inside an experiment), 130 when
+interrupted. Results go to ``stdout``; progress and diagnostics to ``stderr``.
+
+Each subcommand is one entry of :data:`COMMANDS`: a name, a one-line help, a function that adds
+its arguments and a function that runs it and returns the exit status. A new subcommand (the
+curvature work's ``analyze``) is one more entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import platform
+import random
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from ._progress import Heartbeat, format_seconds
+
+if TYPE_CHECKING:
+    from .experiments.registry import Experiment
+
+__all__ = ["COMMANDS", "Command", "CommandError", "build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class CommandError(Exception):
+    """A user error found after argument parsing; printed as one line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand of ``subspaces``.
+
+    Attributes:
+        name: the word after ``subspaces``.
+        help: one line for ``subspaces --help``.
+        configure: adds the subcommand's arguments to its parser.
+        handler: runs it and returns the exit status.
+    """
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+
+
+# ----- argument types -----------------------------------------------------------------------------
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    return {
+        "subspaces_version": __version__,
+        "torch_version": str(torch.__version__),
+        "python_version": platform.python_version(),
+    }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ----- reproduce ----------------------------------------------------------------------------------
+def _configure_reproduce(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ids", nargs="*", metavar="ID", help="experiment ids to run, e.g. C01 P08")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--list", action="store_true", help="list the experiments and exit")
+    which.add_argument("--all", action="store_true", help="run every registered experiment")
+    p.add_argument("--fast", action="store_true", help="the small setting (what the tests run)")
+    p.add_argument(
+        "--seed",
+        type=_int_at_least(0),
+        default=0,
+        help="random seed passed to each run (default 0)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/reproduce"),
+        metavar="DIR",
+        help="where ID.json, figures and summary.json are written (default runs/reproduce)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output on stderr")
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 3, 0)] + "..."
+
+
+def _list_experiments() -> int:
+    from .experiments import all_experiments, import_errors
+
+    experiments = all_experiments()
+    width = shutil.get_terminal_size((120, 24)).columns
+    title_w = max([len("title"), *(len(e.title) for e in experiments)])
+    title_w = min(title_w, 60)
+    print(f"{'id':<4}  {'slow':<4}  {'title':<{title_w}}  paper")
+    for e in experiments:
+        paper_w = max(width - (4 + 2 + 4 + 2 + title_w + 2), 20)
+        title = _shorten(e.title, title_w)
+        slow = "yes" if e.slow else ""
+        print(f"{e.id:<4}  {slow:<4}  {title:<{title_w}}  {_shorten(e.paper, paper_w)}")
+    print(f"{len(experiments)} experiment(s)")
+    for module, error in sorted(import_errors().items()):
+        _err(f"warning: reproduction module {module} failed to import: {error}")
+    return EXIT_OK
+
+
+def _select(args: argparse.Namespace) -> list[Experiment]:
+    from .experiments import all_experiments, get
+
+    if args.all:
+        if args.ids:
+            raise CommandError("give experiment ids or --all, not both")
+        return all_experiments()
+    if not args.ids:
+        raise CommandError("nothing to run: give experiment ids (e.g. C01), --all or --list")
+    selected: list[Experiment] = []
+    unknown: list[str] = []
+    for raw in args.ids:
+        try:
+            experiment = get(raw.upper())
+        except KeyError:
+            unknown.append(raw)
+            continue
+        if experiment not in selected:
+            selected.append(experiment)
+    if unknown:
+        try:
+            get(unknown[0])
+        except KeyError as error:
+            raise CommandError(str(error)) from None
+    return selected
+
+
+def _brief_traceback(error: BaseException, frames: int = 3) -> str:
+    te = traceback.TracebackException.from_exception(error)
+    lines = ["Traceback (last frames):"]
+    for frame in list(te.stack)[-frames:]:
+        lines.append(f"  {frame.filename}:{frame.lineno} in {frame.name}")
+        if frame.line:
+            lines.append(f"    {frame.line.strip()}")
+    lines.append("".join(te.format_exception_only()).strip())
+    return "\n".join(lines)
+
+
+def _key_numbers(measured: dict[str, Any], limit: int = 5) -> str:
+    parts = []
+    for key, value in measured.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+        if len(parts) == limit:
+            break
+    return ", ".join(parts)
+
+
+def _run_one(
+    experiment: Experiment, args: argparse.Namespace, out: Path, versions: dict[str, str]
+) -> dict[str, Any]:
+    """Run one experiment and write ``out/ID.json`` and its figures.
+
+    An exception inside the experiment is reported (a brief traceback on stderr, the full one in
+    the JSON) and turned into an ``error`` record, so the other experiments still run.
+
+    Returns:
+        The experiment's row of ``summary.json``.
+
+    Raises:
+        TypeError: (caught here) when ``run`` does not return an ``ExperimentResult``.
+    """
+    import numpy as np
+    import torch
+
+    from ._io import atomic_write_bytes, to_jsonable, write_json
+    from .experiments.registry import ExperimentResult
+
+    record: dict[str, Any] = {
+        "id": experiment.id,
+        "title": experiment.title,
+        "paper": experiment.paper,
+        "claim": experiment.claim,
+        "criterion": experiment.criterion,
+        "slow": experiment.slow,
+        "seed": args.seed,
+        "fast": args.fast,
+        "date": _now(),
+        **versions,
+    }
+    random.seed(args.seed)
+    np.random.seed(args.seed)  # noqa: NPY002 (legacy global state, for experiments that use it)
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    try:
+        with Heartbeat(f"{experiment.id} running", quiet=args.quiet):
+            result = experiment.run(args.fast, args.seed)
+        seconds = time.perf_counter() - start
+        if not isinstance(result, ExperimentResult):
+            raise TypeError(
+                f"{experiment.id}'s run returned {type(result).__name__}, expected ExperimentResult"
+            )
+        measured = to_jsonable(result.measured)
+        figures = []
+        for name, data in sorted(result.figures.items()):
+            atomic_write_bytes(out / f"{experiment.id}_{name}.png", data)
+            figures.append(f"{experiment.id}_{name}.png")
+        record.update(
+            measured=measured,
+            passed=result.passed,
+            status="passed" if result.passed else "failed",
+            summary=result.summary,
+            figures=figures,
+            error=None,
+            seconds=seconds,
+        )
+        verdict = "PASS" if result.passed else "FAIL"
+        detail = result.summary or _key_numbers(measured)
+        print(f"{verdict}  {experiment.id}  [{format_seconds(seconds)}]  {detail}", flush=True)
+    except Exception as error:
+        seconds = time.perf_counter() - start
+        record.update(
+            measured={},
+            passed=False,
+            status="error",
+            summary="",
+            figures=[],
+            error="".join(traceback.format_exception(type(error), error, error.__traceback__)),
+            seconds=seconds,
+        )
+        print(
+            f"ERROR {experiment.id}  [{format_seconds(seconds)}]  {type(error).__name__}: {error}",
+            flush=True,
+        )
+        _err(_brief_traceback(error))
+    write_json(out / f"{experiment.id}.json", record)
+    return {k: record[k] for k in ("id", "title", "status", "passed", "seconds", "summary")}
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    if args.list:
+        if args.ids:
+            raise CommandError("--list takes no experiment ids")
+        return _list_experiments()
+    from ._io import write_json
+    from .experiments import import_errors
+
+    experiments = _select(args)
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out must be a directory, but {str(out)!r} is a file")
+    out.mkdir(parents=True, exist_ok=True)
+    versions = _versions()
+    broken = import_errors() if args.all else {}
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for module, error in sorted(broken.items()):
+        print(f"ERROR {module}  reproduction module failed to import: {error}", flush=True)
+        rows.append(
+            {
+                "id": module,
+                "title": "",
+                "status": "error",
+                "passed": False,
+                "seconds": 0.0,
+                "summary": f"import failed: {error}",
+            }
+        )
+    for i, experiment in enumerate(experiments, 1):
+        if not args.quiet:
+            setting = "fast" if args.fast else "full"
+            position = f"[{i}/{len(experiments)}]"
+            _err(f"{position} {experiment.id} {experiment.title} ({setting}, seed {args.seed})")
+        rows.append(_run_one(experiment, args, out, versions))
+    seconds = time.perf_counter() - start
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("passed", "failed", "error")}
+    status = EXIT_ERROR if counts["error"] else EXIT_FAILED if counts["failed"] else EXIT_OK
+    write_json(
+        out / "summary.json",
+        {
+            "date": _now(),
+            "fast": args.fast,
+            "seed": args.seed,
+            "seconds": seconds,
+            "counts": counts,
+            "exit_status": status,
+            "results": rows,
+            **versions,
+        },
+    )
+    print(
+        f"Summary: {counts['passed']} passed, {counts['failed']} failed, "
+        f"{counts['error']} error(s) of {len(rows)} in {format_seconds(seconds)}; "
+        f"results in {out}{os.sep}",
+        flush=True,
+    )
+    return status
+
+
+# ----- demo ---------------------------------------------------------------------------------------
+def _configure_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--n", type=_int_at_least(50), default=20000, help="operator dimension (default 20000)"
+    )
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from .linalg.lanczos import lanczos
+    from .linalg.power import power_iteration
+    from .testing import KnownSpectrumOperator, gap_spectrum
+
+    k, gap, tol, n = 5, 0.98, 1e-6, args.n
+    lam = gap_spectrum(n, k, gap)
+    A = KnownSpectrumOperator(lam, generator=torch.Generator().manual_seed(args.seed))
+    print(
+        f"Top-{k} eigenpairs of a {n} x {n} matrix-free symmetric operator with known spectrum\n"
+        f"(lambda_(i+1) / lambda_i = {gap} for the top {k + 1}, then a bulk), both solvers run\n"
+        f"to a relative residual ||Ax - theta x|| <= {tol:g} ||A||, checked explicitly.\n"
+    )
+    start = time.perf_counter()
+    with Heartbeat("Lanczos"):
+        lz = lanczos(A, k, tol=tol, generator=torch.Generator().manual_seed(args.seed + 1))
+    lz_s = time.perf_counter() - start
+    start = time.perf_counter()
+    with Heartbeat("power iteration"):
+        pw = power_iteration(A, k, tol=tol, generator=torch.Generator().manual_seed(args.seed + 2))
+    pw_s = time.perf_counter() - start
+
+    lz_vals, pw_vals = lz.eigenvalues.tolist(), pw.eigenvalues.tolist()
+    lz_res, pw_res = lz.relative_residuals.tolist(), pw.relative_residuals.tolist()
+    head = ("i", "true", "Lanczos", "rel.resid", "power", "rel.resid")
+    print(f"{head[0]:>2}  {head[1]:>12}  {head[2]:>12}  {head[3]:>9}  {head[4]:>12}  {head[5]:>9}")
+    for i in range(k):
+        print(
+            f"{i + 1:>2}  {float(lam[i]):>12.9f}  {lz_vals[i]:>12.9f}  {lz_res[i]:>9.1e}"
+            f"  {pw_vals[i]:>12.9f}  {pw_res[i]:>9.1e}"
+        )
+    lz_err = float(((lz.eigenvalues.sort(descending=True).values - lam[:k]).abs() / lam[:k]).max())
+    pw_err = float(((pw.eigenvalues.sort(descending=True).values - lam[:k]).abs() / lam[:k]).max())
+    ratio = pw.num_matvecs / max(lz.num_matvecs, 1)
+    print(f"\n{'':<16}{'matvecs':>8}  {'seconds':>8}  {'certified':>9}  {'max eig. error':>14}")
+    for name, res, secs, err in (
+        ("Lanczos", lz, lz_s, lz_err),
+        ("power iteration", pw, pw_s, pw_err),
+    ):
+        certified = f"{int(res.converged.sum())}/{k}"
+        print(f"{name:<16}{res.num_matvecs:>8}  {secs:>8.3f}  {certified:>9}  {err:>14.1e}")
+    speedup = pw_s / max(lz_s, 1e-12)
+    pace = f"{speedup:.1f}x faster" if speedup >= 1 else f"{1 / speedup:.1f}x slower"
+    print(f"Lanczos used {ratio:.1f}x fewer matvecs and was {pace} in wall time.")
+
+    trace_line = _demo_trace(A, lam, args.seed)
+    print(
+        f"\nSummary: Lanczos certified {int(lz.converged.sum())}/{k} eigenpairs with {ratio:.1f}x "
+        f"fewer matvecs than power iteration ({pw.num_matvecs} vs {lz.num_matvecs}); {trace_line}"
+    )
+    return EXIT_OK if lz.all_converged else EXIT_FAILED
+
+
+def _demo_trace(A: Any, lam: Any, seed: int, num_matvecs: int = 120) -> str:
+    """Print trace estimates next to the true trace.
+
+    Returns:
+        A phrase for the summary line.
+    """
+    import torch
+
+    try:
+        from .linalg.trace import hutchinson_trace, xtrace
+    except ImportError:
+        print("\nTrace estimation: skipped (subspaces.linalg.trace is not available yet).")
+        return "trace estimation skipped."
+    true = float(lam.sum())
+    print(f"\nTrace estimates with {num_matvecs} matvecs each (true trace {true:.6g}):")
+    print(f"{'':<12}{'estimate':>14}  {'std. error':>10}  {'error':>10}  {'|error| / se':>12}")
+    phrases = []
+    for name, fn in (("Hutchinson", hutchinson_trace), ("XTrace", xtrace)):
+        res = fn(A, num_matvecs, generator=torch.Generator().manual_seed(seed + 3))
+        est = float(res.estimate)
+        se = getattr(res, "stderr", None)
+        se_f = float(se) if se is not None else float("nan")
+        err = est - true
+        z = abs(err) / se_f if se_f > 0 else float("nan")
+        print(f"{name:<12}{est:>14.6g}  {se_f:>10.2g}  {err:>10.2g}  {z:>12.2f}")
+        phrases.append(f"{name} within {z:.1f} standard errors")
+    return "trace: " + ", ".join(phrases) + "."
+
+
+# ----- the command table --------------------------------------------------------------------------
+COMMANDS: list[Command] = [
+    Command(
+        "reproduce",
+        "run the papers' reproductions and write their verdicts (ID.json, summary.json)",
+        _configure_reproduce,
+        _reproduce,
+    ),
+    Command(
+        "demo",
+        "a short demonstration of the core: certified Lanczos vs power iteration, trace estimates",
+        _configure_demo,
+        _demo,
+    ),
+    # "analyze" (the training-dynamics report of the curvature work) goes here.
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``subspaces`` argument parser, one subparser per entry of :data:`COMMANDS`.
+
+    Returns:
+        The parser.
+
+    Example:
+        >>> build_parser().parse_args(["reproduce", "C01", "--fast"]).fast
+        True
+    """
+    parser = argparse.ArgumentParser(
+        prog="subspaces",
+        description="The low-dimensional structure of learning: find, compare and use the "
+        "subspaces where learning happens.",
+        epilog="Exit status: 0 success, 1 a reproduction failed, 2 an error. "
+        "Run 'subspaces COMMAND --help' for a command's options.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"subspaces {__version__} (python {platform.python_version()})",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.configure(p)
+        p.set_defaults(handler=command.handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``subspaces`` command line.
+
+    Args:
+        argv: the arguments after the program name (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 success, 1 a reproduction failed, 2 an error, 130 interrupted.
+
+    Example:
+        >>> main(["reproduce", "--list"])  # doctest: +ELLIPSIS
+        id    slow  title ...
+        C01 ...
+        0
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version and usage errors
+        code = exit_.code
+        return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_ERROR)
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        _err("subspaces: error: a command is required (see 'subspaces --help')")
+        return EXIT_ERROR
+    try:
+        return int(args.handler(args))
+    except CommandError as error:
+        _err(f"subspaces {args.command}: error: {error}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _err("subspaces: interrupted")
+        return EXIT_INTERRUPTED

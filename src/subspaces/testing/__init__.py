@@ -1,0 +1,29 @@
+"""Tools to test operators and estimators: matrices of known spectrum and checking functions.
+
+Exported so users can check their own operators the way the library checks its own.
+"""
+
+from .checks import assert_matches_dense, check_estimator_convergence
+from .matrices import (
+    KnownSpectrumOperator,
+    clustered_spectrum,
+    gap_spectrum,
+    geometric_spectrum,
+    marchenko_pastur_spectrum,
+    matrix_with_spectrum,
+    polynomial_spectrum,
+    random_orthogonal,
+)
+
+__all__ = [
+    "KnownSpectrumOperator",
+    "assert_matches_dense",
+    "check_estimator_convergence",
+    "clustered_spectrum",
+    "gap_spectrum",
+    "geometric_spectrum",
+    "marchenko_pastur_spectrum",
+    "matrix_with_spectrum",
+    "polynomial_spectrum",
+    "random_orthogonal",
+]
