@@ -2,8 +2,50 @@
 
 Find the subspaces where learning happens (curvature spectra, gradient and representation
 subspaces), compare them, and use them.
+
+Example:
+    >>> import torch, subspaces
+    >>> A = torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64))
+    >>> top = subspaces.lanczos(A, 3, generator=torch.Generator().manual_seed(0))
+    >>> top.eigenvalues.tolist(), top.all_converged
+    ([100.0, 99.0, 98.0], True)
 """
+
+from .linalg import (
+    Subspace,
+    cg,
+    diagonal,
+    hutchinson_trace,
+    hutchpp_trace,
+    lanczos,
+    minres,
+    nystrom,
+    power_iteration,
+    randomized_eigh,
+    randomized_range_finder,
+    randomized_svd,
+    slq_density,
+    xtrace,
+)
+from .linops import LinearOperator
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "LinearOperator",
+    "Subspace",
+    "__version__",
+    "cg",
+    "diagonal",
+    "hutchinson_trace",
+    "hutchpp_trace",
+    "lanczos",
+    "minres",
+    "nystrom",
+    "power_iteration",
+    "randomized_eigh",
+    "randomized_range_finder",
+    "randomized_svd",
+    "slq_density",
+    "xtrace",
+]

@@ -78,5 +78,8 @@ def default_tol(dtype: torch.dtype) -> float:
 
     float64 gets 1e-8; float32 gets 1e-5 (about 100 machine epsilons, what a Krylov method
     with full reorthogonalization reliably certifies in single precision).
+
+    Returns:
+        ``1e-8`` for ``torch.float64``, ``1e-5`` for every other dtype.
     """
     return 1e-8 if dtype == torch.float64 else 1e-5

@@ -60,37 +60,50 @@ class ParamLayout:
 
         A matrix results when every tensor carries one extra trailing dimension ``b``.
 
+        Returns:
+            The flat vector ``(numel,)``, or the matrix ``(numel, b)`` in the batched case, with
+            the parameters stacked in layout order.
+
         Raises:
             ValueError: if names or shapes do not match the layout.
         """
         if set(tensors) != set(self.names):
             missing = sorted(set(self.names) - set(tensors))
             extra = sorted(set(tensors) - set(self.names))
-            raise ValueError(f"parameter names do not match the layout: missing {missing}, extra {extra}")
+            raise ValueError(
+                f"parameter names do not match the layout: missing {missing}, extra {extra}"
+            )
         first = tensors[self.names[0]]
         batched = first.ndim == len(self.shapes[0]) + 1
         pieces = []
-        for name, shape in zip(self.names, self.shapes):
+        for name, shape in zip(self.names, self.shapes, strict=True):
             t = tensors[name]
             expected = (*shape, first.shape[-1]) if batched else shape
             if tuple(t.shape) != tuple(expected):
-                raise ValueError(f"tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(expected)}")
+                raise ValueError(
+                    f"tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(expected)}"
+                )
             pieces.append(t.reshape(-1, first.shape[-1]) if batched else t.reshape(-1))
         return torch.cat(pieces, dim=0)
 
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         """Split a vector ``(numel,)`` or matrix ``(numel, b)`` back into a dictionary.
 
+        Returns:
+            A dictionary ``name -> tensor`` in layout order; each tensor has its layout shape,
+            plus a trailing ``b`` dimension for a matrix input.
+
         Raises:
             ValueError: if the leading dimension is not :attr:`numel`.
         """
         if flat.ndim not in (1, 2) or flat.shape[0] != self.numel:
             raise ValueError(
-                f"expected a tensor of shape ({self.numel},) or ({self.numel}, b), got {tuple(flat.shape)}"
+                f"expected a tensor of shape ({self.numel},) or ({self.numel}, b), "
+                f"got {tuple(flat.shape)}"
             )
         tail = tuple(flat.shape[1:])
         chunks = torch.split(flat, list(self.sizes), dim=0)
         return {
             name: chunk.reshape(*shape, *tail)
-            for name, shape, chunk in zip(self.names, self.shapes, chunks)
+            for name, shape, chunk in zip(self.names, self.shapes, chunks, strict=True)
         }

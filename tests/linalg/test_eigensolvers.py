@@ -53,13 +53,17 @@ def check_certified(A, r, k, which, rtol=None):
     # the reported residuals are real: recomputed independently, and below tol * scale
     torch.testing.assert_close(true_residuals(A, r), r.residuals, rtol=1e-6, atol=1e-12 * r.scale)
     assert torch.all(r.residuals <= r.tol * r.scale)
-    torch.testing.assert_close(r.eigenvectors.T @ r.eigenvectors, torch.eye(k, dtype=F64), atol=1e-10, rtol=0)
+    torch.testing.assert_close(
+        r.eigenvectors.T @ r.eigenvectors, torch.eye(k, dtype=F64), atol=1e-10, rtol=0
+    )
 
 
 SPECTRA = {
     "gap_0.98": lambda: gap_spectrum(300, 5, 0.98),
     "geometric": lambda: geometric_spectrum(300, 0.95),
-    "clustered": lambda: clustered_spectrum(300, [3.0, 2.0, -2.5], 2, spread=1e-3, generator=gen(1)),
+    "clustered": lambda: clustered_spectrum(
+        300, [3.0, 2.0, -2.5], 2, spread=1e-3, generator=gen(1)
+    ),
     "indefinite": lambda: torch.linspace(-4.0, 3.0, 300, dtype=F64),
 }
 
@@ -174,11 +178,21 @@ def test_str_reports_certificate():
         (lambda: lanczos(torch.eye(3, dtype=F64), 1, "top"), ValueError, "which must be one of"),
         (lambda: lanczos(torch.eye(3, dtype=F64), 1, tol=-1.0), ValueError, "tol"),
         (lambda: lanczos(torch.eye(3, dtype=F64), 1, block_size=4), ValueError, "block_size"),
-        (lambda: lanczos(torch.eye(3, dtype=F64), 1, v0=torch.ones(4, dtype=F64)), ValueError, "v0"),
-        (lambda: lanczos(torch.eye(3, dtype=F64), 1, v0=torch.zeros(3, dtype=F64)), ValueError, "zero"),
+        (
+            lambda: lanczos(torch.eye(3, dtype=F64), 1, v0=torch.ones(4, dtype=F64)),
+            ValueError,
+            "v0",
+        ),
+        (
+            lambda: lanczos(torch.eye(3, dtype=F64), 1, v0=torch.zeros(3, dtype=F64)),
+            ValueError,
+            "zero",
+        ),
         (lambda: lanczos(torch.eye(3, dtype=F64), 1, v0=[1, 2, 3]), TypeError, "v0"),
         (
-            lambda: lanczos(MatmatOperator(lambda X: X * float("nan"), (3, 3), F64, symmetric=True), 1),
+            lambda: lanczos(
+                MatmatOperator(lambda X: X * float("nan"), (3, 3), F64, symmetric=True), 1
+            ),
             ValueError,
             "non-finite",
         ),

@@ -26,12 +26,17 @@ def tilted_pair(n, k, angles, seed=0):
     """Two k-subspaces with exactly the given principal angles."""
     Q = random_orthogonal(n, generator=gen(seed))
     A = Q[:, :k]
-    c, s = torch.cos(torch.as_tensor(angles, dtype=F64)), torch.sin(torch.as_tensor(angles, dtype=F64))
+    c, s = (
+        torch.cos(torch.as_tensor(angles, dtype=F64)),
+        torch.sin(torch.as_tensor(angles, dtype=F64)),
+    )
     B = A * c + Q[:, k : 2 * k] * s
     return Subspace(A), Subspace(B)
 
 
-@pytest.mark.parametrize(("n", "k1", "k2", "seed"), [(10, 3, 3, 0), (50, 5, 2, 1), (50, 2, 7, 2), (200, 10, 10, 3)])
+@pytest.mark.parametrize(
+    ("n", "k1", "k2", "seed"), [(10, 3, 3, 0), (50, 5, 2, 1), (50, 2, 7, 2), (200, 10, 10, 3)]
+)
 def test_principal_angles_match_scipy(n, k1, k2, seed):
     S1, S2 = random_subspace(n, k1, seed), random_subspace(n, k2, seed + 100)
     ours = S1.principal_angles(S2).numpy()
@@ -57,13 +62,17 @@ def test_overlap_and_distances_closed_forms():
     assert S1.distance(S2, "chordal") == pytest.approx(float(torch.sin(angles).norm()), abs=1e-12)
     assert S1.distance(S2, "projection") == pytest.approx(math.sin(1.2), abs=1e-12)
     P1, P2 = S1.basis @ S1.basis.T, S2.basis @ S2.basis.T
-    assert S1.distance(S2, "chordal") == pytest.approx(float((P1 - P2).norm()) / math.sqrt(2), abs=1e-12)
+    assert S1.distance(S2, "chordal") == pytest.approx(
+        float((P1 - P2).norm()) / math.sqrt(2), abs=1e-12
+    )
     assert S1.distance(S1) == pytest.approx(0.0, abs=1e-7)
     assert S1.overlap(S1) == pytest.approx(1.0, abs=1e-12)
 
 
 def test_overlap_of_random_subspaces_is_about_k_over_n():
-    vals = [random_subspace(400, 10, s).overlap(random_subspace(400, 10, s + 50)) for s in range(20)]
+    vals = [
+        random_subspace(400, 10, s).overlap(random_subspace(400, 10, s + 50)) for s in range(20)
+    ]
     assert np.mean(vals) == pytest.approx(10 / 400, rel=0.2)
 
 
@@ -129,15 +138,39 @@ def test_from_svd_and_dtype_moves():
         (lambda: Subspace(torch.ones(3, 4, dtype=F64)), ValueError, "0 < k <= n"),
         (lambda: Subspace(torch.ones(3)), ValueError, "2 dimensions"),
         (lambda: Subspace(torch.eye(3, dtype=torch.int64)), TypeError, "floating"),
-        (lambda: Subspace.from_vectors(torch.tensor([[1.0, float("nan")]]).T), ValueError, "non-finite"),
+        (
+            lambda: Subspace.from_vectors(torch.tensor([[1.0, float("nan")]]).T),
+            ValueError,
+            "non-finite",
+        ),
         (lambda: Subspace.from_vectors(torch.zeros(4, 2)), ValueError, "all zero"),
         (lambda: Subspace.from_svd(torch.ones(3, 2), 3), ValueError, "k must be <= min"),
-        (lambda: random_subspace(5, 2, 0).principal_angles(random_subspace(6, 2, 0)), ValueError, "different spaces"),
-        (lambda: random_subspace(5, 2, 0).distance(random_subspace(5, 3, 0)), ValueError, "equal dimension"),
-        (lambda: random_subspace(5, 2, 0).distance(random_subspace(5, 2, 1), "l2"), ValueError, "metric"),
-        (lambda: random_subspace(5, 2, 0).project(torch.ones(4, dtype=F64)), ValueError, "dimension 4"),
+        (
+            lambda: random_subspace(5, 2, 0).principal_angles(random_subspace(6, 2, 0)),
+            ValueError,
+            "different spaces",
+        ),
+        (
+            lambda: random_subspace(5, 2, 0).distance(random_subspace(5, 3, 0)),
+            ValueError,
+            "equal dimension",
+        ),
+        (
+            lambda: random_subspace(5, 2, 0).distance(random_subspace(5, 2, 1), "l2"),
+            ValueError,
+            "metric",
+        ),
+        (
+            lambda: random_subspace(5, 2, 0).project(torch.ones(4, dtype=F64)),
+            ValueError,
+            "dimension 4",
+        ),
         (lambda: random_subspace(5, 2, 0).overlap(torch.eye(5)), TypeError, "Subspace"),
-        (lambda: random_subspace(5, 2, 0).captured_fraction(torch.zeros(5, dtype=F64)), ValueError, "zero vector"),
+        (
+            lambda: random_subspace(5, 2, 0).captured_fraction(torch.zeros(5, dtype=F64)),
+            ValueError,
+            "zero vector",
+        ),
     ],
 )
 def test_bad_input(call, error, match):

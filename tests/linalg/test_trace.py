@@ -267,6 +267,16 @@ def test_xtrace_edge_cases():
     for seed in range(5):  # includes singular 10 x 10 Rademacher test matrices
         r = xtrace(A, 30, generator=gen(seed))
         assert abs(r.estimate - float(A.trace())) < 1e-12 and r.stderr == 0 and r.num_matvecs == 20
+    r = xtrace(torch.tensor([[2.5]], dtype=F64), 4, generator=gen(0))  # n = 1
+    assert (r.estimate, r.stderr, r.num_matvecs) == (2.5, 0.0, 2)
+    # Hutch++ and Diag++ whose sketch spans R^n stop there, exact
+    r = hutchpp_trace(A, 40, generator=gen(0))
+    assert abs(r.estimate - float(A.trace())) < 1e-12 and r.stderr == 0 and r.num_matvecs == 20
+    r = hutchpp_trace(A, rtol=1e-3, generator=gen(0))
+    assert r.stderr == 0 and r.num_matvecs == 20
+    r = diagonal(A, 40, method="diag++", generator=gen(0))
+    assert torch.allclose(r.estimate, A.diagonal(), atol=1e-12) and r.num_matvecs == 20
+    assert float(r.stderr.abs().max()) == 0
     # the zero matrix
     r = xtrace(torch.zeros(20, 20, dtype=F64), 8, generator=gen(0))
     assert (r.estimate, r.stderr, r.num_matvecs) == (0.0, 0.0, 8)

@@ -29,6 +29,12 @@ def randn(*shape, seed=0):
     return torch.randn(*shape, generator=gen(seed), dtype=F64)
 
 
+def _known():
+    lam = torch.linspace(-1, 3, 12, dtype=F64)
+    op = KnownSpectrumOperator(lam, reflections=3, generator=gen(4))
+    return op, op.to_dense()
+
+
 CASES = {
     "dense_square": lambda: (Dense(randn(5, 5)), randn(5, 5)),
     "dense_rect": lambda: (Dense(randn(4, 6)), randn(4, 6)),
@@ -44,19 +50,27 @@ CASES = {
     ),
     "projection": lambda: (
         Projection(random_orthogonal(5, generator=gen(3))[:, :2]),
-        random_orthogonal(5, generator=gen(3))[:, :2] @ random_orthogonal(5, generator=gen(3))[:, :2].T,
+        random_orthogonal(5, generator=gen(3))[:, :2]
+        @ random_orthogonal(5, generator=gen(3))[:, :2].T,
     ),
     "projection_complement": lambda: (
         Projection(random_orthogonal(5, generator=gen(3))[:, :2], complement=True),
         torch.eye(5, dtype=F64)
-        - random_orthogonal(5, generator=gen(3))[:, :2] @ random_orthogonal(5, generator=gen(3))[:, :2].T,
+        - random_orthogonal(5, generator=gen(3))[:, :2]
+        @ random_orthogonal(5, generator=gen(3))[:, :2].T,
     ),
     "matmat_fn": lambda: (
         MatmatOperator(lambda X: randn(3, 4) @ X, (3, 4), F64, rmatmat=lambda X: randn(3, 4).T @ X),
         randn(3, 4),
     ),
-    "sum": lambda: (Dense(randn(4, 4)) + Diagonal(randn(4, seed=1)), randn(4, 4) + torch.diag(randn(4, seed=1))),
-    "difference": lambda: (Dense(randn(4, 4)) - Identity(4, dtype=F64), randn(4, 4) - torch.eye(4, dtype=F64)),
+    "sum": lambda: (
+        Dense(randn(4, 4)) + Diagonal(randn(4, seed=1)),
+        randn(4, 4) + torch.diag(randn(4, seed=1)),
+    ),
+    "difference": lambda: (
+        Dense(randn(4, 4)) - Identity(4, dtype=F64),
+        randn(4, 4) - torch.eye(4, dtype=F64),
+    ),
     "scaled": lambda: (2.5 * Dense(randn(3, 4)), 2.5 * randn(3, 4)),
     "scaled_right_div": lambda: (Dense(randn(3, 4)) * 3 / 2, randn(3, 4) * 1.5),
     "negated": lambda: (-Dense(randn(3, 3)), -randn(3, 3)),
@@ -65,14 +79,8 @@ CASES = {
         randn(3, 4) @ randn(4, 5, seed=1) @ torch.diag(randn(5, seed=2)),
     ),
     "transpose": lambda: (Dense(randn(3, 5)).T, randn(3, 5).T),
-    "known_spectrum": lambda: _known(),
+    "known_spectrum": _known,
 }
-
-
-def _known():
-    lam = torch.linspace(-1, 3, 12, dtype=F64)
-    op = KnownSpectrumOperator(lam, reflections=3, generator=gen(4))
-    return op, op.to_dense()
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -165,7 +173,13 @@ def test_to_scipy_works_with_eigsh():
         (lambda: Dense(randn(3, 3)) @ torch.ones(4, dtype=F64), ValueError, r"shape \(3, b\)"),
         (lambda: Dense(randn(3, 3)) @ torch.ones(3), TypeError, "dtype"),
         (lambda: as_operator([1, 2]), TypeError, "Tensor or LinearOperator"),
-        (lambda: MatmatOperator(lambda X: X[:1], (3, 3), F64).matmat(torch.ones(3, 1, dtype=F64)), ValueError, "expected shape"),
+        (
+            lambda: MatmatOperator(lambda X: X[:1], (3, 3), F64).matmat(
+                torch.ones(3, 1, dtype=F64)
+            ),
+            ValueError,
+            "expected shape",
+        ),
         (lambda: MatmatOperator(lambda X: X, (3, 3), F64).T, NotImplementedError, "rmatmat"),
     ],
 )

@@ -1,8 +1,50 @@
-"""Matrix-free linear algebra: Krylov eigensolvers, trace and diagonal estimation, spectral
-density, randomized factorizations, iterative solvers and subspace geometry.
+"""Matrix-free linear algebra.
+
+Krylov eigensolvers, trace and diagonal estimation, spectral density, randomized
+factorizations, iterative solvers and subspace geometry.
 
 Every function takes a ``torch.Tensor`` or a :class:`~subspaces.linops.LinearOperator` and returns a
 small result dataclass that says how many matrix-vector products (``num_matvecs``) it spent.
 """
 
-__all__: list[str] = []
+from .eigen import EigenResult
+from .lanczos import lanczos
+from .power import power_iteration
+from .randomized import (
+    EighResult,
+    RangeResult,
+    SVDResult,
+    nystrom,
+    randomized_eigh,
+    randomized_range_finder,
+    randomized_svd,
+)
+from .slq import DensityResult, slq_density
+from .solvers import SolveResult, cg, minres
+from .subspace import Subspace
+from .trace import DiagonalResult, TraceResult, diagonal, hutchinson_trace, hutchpp_trace, xtrace
+
+__all__ = [
+    "DensityResult",
+    "DiagonalResult",
+    "EigenResult",
+    "EighResult",
+    "RangeResult",
+    "SVDResult",
+    "SolveResult",
+    "Subspace",
+    "TraceResult",
+    "cg",
+    "diagonal",
+    "hutchinson_trace",
+    "hutchpp_trace",
+    "lanczos",
+    "minres",
+    "nystrom",
+    "power_iteration",
+    "randomized_eigh",
+    "randomized_range_finder",
+    "randomized_svd",
+    "slq_density",
+    "xtrace",
+]

@@ -31,6 +31,8 @@ class EigenResult:
         scale: the estimate of ``||A||_2`` the tolerance is relative to (largest ``|theta|`` seen).
         num_restarts: number of thick restarts (Lanczos only).
         method: name of the algorithm.
+        num_samples: data samples behind the operator, when it is a curvature operator (a
+            one-batch sharpness can overstate the full-data one).
     """
 
     eigenvalues: Tensor
@@ -42,6 +44,7 @@ class EigenResult:
     scale: float
     num_restarts: int = 0
     method: str = "lanczos"
+    num_samples: int | None = None
 
     @property
     def all_converged(self) -> bool:
@@ -75,6 +78,10 @@ def prepare_symmetric(
 ) -> tuple[LinearOperator, int, float]:
     """Validate ``A`` (square), ``k`` (``1 <= k <= n``) and ``tol``; return ``(op, n, tol)``.
 
+    Returns:
+        ``(op, n, tol)``: ``A`` as a linear operator, its dimension, and ``tol`` (the dtype's
+        default tolerance when ``None`` was given).
+
     Raises:
         ValueError: if ``A`` is not square, ``k`` is out of range or ``tol`` is not positive.
     """
@@ -94,6 +101,9 @@ def prepare_symmetric(
 def checked_matmat(op: LinearOperator, X: Tensor) -> Tensor:
     """``op @ X``, raising if the operator returned NaN/Inf.
 
+    Returns:
+        The product ``op @ X``.
+
     Raises:
         ValueError: if the product is not finite.
     """
@@ -106,9 +116,19 @@ def checked_matmat(op: LinearOperator, X: Tensor) -> Tensor:
 
 
 def start_block(
-    v0: Any, n: int, b: int, dtype: torch.dtype, device: torch.device, generator: torch.Generator | None
+    v0: Any,
+    n: int,
+    b: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    generator: torch.Generator | None,
 ) -> Tensor:
     """Orthonormal starting block from ``v0`` (vector, matrix or Subspace) or at random.
+
+    Returns:
+        An ``(n, c)`` matrix with orthonormal columns: the QR factor of ``v0`` or, when ``v0`` is
+        ``None``, of a random Gaussian ``(n, b)`` block, with the columns whose ``R`` diagonal
+        is numerically zero dropped (so ``c`` can be smaller than the number of columns given).
 
     Raises:
         ValueError: if ``v0`` has the wrong shape, is not finite or is numerically zero.

@@ -119,7 +119,11 @@ def lanczos(
     if max_basis < min(n, k + b):
         raise ValueError(f"max_basis must be >= k + block_size = {k + b} (or n), got {max_basis}")
     max_basis = min(max_basis, n)
-    budget = max(1000, 50 * max_basis) if max_matvecs is None else check_positive_int(max_matvecs, "max_matvecs")
+    budget = (
+        max(1000, 50 * max_basis)
+        if max_matvecs is None
+        else check_positive_int(max_matvecs, "max_matvecs")
+    )
     dtype, device = op.dtype, op.device
 
     block = start_block(v0, n, b, dtype, device, generator)
@@ -179,10 +183,7 @@ def lanczos(
 
     # Final selection and ordering of the k wanted pairs.
     vals, vecs, resid, convk = theta[cand].to(dtype), V @ Yc, res, conv
-    if which == "smallest":
-        perm = torch.argsort(vals)
-    else:
-        perm = torch.argsort(vals, descending=True)
+    perm = torch.argsort(vals) if which == "smallest" else torch.argsort(vals, descending=True)
     return EigenResult(
         eigenvalues=vals[perm],
         eigenvectors=vecs[:, perm],

@@ -64,6 +64,7 @@ class DensityResult:
             when it did not).
         dim: the dimension ``n`` of the operator.
         num_matvecs: columns multiplied by the operator (``runs * k``).
+        num_samples: data samples behind the operator, when it is a curvature operator.
     """
 
     nodes: Tensor
@@ -74,6 +75,7 @@ class DensityResult:
     num_steps: Tensor
     dim: int
     num_matvecs: int
+    num_samples: int | None = None
 
     @property
     def num_runs(self) -> int:

@@ -34,7 +34,9 @@ class Subspace:
 
     Example:
         >>> import torch
-        >>> S = Subspace.from_vectors(torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]], dtype=torch.float64))
+        >>> S = Subspace.from_vectors(
+        ...     torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+        ... )
         >>> S.dim, S.ambient_dim
         (2, 3)
         >>> S.project(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)).tolist()
@@ -104,22 +106,18 @@ class Subspace:
                 f"(singular values {s.tolist()[:8]}..., rtol {tol:.1e}); "
                 "pass allow_rank_deficient=True to take their span"
             )
-        if rank == m and m <= n:
-            Q = torch.linalg.qr(work).Q
-        else:
-            Q = U[:, :rank]
+        Q = torch.linalg.qr(work).Q if rank == m and m <= n else U[:, :rank]
         return cls(Q.to(V.dtype))
 
     @classmethod
-    def from_operator(
-        cls, A: Tensor | LinearOperator, k: int, **lanczos_kwargs: Any
-    ) -> Subspace:
+    def from_operator(cls, A: Tensor | LinearOperator, k: int, **lanczos_kwargs: Any) -> Subspace:
         """The top-``k`` eigenspace of a symmetric operator, by :func:`~subspaces.linalg.lanczos`.
 
         Args:
             A: symmetric tensor or operator.
             k: dimension.
-            **lanczos_kwargs: passed on (``which``, ``tol``, ``block_size``, ``v0``, ``generator``...).
+            **lanczos_kwargs: passed on (``which``, ``tol``, ``block_size``, ``v0``,
+                ``generator``...).
 
         Returns:
             The eigenspace; a ``RuntimeWarning`` is issued if Lanczos did not certify it.
@@ -136,8 +134,8 @@ class Subspace:
         result = lanczos(A, k, **lanczos_kwargs)
         if not result.all_converged:
             warnings.warn(
-                f"eigenspace not certified: relative residuals {result.relative_residuals.tolist()} "
-                f"> tol {result.tol}",
+                "eigenspace not certified: relative residuals "
+                f"{result.relative_residuals.tolist()} > tol {result.tol}",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -190,15 +188,17 @@ class Subspace:
 
     @property
     def dtype(self) -> torch.dtype:
-        """dtype of the basis."""
+        """Dtype of the basis."""
         return self._basis.dtype
 
     @property
     def device(self) -> torch.device:
-        """device of the basis."""
+        """Device of the basis."""
         return self._basis.device
 
-    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Subspace:
+    def to(
+        self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> Subspace:
         """The same subspace with its basis moved to another dtype and/or device."""
         return Subspace(self._basis.to(dtype=dtype or self.dtype, device=device or self.device))
 
@@ -211,7 +211,9 @@ class Subspace:
         x = check_float_tensor(x, name, ndim=(1, 2))
         X = x.unsqueeze(-1) if x.ndim == 1 else x
         if X.shape[0] != self.ambient_dim:
-            raise ValueError(f"{name} has dimension {X.shape[0]}, the subspace lives in R^{self.ambient_dim}")
+            raise ValueError(
+                f"{name} has dimension {X.shape[0]}, the subspace lives in R^{self.ambient_dim}"
+            )
         return X.to(self.dtype), x.ndim == 1
 
     def coordinates(self, x: Tensor) -> Tensor:
@@ -237,6 +239,10 @@ class Subspace:
 
         This is the "fraction of the gradient in the top Hessian eigenspace" of Gur-Ari, Roberts
         and Dyer (2018) when ``x`` is a gradient.
+
+        Returns:
+            The fractions, in ``[0, 1]``: a 0-d tensor for a vector ``x`` ``(n,)``, a ``(b,)``
+            tensor for a matrix ``x`` ``(n, b)``.
 
         Raises:
             ValueError: if a column of ``x`` is zero.
@@ -293,8 +299,17 @@ class Subspace:
         return angles
 
     def overlap(self, other: Subspace) -> float:
-        r"""``||Q_1^T Q_2||_F^2 / min(k1, k2)``: 1 when one subspace contains the other, 0 when
-        orthogonal; for random ``k``-subspaces of ``R^n`` it is about ``k / n``.
+        r"""The overlap ``||Q_1^T Q_2||_F^2 / min(k1, k2)`` of two subspaces.
+
+        It is 1 when one subspace contains the other, 0 when they are orthogonal; for random
+        ``k``-subspaces of ``R^n`` it is about ``k / n``.
+
+        Returns:
+            The overlap, a float in ``[0, 1]``.
+
+        Raises:
+            TypeError: if ``other`` is not a :class:`Subspace`.
+            ValueError: if the two subspaces live in spaces of different dimension.
 
         Example:
             >>> import torch
@@ -311,6 +326,9 @@ class Subspace:
         ``geodesic``: :math:`\sqrt{\sum_i \theta_i^2}` (arc length); ``chordal``:
         :math:`\sqrt{\sum_i \sin^2\theta_i} = \|Q_1Q_1^T - Q_2Q_2^T\|_F / \sqrt{2}`;
         ``projection``: :math:`\sin\theta_{\max} = \|Q_1Q_1^T - Q_2Q_2^T\|_2`.
+
+        Returns:
+            The distance in the chosen metric, a float ``>= 0``.
 
         Raises:
             ValueError: if the dimensions differ or the metric is unknown.
@@ -337,6 +355,17 @@ class Subspace:
     def union(self, other: Subspace, *, rtol: float | None = None) -> Subspace:
         """The smallest subspace containing both (their sum), with dependent directions dropped.
 
+        Args:
+            other: the other subspace, in the same ambient space.
+            rtol: relative singular-value threshold for the rank, as in :meth:`from_vectors`.
+
+        Returns:
+            The sum of the two subspaces; its dimension is the numerical rank of ``[Q_1, Q_2]``.
+
+        Raises:
+            TypeError: if ``other`` is not a :class:`Subspace`.
+            ValueError: if the two subspaces live in spaces of different dimension.
+
         Example:
             >>> import torch
             >>> e = torch.eye(3, dtype=torch.float64)
@@ -349,8 +378,18 @@ class Subspace:
         )
 
     def intersection(self, other: Subspace, *, angle_tol: float = 1e-6) -> Subspace | None:
-        """The directions shared by both subspaces (principal angles below ``angle_tol``), or
-        ``None`` if they only meet at 0.
+        """The directions shared by both subspaces (principal angles below ``angle_tol``).
+
+        Args:
+            other: the other subspace, in the same ambient space.
+            angle_tol: largest principal angle, in radians, of a shared direction.
+
+        Returns:
+            The intersection, or ``None`` if the subspaces only meet at 0.
+
+        Raises:
+            TypeError: if ``other`` is not a :class:`Subspace`.
+            ValueError: if the two subspaces live in spaces of different dimension.
 
         Example:
             >>> import torch

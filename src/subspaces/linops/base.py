@@ -56,7 +56,9 @@ class LinearOperator:
         self.device = torch.device(device)
         self.layout = layout
         if layout is not None and layout.numel != self.shape[1]:
-            raise ValueError(f"layout has {layout.numel} entries but the operator has {self.shape[1]} columns")
+            raise ValueError(
+                f"layout has {layout.numel} entries but the operator has {self.shape[1]} columns"
+            )
 
     # ----- what subclasses provide -------------------------------------------------------------
     def _matmat(self, X: Tensor) -> Tensor:
@@ -73,6 +75,9 @@ class LinearOperator:
     def matmat(self, X: Tensor) -> Tensor:
         """Multiply by a matrix ``X`` of shape ``(n, b)``, with validation.
 
+        Returns:
+            The product ``A @ X``, of shape ``(m, b)``.
+
         Raises:
             ValueError: if ``X`` has the wrong shape.
             TypeError: if ``X`` is not a tensor of the operator's dtype.
@@ -80,7 +85,9 @@ class LinearOperator:
         if not isinstance(X, Tensor):
             raise TypeError(f"expected a torch.Tensor, got {type(X).__name__}")
         if X.ndim != 2 or X.shape[0] != self.shape[1]:
-            raise ValueError(f"expected a matrix of shape ({self.shape[1]}, b), got {tuple(X.shape)}")
+            raise ValueError(
+                f"expected a matrix of shape ({self.shape[1]}, b), got {tuple(X.shape)}"
+            )
         if X.dtype != self.dtype:
             raise TypeError(f"operator has dtype {self.dtype}, input has dtype {X.dtype}")
         if X.shape[1] == 0:
@@ -96,7 +103,9 @@ class LinearOperator:
             return _Chain(self, other)
         if isinstance(other, Mapping):
             if self.layout is None:
-                raise TypeError(f"{type(self).__name__} has no parameter layout; pass a flat tensor")
+                raise TypeError(
+                    f"{type(self).__name__} has no parameter layout; pass a flat tensor"
+                )
             flat = self.layout.flatten(other)
             out = self.matmat(flat if flat.ndim == 2 else flat.unsqueeze(-1))
             out = out if flat.ndim == 2 else out.squeeze(-1)
@@ -187,7 +196,10 @@ class LinearOperator:
         )
 
     def check_symmetric(
-        self, rtol: float | None = None, num_probes: int = 2, generator: torch.Generator | None = None
+        self,
+        rtol: float | None = None,
+        num_probes: int = 2,
+        generator: torch.Generator | None = None,
     ) -> float:
         """Check ``x^T A y == y^T A x`` on random probes (``2 * num_probes`` products).
 
@@ -198,7 +210,8 @@ class LinearOperator:
             generator: random generator for the probes.
 
         Returns:
-            The largest measured relative asymmetry ``|x^T A y - y^T A x| / (|x| |A y| + |y| |A x|)``.
+            The largest measured relative asymmetry
+            ``|x^T A y - y^T A x| / (|x| |A y| + |y| |A x|)``.
 
         Raises:
             ValueError: if the operator is not square or the asymmetry exceeds ``rtol``.
@@ -214,17 +227,22 @@ class LinearOperator:
         scale = x.norm(dim=0) * Ay.norm(dim=0) + y.norm(dim=0) * Ax.norm(dim=0)
         asym = float((diff / scale.clamp_min(torch.finfo(self.dtype).tiny)).max())
         if asym > tol:
-            raise ValueError(f"operator is not symmetric: relative asymmetry {asym:.3e} > rtol {tol:.1e}")
+            raise ValueError(
+                f"operator is not symmetric: relative asymmetry {asym:.3e} > rtol {tol:.1e}"
+            )
         return asym
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype}, device={self.device})"
+        return (
+            f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype}, device={self.device})"
+        )
 
 
 def _check_same_space(a: LinearOperator, b: LinearOperator, what: str) -> None:
     if a.dtype != b.dtype or a.device != b.device:
         raise TypeError(
-            f"cannot {what} operators with dtype/device {a.dtype}/{a.device} and {b.dtype}/{b.device}"
+            f"cannot {what} operators with dtype/device {a.dtype}/{a.device} "
+            f"and {b.dtype}/{b.device}"
         )
 
 
@@ -294,7 +312,7 @@ class _Adjoint(LinearOperator):
         self.op, self.rmatmat = op, rmatmat
 
     def _matmat(self, X: Tensor) -> Tensor:
-        return self.rmatmat(X)  # type: ignore[no-any-return]
+        return self.rmatmat(X)
 
     def _adjoint(self) -> LinearOperator:
         return self.op

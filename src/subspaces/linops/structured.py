@@ -1,4 +1,7 @@
-"""Structured operators: ``Dense``, ``Identity``, ``Diagonal``, ``LowRank``, ``Projection``, ``MatmatOperator``."""
+"""Structured operators.
+
+``Dense``, ``Identity``, ``Diagonal``, ``LowRank``, ``Projection`` and ``MatmatOperator``.
+"""
 
 from __future__ import annotations
 
@@ -65,7 +68,9 @@ class Identity(LinearOperator):
 
     SELF_ADJOINT = True
 
-    def __init__(self, n: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+    def __init__(
+        self, n: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+    ):
         super().__init__((n, n), dtype, device)
 
     def _matmat(self, X: Tensor) -> Tensor:
@@ -104,7 +109,9 @@ class LowRank(LinearOperator):
     Example:
         >>> U = torch.linalg.qr(torch.randn(5, 2, dtype=torch.float64)).Q
         >>> L = LowRank(U, torch.tensor([3.0, 1.0], dtype=torch.float64))
-        >>> torch.allclose(L.to_dense(), U @ torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64)) @ U.T)
+        >>> torch.allclose(
+        ...     L.to_dense(), U @ torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64)) @ U.T
+        ... )
         True
     """
 
@@ -151,7 +158,11 @@ class Projection(LinearOperator):
     def __init__(self, basis: Tensor, complement: bool = False) -> None:
         Q = check_finite(check_float_tensor(basis, "basis", ndim=2), "basis")
         gram = Q.T @ Q
-        err = float((gram - torch.eye(Q.shape[1], dtype=Q.dtype, device=Q.device)).abs().max()) if Q.numel() else 0.0
+        err = (
+            float((gram - torch.eye(Q.shape[1], dtype=Q.dtype, device=Q.device)).abs().max())
+            if Q.numel()
+            else 0.0
+        )
         if err > torch.finfo(Q.dtype).eps ** 0.5:
             raise ValueError(f"basis columns are not orthonormal (max |Q^T Q - I| = {err:.2e})")
         super().__init__((Q.shape[0], Q.shape[0]), Q.dtype, Q.device)
@@ -199,10 +210,16 @@ class MatmatOperator(LinearOperator):
         out = self.fn(X)
         if not isinstance(out, Tensor) or tuple(out.shape) != (self.shape[0], X.shape[1]):
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"matmat returned {got}, expected shape ({self.shape[0]}, {X.shape[1]})")
+            raise ValueError(
+                f"matmat returned {got}, expected shape ({self.shape[0]}, {X.shape[1]})"
+            )
         return out
 
     def _adjoint(self) -> LinearOperator:
         if self.rfn is None:
-            raise NotImplementedError("MatmatOperator needs rmatmat= (or symmetric=True) for its adjoint")
-        return MatmatOperator(self.rfn, (self.shape[1], self.shape[0]), self.dtype, self.device, self.fn)
+            raise NotImplementedError(
+                "MatmatOperator needs rmatmat= (or symmetric=True) for its adjoint"
+            )
+        return MatmatOperator(
+            self.rfn, (self.shape[1], self.shape[0]), self.dtype, self.device, self.fn
+        )

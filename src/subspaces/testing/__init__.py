@@ -14,12 +14,15 @@ from .matrices import (
     polynomial_spectrum,
     random_orthogonal,
 )
+from .reference import dense_ggn, dense_hessian
 
 __all__ = [
     "KnownSpectrumOperator",
     "assert_matches_dense",
     "check_estimator_convergence",
     "clustered_spectrum",
+    "dense_ggn",
+    "dense_hessian",
     "gap_spectrum",
     "geometric_spectrum",
     "marchenko_pastur_spectrum",

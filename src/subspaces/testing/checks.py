@@ -47,11 +47,10 @@ def assert_matches_dense(
     if tuple(op.shape) != (m, n):
         raise AssertionError(f"shape: operator {op.shape} vs dense {(m, n)}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    opts = {"dtype": dense.dtype}
-    x = torch.randn(n, generator=gen, **opts).to(dense.device)
-    X = torch.randn(n, num_columns, generator=gen, **opts).to(dense.device)
-    y = torch.randn(m, generator=gen, **opts).to(dense.device)
-    Y = torch.randn(num_columns, m, generator=gen, **opts).to(dense.device)
+    x = torch.randn(n, generator=gen, dtype=dense.dtype).to(dense.device)
+    X = torch.randn(n, num_columns, generator=gen, dtype=dense.dtype).to(dense.device)
+    y = torch.randn(m, generator=gen, dtype=dense.dtype).to(dense.device)
+    Y = torch.randn(num_columns, m, generator=gen, dtype=dense.dtype).to(dense.device)
 
     def close(what: str, got: Any, want: Tensor) -> None:
         if not isinstance(got, Tensor):
@@ -61,7 +60,9 @@ def assert_matches_dense(
         err = float((got - want).abs().max()) if want.numel() else 0.0
         scale = float(want.abs().max()) if want.numel() else 0.0
         if err > atol + rtol * scale:
-            raise AssertionError(f"{what}: max abs error {err:.3e} > atol {atol:.1e} + rtol {rtol:.1e} * {scale:.3e}")
+            raise AssertionError(
+                f"{what}: max abs error {err:.3e} > atol {atol:.1e} + rtol {rtol:.1e} * {scale:.3e}"
+            )
 
     close("op @ vector", op @ x, dense @ x)
     close("op @ matrix", op @ X, dense @ X)
@@ -111,7 +112,9 @@ def check_estimator_convergence(
     Example:
         >>> from subspaces.linalg import hutchinson_trace
         >>> A = torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64))
-        >>> spent = check_estimator_convergence(lambda g: hutchinson_trace(A, 10, generator=g), 55.0)
+        >>> spent = check_estimator_convergence(
+        ...     lambda g: hutchinson_trace(A, 10, generator=g), 55.0
+        ... )
         >>> spent <= 100_000
         True
     """

@@ -5,8 +5,6 @@ Every generator is seeded; the eigenvalues you pass are exactly the spectrum of 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -18,6 +16,9 @@ def random_orthogonal(
     n: int, *, dtype: torch.dtype = torch.float64, generator: torch.Generator | None = None
 ) -> Tensor:
     """A Haar-distributed random orthogonal ``n x n`` matrix (QR of a Gaussian, signs fixed).
+
+    Returns:
+        The ``(n, n)`` orthogonal matrix, in ``dtype`` (drawn and factored in float64).
 
     Example:
         >>> Q = random_orthogonal(4, generator=torch.Generator().manual_seed(0))
@@ -35,6 +36,9 @@ def matrix_with_spectrum(
     eigenvalues: Tensor, *, generator: torch.Generator | None = None
 ) -> Tensor:
     """The dense symmetric matrix ``Q diag(eigenvalues) Q^T`` with a random orthogonal ``Q``.
+
+    Returns:
+        The ``(n, n)`` symmetric matrix, in the dtype of ``eigenvalues``.
 
     Example:
         >>> lam = torch.tensor([3.0, 1.0, -2.0], dtype=torch.float64)
@@ -107,9 +111,12 @@ class KnownSpectrumOperator(LinearOperator):
         return self._apply_q(E, False)
 
 
-# ----- spectra -------------------------------------------------------------------------------------
+# ----- spectra ------------------------------------------------------------------------------------
 def geometric_spectrum(n: int, ratio: float, *, dtype: torch.dtype = torch.float64) -> Tensor:
     """Eigenvalues ``ratio**i`` for ``i = 0..n-1`` (fast decay for small ``ratio``), descending.
+
+    Returns:
+        The ``(n,)`` tensor of eigenvalues.
 
     Example:
         >>> geometric_spectrum(3, 0.5).tolist()
@@ -122,6 +129,9 @@ def geometric_spectrum(n: int, ratio: float, *, dtype: torch.dtype = torch.float
 def polynomial_spectrum(n: int, power: float, *, dtype: torch.dtype = torch.float64) -> Tensor:
     """Eigenvalues ``(i + 1)**(-power)`` (slow decay for small ``power``), descending.
 
+    Returns:
+        The ``(n,)`` tensor of eigenvalues.
+
     Example:
         >>> polynomial_spectrum(3, 1.0).tolist()
         [1.0, 0.5, 0.3333333333333333]
@@ -130,14 +140,20 @@ def polynomial_spectrum(n: int, power: float, *, dtype: torch.dtype = torch.floa
     return (torch.arange(n, dtype=dtype) + 1) ** (-power)
 
 
-def gap_spectrum(
-    n: int, k: int, gap_ratio: float, *, dtype: torch.dtype = torch.float64
-) -> Tensor:
-    """A hard spectrum: ``lambda_1 = 1`` and ``lambda_{i+1} / lambda_i = gap_ratio`` for the top
-    ``k + 1`` eigenvalues, then a bulk uniformly in ``[0, 0.5 * lambda_{k+1}]``. Descending.
+def gap_spectrum(n: int, k: int, gap_ratio: float, *, dtype: torch.dtype = torch.float64) -> Tensor:
+    """A hard spectrum: a geometric top of ``k + 1`` eigenvalues above a bulk. Descending.
+
+    ``lambda_1 = 1`` and ``lambda_{i+1} / lambda_i = gap_ratio`` for the top ``k + 1``
+    eigenvalues, then a bulk uniformly in ``[0, 0.5 * lambda_{k+1}]``.
 
     With ``gap_ratio=0.98`` power iteration needs hundreds of products per eigenvalue while a
     Krylov method needs tens.
+
+    Returns:
+        The ``(n,)`` tensor of eigenvalues.
+
+    Raises:
+        ValueError: if ``n < 1`` or ``k`` is not in ``(0, n)``.
 
     Example:
         >>> lam = gap_spectrum(100, 5, 0.98)
@@ -162,8 +178,16 @@ def clustered_spectrum(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
 ) -> Tensor:
-    """Clusters of ``cluster_size`` nearly equal eigenvalues around each center (width
-    ``spread``), the rest uniform in ``bulk``. Sorted descending.
+    """Clusters of nearly equal eigenvalues around given centers, above a uniform bulk.
+
+    Each center gets ``cluster_size`` eigenvalues uniform in a window of width ``spread``
+    around it; the rest are uniform in ``bulk``. Sorted descending.
+
+    Returns:
+        The ``(n,)`` tensor of eigenvalues, in ``dtype``.
+
+    Raises:
+        ValueError: if ``n < 1`` or the clusters hold more than ``n`` eigenvalues.
 
     Example:
         >>> lam = clustered_spectrum(50, [2.0, 1.0], 3, generator=torch.Generator().manual_seed(0))
@@ -184,12 +208,22 @@ def clustered_spectrum(
 
 
 def marchenko_pastur_spectrum(
-    n: int, aspect: float, *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
+    n: int,
+    aspect: float,
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> Tensor:
-    """Eigenvalues of a Wishart matrix ``X^T X / m`` with ``n / m = aspect`` (a bulk with a soft
-    edge at ``(1 + sqrt(aspect))**2``), sorted descending.
+    """Eigenvalues of a Wishart matrix ``X^T X / m`` with ``n / m = aspect``, sorted descending.
+
+    ``X`` is an ``(m, n)`` standard Gaussian matrix, so the spectrum follows the
+    Marchenko-Pastur law: a bulk with a soft edge at ``(1 + sqrt(aspect))**2``.
+
+    Returns:
+        The ``(n,)`` tensor of eigenvalues, in ``dtype``.
 
     Example:
+        >>> import math
         >>> lam = marchenko_pastur_spectrum(200, 0.5, generator=torch.Generator().manual_seed(0))
         >>> bool(lam.max() < (1 + math.sqrt(0.5)) ** 2 * 1.2)
         True

@@ -1,0 +1,341 @@
+"""How a curvature operator sees a model: selected parameters, batches, losses and modes.
+
+Everything about turning ``(model, loss_fn, data)`` into pure functions of a parameter dictionary
+lives here, so the operators themselves only write their per-batch product.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+ModePolicy = Literal["error", "eval", "as_is"]
+MODE_POLICIES: tuple[str, ...] = ("error", "eval", "as_is")
+LossFn = Callable[[Any, Any], Tensor]
+ParamSpec = None | str | Sequence[str] | Mapping[str, Tensor]
+
+_STOCHASTIC = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy over samples (and positions, for ``(n, T, C)`` logits)."""
+    if outputs.ndim > 2:
+        return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
+    return F.cross_entropy(outputs, targets)
+
+
+def mse(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean squared error over all entries (as ``torch.nn.functional.mse_loss``).
+
+    Written out rather than calling ``mse_loss``, whose backward is not forward-differentiable
+    under ``torch.func`` ("ZeroTensors are immutable").
+    """
+    return ((outputs - targets.to(outputs.dtype).reshape(outputs.shape)) ** 2).mean()
+
+
+LOSSES: dict[str, LossFn] = {"cross_entropy": cross_entropy, "mse": mse}
+
+
+def resolve_loss(loss_fn: str | LossFn) -> tuple[LossFn, str | None]:
+    """Return the loss callable and its known likelihood name (``None`` for custom losses).
+
+    Raises:
+        ValueError: for an unknown loss name.
+        TypeError: for something that is neither a name nor callable.
+    """
+    if isinstance(loss_fn, str):
+        if loss_fn not in LOSSES:
+            raise ValueError(f"loss_fn must be one of {tuple(LOSSES)} or a callable, got {loss_fn!r}")
+        return LOSSES[loss_fn], loss_fn
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be a callable or a name, got {type(loss_fn).__name__}")
+    if loss_fn is F.cross_entropy or isinstance(loss_fn, nn.CrossEntropyLoss):
+        return cross_entropy, "cross_entropy"
+    if loss_fn is F.mse_loss or isinstance(loss_fn, nn.MSELoss):
+        return mse, "mse"
+    return loss_fn, None
+
+
+def select_params(model: nn.Module, params: ParamSpec) -> dict[str, Tensor]:
+    """The parameters a curvature operator differentiates, by name.
+
+    Args:
+        model: the model.
+        params: ``None`` (every parameter that requires grad), a glob pattern or list of patterns
+            matched against ``named_parameters()`` names (``"blocks.*.attn.*"``), or a dict
+            name -> parameter (names must be the model's).
+
+    Returns:
+        An ordered dict name -> the model's parameter tensor (not a copy).
+
+    Raises:
+        ValueError: if nothing is selected or a given name is not a parameter of the model.
+        TypeError: for an unsupported ``params`` value.
+    """
+    named = dict(model.named_parameters())
+    if params is None:
+        chosen = {n: p for n, p in named.items() if p.requires_grad}
+    elif isinstance(params, str) or (
+        isinstance(params, Sequence) and all(isinstance(x, str) for x in params)
+    ):
+        patterns = [params] if isinstance(params, str) else list(params)
+        chosen = {n: p for n, p in named.items() if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)}
+        if not chosen:
+            raise ValueError(
+                f"no parameter name matches {patterns}; names are e.g. {list(named)[:6]}"
+            )
+    elif isinstance(params, Mapping):
+        unknown = [n for n in params if n not in named]
+        if unknown:
+            raise ValueError(f"{unknown} are not parameters of the model; names are e.g. {list(named)[:6]}")
+        chosen = {n: named[n] for n in params}
+    else:
+        raise TypeError(f"params must be None, a pattern, a list of patterns or a dict, got {type(params).__name__}")
+    if not chosen:
+        raise ValueError("no parameters selected (every parameter has requires_grad=False)")
+    for n, p in chosen.items():
+        if not p.dtype.is_floating_point:
+            raise TypeError(f"parameter {n!r} has non-floating dtype {p.dtype}")
+    return chosen
+
+
+def stochastic_training_modules(model: nn.Module) -> list[str]:
+    """Names of BatchNorm / Dropout modules that are in training mode."""
+    return [n or type(m).__name__ for n, m in model.named_modules() if m.training and isinstance(m, _STOCHASTIC)]
+
+
+@contextmanager
+def _math_attention() -> Iterator[None]:
+    """Route ``scaled_dot_product_attention`` to its composite MATH kernel.
+
+    The fused (flash / memory-efficient) kernels have neither forward-mode derivatives nor double
+    backward (pytorch/pytorch#116350), which curvature products need; the MATH kernel computes the
+    same attention out of differentiable primitives.
+    """
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - old torch
+        yield
+        return
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
+
+
+@contextmanager
+def mode_policy_applied(model: nn.Module, policy: str) -> Iterator[None]:
+    """Apply the train-mode policy for one pass and restore every module's mode afterwards.
+
+    Attention runs on the MATH kernel during the pass (see ``_math_attention``).
+
+    Raises:
+        ValueError: with policy ``"error"`` when BatchNorm or Dropout modules are in training mode.
+    """
+    with _math_attention():
+        with _policy(model, policy):
+            yield
+
+
+@contextmanager
+def _policy(model: nn.Module, policy: str) -> Iterator[None]:
+    offenders = stochastic_training_modules(model)
+    if not offenders:
+        yield
+        return
+    if policy == "error":
+        raise ValueError(
+            f"modules {offenders[:5]} are in training mode: BatchNorm would use batch statistics and "
+            "Dropout would make the operator random. Call model.eval(), or pass "
+            "mode_policy='eval' (evaluated in eval mode, your modes restored) or 'as_is'."
+        )
+    if policy == "as_is":
+        dropouts = [
+            n for n, m in model.named_modules() if m.training and isinstance(m, nn.modules.dropout._DropoutNd)
+        ]
+        if dropouts:
+            raise ValueError(
+                f"Dropout modules {dropouts[:5]} are in training mode: a random operator is not a "
+                "matrix; use mode_policy='eval' or model.eval()"
+            )
+        # BatchNorm with batch statistics, running statistics left untouched
+        bns = [m for m in model.modules() if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved_track = [(m, m.track_running_stats) for m in bns]
+        try:
+            for m in bns:
+                m.track_running_stats = False
+            yield
+        finally:
+            for m, was in saved_track:
+                m.track_running_stats = was
+        return
+    saved = [(m, m.training) for m in model.modules()]
+    try:
+        for m in model.modules():
+            if isinstance(m, _STOCHASTIC):
+                m.training = False
+        yield
+    finally:
+        for m, was in saved:
+            m.training = was
+
+
+@dataclass
+class Batch:
+    """One batch, split into model inputs and loss targets."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    targets: Any
+    size: int
+
+
+def _first_tensor(obj: Any) -> Tensor | None:
+    if isinstance(obj, Tensor):
+        return obj
+    if isinstance(obj, Mapping):
+        for v in obj.values():
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    if isinstance(obj, (tuple, list)):
+        for v in obj:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+def _move(obj: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
+    if isinstance(obj, Tensor):
+        obj = obj.to(device)
+        return obj.to(dtype) if dtype is not None and obj.is_floating_point() else obj
+    if isinstance(obj, Mapping):
+        return {k: _move(v, device, dtype) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_move(v, device, dtype) for v in obj)
+    return obj
+
+
+def split_batch(
+    batch: Any,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    batch_size_fn: Callable[[Any], int] | None = None,
+) -> Batch:
+    """Split a batch into model inputs and targets.
+
+    ``(X, y)`` (tuple or list of two): ``model(X)`` (``model(**X)`` for a dict ``X``), loss
+    targets ``y``. A dict (Hugging Face style): ``model(**batch)``, targets the whole dict. A
+    tensor: ``model(X)``, targets ``None``.
+
+    Raises:
+        TypeError: for an unsupported batch type.
+        ValueError: for an empty batch.
+    """
+    batch = _move(batch, device, dtype)
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        X, y = batch
+        args, kwargs = ((), dict(X)) if isinstance(X, Mapping) else ((X,), {})
+        targets = y
+    elif isinstance(batch, Mapping):
+        args, kwargs, targets = (), dict(batch), batch
+    elif isinstance(batch, Tensor):
+        args, kwargs, targets = (batch,), {}, None
+    else:
+        raise TypeError(
+            f"a batch must be (inputs, targets), a dict of model inputs or a tensor, got {type(batch).__name__}"
+        )
+    if batch_size_fn is not None:
+        size = int(batch_size_fn(batch))
+    else:
+        first = _first_tensor(args if args else kwargs)
+        if first is None or first.ndim == 0:
+            raise TypeError("cannot tell the batch size; pass batch_size_fn")
+        size = int(first.shape[0])
+    if size <= 0:
+        raise ValueError("empty batch (0 samples)")
+    return Batch(args, kwargs, targets, size)
+
+
+def output_tensor(out: Any) -> Tensor:
+    """The tensor a loss is computed from: the output itself, or ``.logits`` of a model output.
+
+    Raises:
+        TypeError: if no tensor can be found.
+    """
+    if isinstance(out, Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(out, Mapping) and isinstance(out.get("logits"), Tensor):
+        return out["logits"]
+    raise TypeError(f"model output {type(out).__name__} is not a tensor and has no .logits")
+
+
+class FunctionalModel:
+    """The model as a pure function of the selected parameters (others and buffers fixed).
+
+    With ``dtype`` set, parameters and floating buffers are cast copies; the user's model is
+    never modified. Buffers are always passed as copies, so a train-mode BatchNorm cannot update
+    the user's running statistics.
+    """
+
+    def __init__(self, model: nn.Module, params: dict[str, Tensor], dtype: torch.dtype | None) -> None:
+        self.model = model
+        self.names = tuple(params)
+        cast = (lambda t: t.detach().to(dtype)) if dtype is not None else (lambda t: t.detach())
+        self.params = {n: cast(p) for n, p in params.items()}
+        frozen = {n: p for n, p in model.named_parameters() if n not in params}
+        self.fixed = {n: cast(p) if p.is_floating_point() else p.detach() for n, p in frozen.items()}
+        for n, b in model.named_buffers():
+            self.fixed[n] = (cast(b) if b.is_floating_point() else b.detach()).clone()
+        ref = next(iter(self.params.values()))
+        self.dtype, self.device = ref.dtype, ref.device
+
+    def __call__(self, p: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        out = functional_call(self.model, {**self.fixed, **p}, batch.args, batch.kwargs, strict=False)
+        return output_tensor(out)
+
+
+def check_loss(loss: Tensor) -> Tensor:
+    """Validate a loss value: a finite scalar tensor.
+
+    Raises:
+        ValueError: if the loss is not a scalar or not finite.
+    """
+    if not isinstance(loss, Tensor) or loss.ndim != 0:
+        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+        raise ValueError(
+            f"loss_fn must return a scalar (the mean loss over the batch), got {shape}; "
+            "use reduction='mean'"
+        )
+    return loss
+
+
+def iterate_batches(data: Any) -> Iterable[Any]:
+    """Data as an iterable of batches: a single batch (tuple of tensors, dict, tensor) is wrapped.
+
+    Raises:
+        TypeError: if ``data`` is not iterable.
+    """
+    if isinstance(data, Tensor) or isinstance(data, Mapping):
+        return [data]
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        return [data]
+    if not isinstance(data, Iterable):
+        raise TypeError(f"data must be an iterable of batches, got {type(data).__name__}")
+    return data
+
+
+def num_params(params: Mapping[str, Tensor]) -> int:
+    """Total number of entries."""
+    return sum(math.prod(p.shape) for p in params.values())

@@ -1,0 +1,188 @@
+"""``CurvatureOperator``: the data loop shared by the Hessian, GGN and Fisher operators.
+
+A subclass writes one per-batch product, ``_batch_matmat(fm, batch, V)``, returning ``M_b @ V`` for
+the batch's matrix ``M_b`` and a block ``V`` given as a dict of parameter-shaped tensors with a
+trailing column dimension. The base class loops over the data, weights each batch by its number
+of samples (not by batches), checks finiteness, reports progress and applies the train-mode
+policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._checks import check_choice, check_finite
+from .._tensorlist import ParamLayout
+from ..linops import LinearOperator
+from ._model import (
+    MODE_POLICIES,
+    Batch,
+    FunctionalModel,
+    LossFn,
+    ModePolicy,
+    ParamSpec,
+    check_loss,
+    iterate_batches,
+    mode_policy_applied,
+    num_params,
+    resolve_loss,
+    select_params,
+    split_batch,
+)
+
+Progress = Callable[[int, int | None], None]
+
+
+class CurvatureOperator(LinearOperator):
+    """Base class of curvature matrices of ``loss(model(x), y)`` averaged over a data set.
+
+    Args:
+        model: any ``nn.Module``; it is never modified (parameters are passed functionally).
+        loss_fn: ``"cross_entropy"``, ``"mse"`` or a callable ``loss_fn(outputs, targets)``
+            returning the MEAN loss over the batch's samples (``targets`` is ``y`` for
+            ``(X, y)`` batches and the whole dict for dict batches).
+        data: an iterable of batches (re-iterable: a list or a DataLoader), or one batch. Batches
+            are ``(X, y)``, dicts of model inputs (Hugging Face style) or tensors.
+        params: which parameters: ``None`` (all trainable), glob patterns on
+            ``named_parameters()`` names, or a dict.
+        mode_policy: what to do when BatchNorm/Dropout modules are in training mode:
+            ``"error"`` (default, raise), ``"eval"`` (evaluate those modules in eval mode for
+            each pass and restore your modes), ``"as_is"`` (use batch statistics; running
+            statistics are never updated).
+        dtype: compute in this dtype (e.g. ``torch.float64``) on cast copies of the parameters.
+        progress: called as ``progress(batches_done, total_or_None)`` after each batch.
+        batch_size_fn: returns the number of samples of a batch (default: leading dimension of
+            the first input tensor).
+
+    Raises:
+        ValueError: bad ``params``, ``mode_policy`` or ``loss_fn``.
+        TypeError: bad argument types.
+    """
+
+    SELF_ADJOINT = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: str | LossFn,
+        data: Any,
+        params: ParamSpec = None,
+        *,
+        mode_policy: ModePolicy = "error",
+        dtype: torch.dtype | None = None,
+        progress: Progress | None = None,
+        batch_size_fn: Callable[[Any], int] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_choice(mode_policy, "mode_policy", MODE_POLICIES)
+        if dtype is not None and not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+        self.model = model
+        self.loss_fn, self.likelihood = resolve_loss(loss_fn)
+        self.data = iterate_batches(data)
+        self.selected = select_params(model, params)
+        self.mode_policy = mode_policy
+        self.progress = progress
+        self.batch_size_fn = batch_size_fn
+        first = next(iter(self.selected.values()))
+        n = num_params(self.selected)
+        super().__init__(
+            (n, n), dtype or first.dtype, first.device, ParamLayout.from_params(self.selected)
+        )
+        self._fm: FunctionalModel | None = None
+        self.num_samples: int | None = None
+        self.num_batches: int | None = None
+
+    # ----- plumbing ----------------------------------------------------------------------------
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Names of the parameters the operator acts on, in layout order."""
+        return self.layout.names if self.layout is not None else ()
+
+    def functional_model(self) -> FunctionalModel:
+        """The functional view of the model (built on first use, cast to the operator dtype)."""
+        if self._fm is None:
+            self._fm = FunctionalModel(self.model, self.selected, self.dtype)
+        return self._fm
+
+    def _batches(self) -> Any:
+        fm = self.functional_model()
+        total = len(self.data) if hasattr(self.data, "__len__") else None  # type: ignore[arg-type]
+        count = 0
+        for raw in self.data:
+            yield split_batch(raw, fm.device, self.dtype, self.batch_size_fn)
+            count += 1
+            if self.progress is not None:
+                self.progress(count, total)
+        if count == 0:
+            raise ValueError("data is empty: no batches")
+
+    def _loss(self, fm: FunctionalModel, p: dict[str, Tensor], batch: Batch) -> Tensor:
+        return check_loss(self.loss_fn(fm(p, batch), batch.targets))
+
+    def _accumulate(self, per_batch: Callable[[FunctionalModel, Batch], Tensor]) -> Tensor:
+        """``sum_b n_b * per_batch(b) / sum_b n_b`` over one pass through the data."""
+        fm = self.functional_model()
+        total: Tensor | None = None
+        samples, batches = 0, 0
+        with mode_policy_applied(self.model, self.mode_policy):
+            for batch in self._batches():
+                out = per_batch(fm, batch) * batch.size
+                total = out if total is None else total + out
+                samples += batch.size
+                batches += 1
+        assert total is not None  # _batches raises on empty data
+        self.num_samples, self.num_batches = samples, batches
+        return total / samples
+
+    # ----- products ----------------------------------------------------------------------------
+    def _batch_matmat(self, fm: FunctionalModel, batch: Batch, V: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``M_b @ V`` for one batch; ``V`` and the result carry a trailing column dimension."""
+        raise NotImplementedError
+
+    def _matmat(self, X: Tensor) -> Tensor:
+        assert self.layout is not None
+        V = self.layout.unflatten(X)
+
+        def per_batch(fm: FunctionalModel, batch: Batch) -> Tensor:
+            assert self.layout is not None
+            return self.layout.flatten(self._batch_matmat(fm, batch, V))
+
+        out = self._accumulate(per_batch)
+        try:
+            check_finite(out, "curvature product")
+        except ValueError as err:
+            raise ValueError(f"the operator returned non-finite values: {err}") from None
+        return out
+
+    def loss_and_gradient(self) -> tuple[float, Tensor]:
+        """Full-data loss and gradient (flat, in layout order), weighted by samples.
+
+        Returns:
+            ``(loss, gradient)``.
+
+        Raises:
+            ValueError: if the loss is not a finite scalar.
+        """
+        assert self.layout is not None
+
+        def per_batch(fm: FunctionalModel, batch: Batch) -> Tensor:
+            grads, loss = torch.func.grad_and_value(lambda p: self._loss(fm, p, batch))(fm.params)
+            check_finite(loss.reshape(1), "loss")
+            assert self.layout is not None
+            return torch.cat([self.layout.flatten(grads), loss.detach().reshape(1)])
+
+        out = self._accumulate(per_batch)
+        return float(out[-1]), out[:-1]
+
+    def __repr__(self) -> str:
+        n = self.shape[0]
+        return (
+            f"{type(self).__name__}(num_params={n}, params={len(self.param_names)} tensors, "
+            f"dtype={self.dtype}, num_samples={self.num_samples})"
+        )

@@ -1,0 +1,168 @@
+"""Spectral analysis of curvature operators: top eigenpairs, trace, density, outliers vs bulk.
+
+Thin, opinionated wrappers over :mod:`subspaces.linalg` with defaults for curvature: every result
+records how many data samples the operator used (``num_samples``), because a one-batch
+sharpness can overstate the full-data one by 2x.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ..linalg import DensityResult, EigenResult, TraceResult, hutchinson_trace, lanczos, slq_density
+from ..linalg import hutchpp_trace, xtrace
+from ..linops import LinearOperator
+
+TraceMethod = Literal["hutchinson", "hutch++", "xtrace"]
+_TRACE = {"hutchinson": hutchinson_trace, "hutch++": hutchpp_trace, "xtrace": xtrace}
+
+
+def _samples(op: Any) -> int | None:
+    return getattr(op, "num_samples", None)
+
+
+def top_eigen(op: LinearOperator | Tensor, k: int = 5, rtol: float = 1e-3, **lanczos_kwargs: Any) -> EigenResult:
+    """Top-``k`` eigenpairs, certified by Lanczos to a relative residual ``rtol``.
+
+    Args:
+        op: a curvature operator (or any symmetric operator / tensor).
+        k: number of eigenpairs.
+        rtol: relative residual tolerance (``||H x - theta x|| <= rtol * ||H||``); the eigenvalue
+            error is at most the residual, and typically its square over the gap.
+        **lanczos_kwargs: ``which``, ``block_size``, ``v0`` (warm start), ``max_matvecs``,
+            ``generator`` ... (see :func:`~subspaces.linalg.lanczos`).
+
+    Returns:
+        An :class:`~subspaces.linalg.EigenResult` with ``num_samples`` filled in.
+
+    Example:
+        >>> import torch
+        >>> top_eigen(torch.diag(torch.arange(1.0, 51.0, dtype=torch.float64)), 2,
+        ...           generator=torch.Generator().manual_seed(0)).eigenvalues.tolist()
+        [50.0, 49.0]
+    """
+    result = lanczos(op, k, tol=rtol, **lanczos_kwargs)
+    return dataclasses.replace(result, num_samples=_samples(op))
+
+
+def trace(
+    op: LinearOperator | Tensor,
+    rtol: float = 0.05,
+    *,
+    method: TraceMethod = "hutchinson",
+    max_matvecs: int = 500,
+    generator: torch.Generator | None = None,
+) -> TraceResult:
+    """Trace with a standard error, stopping when ``stderr <= rtol * |trace|`` or at the budget.
+
+    Hutchinson is the default: curvature spectra of networks are bulk-dominated and indefinite, and
+    there sketching estimators (Hutch++, XTrace) gain little (measured in
+    ``benchmarks/linalg_trace.py``); pass ``method="xtrace"`` for fast-decaying spectra.
+
+    Args:
+        op: a symmetric operator.
+        rtol: target relative standard error.
+        method: ``"hutchinson"``, ``"hutch++"`` or ``"xtrace"``.
+        max_matvecs: budget.
+        generator: randomness for the probes.
+
+    Returns:
+        A :class:`~subspaces.linalg.TraceResult` with ``num_samples`` filled in.
+
+    Raises:
+        ValueError: for an unknown method.
+
+    Example:
+        >>> import torch
+        >>> r = trace(torch.eye(100, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
+        >>> round(r.estimate, 6)
+        100.0
+    """
+    if method not in _TRACE:
+        raise ValueError(f"method must be one of {tuple(_TRACE)}, got {method!r}")
+    result = _TRACE[method](op, rtol=rtol, max_matvecs=max_matvecs, generator=generator)
+    return dataclasses.replace(result, num_samples=_samples(op))
+
+
+def density(
+    op: LinearOperator | Tensor,
+    num_runs: int = 10,
+    steps: int = 80,
+    *,
+    generator: torch.Generator | None = None,
+    **slq_kwargs: Any,
+) -> DensityResult:
+    """Spectral density by stochastic Lanczos quadrature (``num_runs x steps`` products).
+
+    Returns:
+        A :class:`~subspaces.linalg.DensityResult` with ``num_samples`` filled in.
+
+    Example:
+        >>> import torch
+        >>> d = density(torch.diag(torch.linspace(0, 1, 200, dtype=torch.float64)), 4, 20,
+        ...             generator=torch.Generator().manual_seed(0))
+        >>> d.num_matvecs
+        80
+    """
+    result = slq_density(op, num_runs, steps, generator=generator, **slq_kwargs)
+    return dataclasses.replace(result, num_samples=_samples(op))
+
+
+@dataclass(frozen=True)
+class BulkOutliers:
+    """The split of a spectrum's top into outliers and the bulk.
+
+    Attributes:
+        num_outliers: eigenvalues above the largest relative gap (0 if no gap exceeds the
+            threshold).
+        outliers: those eigenvalues, descending.
+        bulk_edge: the largest eigenvalue of the bulk (the first below the gap).
+        gap_ratio: ``outliers[-1] / bulk_edge``, the size of the gap.
+    """
+
+    num_outliers: int
+    outliers: Tensor
+    bulk_edge: float
+    gap_ratio: float
+
+
+def bulk_outliers(eigenvalues: Tensor | EigenResult, *, min_ratio: float = 1.5) -> BulkOutliers:
+    """Split the top of a spectrum at its largest relative gap ``lambda_j / lambda_{j+1}``.
+
+    Sagun et al. (2017) and Papyan (2019, 2020) observe that a classifier's Hessian has ``C - 1``
+    outliers (``C`` classes) above a bulk near zero; pass more top eigenvalues than the number of
+    outliers you expect (for ``C`` classes, ``C + 10`` or so) so the bulk edge is seen.
+
+    Args:
+        eigenvalues: the top eigenvalues (any order) or an :class:`~subspaces.linalg.EigenResult`.
+        min_ratio: the smallest ``lambda_j / lambda_{j+1}`` that counts as a gap.
+
+    Returns:
+        :class:`BulkOutliers`.
+
+    Raises:
+        ValueError: with fewer than two positive eigenvalues.
+
+    Example:
+        >>> import torch
+        >>> lam = torch.tensor([9.0, 8.0, 7.5, 1.0, 0.9, 0.8])
+        >>> split = bulk_outliers(lam)
+        >>> split.num_outliers, split.bulk_edge
+        (3, 1.0)
+    """
+    vals = eigenvalues.eigenvalues if isinstance(eigenvalues, EigenResult) else eigenvalues
+    lam = torch.as_tensor(vals, dtype=torch.float64).flatten().sort(descending=True).values
+    lam = lam[lam > 0]
+    if lam.numel() < 2:
+        raise ValueError(f"need at least two positive eigenvalues to find a gap, got {lam.tolist()}")
+    ratios = lam[:-1] / lam[1:]
+    j = int(torch.argmax(ratios))
+    ratio = float(ratios[j])
+    if ratio < min_ratio:
+        return BulkOutliers(0, lam[:0], float(lam[0]), ratio)
+    return BulkOutliers(j + 1, lam[: j + 1], float(lam[j + 1]), ratio)
