@@ -154,7 +154,7 @@ def test_train_mode_policy():
             lambda m, l, d: HessianOperator(m, lambda o, y: torch.log(o - 1e3).mean(), d)
             @ torch.ones(57, dtype=F64),
             ValueError,
-            "non-finite",
+            "loss is not finite",
         ),
         (lambda m, l, d: FisherOperator(m, lambda o, y: o.sum(), d), ValueError, "known likelihood"),
         (lambda m, l, d: HessianOperator(m, l, d, method="double_backward").engine, ValueError, "exactly one batch"),

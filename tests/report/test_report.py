@@ -44,7 +44,9 @@ def fake_summary() -> dict:
     outliers = [38.5, 24.7, 18.1, 12.4, 8.9, 6.2, 4.4, 3.1, 2.2]
     grid = np.linspace(-1.0, 42.0, 400)
     sigma = 0.43
-    bulk = (1 - 9 / n_params) * np.exp(-0.5 * ((grid - 0.1) / 0.25) ** 2) / (0.25 * np.sqrt(2 * np.pi))
+    bulk = (
+        (1 - 9 / n_params) * np.exp(-0.5 * ((grid - 0.1) / 0.25) ** 2) / (0.25 * np.sqrt(2 * np.pi))
+    )
     spikes = sum(np.exp(-0.5 * ((grid - o) / sigma) ** 2) for o in outliers) / (
         n_params * sigma * np.sqrt(2 * np.pi)
     )
@@ -314,10 +316,10 @@ def test_html_shows_key_numbers(summary, figures):
         "subspaces 0.1.0",
         "Final test accuracy 97.2% (train 99.1%)",
         "λ_max = 38.5 vs 2/η = 40 (η·λ_max/2 = 0.963): at the edge of stability",
-        "tr H = 114.8 ± 4.1 vs the SGD threshold 40 (η·tr H/2 = 2.87)",
+        "tr H = 114.8 ± 4.1, above the SGD threshold 40 (η·tr H/2 = 2.87)",
         "9 outlier eigenvalues above the bulk edge ≈ 0.95 (gap ratio 2.3)",
         "600 Hessian-vector products over 5 checkpoints; 1,234 for the final spectrum",
-        "computed on 1,437 of the 1,437 training samples",
+        "computed on 1,437 training samples (all of them)",
         "Run time 12.5 s (training 4.00 s, curvature 8.25 s)",
         "Cohen et al. 2021",
         "Wu & Su 2023",
@@ -338,6 +340,8 @@ def test_samples_statement_when_tracking_used_fewer(summary):
     s["curvature"]["num_samples"] = 512
     text = text_summary(s)
     assert "512 samples per checkpoint" in text and "final spectrum used 1,437" in text
+    s["curvature"]["num_samples"] = s["final"]["num_samples"] = 1000
+    assert "computed on 1,000 of the 1,437 training samples" in text_summary(s)
 
 
 def test_stability_verdicts(summary):

@@ -321,6 +321,16 @@ def check_loss(loss: Tensor) -> Tensor:
     return loss
 
 
+def check_loss_finite(loss: Tensor) -> None:
+    """Raise if a loss value (or a batch of copies of it) is NaN or Inf.
+
+    Raises:
+        ValueError: naming the value.
+    """
+    if not bool(torch.isfinite(loss).all()):
+        raise ValueError(f"the loss is not finite on a batch (got {loss.flatten()[0].item()}); check the model and data")
+
+
 def iterate_batches(data: Any) -> Iterable[Any]:
     """Data as an iterable of batches: a single batch (tuple of tensors, dict, tensor) is wrapped.
 

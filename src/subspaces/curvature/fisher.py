@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_positive_int
-from ._model import Batch, FunctionalModel, LossFn, ModePolicy, ParamSpec
+from ._model import Batch, FunctionalModel, check_loss_finite, LossFn, ModePolicy, ParamSpec
 from .base import CurvatureOperator, Progress
 
 FisherKind = Literal["mc", "empirical"]
@@ -132,6 +132,7 @@ class FisherOperator(CurvatureOperator):
             return fm(p, batch)
 
         out, vjp_fn = torch.func.vjp(f, fm.params)
+        check_loss_finite(self.loss_fn(out.detach(), batch.targets))
         S = self._output_gradients(out.detach(), batch)  # (m, n, ...)
         m, n = S.shape[0], batch.size
         JV = torch.func.vmap(lambda v: torch.func.jvp(f, (fm.params,), (v,))[1], in_dims=-1)(V)

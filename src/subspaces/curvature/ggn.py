@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._model import Batch, FunctionalModel
+from ._model import Batch, FunctionalModel, check_loss_finite
 from .base import CurvatureOperator
 
 
@@ -53,6 +53,7 @@ class GGNOperator(CurvatureOperator):
             return fm(p, batch)
 
         out, vjp_fn = torch.func.vjp(f, fm.params)
+        check_loss_finite(self.loss_fn(out.detach(), batch.targets))
         out = out.detach()
         JV = torch.func.vmap(lambda v: torch.func.jvp(f, (fm.params,), (v,))[1], in_dims=-1)(V)
         HJV = self._output_hvp(out, batch, JV)

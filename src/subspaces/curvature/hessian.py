@@ -8,7 +8,15 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_finite
-from ._model import Batch, FunctionalModel, LossFn, ModePolicy, ParamSpec, mode_policy_applied
+from ._model import (
+    Batch,
+    FunctionalModel,
+    LossFn,
+    ModePolicy,
+    ParamSpec,
+    check_loss_finite,
+    mode_policy_applied,
+)
 from .base import CurvatureOperator, Progress
 
 Method = Literal["auto", "vmap", "double_backward"]
@@ -97,12 +105,15 @@ class HessianOperator(CurvatureOperator):
         return "double_backward" if single else "vmap"
 
     def _batch_matmat(self, fm: FunctionalModel, batch: Batch, V: dict[str, Tensor]) -> dict[str, Tensor]:
-        grad_fn = torch.func.grad(lambda p: self._loss(fm, p, batch))
+        grad_fn = torch.func.grad_and_value(lambda p: self._loss(fm, p, batch))
 
-        def hvp(v: dict[str, Tensor]) -> dict[str, Tensor]:
-            return torch.func.jvp(grad_fn, (fm.params,), (v,))[1]  # type: ignore[no-any-return]
+        def hvp(v: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+            (_, loss), (hv, _) = torch.func.jvp(grad_fn, (fm.params,), (v,))
+            return hv, loss
 
-        return torch.func.vmap(hvp, in_dims=-1, out_dims=-1)(V)  # type: ignore[no-any-return]
+        hv, loss = torch.func.vmap(hvp, in_dims=-1, out_dims=(-1, 0))(V)
+        check_loss_finite(loss)
+        return hv  # type: ignore[no-any-return]
 
     def _cached_graph(self) -> tuple[list[Tensor], tuple[Tensor, ...]]:
         if self._graph is None:
@@ -112,7 +123,7 @@ class HessianOperator(CurvatureOperator):
                 (batch,) = list(self._batches())
                 with torch.enable_grad():
                     loss = self._loss(fm, leaves, batch)
-                    check_finite(loss.detach().reshape(1), "loss")
+                    check_loss_finite(loss.detach())
                     grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
             self.num_samples, self.num_batches = batch.size, 1
             self._graph = (list(leaves.values()), grads)

@@ -149,9 +149,7 @@ def _matrix(section: Mapping[str, Any] | None, key: str) -> np.ndarray | None:
     return values
 
 
-def _x_axis(
-    section: Mapping[str, Any], key: str, n: int, what: str
-) -> tuple[np.ndarray, bool]:
+def _x_axis(section: Mapping[str, Any], key: str, n: int, what: str) -> tuple[np.ndarray, bool]:
     """Return the x values ``section[key]`` checked to have length ``n`` (else ``0..n-1``).
 
     Returns:
@@ -259,6 +257,16 @@ def _use_log_scale(values: np.ndarray, ratio: float = 30.0) -> bool:
     return bool(finite.max() / finite.min() > ratio)
 
 
+def _log_y(ax: Axes) -> None:
+    """Put the y axis on a log scale with plain-number tick labels at 1, 2, 5 × 10^k."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def _hline(ax: Axes, y: float, label: str, style: str = "--") -> None:
     """Draw a labelled horizontal threshold line if ``y`` is finite."""
     if math.isfinite(y):
@@ -334,7 +342,7 @@ def loss_accuracy(summary: Mapping[str, Any]) -> bytes | None:
             if kind == "loss":
                 log = _use_log_scale(values, 10.0)
                 if log:
-                    ax.set_yscale("log")
+                    _log_y(ax)
                 ax.set_ylabel("loss (log scale)" if log else "loss")
             else:
                 ax.set_ylabel("accuracy")
@@ -379,26 +387,27 @@ def top_eigenvalues(summary: Mapping[str, Any]) -> bytes | None:
                 linewidth=2.4 if i == 0 else 1.4,
                 marker="o" if mask.sum() <= 40 else None,
                 markersize=4 if i == 0 else 3,
-                label=f"λ_{i + 1}",
+                label=rf"$\lambda_{{{i + 1}}}$",
                 zorder=3 if i == 0 else 2,
             )
-        _hline(ax, threshold, f"2/η (GD stability) = {_fmt(threshold)}")
+        _hline(ax, threshold, rf"$2/\eta$ (GD stability) = {_fmt(threshold)}")
         values = np.concatenate([eig.ravel(), [threshold]])
-        if _use_log_scale(values):
-            ax.set_yscale("log")
+        if _use_log_scale(values, 100.0):
+            _log_y(ax)
             ax.set_ylabel("eigenvalue (log scale)")
         else:
             ax.set_ylabel("eigenvalue")
         ax.set_xlabel(_step_label(has_step))
         ax.set_title(f"Top-{k} Hessian eigenvalues during training")
         handles, labels = ax.get_legend_handles_labels()
-        order = sorted(range(len(labels)), key=lambda j: (not labels[j].startswith("λ"), labels[j]))
+        # the eigenvalues were drawn λ_k first (so λ_1 is on top); list them λ_1 first
         ax.legend(
-            [handles[j] for j in order],
-            [labels[j] for j in order],
+            handles[:k][::-1] + handles[k:],
+            labels[:k][::-1] + labels[k:],
             loc="center left",
             bbox_to_anchor=(1.01, 0.5),
             frameon=False,
+            ncols=1 if k <= 12 else 2,
         )
         return _png(fig)
 
@@ -436,7 +445,7 @@ def trace(summary: Mapping[str, Any]) -> bytes | None:
             color=_TRAIN_COLOR,
             marker="o" if mask.sum() <= 40 else None,
             markersize=4,
-            label="tr H (Hutchinson)",
+            label=r"$\mathrm{tr}\,H$ (stochastic estimate)",
         )
         if stderr is not None:
             band = mask & np.isfinite(stderr)
@@ -451,8 +460,8 @@ def trace(summary: Mapping[str, Any]) -> bytes | None:
             )
         _hline(ax, threshold, f"SGD threshold: {_trace_threshold_name(summary, threshold)}")
         values = np.concatenate([tr, [threshold]])
-        if _use_log_scale(values):
-            ax.set_yscale("log")
+        if _use_log_scale(values, 100.0):
+            _log_y(ax)
             ax.set_ylabel("trace of the Hessian (log scale)")
         else:
             ax.set_ylabel("trace of the Hessian")
@@ -469,9 +478,9 @@ def _trace_threshold_name(summary: Mapping[str, Any], threshold: float) -> str:
     batch = _to_float(config.get("batch_size")) if config else math.nan
     if math.isfinite(lr) and lr > 0 and math.isfinite(threshold):
         if math.isclose(threshold, 2.0 / lr, rel_tol=1e-6):
-            return f"2/η = {_fmt(threshold)}"
+            return rf"$2/\eta$ = {_fmt(threshold)}"
         if math.isfinite(batch) and math.isclose(threshold, 2.0 * batch / lr, rel_tol=1e-6):
-            return f"2B/η = {_fmt(threshold)}"
+            return rf"$2B/\eta$ = {_fmt(threshold)}"
     return _fmt(threshold)
 
 
@@ -520,7 +529,14 @@ def density(summary: Mapping[str, Any], *, log_y: bool = True) -> bytes | None:
         g, d = grid[mask], dens[mask]
         if log_y:
             peak = float(d.max()) if d.size and d.max() > 0 else 1.0
-            floor = peak * 1e-10
+            floor = peak * 1e-6
+            if outliers.size and g.size > 1:
+                # room for the outlier bumps (weight ~1/n each): three decades below the lowest
+                heights = np.interp(outliers, g, d)
+                heights = heights[heights > 0]
+                if heights.size:
+                    floor = min(floor, float(heights.min()) * 1e-3)
+            floor = max(floor, peak * 1e-14)
             d = np.maximum(d, floor)
             ax.set_yscale("log")
             ax.set_ylim(floor, peak * 3.0)
@@ -576,6 +592,10 @@ def _fraction_figure(
         if reference is not None and math.isfinite(reference[0]):
             _hline(ax, reference[0], reference[1], style=":")
         ax.set_ylim(-0.03, 1.03)
+        finite_x = x[np.isfinite(x)]
+        if finite_x.size > 1 and finite_x.max() > finite_x.min():
+            pad = 0.04 * float(finite_x.max() - finite_x.min())
+            ax.set_xlim(float(finite_x.min()) - pad, float(finite_x.max()) + pad)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
@@ -608,7 +628,7 @@ def grad_fraction(summary: Mapping[str, Any]) -> bytes | None:
         x,
         y,
         xlabel=_step_label(has_step),
-        ylabel="‖P_k g‖² / ‖g‖²",
+        ylabel=r"$\|P_k g\|^2 \,/\, \|g\|^2$",
         title=f"Fraction of the gradient in the top-{k or 'k'} Hessian eigenspace",
         label="gradient fraction",
     )
@@ -647,7 +667,7 @@ def overlap(summary: Mapping[str, Any]) -> bytes | None:
         xlabel=_step_label(has_step),
         ylabel="overlap with previous checkpoint",
         title=f"Stability of the top-{k or 'k'} Hessian eigenspace",
-        label="overlap ‖Q_prevᵀQ‖²_F / k",
+        label=r"overlap $\|Q_{t-1}^{\top} Q_t\|_F^2 \,/\, k$",
         reference=reference,
     )
 
@@ -681,8 +701,8 @@ def batch_vs_full(summary: Mapping[str, Any]) -> bytes | None:
     threshold = _threshold(summary, "gd_threshold")
     with _figure(height=3.9) as (fig, ax):
         for values, color, label in (
-            (full, "#111111", "full data λ_max"),
-            (batch, "#ff7f0e", "mini-batch λ_max"),
+            (full, "#111111", r"full data $\lambda_{\max}$"),
+            (batch, "#ff7f0e", r"mini-batch $\lambda_{\max}$"),
         ):
             mask = np.isfinite(values)
             ax.plot(
@@ -693,12 +713,12 @@ def batch_vs_full(summary: Mapping[str, Any]) -> bytes | None:
                 markersize=4,
                 label=label,
             )
-        _hline(ax, threshold, f"2/η (GD stability) = {_fmt(threshold)}")
-        if _use_log_scale(np.concatenate([full, batch, [threshold]])):
-            ax.set_yscale("log")
-            ax.set_ylabel("λ_max (log scale)")
+        _hline(ax, threshold, rf"$2/\eta$ (GD stability) = {_fmt(threshold)}")
+        if _use_log_scale(np.concatenate([full, batch, [threshold]]), 100.0):
+            _log_y(ax)
+            ax.set_ylabel(r"$\lambda_{\max}$ (log scale)")
         else:
-            ax.set_ylabel("λ_max")
+            ax.set_ylabel(r"$\lambda_{\max}$")
         ax.set_xlabel(_step_label(has_step))
         ax.set_title("Top eigenvalue: one mini-batch vs the full data")
         ax.legend(loc="best")

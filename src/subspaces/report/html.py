@@ -77,9 +77,9 @@ CAPTIONS: dict[str, tuple[str, str]] = {
     ),
     "top_eigenvalues": (
         "Top Hessian eigenvalues against 2/η",
-        "The k largest Hessian eigenvalues at each checkpoint (Lanczos). Full-batch GD is stable "
-        "only while λ_max < 2/η; under GD, λ_max typically rises until it hovers at 2/η, the edge "
-        "of stability (Cohen et al. 2021), while SGD tends to stay below it (Wu & Su 2023).",
+        "The k largest Hessian eigenvalues at each checkpoint (Lanczos). GD is stable while "
+        "λ_max < 2/η (Cohen et al. 2021; Wu & Su 2023): under full-batch GD λ_max typically "
+        "rises until it hovers at 2/η (the edge of stability), while SGD tends to stay below it.",
     ),
     "trace": (
         "Hessian trace against the SGD threshold",
@@ -230,7 +230,9 @@ def _count(value: Any) -> int | None:
 
 
 def _final_lambda_max(summary: Mapping[str, Any]) -> float | None:
-    stability, final, curvature = (_section(summary, s) for s in ("stability", "final", "curvature"))
+    stability, final, curvature = (
+        _section(summary, s) for s in ("stability", "final", "curvature")
+    )
     final_eigs = _series(final, "eigenvalues")
     tracked = _get(curvature, "eigenvalues")
     last_tracked = None
@@ -255,15 +257,20 @@ def _samples_sentence(summary: Mapping[str, Any]) -> str | None:
     tracked = _count(_get(curvature, "num_samples"))
     at_end = _count(_get(final, "num_samples"))
     num_train = _count(_get(config, "num_train"))
-    of = f" of the {num_train:,} training samples" if num_train is not None else ""
     if tracked is None and at_end is None:
         return None
+    n = tracked if tracked is not None else at_end
+    if num_train is None:
+        of = " training samples"
+    elif n == num_train and (at_end is None or at_end == num_train):
+        of = " training samples (all of them)"
+    else:
+        of = f" of the {num_train:,} training samples"
     if tracked is not None and at_end is not None and tracked != at_end:
         return (
             f"The curvature tracked during training used {tracked:,} samples per checkpoint; "
             f"the final spectrum used {at_end:,}{of}."
         )
-    n = tracked if tracked is not None else at_end
     return f"All curvature numbers (eigenvalues, trace, density) were computed on {n:,}{of}."
 
 
@@ -317,7 +324,7 @@ def _summary_lines(summary: Mapping[str, Any]) -> list[str]:
             line += f" ± {_num(stderr, '.2g')}"
         sgd = _finite(_get(stability, "sgd_trace_threshold"))
         if sgd is not None:
-            line += f" vs the SGD threshold {_num(sgd)}"
+            line += f", {'above' if tr > sgd else 'below'} the SGD threshold {_num(sgd)}"
         eta_tr = _finite(_get(stability, "eta_trace_over_2"))
         if eta_tr is not None:
             line += f" (η·tr H/2 = {eta_tr:.3g})"
@@ -416,7 +423,7 @@ def _eigenvalue_table(final: Mapping[str, Any]) -> str | None:
 
     head = ["i", "eigenvalue λ_i", "residual ‖Hv − λv‖", "converged"]
     if num_outliers is not None:
-        head.append("part of")
+        head.append("spectrum")
     rows = ["<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>"]
     for i, lam in enumerate(eigenvalues):
         conv = _at(converged, i)
@@ -542,8 +549,10 @@ def render_html(summary: Mapping[str, Any], figures: Mapping[str, bytes]) -> str
 
     timing = _section(summary, "timing")
     if timing is not None:
+        names = {"total_seconds": "total", "train_seconds": "training"}
+        names["curvature_seconds"] = "curvature"
         rows = [
-            f'<tr><th>{_esc(str(k).replace("_", " "))}</th><td class="num">'
+            f'<tr><th>{_esc(names.get(str(k), str(k).replace("_", " ")))}</th><td class="num">'
             f"{_esc(format_seconds(x) if (x := _finite(v)) is not None else _num(v))}</td></tr>"
             for k, v in timing.items()
         ]
@@ -569,7 +578,9 @@ def render_html(summary: Mapping[str, Any], figures: Mapping[str, bytes]) -> str
     return "\n".join(out)
 
 
-def text_summary(summary: Mapping[str, Any], report_path: str | os.PathLike[str] | None = None) -> str:
+def text_summary(
+    summary: Mapping[str, Any], report_path: str | os.PathLike[str] | None = None
+) -> str:
     """The few lines a command prints when it is done: the key numbers and the report's path.
 
     Args:
