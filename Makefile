@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/subspaces demo
+	$(BIN)/subspaces analyze --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

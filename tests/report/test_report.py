@@ -143,7 +143,9 @@ def stub_png(monkeypatch):
 class StrictParser(HTMLParser):
     """Collects tags and attributes and checks that non-void elements are balanced."""
 
-    VOID = {"meta", "img", "br", "hr", "link", "input", "source", "col", "area", "base", "wbr"}
+    VOID = frozenset(
+        {"meta", "img", "br", "hr", "link", "input", "source", "col", "area", "base", "wbr"}
+    )
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
@@ -275,7 +277,7 @@ def test_html_is_self_contained(summary, figures):
     p = parse(page)
     assert p.tags[0] == "html"
     assert "script" not in p.tags and "link" not in p.tags and "iframe" not in p.tags
-    for tag, key, value in p.attrs:
+    for _tag, key, value in p.attrs:
         if key in {"src", "href"}:
             assert value is not None and not value.lower().startswith(("http:", "https:", "//"))
     assert "http://" not in page and "https://" not in page
@@ -424,3 +426,7 @@ def test_write_report_rejects_bad_figure_names(summary, tmp_path):
         with pytest.raises(ValueError, match="file stem"):
             write_report(summary, tmp_path, figures={bad: PNG_MAGIC})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_figures_are_deterministic(summary):
+    assert F.overlap(summary) == F.overlap(copy.deepcopy(summary))

@@ -131,16 +131,27 @@ class BulkOutliers:
     gap_ratio: float
 
 
-def bulk_outliers(eigenvalues: Tensor | EigenResult, *, min_ratio: float = 1.5) -> BulkOutliers:
-    """Split the top of a spectrum at its largest relative gap ``lambda_j / lambda_{j+1}``.
+def bulk_outliers(
+    eigenvalues: Tensor | EigenResult,
+    *,
+    min_ratio: float = 1.2,
+    dense_window: int = 3,
+) -> BulkOutliers:
+    """Split the top of a spectrum into sparse outliers and a dense bulk.
 
     Sagun et al. (2017) and Papyan (2019, 2020) observe that a classifier's Hessian has ``C - 1``
-    outliers (``C`` classes) above a bulk near zero; pass more top eigenvalues than the number of
-    outliers you expect (for ``C`` classes, ``C + 10`` or so) so the bulk edge is seen.
+    outliers (``C`` classes) above a bulk near zero. The outliers themselves can be spread out
+    (the ratios between them can be as large as the gap to the bulk), so a split after
+    ``lambda_j`` counts only if what lies below it is denser: its ratio ``lambda_j / lambda_{j+1}``
+    exceeds each of the next ``dense_window`` ratios. Among such splits the one with the largest
+    ratio wins, if that ratio is at least ``min_ratio``. This is a heuristic: check it against the
+    density (:func:`density`). Pass more top eigenvalues than the outliers you expect (``C + 10``
+    or so) so the bulk is seen.
 
     Args:
         eigenvalues: the top eigenvalues (any order) or an :class:`~subspaces.linalg.EigenResult`.
         min_ratio: the smallest ``lambda_j / lambda_{j+1}`` that counts as a gap.
+        dense_window: how many ratios below a split must be smaller than the gap (0 disables).
 
     Returns:
         :class:`BulkOutliers`.
@@ -150,7 +161,7 @@ def bulk_outliers(eigenvalues: Tensor | EigenResult, *, min_ratio: float = 1.5) 
 
     Example:
         >>> import torch
-        >>> lam = torch.tensor([9.0, 8.0, 7.5, 1.0, 0.9, 0.8])
+        >>> lam = torch.tensor([9.0, 5.0, 3.0, 1.0, 0.95, 0.9, 0.85, 0.8])  # 9/5 > 3/1 > ...
         >>> split = bulk_outliers(lam)
         >>> split.num_outliers, split.bulk_edge
         (3, 1.0)
@@ -161,8 +172,13 @@ def bulk_outliers(eigenvalues: Tensor | EigenResult, *, min_ratio: float = 1.5) 
     if lam.numel() < 2:
         raise ValueError(f"need at least two positive eigenvalues to find a gap, got {lam.tolist()}")
     ratios = lam[:-1] / lam[1:]
-    j = int(torch.argmax(ratios))
-    ratio = float(ratios[j])
-    if ratio < min_ratio:
-        return BulkOutliers(0, lam[:0], float(lam[0]), ratio)
-    return BulkOutliers(j + 1, lam[: j + 1], float(lam[j + 1]), ratio)
+    best, best_ratio = -1, 0.0
+    for j in range(len(ratios)):
+        below = ratios[j + 1 : j + 1 + dense_window]
+        if dense_window and (len(below) < dense_window or bool((below >= ratios[j]).any())):
+            continue
+        if float(ratios[j]) > best_ratio:
+            best, best_ratio = j, float(ratios[j])
+    if best < 0 or best_ratio < min_ratio:
+        return BulkOutliers(0, lam[:0], float(lam[0]), max(best_ratio, 1.0))
+    return BulkOutliers(best + 1, lam[: best + 1], float(lam[best + 1]), best_ratio)

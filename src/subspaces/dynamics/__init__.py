@@ -1,4 +1,7 @@
-"""Learning dynamics: how training moves the weights and where it cannot (the frozen subspace).
+"""Learning dynamics: how training moves the weights, and where it cannot.
+
+Curvature tracked along training (``CurvatureTracker``), and the exact dynamics of linear
+student-teacher learning with its frozen subspace (:mod:`subspaces.dynamics.linear_theory`).
 
 References:
     Advani, Saxe, Sompolinsky. "High-dimensional dynamics of generalization error in neural
@@ -19,8 +22,10 @@ from .linear_theory import (
     student_teacher,
     theory_error_curves,
 )
+from .tracker import CurvatureTracker
 
 __all__ = [
+    "CurvatureTracker",
     "ErrorCurves",
     "MarchenkoPastur",
     "StudentTeacher",

@@ -620,9 +620,10 @@ def xtrace(
             most ``n`` of them.
         rtol: adaptive mode target (give this or ``num_matvecs``).
         max_matvecs: budget cap in adaptive mode (``>= 4``).
-        distribution: ``"sphere"`` (default: the paper's improved XTrace; measured 1.0-1.5x
-            lower error than Rademacher test vectors on slowly decaying spectra and equal on
-            fast decay), ``"rademacher"`` or ``"gaussian"``.
+        distribution: ``"sphere"`` (default: the paper's improved XTrace; against Rademacher
+            test vectors at n = 2000 over 100 seeds it had 1.3x lower error on a slowly
+            decaying spectrum, 0.8x at 300 products on a fast-decaying one, and equal error
+            otherwise), ``"rademacher"`` or ``"gaussian"``.
         generator: source of randomness.
 
     Returns:

@@ -83,6 +83,9 @@ def _to_float(value: Any) -> float:
     Accepts numbers, booleans, numeric strings and the strings ``"NaN"``, ``"Infinity"`` and
     ``"-Infinity"`` that strict JSON output uses for non-finite floats.
 
+    Returns:
+        The float value (NaN when there is none).
+
     Example:
         >>> _to_float(2), _to_float("Infinity"), math.isnan(_to_float(None))
         (2.0, inf, True)
@@ -738,7 +741,7 @@ FIGURES: dict[str, Callable[[Mapping[str, Any]], bytes | None]] = {
 
 
 def all_figures(summary: Mapping[str, Any]) -> dict[str, bytes]:
-    """Draw every figure that the summary has data for.
+    r"""Draw every figure that the summary has data for.
 
     Args:
         summary: the report summary (see :mod:`subspaces.report.html`).
@@ -753,7 +756,7 @@ def all_figures(summary: Mapping[str, Any]) -> dict[str, bytes]:
 
     Example:
         >>> figs = all_figures({"history": {"epoch": [1, 2], "train_loss": [1.0, 0.5]}})
-        >>> list(figs), figs["loss_accuracy"][:8] == b"\\x89PNG\\r\\n\\x1a\\n"
+        >>> list(figs), figs["loss_accuracy"][:8] == b"\x89PNG\r\n\x1a\n"
         (['loss_accuracy'], True)
     """
     if not isinstance(summary, Mapping):

@@ -132,6 +132,12 @@ _CONFIG_LABELS: dict[str, str] = {
     "num_test": "test samples",
 }
 
+_TIMING_LABELS = {
+    "total_seconds": "total",
+    "train_seconds": "training",
+    "curvature_seconds": "curvature",
+}
+
 _CSS = """
 :root { color-scheme: light; }
 body { margin: 0; background: #f6f7f9; color: #1d2330;
@@ -140,7 +146,8 @@ body { margin: 0; background: #f6f7f9; color: #1d2330;
 main { max-width: 920px; margin: 0 auto; padding: 24px 28px 40px; background: #fff;
   box-shadow: 0 0 12px rgba(0,0,0,.06); }
 h1 { font-size: 1.7em; margin: 0 0 4px; }
-h2 { font-size: 1.25em; margin: 32px 0 10px; padding-bottom: 4px; border-bottom: 1px solid #e3e6eb; }
+h2 { font-size: 1.25em; margin: 32px 0 10px; padding-bottom: 4px;
+  border-bottom: 1px solid #e3e6eb; }
 .meta { color: #5b6475; margin: 0; }
 .summary { background: #f0f5ff; border: 1px solid #cfdcf5; border-radius: 6px;
   padding: 10px 16px 10px 30px; }
@@ -408,6 +415,16 @@ def _stability_table(stability: Mapping[str, Any]) -> str:
     return '<table class="kv">\n' + "\n".join(rows) + "\n</table>"
 
 
+def _timing_table(timing: Mapping[str, Any]) -> str:
+    rows = []
+    for key, value in timing.items():
+        label = _TIMING_LABELS.get(str(key), str(key).replace("_", " "))
+        seconds = _finite(value)
+        shown = format_seconds(seconds) if seconds is not None else _num(value)
+        rows.append(f'<tr><th>{_esc(label)}</th><td class="num">{_esc(shown)}</td></tr>')
+    return '<table class="kv">\n' + "\n".join(rows) + "\n</table>"
+
+
 def _eigenvalue_table(final: Mapping[str, Any]) -> str | None:
     eigenvalues = final.get("eigenvalues")
     if not isinstance(eigenvalues, Sequence) or isinstance(eigenvalues, str) or not eigenvalues:
@@ -549,15 +566,7 @@ def render_html(summary: Mapping[str, Any], figures: Mapping[str, bytes]) -> str
 
     timing = _section(summary, "timing")
     if timing is not None:
-        names = {"total_seconds": "total", "train_seconds": "training"}
-        names["curvature_seconds"] = "curvature"
-        rows = [
-            f'<tr><th>{_esc(names.get(str(k), str(k).replace("_", " ")))}</th><td class="num">'
-            f"{_esc(format_seconds(x) if (x := _finite(v)) is not None else _num(v))}</td></tr>"
-            for k, v in timing.items()
-        ]
-        out += ['<section id="timing">', "<h2>Timing</h2>", '<table class="kv">']
-        out += [*rows, "</table>", "</section>"]
+        out += ['<section id="timing">', "<h2>Timing</h2>", _timing_table(timing), "</section>"]
 
     notes = summary.get("notes")
     if isinstance(notes, str):

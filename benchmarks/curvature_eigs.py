@@ -1,0 +1,303 @@
+"""Top-5 Hessian eigenvalues: ours (Lanczos) vs PyHessian, curvlinops + ARPACK, hessian-eigenthings.
+
+Run: ``.venv/bin/python benchmarks/curvature_eigs.py [--quick]`` after
+``bash benchmarks/setup_anchors.sh`` (full: about 3 minutes on 2 shared CPU cores; ``--quick``:
+the MLP only, one seed, a shorter float64 reference).
+
+Same model, same batch, same float32 weights for every tool (``benchmarks/_anchors.py``: the
+85k-parameter MLP of ``shared/research/curvature.md`` and a 14k-parameter CNN on 8x8 digits).
+Each tool is asked for the top 5 eigenvalues:
+
+* ours: ``top_eigen(H, 5, rtol=1e-3)`` with ``HessianOperator(method="auto")`` (one batch:
+  cached double backward), block size 1 and 4, and block size 4 on the ``vmap`` engine;
+* PyHessian 0.1: ``hessian(model, criterion, data=(x, y), cuda=False).eigenvalues(top_n=5)``
+  (power iteration with deflation, its defaults maxIter=100, tol=1e-3), seeded by
+  ``torch.manual_seed`` (it uses the global generator);
+* curvlinops 3.0.1: ``HessianLinearOperator(...).to_scipy()`` and
+  ``scipy.sparse.linalg.eigsh(k=5, which="LA", tol=1e-3)`` from a seeded start vector;
+* hessian-eigenthings 1.0.0a5: ``lanczos(HessianOperator(...), k=5, seed=s)`` with its defaults
+  (``max_iter = 2k = 10`` steps, ``which="LM"``) and with ``max_iter=40``.
+
+HVPs are counted at each tool's product call by the same kind of wrapper (see ``_anchors.py``),
+which also adds up the time spent inside products, so ``solver s`` (wall minus product time)
+shows each tool's own overhead. Wall time runs from building the operator to the result. Errors
+are ``max_i |lambda_i - lambda_i^ref| / lambda_i^ref`` over the top 5 after sorting what the tool
+returned, against float64 Lanczos at a relative residual of 1e-10; ``sorted`` says whether the
+tool returned them in descending order. Seeds are interleaved (every tool runs once per seed, in
+a rotating order) so all see the same machine load; the table shows medians over seeds and the
+worst error. ``torch.set_num_threads(1)`` for everything: on this shared 2-core machine
+multi-threading mostly adds contention noise.
+
+Writes ``benchmarks/results/curvature_eigs.json`` atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+from typing import Any
+
+import _anchors as A
+import scipy.sparse.linalg as sla
+import torch
+
+from subspaces._io import write_json
+from subspaces.curvature import top_eigen
+
+K, RTOL, HVP_TARGET, TIME_TARGET = 5, 1e-3, 40, 0.5
+RESULTS = os.path.join(A.RESULTS_DIR, "curvature_eigs.json")
+
+
+def _ours(p: A.Problem, seed: int, block_size: int = 1, method: str = "auto") -> dict[str, Any]:
+    t = time.perf_counter()
+    H = p.ours(method=method)
+    c = A.count_ours(H)
+    r = top_eigen(
+        H, K, rtol=RTOL, block_size=block_size, generator=torch.Generator().manual_seed(seed)
+    )
+    wall = time.perf_counter() - t
+    if c.count != r.num_matvecs:
+        raise RuntimeError(f"counting wrapper saw {c.count} products, lanczos says {r.num_matvecs}")
+    return {
+        "eigenvalues": r.eigenvalues.tolist(),
+        "hvps": c.count,
+        "seconds": wall,
+        "product_seconds": c.seconds,
+        "converged": r.all_converged,
+        "max_relative_residual": float(r.relative_residuals.max()),
+    }
+
+
+def _pyhessian(p: A.Problem, seed: int) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    with A.count_pyhessian() as c:
+        t = time.perf_counter()
+        ph = A.pyhessian_hessian(p)
+        vals, _ = ph.eigenvalues(top_n=K)
+        wall = time.perf_counter() - t
+    del ph
+    p.clear_grads()
+    return {"eigenvalues": list(vals), "hvps": c.count, "seconds": wall, "product_seconds": c.seconds}
+
+
+def _curvlinops(p: A.Problem, seed: int) -> dict[str, Any]:
+    t = time.perf_counter()
+    op = A.curvlinops_hessian(p)
+    c = A.count_curvlinops(op)
+    vals, _ = sla.eigsh(
+        op.to_scipy(), k=K, which="LA", tol=RTOL, v0=A.np_seed_vector(p.num_params, seed)
+    )
+    wall = time.perf_counter() - t
+    return {
+        "eigenvalues": vals.tolist(),
+        "hvps": c.count,
+        "seconds": wall,
+        "product_seconds": c.seconds,
+    }
+
+
+def _eigenthings(p: A.Problem, seed: int, max_iter: int | None = None) -> dict[str, Any]:
+    import hessian_eigenthings as he
+
+    t = time.perf_counter()
+    op = A.eigenthings_hessian(p)
+    c = A.count_eigenthings(op)
+    r = he.lanczos(op, k=K, max_iter=max_iter, seed=seed)
+    wall = time.perf_counter() - t
+    return {
+        "eigenvalues": r.eigenvalues.tolist(),
+        "hvps": c.count,
+        "seconds": wall,
+        "product_seconds": c.seconds,
+        "converged": bool(r.converged.all()),
+    }
+
+
+#: key -> (label, anchor needed or None, runner)
+METHODS: dict[str, tuple[str, str | None, Any]] = {
+    "ours": ("ours top_eigen b=1 (auto)", None, _ours),
+    "ours_b4": ("ours top_eigen b=4 (auto)", None, lambda p, s: _ours(p, s, 4)),
+    "ours_b4_vmap": ("ours top_eigen b=4 (vmap)", None, lambda p, s: _ours(p, s, 4, "vmap")),
+    "pyhessian": ("PyHessian eigenvalues(top_n=5)", "pyhessian", _pyhessian),
+    "curvlinops": ("curvlinops + eigsh tol=1e-3", "curvlinops", _curvlinops),
+    "eigenthings": ("eigenthings lanczos default", "eigenthings", _eigenthings),
+    "eigenthings40": (
+        "eigenthings lanczos max_iter=40",
+        "eigenthings",
+        lambda p, s: _eigenthings(p, s, 40),
+    ),
+}
+
+
+def _score(run: dict[str, Any], ref: torch.Tensor) -> dict[str, Any]:
+    got = torch.tensor(run["eigenvalues"], dtype=torch.float64)
+    desc = got.sort(descending=True).values
+    run["sorted"] = bool(torch.equal(got, desc))
+    run["max_rel_error"] = float(((desc[:K] - ref[:K]).abs() / ref[:K].abs()).max())
+    run["rel_errors"] = ((desc[:K] - ref[:K]).abs() / ref[:K].abs()).tolist()
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="MLP only, one seed")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for every tool (default 1: on a shared 2-core machine "
+        "multi-threaded small ops are dominated by contention with other jobs)",
+    )
+    args = parser.parse_args()
+    A.set_threads(args.threads)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    seeds = list(range(1 if args.quick else args.seeds))
+    problems = ["mlp"] if args.quick else ["mlp", "cnn"]
+    status = {key: (A.anchor_status(a) if a else None) for key, (_, a, _) in METHODS.items()}
+
+    rows: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    references: dict[str, Any] = {}
+    for pname in problems:
+        p = A.PROBLEMS[pname]()
+        print(f"\n== {p.description}")
+        ref, info = A.reference_eigenvalues(p, k=8 if args.quick else 10)
+        references[pname] = info
+        print(
+            f"reference (float64 Lanczos, tol 1e-10, {info['num_matvecs']} HVPs, "
+            f"{info['seconds']:.1f} s): " + ", ".join(f"{v:.6f}" for v in ref.tolist())
+        )
+        live = [m for m in METHODS if status[m] is None]
+        if not args.quick:  # one untimed pass: first-call costs (imports, allocator) out
+            for m in live:
+                METHODS[m][2](p, 999)
+        per: dict[str, list[dict[str, Any]]] = {m: [] for m in live}
+        for i, seed in enumerate(seeds):
+            order = live[i % len(live) :] + live[: i % len(live)]
+            for m in order:
+                run = _score(METHODS[m][2](p, seed), ref)
+                run.update(problem=pname, method=m, seed=seed)
+                per[m].append(run)
+                runs.append(run)
+        for m, (label, _, _) in METHODS.items():
+            if status[m] is not None:
+                rows.append({"problem": pname, "method": m, "label": label, "status": status[m]})
+                continue
+            rs = per[m]
+            wall = A.median([r["seconds"] for r in rs])
+            prod = A.median([r["product_seconds"] for r in rs])
+            rows.append({
+                "problem": pname,
+                "method": m,
+                "label": label,
+                "status": "ok",
+                "hvps": A.median([r["hvps"] for r in rs]),
+                "hvps_per_seed": [r["hvps"] for r in rs],
+                "seconds": wall,
+                "seconds_per_seed": [r["seconds"] for r in rs],
+                "product_seconds": prod,
+                "solver_seconds": wall - prod,
+                "ms_per_hvp": 1e3 * prod / max(A.median([r["hvps"] for r in rs]), 1),
+                "max_rel_error": max(r["max_rel_error"] for r in rs),
+                "all_sorted": all(r["sorted"] for r in rs),
+                "converged": all(r.get("converged", True) for r in rs)
+                if "converged" in rs[0]
+                else None,
+                "meets_1e-3": max(r["max_rel_error"] for r in rs) <= RTOL,
+            })
+        print(
+            A.table(
+                [r for r in rows if r["problem"] == pname],
+                [
+                    ("label", "method", "s", 34),
+                    ("hvps_per_seed", "HVPs/seed", "", 14),
+                    ("seconds", "wall s", ".3f", 9),
+                    ("solver_seconds", "solver s", ".3f", 10),
+                    ("ms_per_hvp", "ms/HVP", ".1f", 8),
+                    ("max_rel_error", "max rel err", ".1e", 13),
+                    ("all_sorted", "sorted", "", 8),
+                    ("status", "status", "", 8),
+                ],
+            ).replace("[", "").replace("]", "")
+        )
+
+    def get(pname: str, m: str, key: str) -> Any:
+        r = next(r for r in rows if r["problem"] == pname and r["method"] == m)
+        return r.get(key)
+
+    summary: dict[str, Any] = {}
+    for pname in problems:
+        ours_t, ours_h = get(pname, "ours", "seconds"), get(pname, "ours", "hvps")
+        s: dict[str, Any] = {}
+        for m in ("pyhessian", "curvlinops", "eigenthings40", "ours_b4", "ours_b4_vmap"):
+            if get(pname, m, "status") == "ok":
+                s[f"{m}_time_over_ours"] = get(pname, m, "seconds") / ours_t
+                s[f"{m}_hvps_over_ours"] = get(pname, m, "hvps") / ours_h
+        ours_row = next(r for r in rows if r["problem"] == pname and r["method"] == "ours")
+        s["targets"] = {
+            "max_hvps": max(ours_row["hvps_per_seed"]),
+            "hvps_le_40": max(ours_row["hvps_per_seed"]) <= HVP_TARGET,
+            "max_rel_error": ours_row["max_rel_error"],
+            "error_le_1e-3": ours_row["max_rel_error"] <= RTOL,
+            "time_over_pyhessian": (
+                ours_t / get(pname, "pyhessian", "seconds")
+                if get(pname, "pyhessian", "status") == "ok"
+                else None
+            ),
+        }
+        t = s["targets"]["time_over_pyhessian"]
+        s["targets"]["time_le_half_pyhessian"] = None if t is None else t <= TIME_TARGET
+        summary[pname] = s
+        print(f"\n{pname}: " + ", ".join(f"{k} {v:.2f}x" for k, v in s.items() if k != "targets"))
+        tg = s["targets"]
+        print(
+            f"{pname} targets: HVPs max {tg['max_hvps']} (<= {HVP_TARGET}: {tg['hvps_le_40']}), "
+            f"max rel err {tg['max_rel_error']:.1e} (<= 1e-3: {tg['error_le_1e-3']}), "
+            f"time / PyHessian {A.fmt(t, '.2f')} (<= {TIME_TARGET}: "
+            f"{s['targets']['time_le_half_pyhessian']})"
+        )
+
+    mlp_py = get("mlp", "pyhessian", "seconds") if get("mlp", "pyhessian", "status") == "ok" else None
+    ours_mlp = get("mlp", "ours", "seconds")
+    write_json(
+        RESULTS,
+        {
+            "name": "curvature_eigs",
+            "ours": ours_mlp,
+            "anchor": mlp_py,
+            "ratio": None if mlp_py is None else mlp_py / ours_mlp,
+            "unit": (
+                "seconds to the top-5 Hessian eigenvalues at rtol 1e-3 on the 85k-param MLP "
+                "(median over seeds, 1 thread); anchor: PyHessian eigenvalues(top_n=5); "
+                "ratio = anchor / ours"
+            ),
+            "params": {
+                "k": K,
+                "rtol": RTOL,
+                "seeds": seeds,
+                "problems": {
+                    pn: A.PROBLEMS[pn]().description for pn in problems
+                },
+                "quick": args.quick,
+                "torch_threads": args.threads,
+                "versions": A.versions(),
+                "load_average_at_end": A.load_average(),
+                "counting": "instance/module-level wrapper of each tool's product call "
+                "(benchmarks/_anchors.py)",
+            },
+            "references": references,
+            "summary": summary,
+            "rows": rows,
+            "runs": runs,
+            "date": A.today(),
+            "machine": A.machine(),
+        },
+    )
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
