@@ -72,7 +72,7 @@ class AnalyzeConfig:
     epochs: int = 10
     batch_size: int = 32
     every: int = 50
-    k: int = 5
+    k: int = 10
     seed: int = 0
     dtype: str = "float32"
     device: str = "cpu"
