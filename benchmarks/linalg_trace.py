@@ -196,6 +196,7 @@ def main() -> None:
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".linalg_trace.", suffix=".json")
     with os.fdopen(fd, "w") as fh:
         json.dump(result, fh, indent=2)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600
     os.replace(tmp, out)
     print(f"wrote {out}")
 

@@ -94,7 +94,16 @@ class AnalyzeConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        for name in ("epochs", "batch_size", "every", "k", "width", "final_k", "density_runs", "density_steps"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "every",
+            "k",
+            "width",
+            "final_k",
+            "density_runs",
+            "density_steps",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -105,7 +114,9 @@ class AnalyzeConfig:
         for spec_name in ("model", "data"):
             spec = getattr(self, spec_name)
             if spec is not None and (":" not in spec or spec.startswith(":") or spec.endswith(":")):
-                raise ValueError(f"{spec_name} must look like 'package.module:factory', got {spec!r}")
+                raise ValueError(
+                    f"{spec_name} must look like 'package.module:factory', got {spec!r}"
+                )
 
 
 def _load_factory(spec: str) -> Callable[..., Any]:
@@ -117,13 +128,17 @@ def _load_factory(spec: str) -> Callable[..., Any]:
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ValueError(f"{spec!r}: {module_name} has no callable {attr!r}")
-    return factory  # type: ignore[no-any-return]
+    return factory
 
 
 def default_mlp(in_dim: int, out_dim: int, width: int = 64) -> nn.Module:
     """The default model: ``in_dim``-``width``-``width``-``out_dim`` with ReLU."""
     return nn.Sequential(
-        nn.Linear(in_dim, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, out_dim)
+        nn.Linear(in_dim, width),
+        nn.ReLU(),
+        nn.Linear(width, width),
+        nn.ReLU(),
+        nn.Linear(width, out_dim),
     )
 
 
@@ -133,12 +148,17 @@ def _data(config: AnalyzeConfig, dtype: torch.dtype) -> tuple[Tensor, Tensor, Te
 
         return (*load_digits_split(seed=config.seed, dtype=dtype), "digits (scikit-learn, 8x8)")
     out = _load_factory(config.data)()
-    if not (isinstance(out, (tuple, list)) and len(out) == 4 and all(isinstance(t, Tensor) for t in out)):
+    if not (
+        isinstance(out, (tuple, list)) and len(out) == 4 and all(isinstance(t, Tensor) for t in out)
+    ):
         raise ValueError(f"{config.data} must return (X_train, y_train, X_test, y_test) tensors")
     Xtr, ytr, Xte, yte = out
     if len(Xtr) == 0:
         raise ValueError(f"{config.data} returned an empty training set")
-    cast = (lambda t: t.to(dtype) if t.is_floating_point() else t)
+
+    def cast(t: Tensor) -> Tensor:
+        return t.to(dtype) if t.is_floating_point() else t
+
     return cast(Xtr), cast(ytr), cast(Xte), cast(yte), config.data
 
 
@@ -148,14 +168,20 @@ def _targets(y: Tensor, loss: str, num_classes: int, dtype: torch.dtype) -> Tens
     return y
 
 
-def _evaluate(model: nn.Module, loss_name: str, X: Tensor, y: Tensor, yt: Tensor) -> tuple[float, float]:
+def _evaluate(
+    model: nn.Module, loss_name: str, X: Tensor, y: Tensor, yt: Tensor
+) -> tuple[float, float]:
     with torch.no_grad():
         out = model(X)
         if loss_name == "cross_entropy":
             loss = nn.functional.cross_entropy(out, y)
         else:
             loss = ((out - yt) ** 2).mean()
-        acc = (out.argmax(1) == y).double().mean() if not y.is_floating_point() else torch.tensor(float("nan"))
+        acc = (
+            (out.argmax(1) == y).double().mean()
+            if not y.is_floating_point()
+            else torch.tensor(float("nan"))
+        )
     return float(loss), float(acc)
 
 
@@ -178,7 +204,9 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 @dataclass
 class _Run:
     history: dict[str, list[float]] = field(
-        default_factory=lambda: {k: [] for k in ("step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc")}
+        default_factory=lambda: {
+            k: [] for k in ("step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+        }
     )
     epoch: int = 0
     step: int = 0
@@ -218,10 +246,16 @@ def run_analyze(
     Xtr, ytr, Xte, yte, data_name = _data(config, dtype)
     num_classes = int(ytr.max()) + 1 if not ytr.is_floating_point() else ytr.shape[-1]
     Xtr, ytr, Xte, yte = (t.to(device) for t in (Xtr, ytr, Xte, yte))
-    ttr, tte = _targets(ytr, config.loss, num_classes, dtype), _targets(yte, config.loss, num_classes, dtype)
+    ttr, tte = (
+        _targets(ytr, config.loss, num_classes, dtype),
+        _targets(yte, config.loss, num_classes, dtype),
+    )
     in_dim = int(Xtr[0].numel())
     if config.model is None:
-        model, model_name = default_mlp(in_dim, num_classes, config.width), f"MLP {in_dim}-{config.width}-{config.width}-{num_classes} (ReLU)"
+        model, model_name = (
+            default_mlp(in_dim, num_classes, config.width),
+            f"MLP {in_dim}-{config.width}-{config.width}-{num_classes} (ReLU)",
+        )
     else:
         model, model_name = _load_factory(config.model)(in_dim, num_classes), config.model
         if not isinstance(model, nn.Module):
@@ -232,8 +266,14 @@ def run_analyze(
     curv_gen = torch.Generator().manual_seed(config.seed + 1)
     full_data = [(Xtr, ttr)]
     tracker = CurvatureTracker(
-        model, config.loss, full_data, optimizer=optimizer, every=config.every, k=config.k,
-        trace_rtol=config.trace_rtol, generator=curv_gen,
+        model,
+        config.loss,
+        full_data,
+        optimizer=optimizer,
+        every=config.every,
+        k=config.k,
+        trace_rtol=config.trace_rtol,
+        generator=curv_gen,
     )
     run = _Run()
     ckpt = out / CHECKPOINT
@@ -241,7 +281,11 @@ def run_analyze(
         state = torch.load(ckpt, weights_only=True)
         saved = state["config"]
         if saved != dataclasses.asdict(config):
-            diff = {k: (saved.get(k), v) for k, v in dataclasses.asdict(config).items() if saved.get(k) != v}
+            diff = {
+                k: (saved.get(k), v)
+                for k, v in dataclasses.asdict(config).items()
+                if saved.get(k) != v
+            }
             raise ValueError(f"the checkpoint in {out} was made with other settings: {diff}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -257,8 +301,9 @@ def run_analyze(
     num_params = sum(p.numel() for p in model.parameters())
     if not quiet:
         log(
-            f"analyze: {model_name} ({num_params} parameters) on {data_name} ({n} train / {len(yte)} test), "
-            f"{config.optimizer} lr={config.lr}, {config.epochs} epochs, curvature every {config.every} steps"
+            f"analyze: {model_name} ({num_params} parameters) on {data_name} "
+            f"({n} train / {len(yte)} test), {config.optimizer} lr={config.lr}, "
+            f"{config.epochs} epochs, curvature every {config.every} steps"
         )
     progress = Progress(total_steps, "training", quiet=quiet)
     progress.count = run.step
@@ -277,9 +322,15 @@ def run_analyze(
                     progress.note = f"λmax {rec['lambda_max']:.3g} (2/η {2 / rec['lr']:.3g})"
             optimizer.zero_grad()
             out_b = model(xb)
-            loss = nn.functional.cross_entropy(out_b, tb) if config.loss == "cross_entropy" else ((out_b - tb) ** 2).mean()
+            loss = (
+                nn.functional.cross_entropy(out_b, tb)
+                if config.loss == "cross_entropy"
+                else ((out_b - tb) ** 2).mean()
+            )
             if not torch.isfinite(loss):
-                raise ValueError(f"training diverged at step {run.step} (loss {float(loss)}); lower --lr")
+                raise ValueError(
+                    f"training diverged at step {run.step} (loss {float(loss)}); lower --lr"
+                )
             loss.backward()
             optimizer.step()
             run.step += 1
@@ -288,8 +339,14 @@ def run_analyze(
         model.eval()
         tr_loss, tr_acc = _evaluate(model, config.loss, Xtr, ytr, ttr)
         te_loss, te_acc = _evaluate(model, config.loss, Xte, yte, tte)
-        for key, value in (("step", run.step), ("epoch", run.epoch), ("train_loss", tr_loss), ("train_acc", tr_acc),
-                           ("test_loss", te_loss), ("test_acc", te_acc)):
+        for key, value in (
+            ("step", run.step),
+            ("epoch", run.epoch),
+            ("train_loss", tr_loss),
+            ("train_acc", tr_acc),
+            ("test_loss", te_loss),
+            ("test_acc", te_acc),
+        ):
             run.history[key].append(value)
         run.train_seconds += time.perf_counter() - t0
         _save_checkpoint(
@@ -316,7 +373,9 @@ def run_analyze(
     top = top_eigen(H, k_final, rtol=1e-4, generator=curv_gen)
     split = bulk_outliers(top) if int((top.eigenvalues > 0).sum()) >= 2 else None
     tr = trace(H, rtol=0.03, max_matvecs=600, generator=curv_gen)
-    dens = density(H, config.density_runs, min(config.density_steps, H.shape[0]), generator=curv_gen)
+    dens = density(
+        H, config.density_runs, min(config.density_steps, H.shape[0]), generator=curv_gen
+    )
     final_seconds = time.perf_counter() - t0
     lr_now = float(optimizer.param_groups[0]["lr"])
     recs = tracker.records
@@ -379,9 +438,10 @@ def run_analyze(
             "curvature_seconds": run.curvature_seconds + final_seconds,
         },
         "notes": [
-            f"Curvature is measured on the full training set ({n} samples), never on one mini-batch; "
-            "the mini-batch sharpness is shown separately.",
-            "SGD threshold for the trace: 2B/η for batch size B with a mean-reduced loss (Wu & Su 2023).",
+            f"Curvature is measured on the full training set ({n} samples), "
+            "never on one mini-batch; the mini-batch sharpness is shown separately.",
+            "SGD threshold for the trace: 2B/η for batch size B with a mean-reduced loss "
+            "(Wu & Su 2023).",
             f"Final top-{k_final} eigenpairs certified to relative residual 1e-4: "
             f"{int(top.converged.sum())}/{k_final} converged.",
         ],

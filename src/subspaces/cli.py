@@ -435,25 +435,40 @@ def _configure_analyze(p: argparse.ArgumentParser) -> None:
     from .analyze import AnalyzeConfig
 
     d = AnalyzeConfig()
-    p.add_argument("--model", default=None, metavar="MODULE:FACTORY",
-                   help="factory(in_dim, out_dim) -> nn.Module (default: an MLP)")
-    p.add_argument("--data", default=None, metavar="MODULE:FACTORY",
-                   help="factory() -> (X_train, y_train, X_test, y_test) (default: bundled digits)")
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="factory(in_dim, out_dim) -> nn.Module (default: an MLP)",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="factory() -> (X_train, y_train, X_test, y_test) (default: bundled digits)",
+    )
     p.add_argument("--loss", default=d.loss, choices=["cross_entropy", "mse"])
     p.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "adam", "adamw"])
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--momentum", type=float, default=d.momentum)
     p.add_argument("--epochs", type=_int_at_least(1), default=d.epochs)
     p.add_argument("--batch-size", type=_int_at_least(1), default=d.batch_size)
-    p.add_argument("--every", type=_int_at_least(1), default=d.every, help="curvature every N steps")
+    p.add_argument(
+        "--every", type=_int_at_least(1), default=d.every, help="curvature every N steps"
+    )
     p.add_argument("--k", type=_int_at_least(1), default=d.k, help="tracked eigenspace dimension")
-    p.add_argument("--width", type=_int_at_least(1), default=d.width, help="hidden width of the default MLP")
+    p.add_argument(
+        "--width", type=_int_at_least(1), default=d.width, help="hidden width of the default MLP"
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
     p.add_argument("--device", default=d.device)
     p.add_argument("--out", default=None, help="output folder (default: a new folder under runs/)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run in --out from its last checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --out from its last checkpoint",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
@@ -462,13 +477,28 @@ def _analyze(args: argparse.Namespace) -> int:
     from .report import text_summary
 
     config = AnalyzeConfig(
-        model=args.model, data=args.data, loss=args.loss, optimizer=args.optimizer, lr=args.lr,
-        momentum=args.momentum, epochs=args.epochs, batch_size=args.batch_size, every=args.every,
-        k=args.k, seed=args.seed, dtype=args.dtype, device=args.device, width=args.width,
+        model=args.model,
+        data=args.data,
+        loss=args.loss,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        every=args.every,
+        k=args.k,
+        seed=args.seed,
+        dtype=args.dtype,
+        device=args.device,
+        width=args.width,
     )
     if args.resume and args.out is None:
         raise CommandError("--resume needs --out (the folder of the interrupted run)")
-    out = Path(args.out) if args.out else Path("runs") / _dt.datetime.now().strftime("analyze-%Y%m%d-%H%M%S")
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("runs") / _dt.datetime.now().strftime("analyze-%Y%m%d-%H%M%S")
+    )
     try:
         summary = run_analyze(config, out, resume=args.resume, quiet=args.quiet, log=_err)
     except ValueError as error:

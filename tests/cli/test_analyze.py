@@ -19,13 +19,23 @@ def tiny_data():
 
 
 def tiny_model(in_dim, out_dim):
-    return torch.nn.Sequential(torch.nn.Linear(in_dim, 8), torch.nn.Tanh(), torch.nn.Linear(8, out_dim))
+    return torch.nn.Sequential(
+        torch.nn.Linear(in_dim, 8), torch.nn.Tanh(), torch.nn.Linear(8, out_dim)
+    )
 
 
 def config(**kw):
     base = dict(
-        data="test_analyze:tiny_data", model="test_analyze:tiny_model", epochs=3, batch_size=30,
-        every=3, k=2, final_k=8, density_runs=2, density_steps=10, lr=0.2,
+        data="test_analyze:tiny_data",
+        model="test_analyze:tiny_model",
+        epochs=3,
+        batch_size=30,
+        every=3,
+        k=2,
+        final_k=8,
+        density_runs=2,
+        density_steps=10,
+        lr=0.2,
     )
     base.update(kw)
     return AnalyzeConfig(**base)
@@ -33,7 +43,13 @@ def config(**kw):
 
 def test_end_to_end_writes_report_and_json(tmp_path):
     summary = run_analyze(config(), tmp_path, quiet=True, log=lambda m: None)
-    for name in ("report.html", "summary.json", "top_eigenvalues.png", "density.png", "loss_accuracy.png"):
+    for name in (
+        "report.html",
+        "summary.json",
+        "top_eigenvalues.png",
+        "density.png",
+        "loss_accuracy.png",
+    ):
         assert (tmp_path / name).stat().st_size > 0, name
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["history"]["epoch"] == [1, 2, 3]
@@ -66,12 +82,16 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path, monkeypatch
     assert state["run"]["epoch"] == 1
     monkeypatch.setattr(analyze_mod, "_evaluate", real)
     messages = []
-    resumed = run_analyze(config(), tmp_path / "resumed", resume=True, quiet=True, log=messages.append)
+    resumed = run_analyze(
+        config(), tmp_path / "resumed", resume=True, quiet=True, log=messages.append
+    )
     assert any("resuming" in m for m in messages)
     assert resumed["history"] == full["history"]
     assert resumed["curvature"]["eigenvalues"] == full["curvature"]["eigenvalues"]
     with pytest.raises(ValueError, match="other settings"):
-        run_analyze(config(lr=0.3), tmp_path / "resumed", resume=True, quiet=True, log=lambda m: None)
+        run_analyze(
+            config(lr=0.3), tmp_path / "resumed", resume=True, quiet=True, log=lambda m: None
+        )
 
 
 @pytest.mark.parametrize(
@@ -91,10 +111,26 @@ def test_bad_settings(tmp_path, kw, match):
 
 
 def test_cli_analyze(tmp_path, capsys):
-    code = main([
-        "analyze", "--data", "test_analyze:tiny_data", "--model", "test_analyze:tiny_model",
-        "--epochs", "1", "--batch-size", "45", "--every", "1", "--k", "2", "--out", str(tmp_path), "-q",
-    ])
+    code = main(
+        [
+            "analyze",
+            "--data",
+            "test_analyze:tiny_data",
+            "--model",
+            "test_analyze:tiny_model",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "45",
+            "--every",
+            "1",
+            "--k",
+            "2",
+            "--out",
+            str(tmp_path),
+            "-q",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "report:" in out and (tmp_path / "report.html").exists()

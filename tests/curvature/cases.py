@@ -55,8 +55,14 @@ def cnn_case(bn=False):
 def tiny_transformer_case():
     transformers = __import__("pytest").importorskip("transformers")
     config = transformers.GPT2Config(
-        vocab_size=11, n_positions=8, n_embd=8, n_layer=1, n_head=2, resid_pdrop=0.0,
-        embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=11,
+        n_positions=8,
+        n_embd=8,
+        n_layer=1,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     torch.manual_seed(3)
     model = transformers.GPT2LMHeadModel(config).double().eval()

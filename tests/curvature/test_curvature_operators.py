@@ -31,18 +31,26 @@ def test_hessian_matches_torch_func(case, method):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_ggn_matches_dense(case):
     model, loss, data = CASES[case]()
-    assert_matches_dense(GGNOperator(model, loss, data), dense_ggn(model, loss, data), rtol=1e-10, atol=1e-12)
+    assert_matches_dense(
+        GGNOperator(model, loss, data), dense_ggn(model, loss, data), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_tiny_transformer_dict_batches():
     model, loss, data = tiny_transformer_case()
     params = "transformer.h.0.attn.*"
     H = HessianOperator(model, loss, data, params=params)
-    assert H.param_names == ("transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_attn.bias",
-                             "transformer.h.0.attn.c_proj.weight", "transformer.h.0.attn.c_proj.bias")
+    assert H.param_names == (
+        "transformer.h.0.attn.c_attn.weight",
+        "transformer.h.0.attn.c_attn.bias",
+        "transformer.h.0.attn.c_proj.weight",
+        "transformer.h.0.attn.c_proj.bias",
+    )
     assert_matches_dense(H, dense_hessian(model, loss, data, params), rtol=1e-9, atol=1e-11)
     G = GGNOperator(model, loss, data, params="transformer.h.0.mlp.c_proj.*")
-    assert_matches_dense(G, dense_ggn(model, loss, data, "transformer.h.0.mlp.c_proj.*"), rtol=1e-9, atol=1e-11)
+    assert_matches_dense(
+        G, dense_ggn(model, loss, data, "transformer.h.0.mlp.c_proj.*"), rtol=1e-9, atol=1e-11
+    )
 
 
 def test_sample_weighting_over_unequal_batches():
@@ -70,7 +78,9 @@ def test_parameter_selection_is_the_submatrix():
 def test_fisher_mc_converges_to_ggn_and_empirical_is_gradient_outer_products():
     model, loss, data = mlp_case()
     G = GGNOperator(model, loss, data).to_dense()
-    F = FisherOperator(model, loss, data, mc_samples=4000, generator=torch.Generator().manual_seed(0))
+    F = FisherOperator(
+        model, loss, data, mc_samples=4000, generator=torch.Generator().manual_seed(0)
+    )
     Fd = F.to_dense()
     torch.testing.assert_close(Fd, Fd.T, rtol=0, atol=1e-12)  # a fixed symmetric matrix
     assert float((Fd - G).norm() / G.norm()) < 0.05  # MC error ~ 1/sqrt(4000 * n)
@@ -127,7 +137,9 @@ def test_train_mode_policy():
     He @ torch.ones(H.shape[0], dtype=F64)
     assert model.training and model.bn.training  # modes restored
     model.eval()
-    torch.testing.assert_close(He.to_dense(), dense_hessian(model, loss, data), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        He.to_dense(), dense_hessian(model, loss, data), rtol=1e-10, atol=1e-12
+    )
     model.train()
     Ha = HessianOperator(model, loss, data, mode_policy="as_is")
     Ha @ torch.ones(H.shape[0], dtype=F64)
@@ -137,28 +149,62 @@ def test_train_mode_policy():
 @pytest.mark.parametrize(
     ("make", "error", "match"),
     [
-        (lambda m, l, d: HessianOperator(m, l, []) @ torch.ones(57, dtype=F64), ValueError, "empty"),
-        (lambda m, l, d: HessianOperator(m, l, d, params="nope.*"), ValueError, "no parameter name matches"),
-        (lambda m, l, d: HessianOperator(m, l, d, params={"x": torch.ones(1)}), ValueError, "not parameters"),
+        (
+            lambda m, l, d: HessianOperator(m, l, []) @ torch.ones(57, dtype=F64),
+            ValueError,
+            "empty",
+        ),
+        (
+            lambda m, l, d: HessianOperator(m, l, d, params="nope.*"),
+            ValueError,
+            "no parameter name matches",
+        ),
+        (
+            lambda m, l, d: HessianOperator(m, l, d, params={"x": torch.ones(1)}),
+            ValueError,
+            "not parameters",
+        ),
         (lambda m, l, d: HessianOperator(m, "hinge", d), ValueError, "loss_fn must be one of"),
-        (lambda m, l, d: HessianOperator(m, l, d, method="fast"), ValueError, "method must be one of"),
+        (
+            lambda m, l, d: HessianOperator(m, l, d, method="fast"),
+            ValueError,
+            "method must be one of",
+        ),
         (lambda m, l, d: HessianOperator(m, l, d, mode_policy="train"), ValueError, "mode_policy"),
         (lambda m, l, d: HessianOperator("model", l, d), TypeError, "nn.Module"),
         (
-            lambda m, l, d: HessianOperator(m, lambda o, y: torch.nn.functional.cross_entropy(o, y, reduction="none"), d)
-            @ torch.ones(57, dtype=F64),
+            lambda m, l, d: (
+                HessianOperator(
+                    m, lambda o, y: torch.nn.functional.cross_entropy(o, y, reduction="none"), d
+                )
+                @ torch.ones(57, dtype=F64)
+            ),
             ValueError,
             "scalar",
         ),
         (
-            lambda m, l, d: HessianOperator(m, lambda o, y: torch.log(o - 1e3).mean(), d)
-            @ torch.ones(57, dtype=F64),
+            lambda m, l, d: (
+                HessianOperator(m, lambda o, y: torch.log(o - 1e3).mean(), d)
+                @ torch.ones(57, dtype=F64)
+            ),
             ValueError,
             "loss is not finite",
         ),
-        (lambda m, l, d: FisherOperator(m, lambda o, y: o.sum(), d), ValueError, "known likelihood"),
-        (lambda m, l, d: HessianOperator(m, l, d, method="double_backward").engine, ValueError, "exactly one batch"),
-        (lambda m, l, d: HessianOperator(m, l, [1, 2]) @ torch.ones(57, dtype=F64), TypeError, "a batch must be"),
+        (
+            lambda m, l, d: FisherOperator(m, lambda o, y: o.sum(), d),
+            ValueError,
+            "known likelihood",
+        ),
+        (
+            lambda m, l, d: HessianOperator(m, l, d, method="double_backward").engine,
+            ValueError,
+            "exactly one batch",
+        ),
+        (
+            lambda m, l, d: HessianOperator(m, l, [1, 2]) @ torch.ones(57, dtype=F64),
+            TypeError,
+            "a batch must be",
+        ),
     ],
 )
 def test_bad_input(make, error, match):

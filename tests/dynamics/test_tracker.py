@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from subspaces.curvature import HessianOperator
 from subspaces.dynamics import CurvatureTracker
 from subspaces.linalg import lanczos
-from subspaces.curvature import HessianOperator
 
 F64 = torch.float64
 
@@ -28,8 +28,17 @@ def test_linear_regression_values_are_exact():
     X = torch.randn(50, 3, generator=gen(0), dtype=F64)
     y = torch.randn(50, 1, generator=gen(1), dtype=F64)
     model = nn.Linear(3, 1).double()
-    tr = CurvatureTracker(model, "mse", [(X[:20], y[:20]), (X[20:], y[20:])], lr=0.5, every=1, k=2,
-                          trace_rtol=1e-3, trace_max_matvecs=4000, generator=gen(2))
+    tr = CurvatureTracker(
+        model,
+        "mse",
+        [(X[:20], y[:20]), (X[20:], y[20:])],
+        lr=0.5,
+        every=1,
+        k=2,
+        trace_rtol=1e-3,
+        trace_max_matvecs=4000,
+        generator=gen(2),
+    )
     rec = tr.step(0, batch=(X[:10], y[:10]))
     Xa = torch.cat([X, torch.ones(50, 1, dtype=F64)], 1)
     H = 2 * Xa.T @ Xa / 50
@@ -38,13 +47,17 @@ def test_linear_regression_values_are_exact():
     assert rec["eta_lambda_over_2"] == pytest.approx(0.5 * float(lam[-1]) / 2, rel=1e-6)
     assert rec["trace"] == pytest.approx(float(H.trace()), abs=4 * rec["trace_stderr"] + 1e-9)
     Xb = torch.cat([X[:10], torch.ones(10, 1, dtype=F64)], 1)
-    assert rec["batch_lambda_max"] == pytest.approx(float(torch.linalg.eigvalsh(2 * Xb.T @ Xb / 10)[-1]), rel=1e-6)
+    assert rec["batch_lambda_max"] == pytest.approx(
+        float(torch.linalg.eigvalsh(2 * Xb.T @ Xb / 10)[-1]), rel=1e-6
+    )
     # the gradient fraction in the top-2 eigenspace, computed independently
     model.zero_grad()
     nn.functional.mse_loss(model(X), y).backward()
     g = torch.cat([model.weight.grad.flatten(), model.bias.grad])
     V = torch.linalg.eigh(H)[1][:, -2:]
-    assert rec["grad_fraction"] == pytest.approx(float((V.T @ g).norm() ** 2 / g.norm() ** 2), rel=1e-5)
+    assert rec["grad_fraction"] == pytest.approx(
+        float((V.T @ g).norm() ** 2 / g.norm() ** 2), rel=1e-5
+    )
     assert rec["num_samples"] == 50 and rec["overlap_prev"] is None
 
 
@@ -64,18 +77,33 @@ def test_warm_start_uses_fewer_matvecs_than_cold_at_equal_accuracy():
     model = nn.Sequential(nn.Linear(16, 24), nn.Tanh(), nn.Linear(24, 4)).double()
     train_steps(model, X, y, 200)
     data = [(X, y)]
-    tracker = CurvatureTracker(model, "cross_entropy", data, lr=0.1, every=1, k=3, eig_rtol=1e-4,
-                               trace_rtol=None, generator=gen(5))
+    tracker = CurvatureTracker(
+        model,
+        "cross_entropy",
+        data,
+        lr=0.1,
+        every=1,
+        k=3,
+        eig_rtol=1e-4,
+        trace_rtol=None,
+        generator=gen(5),
+    )
     tracker.measure(0)
     warm_mv, cold_mv = [], []
     for step in range(1, 4):
         train_steps(model, X, y, 20, seed=step)
         rec = tracker.measure(step)
         assert rec["warm_start"] and rec["converged"]
-        cold = lanczos(HessianOperator(model, "cross_entropy", data), 3, tol=1e-4, generator=gen(10 + step))
+        cold = lanczos(
+            HessianOperator(model, "cross_entropy", data), 3, tol=1e-4, generator=gen(10 + step)
+        )
         assert cold.all_converged
-        torch.testing.assert_close(torch.tensor(rec["eigenvalues"], dtype=F64), cold.eigenvalues,
-                                   rtol=0, atol=2e-4 * float(cold.eigenvalues[0]))
+        torch.testing.assert_close(
+            torch.tensor(rec["eigenvalues"], dtype=F64),
+            cold.eigenvalues,
+            rtol=0,
+            atol=2e-4 * float(cold.eigenvalues[0]),
+        )
         warm_mv.append(rec["eig_matvecs"])
         cold_mv.append(cold.num_matvecs)
         assert 0.0 <= rec["overlap_prev"] <= 1.0 + 1e-12
@@ -86,8 +114,16 @@ def test_reads_lr_from_optimizer_and_state_dict_round_trip():
     X, y = digits_like(64)
     model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).double()
     opt = torch.optim.SGD(model.parameters(), lr=0.3)
-    tr = CurvatureTracker(model, "cross_entropy", [(X, y)], optimizer=opt, every=5, k=2, trace_rtol=0.2,
-                          generator=gen(0))
+    tr = CurvatureTracker(
+        model,
+        "cross_entropy",
+        [(X, y)],
+        optimizer=opt,
+        every=5,
+        k=2,
+        trace_rtol=0.2,
+        generator=gen(0),
+    )
     assert tr.step(3) is None
     rec = tr.step(5)
     assert rec["lr"] == 0.3

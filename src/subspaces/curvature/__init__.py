@@ -1,5 +1,7 @@
-"""Curvature of real models: Hessian, generalized Gauss-Newton and Fisher as matrix-free operators,
-and their spectra (top eigenpairs, trace, density, outliers vs bulk).
+"""Curvature of real models: matrix-free curvature operators and their spectra.
+
+The Hessian, generalized Gauss-Newton and Fisher are matrix-free operators; their spectra are
+summarized by top eigenpairs, trace, density, and outliers vs bulk.
 
 Every operator is a :class:`~subspaces.linops.LinearOperator` over ``(model, loss_fn, data)``, so
 every algorithm of :mod:`subspaces.linalg` applies to it.

@@ -38,6 +38,9 @@ def mse(outputs: Tensor, targets: Tensor) -> Tensor:
 
     Written out rather than calling ``mse_loss``, whose backward is not forward-differentiable
     under ``torch.func`` ("ZeroTensors are immutable").
+
+    Returns:
+        The mean of the squared differences, a scalar tensor.
     """
     return ((outputs - targets.to(outputs.dtype).reshape(outputs.shape)) ** 2).mean()
 
@@ -54,7 +57,9 @@ def resolve_loss(loss_fn: str | LossFn) -> tuple[LossFn, str | None]:
     """
     if isinstance(loss_fn, str):
         if loss_fn not in LOSSES:
-            raise ValueError(f"loss_fn must be one of {tuple(LOSSES)} or a callable, got {loss_fn!r}")
+            raise ValueError(
+                f"loss_fn must be one of {tuple(LOSSES)} or a callable, got {loss_fn!r}"
+            )
         return LOSSES[loss_fn], loss_fn
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be a callable or a name, got {type(loss_fn).__name__}")
@@ -82,13 +87,16 @@ def select_params(model: nn.Module, params: ParamSpec) -> dict[str, Tensor]:
         TypeError: for an unsupported ``params`` value.
     """
     named = dict(model.named_parameters())
+    chosen: dict[str, Tensor]
     if params is None:
         chosen = {n: p for n, p in named.items() if p.requires_grad}
     elif isinstance(params, str) or (
         isinstance(params, Sequence) and all(isinstance(x, str) for x in params)
     ):
         patterns = [params] if isinstance(params, str) else list(params)
-        chosen = {n: p for n, p in named.items() if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)}
+        chosen = {
+            n: p for n, p in named.items() if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)
+        }
         if not chosen:
             raise ValueError(
                 f"no parameter name matches {patterns}; names are e.g. {list(named)[:6]}"
@@ -96,10 +104,15 @@ def select_params(model: nn.Module, params: ParamSpec) -> dict[str, Tensor]:
     elif isinstance(params, Mapping):
         unknown = [n for n in params if n not in named]
         if unknown:
-            raise ValueError(f"{unknown} are not parameters of the model; names are e.g. {list(named)[:6]}")
+            raise ValueError(
+                f"{unknown} are not parameters of the model; names are e.g. {list(named)[:6]}"
+            )
         chosen = {n: named[n] for n in params}
     else:
-        raise TypeError(f"params must be None, a pattern, a list of patterns or a dict, got {type(params).__name__}")
+        raise TypeError(
+            "params must be None, a pattern, a list of patterns or a dict, "
+            f"got {type(params).__name__}"
+        )
     if not chosen:
         raise ValueError("no parameters selected (every parameter has requires_grad=False)")
     for n, p in chosen.items():
@@ -110,7 +123,11 @@ def select_params(model: nn.Module, params: ParamSpec) -> dict[str, Tensor]:
 
 def stochastic_training_modules(model: nn.Module) -> list[str]:
     """Names of BatchNorm / Dropout modules that are in training mode."""
-    return [n or type(m).__name__ for n, m in model.named_modules() if m.training and isinstance(m, _STOCHASTIC)]
+    return [
+        n or type(m).__name__
+        for n, m in model.named_modules()
+        if m.training and isinstance(m, _STOCHASTIC)
+    ]
 
 
 @contextmanager
@@ -139,9 +156,8 @@ def mode_policy_applied(model: nn.Module, policy: str) -> Iterator[None]:
     Raises:
         ValueError: with policy ``"error"`` when BatchNorm or Dropout modules are in training mode.
     """
-    with _math_attention():
-        with _policy(model, policy):
-            yield
+    with _math_attention(), _policy(model, policy):
+        yield
 
 
 @contextmanager
@@ -152,13 +168,15 @@ def _policy(model: nn.Module, policy: str) -> Iterator[None]:
         return
     if policy == "error":
         raise ValueError(
-            f"modules {offenders[:5]} are in training mode: BatchNorm would use batch statistics and "
-            "Dropout would make the operator random. Call model.eval(), or pass "
+            f"modules {offenders[:5]} are in training mode: BatchNorm would use batch statistics "
+            "and Dropout would make the operator random. Call model.eval(), or pass "
             "mode_policy='eval' (evaluated in eval mode, your modes restored) or 'as_is'."
         )
     if policy == "as_is":
         dropouts = [
-            n for n, m in model.named_modules() if m.training and isinstance(m, nn.modules.dropout._DropoutNd)
+            n
+            for n, m in model.named_modules()
+            if m.training and isinstance(m, nn.modules.dropout._DropoutNd)
         ]
         if dropouts:
             raise ValueError(
@@ -166,15 +184,19 @@ def _policy(model: nn.Module, policy: str) -> Iterator[None]:
                 "matrix; use mode_policy='eval' or model.eval()"
             )
         # BatchNorm with batch statistics, running statistics left untouched
-        bns = [m for m in model.modules() if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        saved_track = [(m, m.track_running_stats) for m in bns]
+        bns = [
+            m
+            for m in model.modules()
+            if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm)
+        ]
+        saved_track = [(bn, bn.track_running_stats) for bn in bns]
         try:
-            for m in bns:
-                m.track_running_stats = False
+            for bn in bns:
+                bn.track_running_stats = False
             yield
         finally:
-            for m, was in saved_track:
-                m.track_running_stats = was
+            for bn, was_tracking in saved_track:
+                bn.track_running_stats = was_tracking
         return
     saved = [(m, m.training) for m in model.modules()]
     try:
@@ -236,6 +258,9 @@ def split_batch(
     targets ``y``. A dict (Hugging Face style): ``model(**batch)``, targets the whole dict. A
     tensor: ``model(X)``, targets ``None``.
 
+    Returns:
+        The batch's positional and keyword model inputs, loss targets and number of samples.
+
     Raises:
         TypeError: for an unsupported batch type.
         ValueError: for an empty batch.
@@ -251,7 +276,8 @@ def split_batch(
         args, kwargs, targets = (batch,), {}, None
     else:
         raise TypeError(
-            f"a batch must be (inputs, targets), a dict of model inputs or a tensor, got {type(batch).__name__}"
+            "a batch must be (inputs, targets), a dict of model inputs or a tensor, "
+            f"got {type(batch).__name__}"
         )
     if batch_size_fn is not None:
         size = int(batch_size_fn(batch))
@@ -267,6 +293,9 @@ def split_batch(
 
 def output_tensor(out: Any) -> Tensor:
     """The tensor a loss is computed from: the output itself, or ``.logits`` of a model output.
+
+    Returns:
+        ``out`` if it is a tensor, else its ``.logits`` attribute or ``"logits"`` entry.
 
     Raises:
         TypeError: if no tensor can be found.
@@ -289,28 +318,37 @@ class FunctionalModel:
     the user's running statistics.
     """
 
-    def __init__(self, model: nn.Module, params: dict[str, Tensor], dtype: torch.dtype | None) -> None:
+    def __init__(
+        self, model: nn.Module, params: dict[str, Tensor], dtype: torch.dtype | None
+    ) -> None:
         self.model = model
         self.names = tuple(params)
         cast = (lambda t: t.detach().to(dtype)) if dtype is not None else (lambda t: t.detach())
         self.params = {n: cast(p) for n, p in params.items()}
         frozen = {n: p for n, p in model.named_parameters() if n not in params}
-        self.fixed = {n: cast(p) if p.is_floating_point() else p.detach() for n, p in frozen.items()}
+        self.fixed = {
+            n: cast(p) if p.is_floating_point() else p.detach() for n, p in frozen.items()
+        }
         for n, b in model.named_buffers():
             self.fixed[n] = (cast(b) if b.is_floating_point() else b.detach()).clone()
         ref = next(iter(self.params.values()))
         self.dtype, self.device = ref.dtype, ref.device
 
     def __call__(self, p: Mapping[str, Tensor], batch: Batch) -> Tensor:
-        out = functional_call(self.model, {**self.fixed, **p}, batch.args, batch.kwargs, strict=False)
+        out = functional_call(
+            self.model, {**self.fixed, **p}, batch.args, batch.kwargs, strict=False
+        )
         return output_tensor(out)
 
 
 def check_loss(loss: Tensor) -> Tensor:
-    """Validate a loss value: a finite scalar tensor.
+    """Validate a loss value: a scalar tensor (finiteness is checked by ``check_loss_finite``).
+
+    Returns:
+        ``loss`` itself, unchanged.
 
     Raises:
-        ValueError: if the loss is not a scalar or not finite.
+        ValueError: if the loss is not a scalar tensor.
     """
     if not isinstance(loss, Tensor) or loss.ndim != 0:
         shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
@@ -328,16 +366,22 @@ def check_loss_finite(loss: Tensor) -> None:
         ValueError: naming the value.
     """
     if not bool(torch.isfinite(loss).all()):
-        raise ValueError(f"the loss is not finite on a batch (got {loss.flatten()[0].item()}); check the model and data")
+        raise ValueError(
+            f"the loss is not finite on a batch (got {loss.flatten()[0].item()}); "
+            "check the model and data"
+        )
 
 
 def iterate_batches(data: Any) -> Iterable[Any]:
     """Data as an iterable of batches: a single batch (tuple of tensors, dict, tensor) is wrapped.
 
+    Returns:
+        ``[data]`` for a single batch, else ``data`` itself.
+
     Raises:
         TypeError: if ``data`` is not iterable.
     """
-    if isinstance(data, Tensor) or isinstance(data, Mapping):
+    if isinstance(data, (Tensor, Mapping)):
         return [data]
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
         return [data]

@@ -141,7 +141,9 @@ class CurvatureOperator(LinearOperator):
         return total / samples
 
     # ----- products ----------------------------------------------------------------------------
-    def _batch_matmat(self, fm: FunctionalModel, batch: Batch, V: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _batch_matmat(
+        self, fm: FunctionalModel, batch: Batch, V: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
         """``M_b @ V`` for one batch; ``V`` and the result carry a trailing column dimension."""
         raise NotImplementedError
 

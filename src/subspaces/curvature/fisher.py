@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_positive_int
-from ._model import Batch, FunctionalModel, check_loss_finite, LossFn, ModePolicy, ParamSpec
+from ._model import Batch, FunctionalModel, LossFn, ModePolicy, ParamSpec, check_loss_finite
 from .base import CurvatureOperator, Progress
 
 FisherKind = Literal["mc", "empirical"]
@@ -105,7 +105,9 @@ class FisherOperator(CurvatureOperator):
             gen = self.generator
             if self.likelihood == "cross_entropy":
                 probs = torch.softmax(out.to(torch.float64), dim=-1).reshape(-1, out.shape[-1])
-                idx = torch.multinomial(probs.cpu(), m, replacement=True, generator=gen).T.to(out.device)
+                idx = torch.multinomial(probs.cpu(), m, replacement=True, generator=gen).T.to(
+                    out.device
+                )
                 onehot = torch.nn.functional.one_hot(idx, out.shape[-1]).to(out.dtype)
                 # d/d logits of the per-sample CE (a mean over positions for sequence outputs)
                 positions = out[0].numel() // out.shape[-1]
@@ -123,15 +125,20 @@ class FisherOperator(CurvatureOperator):
         def indexed(fm: FunctionalModel, batch: Batch) -> Tensor:
             self._batch_index = counter["i"]
             counter["i"] += 1
-            return per_batch(fm, batch)  # type: ignore[no-any-return]
+            return per_batch(fm, batch)
 
         return super()._accumulate(indexed)
 
-    def _batch_matmat(self, fm: FunctionalModel, batch: Batch, V: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _batch_matmat(
+        self, fm: FunctionalModel, batch: Batch, V: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
         def f(p: dict[str, Tensor]) -> Tensor:
             return fm(p, batch)
 
-        out, vjp_fn = torch.func.vjp(f, fm.params)
+        # without has_aux, vjp returns exactly (output, vjp_fn); its annotation is a union
+        # with the has_aux triple, so index the result instead of unpacking it
+        primal = torch.func.vjp(f, fm.params)
+        out, vjp_fn = primal[0], primal[1]
         check_loss_finite(self.loss_fn(out.detach(), batch.targets))
         S = self._output_gradients(out.detach(), batch)  # (m, n, ...)
         m, n = S.shape[0], batch.size
@@ -140,4 +147,4 @@ class FisherOperator(CurvatureOperator):
         coef = (JV.reshape(JV.shape[0], 1, n, -1) * S.reshape(1, m, n, -1)).sum(-1)
         U = (coef.unsqueeze(-1) * S.reshape(1, m, n, -1)).sum(1) / (m * n)  # (b, n, d)
         (res,) = torch.func.vmap(vjp_fn, out_dims=-1)(U.reshape(JV.shape))
-        return res  # type: ignore[no-any-return]
+        return res

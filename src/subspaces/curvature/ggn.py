@@ -28,7 +28,9 @@ class GGNOperator(CurvatureOperator):
         >>> model = torch.nn.Linear(4, 3).double()
         >>> G, H = GGNOperator(model, "cross_entropy", [(X, y)]), None
         >>> from subspaces.curvature import HessianOperator
-        >>> torch.allclose(G.to_dense(), HessianOperator(model, "cross_entropy", [(X, y)]).to_dense())
+        >>> torch.allclose(
+        ...     G.to_dense(), HessianOperator(model, "cross_entropy", [(X, y)]).to_dense()
+        ... )
         True
 
     References:
@@ -44,18 +46,23 @@ class GGNOperator(CurvatureOperator):
         def hvp(u: Tensor) -> Tensor:
             # reverse-over-reverse in output space: small, and works for any twice
             # differentiable loss (some loss kernels have no forward-mode derivative)
-            return torch.func.grad(lambda o: (grad_out(o) * u).sum())(out)  # type: ignore[no-any-return]
+            return torch.func.grad(lambda o: (grad_out(o) * u).sum())(out)
 
-        return torch.func.vmap(hvp)(U)  # type: ignore[no-any-return]
+        return torch.func.vmap(hvp)(U)
 
-    def _batch_matmat(self, fm: FunctionalModel, batch: Batch, V: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _batch_matmat(
+        self, fm: FunctionalModel, batch: Batch, V: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
         def f(p: dict[str, Tensor]) -> Tensor:
             return fm(p, batch)
 
-        out, vjp_fn = torch.func.vjp(f, fm.params)
+        # without has_aux, vjp returns exactly (output, vjp_fn); its annotation is a union
+        # with the has_aux triple, so index the result instead of unpacking it
+        primal = torch.func.vjp(f, fm.params)
+        out, vjp_fn = primal[0], primal[1]
         check_loss_finite(self.loss_fn(out.detach(), batch.targets))
         out = out.detach()
         JV = torch.func.vmap(lambda v: torch.func.jvp(f, (fm.params,), (v,))[1], in_dims=-1)(V)
         HJV = self._output_hvp(out, batch, JV)
         (res,) = torch.func.vmap(vjp_fn, out_dims=-1)(HJV)
-        return res  # type: ignore[no-any-return]
+        return res

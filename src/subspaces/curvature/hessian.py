@@ -24,9 +24,9 @@ METHODS: tuple[str, ...] = ("auto", "vmap", "double_backward")
 
 
 class HessianOperator(CurvatureOperator):
-    r"""The Hessian :math:`\nabla^2_\theta \frac{1}{N}\sum_i \ell(f_\theta(x_i), y_i)` over a data set.
+    r"""The Hessian :math:`\nabla^2_\theta \frac{1}{N}\sum_i \ell(f_\theta(x_i), y_i)`.
 
-    Two product engines, picked by ``method``:
+    The mean runs over the ``N`` samples of a data set. Two product engines, picked by ``method``:
 
     * ``"vmap"``: forward-over-reverse (``jvp`` of ``grad``, ``torch.func``) vectorized over the
       columns of a block with ``vmap``: one pass over the data per block, any number of batches.
@@ -104,16 +104,21 @@ class HessianOperator(CurvatureOperator):
             raise ValueError("method='double_backward' needs data with exactly one batch")
         return "double_backward" if single else "vmap"
 
-    def _batch_matmat(self, fm: FunctionalModel, batch: Batch, V: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _batch_matmat(
+        self, fm: FunctionalModel, batch: Batch, V: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
         grad_fn = torch.func.grad_and_value(lambda p: self._loss(fm, p, batch))
 
         def hvp(v: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
-            (_, loss), (hv, _) = torch.func.jvp(grad_fn, (fm.params,), (v,))
+            # without has_aux, jvp returns exactly (primals_out, tangents_out); its annotation
+            # is a union with the has_aux triple, so index the result instead of unpacking it
+            res = torch.func.jvp(grad_fn, (fm.params,), (v,))
+            (_, loss), (hv, _) = res[0], res[1]
             return hv, loss
 
         hv, loss = torch.func.vmap(hvp, in_dims=-1, out_dims=(-1, 0))(V)
         check_loss_finite(loss)
-        return hv  # type: ignore[no-any-return]
+        return hv
 
     def _cached_graph(self) -> tuple[list[Tensor], tuple[Tensor, ...]]:
         if self._graph is None:
@@ -139,7 +144,11 @@ class HessianOperator(CurvatureOperator):
         outs = [V[n].movedim(-1, 0).contiguous() for n in self.layout.names]
         with torch.enable_grad():
             hv = torch.autograd.grad(
-                grads, leaves, grad_outputs=outs, retain_graph=True, is_grads_batched=True,
+                grads,
+                leaves,
+                grad_outputs=outs,
+                retain_graph=True,
+                is_grads_batched=True,
                 allow_unused=True,
             )
         cols = [

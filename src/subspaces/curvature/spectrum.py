@@ -14,8 +14,16 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ..linalg import DensityResult, EigenResult, TraceResult, hutchinson_trace, lanczos, slq_density
-from ..linalg import hutchpp_trace, xtrace
+from ..linalg import (
+    DensityResult,
+    EigenResult,
+    TraceResult,
+    hutchinson_trace,
+    hutchpp_trace,
+    lanczos,
+    slq_density,
+    xtrace,
+)
 from ..linops import LinearOperator
 
 TraceMethod = Literal["hutchinson", "hutch++", "xtrace"]
@@ -26,7 +34,9 @@ def _samples(op: Any) -> int | None:
     return getattr(op, "num_samples", None)
 
 
-def top_eigen(op: LinearOperator | Tensor, k: int = 5, rtol: float = 1e-3, **lanczos_kwargs: Any) -> EigenResult:
+def top_eigen(
+    op: LinearOperator | Tensor, k: int = 5, rtol: float = 1e-3, **lanczos_kwargs: Any
+) -> EigenResult:
     """Top-``k`` eigenpairs, certified by Lanczos to a relative residual ``rtol``.
 
     Args:
@@ -79,7 +89,8 @@ def trace(
 
     Example:
         >>> import torch
-        >>> r = trace(torch.eye(100, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> r = trace(torch.eye(100, dtype=torch.float64), generator=gen)
         >>> round(r.estimate, 6)
         100.0
     """
@@ -170,7 +181,9 @@ def bulk_outliers(
     lam = torch.as_tensor(vals, dtype=torch.float64).flatten().sort(descending=True).values
     lam = lam[lam > 0]
     if lam.numel() < 2:
-        raise ValueError(f"need at least two positive eigenvalues to find a gap, got {lam.tolist()}")
+        raise ValueError(
+            f"need at least two positive eigenvalues to find a gap, got {lam.tolist()}"
+        )
     ratios = lam[:-1] / lam[1:]
     best, best_ratio = -1, 0.0
     for j in range(len(ratios)):

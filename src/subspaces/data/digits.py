@@ -39,7 +39,9 @@ def load_digits_split(
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:  # pragma: no cover
-        raise ImportError("the digits data needs scikit-learn: pip install 'subspaces[report]'") from err
+        raise ImportError(
+            "the digits data needs scikit-learn: pip install 'subspaces[report]'"
+        ) from err
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     bunch = load_digits()
@@ -56,7 +58,7 @@ def load_digits_split(
         y = remap[y]
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     X, y = X[perm], y[perm]
-    n_test = int(round(test_fraction * len(y)))
+    n_test = round(test_fraction * len(y))
     Xtr, ytr, Xte, yte = X[n_test:], y[n_test:], X[:n_test], y[:n_test]
     mean, std = Xtr.mean(0), Xtr.std(0)
     std = torch.where(std > 0, std, torch.ones_like(std))

@@ -15,9 +15,9 @@ from torch import Tensor, nn
 from .._tensorlist import ParamLayout
 from ..curvature._model import (
     FunctionalModel,
-    _math_attention,
     LossFn,
     ParamSpec,
+    _math_attention,
     iterate_batches,
     resolve_loss,
     select_params,
@@ -108,7 +108,9 @@ def dense_ggn(
         batch = split_batch(raw, fm.device, dtype)
         with _math_attention():
             out = fm(fm.params, batch).detach()
-            J = torch.func.jacrev(lambda flat, batch=batch: fm(layout.unflatten(flat), batch))(flat0)
+            J = torch.func.jacrev(lambda flat, batch=batch: fm(layout.unflatten(flat), batch))(
+                flat0
+            )
             J = J.reshape(-1, P)
             HL = torch.func.hessian(lambda o, batch=batch: loss(o, batch.targets))(out)
         HL = HL.reshape(J.shape[0], J.shape[0])
