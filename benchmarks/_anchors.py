@@ -124,12 +124,11 @@ def machine() -> str:
         The description.
     """
     cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
     return (
         f"{cpu}, {os.cpu_count()} CPUs (shared), torch {torch.__version__} "
         f"({torch.get_num_threads()} thread), Python {platform.python_version()}"
@@ -405,9 +404,13 @@ def eigenthings_hessian(p: Problem) -> Any:
 
 
 # ----- references ------------------------------------------------------------------------------
-def reference_eigenvalues(p: Problem, k: int = 10) -> tuple[Tensor, dict[str, Any]]:
+def reference_eigenvalues(
+    p: Problem, k: int = 10, smallest: int = 0
+) -> tuple[Tensor, dict[str, Any]]:
     """Top-``k`` eigenvalues of the float64 Hessian (our operator, vmap engine, Lanczos at a
-    relative residual of 1e-10, so every eigenvalue is exact to ~1e-10 relative or better).
+    relative residual of 1e-10, so every eigenvalue is exact to ~1e-10 relative or better), and
+    the ``smallest`` most negative ones in ``info["smallest_eigenvalues"]`` (for tools that find
+    the eigenvalues of largest magnitude).
 
     Returns:
         ``(eigenvalues descending, info)``.
@@ -424,6 +427,12 @@ def reference_eigenvalues(p: Problem, k: int = 10) -> tuple[Tensor, dict[str, An
         "seconds": time.perf_counter() - t,
         "eigenvalues": r.eigenvalues.tolist(),
     }
+    if smallest:
+        rs = lanczos(H, smallest, "smallest", tol=1e-10, generator=torch.Generator().manual_seed(1))
+        info["smallest_eigenvalues"] = rs.eigenvalues.tolist()
+        info["num_matvecs"] += rs.num_matvecs
+        info["all_converged"] = info["all_converged"] and rs.all_converged
+        info["seconds"] = time.perf_counter() - t
     return r.eigenvalues.double(), info
 
 

@@ -2,7 +2,7 @@
 vs curvlinops, PyHessian and hessian-eigenthings.
 
 Run: ``.venv/bin/python benchmarks/curvature_hvp.py [--quick]`` after
-``bash benchmarks/setup_anchors.sh`` (full: about 2 minutes on 2 shared CPU cores; ``--quick``:
+``bash benchmarks/setup_anchors.sh`` (full: under a minute on 2 shared CPU cores; ``--quick``:
 5 rounds instead of 15).
 
 Per-vector wall time of one product on the same model and batch (``benchmarks/_anchors.py``: the
@@ -37,9 +37,9 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-import _anchors as A
 import torch
 
+import _anchors as A
 from subspaces._io import write_json
 
 B = 16
@@ -75,10 +75,15 @@ def _methods(p: A.Problem, v: torch.Tensor, V: torch.Tensor) -> dict[str, Any]:
         from pyhessian.utils import hessian_vector_product
 
         ph = A.pyhessian_hessian(p)
-        vl = [t.reshape(q.shape) for t, q in zip(v.split([q.numel() for q in p.params]), p.params)]
+        vl = [
+            t.reshape(q.shape)
+            for t, q in zip(v.split([q.numel() for q in p.params]), p.params, strict=True)
+        ]
 
         def pyh() -> torch.Tensor:
-            return torch.cat([h.reshape(-1) for h in hessian_vector_product(ph.gradsH, ph.params, vl)])
+            return torch.cat(
+                [h.reshape(-1) for h in hessian_vector_product(ph.gradsH, ph.params, vl)]
+            )
 
         out["pyhessian"] = ("PyHessian HVP (cached graph)", 1, None, pyh)
     else:
@@ -165,7 +170,7 @@ def main() -> None:
                     ("ms_per_vector", "ms/vector", ".1f", 11),
                     ("x_gradient", "x gradient", ".2f", 12),
                     ("rel_diff_vs_fp64", "rel diff", ".1e", 10),
-                    ("status", "status", "", 8),
+                    ("status", "status", "", 15),
                 ],
             )
         )
@@ -199,7 +204,11 @@ def main() -> None:
 
     mlp = summary["mlp"]
     py = next(
-        (r.get("ms_per_vector") for r in rows if r["problem"] == "mlp" and r["method"] == "pyhessian"),
+        (
+            r.get("ms_per_vector")
+            for r in rows
+            if r["problem"] == "mlp" and r["method"] == "pyhessian"
+        ),
         None,
     )
     ours = next(

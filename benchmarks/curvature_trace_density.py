@@ -2,7 +2,7 @@
 hessian-eigenthings.
 
 Run: ``.venv/bin/python benchmarks/curvature_trace_density.py [--quick]`` after
-``bash benchmarks/setup_anchors.sh`` (full: about 4 minutes on 2 shared CPU cores; ``--quick``:
+``bash benchmarks/setup_anchors.sh`` (full: 3.5-5 minutes on 2 shared CPU cores; ``--quick``:
 the MLP only, 2 seeds, a 4 x 20 density).
 
 Same model, batch and float32 weights for every tool (``benchmarks/_anchors.py``).
@@ -46,9 +46,9 @@ import time
 import warnings
 from typing import Any
 
-import _anchors as A
 import torch
 
+import _anchors as A
 from subspaces._io import write_json
 from subspaces.curvature import density
 from subspaces.linalg import hutchinson_trace, hutchpp_trace, xtrace
@@ -128,7 +128,11 @@ TRACE_METHODS: dict[str, tuple[str, str | None, Any]] = {
         "curvlinops",
         _curvlinops_trace("hutchpp_trace", BUDGET - 1),
     ),
-    "curvlinops_xtrace": ("curvlinops xtrace 100", "curvlinops", _curvlinops_trace("xtrace", BUDGET)),
+    "curvlinops_xtrace": (
+        "curvlinops xtrace 100",
+        "curvlinops",
+        _curvlinops_trace("xtrace", BUDGET),
+    ),
     "eigenthings": ("eigenthings trace (hutch++) 99", "eigenthings", _eigenthings_trace),
 }
 
@@ -172,9 +176,14 @@ def _pyhessian_density(p: A.Problem, runs: int, steps: int, seed: int) -> dict[s
     if eigs is not None:
         n = p.num_params
         out["top_node"] = max(max(e) for e in eigs)
-        out["slq_trace"] = n * sum(
-            sum(w * e for w, e in zip(ws, es)) for ws, es in zip(weights, eigs)
-        ) / len(eigs)
+        out["slq_trace"] = (
+            n
+            * sum(
+                sum(w * e for w, e in zip(ws, es, strict=True))
+                for ws, es in zip(weights, eigs, strict=True)
+            )
+            / len(eigs)
+        )
     return out
 
 
@@ -226,7 +235,7 @@ def main() -> None:
         p = A.PROBLEMS[pname]()
         print(f"\n== {p.description}")
         exact, tinfo = A.reference_trace(p)
-        lam, linfo = A.reference_eigenvalues(p, k=2)
+        lam, _ = A.reference_eigenvalues(p, k=2)
         references[pname] = {"trace": exact, "trace_info": tinfo, "lambda_1": float(lam[0])}
         if exact is None:  # BackPACK missing: a long float64 Hutchinson instead
             H64 = p.ours(method="vmap", dtype=torch.float64)
@@ -262,20 +271,22 @@ def main() -> None:
             rs = per[k]
             ses = [r["stderr"] for r in rs if r["stderr"]]
             zs = [r["z"] for r in rs if r["z"] is not None]
-            prow.append({
-                "problem": pname,
-                "method": k,
-                "label": label,
-                "status": "ok",
-                "hvps": A.median([r["hvps"] for r in rs]),
-                "hvps_per_seed": [r["hvps"] for r in rs],
-                "seconds": A.median([r["seconds"] for r in rs]),
-                "rms_rel_error": math.sqrt(sum(r["rel_error"] ** 2 for r in rs) / len(rs)),
-                "max_abs_rel_error": max(abs(r["rel_error"]) for r in rs),
-                "rel_errors": [r["rel_error"] for r in rs],
-                "median_rel_stderr": A.median([s / abs(exact) for s in ses]) if ses else None,
-                "within_2se": f"{sum(abs(z) <= 2 for z in zs)}/{len(zs)}" if zs else "no se",
-            })
+            prow.append(
+                {
+                    "problem": pname,
+                    "method": k,
+                    "label": label,
+                    "status": "ok",
+                    "hvps": A.median([r["hvps"] for r in rs]),
+                    "hvps_per_seed": [r["hvps"] for r in rs],
+                    "seconds": A.median([r["seconds"] for r in rs]),
+                    "rms_rel_error": math.sqrt(sum(r["rel_error"] ** 2 for r in rs) / len(rs)),
+                    "max_abs_rel_error": max(abs(r["rel_error"]) for r in rs),
+                    "rel_errors": [r["rel_error"] for r in rs],
+                    "median_rel_stderr": A.median([s / abs(exact) for s in ses]) if ses else None,
+                    "within_2se": f"{sum(abs(z) <= 2 for z in zs)}/{len(zs)}" if zs else "no se",
+                }
+            )
         trace_rows += prow
         print(f"\ntrace at ~{BUDGET} HVPs, {len(seeds)} seeds (exact {exact:.4f})")
         print(
@@ -289,13 +300,15 @@ def main() -> None:
                     ("max_abs_rel_error", "max |rel err|", ".3f", 15),
                     ("median_rel_stderr", "rel se", ".3f", 9),
                     ("within_2se", "|err|<=2se", "", 12),
-                    ("status", "status", "", 8),
+                    ("status", "status", "", 15),
                 ],
             )
         )
 
         # --- density, one seed
-        dstatus = {k: (A.anchor_status(a) if a else None) for k, (_, a, _) in DENSITY_METHODS.items()}
+        dstatus = {
+            k: (A.anchor_status(a) if a else None) for k, (_, a, _) in DENSITY_METHODS.items()
+        }
         drow = []
         for k, (label, _, fn) in DENSITY_METHODS.items():
             row: dict[str, Any] = {"problem": pname, "method": k, "label": label}
@@ -311,20 +324,22 @@ def main() -> None:
         print(f"\ndensity: ours/eigenthings {runs} runs x {steps} steps; PyHessian its defaults")
         print(
             A.table(
-                drow,
+                [{**r, "short": str(r.get("status", "")).split(":")[0]} for r in drow],
                 [
                     ("label", "method", "s", 36),
                     ("hvps", "HVPs", ".0f", 6),
                     ("seconds", "wall s", ".2f", 9),
                     ("top_node_rel_error", "top node err", ".1e", 14),
                     ("slq_trace_rel_error", "SLQ tr err", ".3f", 12),
-                    ("status", "  status", "", 10),
+                    ("short", "status", "", 15),
                 ],
-            ).replace("   crashed", "   crashed")
+            )
         )
         for r in drow:
             if str(r.get("status", "")).startswith("crashed"):
-                print(f"  {r['label']}: {r['status']} (after {r['hvps']} HVPs, {r['seconds']:.2f} s)")
+                print(
+                    f"  {r['label']}: {r['status']} (after {r['hvps']} HVPs, {r['seconds']:.2f} s)"
+                )
 
         def tget(k: str, key: str, prow: list[dict[str, Any]] = prow) -> Any:
             return next(r.get(key) for r in prow if r["method"] == k)

@@ -64,6 +64,8 @@ class CurvatureOperator(LinearOperator):
     """
 
     SELF_ADJOINT = True
+    max_block: int = 16
+    """Columns multiplied at once inside a batch; wider blocks are split into chunks."""
 
     def __init__(
         self,
@@ -151,9 +153,20 @@ class CurvatureOperator(LinearOperator):
         assert self.layout is not None
         V = self.layout.unflatten(X)
 
+        width = X.shape[1]
+        chunk = self.max_block
+
         def per_batch(fm: FunctionalModel, batch: Batch) -> Tensor:
             assert self.layout is not None
-            return self.layout.flatten(self._batch_matmat(fm, batch, V))
+            if width <= chunk:
+                return self.layout.flatten(self._batch_matmat(fm, batch, V))
+            # vmap's cost per vector rises again for wide blocks (measured: 7.7 ms/vector at 16
+            # columns, 26 ms at 100 on an 85k-parameter MLP): multiply in chunks of max_block
+            parts = []
+            for start in range(0, width, chunk):
+                Vc = {name: v[..., start : start + chunk] for name, v in V.items()}
+                parts.append(self.layout.flatten(self._batch_matmat(fm, batch, Vc)))
+            return torch.cat(parts, dim=1)
 
         out = self._accumulate(per_batch)
         try:

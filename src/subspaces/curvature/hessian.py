@@ -35,7 +35,8 @@ class HessianOperator(CurvatureOperator):
       (``is_grads_batched``). Cheapest per product, but holds the graph in memory while the
       operator lives.
 
-    ``"auto"`` (default) uses the cached graph when ``data`` is one batch and ``vmap`` otherwise.
+    ``"auto"`` (default) uses the cached graph for single vectors when ``data`` is one batch, and
+    ``vmap`` for blocks and for data with several batches.
 
     Args:
         model, loss_fn, data, params, mode_policy, dtype, progress, batch_size_fn: see
@@ -135,22 +136,32 @@ class HessianOperator(CurvatureOperator):
         return self._graph
 
     def _matmat(self, X: Tensor) -> Tensor:
-        if self.engine == "vmap":
+        b = X.shape[1]
+        # The cached graph wins for single vectors; for blocks, backward with
+        # is_grads_batched does not batch well, so "auto" switches to vmap (measured per vector
+        # on an 85k-parameter MLP: cached 9.1 ms at 16 columns vs vmap 7.7 ms).
+        if self.engine == "vmap" or (self.method == "auto" and b > 1):
             return super()._matmat(X)
         leaves, grads = self._cached_graph()
-        b = X.shape[1]
         assert self.layout is not None
         V = self.layout.unflatten(X)
         outs = [V[n].movedim(-1, 0).contiguous() for n in self.layout.names]
         with torch.enable_grad():
-            hv = torch.autograd.grad(
-                grads,
-                leaves,
-                grad_outputs=outs,
-                retain_graph=True,
-                is_grads_batched=True,
-                allow_unused=True,
-            )
+            if b == 1:  # plain backward: is_grads_batched costs ~40% extra for one vector
+                hv = torch.autograd.grad(
+                    grads, leaves, grad_outputs=[o[0] for o in outs], retain_graph=True,
+                    allow_unused=True,
+                )
+                hv = tuple(None if h is None else h.unsqueeze(0) for h in hv)
+            else:
+                hv = torch.autograd.grad(
+                    grads,
+                    leaves,
+                    grad_outputs=outs,
+                    retain_graph=True,
+                    is_grads_batched=True,
+                    allow_unused=True,
+                )
         cols = [
             (h if h is not None else torch.zeros_like(o)).reshape(b, -1)
             for h, o in zip(hv, outs, strict=True)

@@ -34,10 +34,16 @@ def _wanted_order(theta: Tensor, which: str) -> Tensor:
     return torch.tensor(out, dtype=torch.long)
 
 
-def _orthogonalize(X: Tensor, V: Tensor) -> Tensor:
-    """Classical Gram-Schmidt against ``V`` twice ("twice is enough")."""
+def _orthogonalize_rows(X: Tensor, Vt: Tensor) -> Tensor:
+    """Classical Gram-Schmidt of the columns of ``X`` against the rows of ``Vt``, twice.
+
+    "Twice is enough" (Giraud et al. 2005) for full reorthogonalization.
+
+    Returns:
+        ``X - V V^T X`` (after two passes), with ``V = Vt^T``.
+    """
     for _ in range(2):
-        X = X - V @ (V.T @ X)
+        X = X - ((Vt @ X).T @ Vt).T
     return X
 
 
@@ -134,20 +140,26 @@ def lanczos(
         fold = torch.zeros(block.shape[1], b, dtype=dtype, device=device)
         fold[torch.arange(block.shape[1]), torch.arange(block.shape[1]) % b] = 1.0
         block = torch.linalg.qr(block @ fold).Q
-    V = torch.empty(n, 0, dtype=dtype, device=device)
-    W = torch.empty(n, 0, dtype=dtype, device=device)
+    # The bases are stored as rows (Vt = V^T, Wt = (A V)^T) in preallocated buffers: products
+    # with a few coefficient vectors are then wide GEMMs ((c, m) @ (m, n)), several times faster
+    # than tall-skinny (n, m) @ (m, c) ones, and no step reallocates the basis.
+    cap = max_basis + b
+    Vt = torch.empty(cap, n, dtype=dtype, device=device)
+    Wt = torch.empty(cap, n, dtype=dtype, device=device)
     H = torch.empty(0, 0, dtype=torch.float64)
-    matvecs, restarts, scale = 0, 0, 0.0
+    m, matvecs, restarts, scale = 0, 0, 0, 0.0
 
     while True:
         Wb = checked_matmat(op, block)
         matvecs += block.shape[1]
+        nb_in = block.shape[1]
         # Extend the projected matrix H = V^T A V by the new block (computed in float64).
-        cross = (V.T @ Wb).to(torch.float64)
+        cross = (Vt[:m] @ Wb).to(torch.float64)
         diag = (block.T @ Wb).to(torch.float64)
         H = torch.cat([torch.cat([H, cross], 1), torch.cat([cross.T, (diag + diag.T) / 2], 1)], 0)
-        V, W = torch.cat([V, block], 1), torch.cat([W, Wb], 1)
-        m = V.shape[1]
+        Vt[m : m + nb_in] = block.T
+        Wt[m : m + nb_in] = Wb.T
+        m += nb_in
 
         theta, Y = torch.linalg.eigh(H)
         scale = max(scale, float(theta.abs().max()))
@@ -156,37 +168,41 @@ def lanczos(
         # Explicit residuals ||A x - theta x|| of the wanted Ritz pairs, from stored products.
         cand = order[: min(m, k)]
         Yc = Yd.index_select(1, cand)
-        R = W @ Yc - (V @ Yc) * theta.index_select(0, cand).to(dtype)
-        res = R.norm(dim=0)
+        th_c = theta.index_select(0, cand).to(dtype)
+        Xt = Yc.T @ Vt[:m]  # Ritz vectors as rows
+        Rt = Yc.T @ Wt[:m] - th_c.unsqueeze(1) * Xt
+        res = Rt.norm(dim=1)
         conv = res <= tol * scale
         if (len(cand) >= k and bool(conv.all())) or m >= n or matvecs >= budget:
             break
 
         # Next block: the Krylov continuation (I - V V^T) A V_last of the last block.
         nb = min(b, n - m, budget - matvecs)
-        F = _orthogonalize(Wb, V)[:, :nb]
+        F = _orthogonalize_rows(Wb[:, :nb], Vt[:m])
 
         if m + nb > max_basis:  # thick restart: keep the most wanted Ritz vectors
             keep_n = min(max(k + (max_basis - k) // 2, k), max_basis - nb)
             Yk = Yd.index_select(1, order[:keep_n])
-            V, W = V @ Yk, W @ Yk  # F stays orthogonal to the smaller basis
+            Vt[:keep_n], Wt[:keep_n] = Yk.T @ Vt[:m], Yk.T @ Wt[:m]  # F stays orthogonal
             H = torch.diag(theta.index_select(0, order[:keep_n]))
+            m = keep_n
             restarts += 1
 
-        Q, Rr = torch.linalg.qr(_orthogonalize(F, V))
+        Q, Rr = torch.linalg.qr(_orthogonalize_rows(F, Vt[:m]))
         ok = torch.diagonal(Rr).abs() > 1e-12 * max(scale, 1e-300)
         missing = nb - int(ok.sum())
         if missing > 0:  # an invariant subspace was found: continue with fresh directions
             fresh = random_matrix(n, missing, dtype=dtype, device=device, generator=generator)
-            Q = torch.linalg.qr(_orthogonalize(torch.cat([Q[:, ok], fresh], 1), V)).Q
+            Q = torch.linalg.qr(_orthogonalize_rows(torch.cat([Q[:, ok], fresh], 1), Vt[:m])).Q
         block = Q
 
     # Final selection and ordering of the k wanted pairs.
-    vals, vecs, resid, convk = theta[cand].to(dtype), V @ Yc, res, conv
+    vals, resid, convk = th_c, res, conv
     perm = torch.argsort(vals) if which == "smallest" else torch.argsort(vals, descending=True)
+    vecs = Xt.index_select(0, perm).T.contiguous()
     return EigenResult(
         eigenvalues=vals[perm],
-        eigenvectors=vecs[:, perm],
+        eigenvectors=vecs,
         residuals=resid[perm],
         converged=convk[perm],
         num_matvecs=matvecs,

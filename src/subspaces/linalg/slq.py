@@ -211,10 +211,12 @@ def _lockstep_lanczos(
         W = W - q * alpha - q_prev * beta_prev
         # Full reorthogonalization of every run against its own basis (twice is enough).
         block = basis[:, : j + 1, :]
-        Wt = W.T.unsqueeze(-1)
+        Wr = W.T.unsqueeze(1)  # (R, 1, n): each run's vector as a row
         for _ in range(2):
-            Wt = Wt - torch.bmm(block.transpose(1, 2), torch.bmm(block, Wt))
-        W = Wt.squeeze(-1).T
+            coefs = torch.bmm(block, Wr.transpose(1, 2))  # (R, j, 1)
+            # (R, 1, j) @ (R, j, n): a wide product, much faster than (R, n, j) @ (R, j, 1)
+            Wr = Wr - torch.bmm(coefs.transpose(1, 2), block)
+        W = Wr.squeeze(1).T
         beta = W.norm(dim=0)
         scale = torch.maximum(scale, torch.maximum(alpha.abs(), beta))
         active = active & (beta > breakdown_tol * scale)
