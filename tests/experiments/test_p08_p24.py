@@ -1,0 +1,180 @@
+"""P08 (Hessian outliers) and P24 (batch size vs learning rate), and their shared helpers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from subspaces.experiments import ExperimentResult, get
+from subspaces.experiments._common import (
+    accuracy,
+    load_digits_tensors,
+    loglog_fit,
+    mlp,
+    single_thread,
+    train,
+)
+from subspaces.experiments.P08_hessian_outliers import gaussian_mixture, train_and_measure
+from subspaces.experiments.P24_batch_size_learning_rate import (
+    batch_lambda_max,
+    is_stable,
+    max_stable_lr,
+)
+
+
+# ----- _common ----------------------------------------------------------------------------------
+def test_load_digits_standardized_and_stratified() -> None:
+    Xtr, ytr, Xte, yte = load_digits_tensors()
+    assert Xtr.dtype == torch.float64 and ytr.dtype == torch.long
+    assert Xtr.shape[0] + Xte.shape[0] == 1797 and Xtr.shape[1] == 64
+    assert torch.allclose(Xtr.mean(0), torch.zeros(64, dtype=torch.float64), atol=1e-10)
+    std = Xtr.std(0)
+    assert torch.all(((std - 1).abs() < 1e-10) | (std < 1e-12))  # constant pixels stay 0
+    assert ytr.bincount().min() > 100  # stratified: every class well represented
+    assert ytr.unique().numel() == 10 and yte.unique().numel() == 10
+
+
+def test_load_digits_classes_relabelled_whitened_and_seeded() -> None:
+    Xtr, ytr, Xte, _ = load_digits_tensors([3, 8], whiten=True, seed=1)
+    assert sorted(ytr.unique().tolist()) == [0, 1]
+    cov = Xtr.T @ Xtr / (Xtr.shape[0] - 1)
+    assert torch.allclose(cov, torch.eye(Xtr.shape[1], dtype=torch.float64), atol=1e-8)
+    assert Xte.shape[1] == Xtr.shape[1] < 64
+    again = load_digits_tensors([3, 8], whiten=True, seed=1)[0]
+    other = load_digits_tensors([3, 8], whiten=True, seed=2)[0]
+    assert torch.equal(Xtr, again) and not torch.equal(Xtr, other)
+    with pytest.raises(ValueError):
+        load_digits_tensors([3, 3])
+    with pytest.raises(ValueError):
+        load_digits_tensors(test_fraction=1.0)
+
+
+def test_mlp_shape_seed_and_errors() -> None:
+    net = mlp(10, 7, 3, depth=3, activation="tanh", seed=5)
+    assert net(torch.randn(4, 10)).shape == (4, 3)
+    assert sum(isinstance(m, torch.nn.Linear) for m in net.modules()) == 4
+    a, b = mlp(10, 7, 3, seed=5), mlp(10, 7, 3, seed=5)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    state = torch.random.get_rng_state()
+    mlp(10, 7, 3, seed=1)
+    assert torch.equal(state, torch.random.get_rng_state())  # a seeded build leaves the RNG alone
+    with pytest.raises(ValueError):
+        mlp(10, 7, 3, activation="swish")
+    with pytest.raises(ValueError):
+        mlp(10, 0, 3)
+
+
+def test_train_history_and_divergence() -> None:
+    X, y = gaussian_mixture(3, 300, 8, 5.0, seed=0)
+    net = mlp(8, 16, 3, seed=0).double()
+    h = train(net, X, y, optimizer="sgd", lr=0.1, epochs=4, batch_size=32, seed=0)
+    assert len(h["loss"]) == 4 and len(h["batch_loss"]) == h["steps"] == 4 * (300 // 32)
+    assert h["final_loss"] < h["initial_loss"] and not h["diverged"]
+    assert accuracy(net, X, y) == pytest.approx(h["accuracy"][-1])
+    blow = mlp(8, 16, 3, seed=0).double()
+    h = train(
+        blow,
+        X * 100,
+        y,
+        optimizer="sgd",
+        lr=50.0,
+        epochs=5,
+        batch_size=None,
+        seed=0,
+        divergence_factor=2.0,
+    )
+    assert h["diverged"] and h["steps"] < 5
+    with pytest.raises(ValueError):
+        train(net, X, y, optimizer="rmsprop", lr=0.1, epochs=1, batch_size=8, seed=0)
+
+
+def test_loglog_fit_and_single_thread() -> None:
+    slope, icept = loglog_fit([2.0, 4.0, 8.0], [3.0 * 2**0.5, 6.0, 6.0 * 2**0.5])
+    assert slope == pytest.approx(0.5) and math.exp(icept) == pytest.approx(3.0)
+    with pytest.raises(ValueError):
+        loglog_fit([1.0, 2.0], [1.0, -1.0])
+    before = torch.get_num_threads()
+    with single_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+# ----- quick smoke tests of the measurement functions --------------------------------------------
+def test_p08_outliers_on_a_small_mixture() -> None:
+    X, y = gaussian_mixture(3, 600, 8, 5.0, seed=0)
+    m, model = train_and_measure(X, y, 3, 32, seed=0)
+    assert not model.training
+    assert len(m["eigenvalues"]) == 3 + 8 and m["eigenvalues"] == sorted(m["eigenvalues"])[::-1]
+    assert m["all_converged"] and m["classes"] == 3
+    assert m["num_params"] == (8 + 1) * 32 + (32 + 1) * 32 + (32 + 1) * 3
+    assert m["num_outliers"] == 2 and m["gap_after_c_minus_1"] >= 1.5
+    assert m["bulk_edge"] == m["eigenvalues"][2]
+
+
+def test_p24_batch_lambda_max_tiny() -> None:
+    X, y = gaussian_mixture(3, 400, 8, 3.0, seed=1)
+    net = mlp(8, 16, 3, seed=0).double()
+    train(net, X, y, optimizer="sgd", lr=0.1, epochs=5, batch_size=32, seed=0)
+    net.eval()
+    out = batch_lambda_max(net, X, y, [4, 32, 256], 6, seed=0)
+    assert out["batch_sizes"] == [4, 32, 256] and out["num_samples"] == 400
+    assert all(len(v) == 6 for v in out["lambda_max"])
+    # lambda_max(H_B) >= v^T H_B v for every sub-batch (Rayleigh), so the CV excess is >= 0
+    for lams, rqs in zip(out["lambda_max"], out["rayleigh"], strict=True):
+        assert all(lam >= rq - 1e-8 * abs(lam) for lam, rq in zip(lams, rqs, strict=True))
+    assert min(out["excess_cv"]) >= 0
+    assert out["excess_cv"][0] > out["excess_cv"][-1]  # small batches overstate more
+    assert out["full"] > 0 and out["num_matvecs"] > 0
+
+
+def test_p24_stability_search() -> None:
+    lr, runs = max_stable_lr(lambda lr: lr <= 0.7, 0.01, bisections=8)
+    assert 0.7 / 2 ** (1 / 2**8) <= lr <= 0.7 and runs == 1 + 7 + 8
+    lr, _ = max_stable_lr(lambda lr: lr <= 0.7, 100.0, bisections=8)
+    assert 0.7 / 2 ** (1 / 2**8) <= lr <= 0.7
+    X, y = gaussian_mixture(3, 200, 8, 4.0, seed=0)
+
+    def make() -> torch.nn.Module:
+        return mlp(8, 16, 3, seed=0).double()
+
+    for opt in ("sgd", "adam"):
+        assert is_stable(make, X, y, optimizer=opt, lr=1e-3, batch_size=8, steps=30, seed=0)
+        assert not is_stable(make, X, y, optimizer=opt, lr=1e3, batch_size=8, steps=30, seed=0)
+    with pytest.raises(ValueError):
+        is_stable(make, X, y, optimizer="lbfgs", lr=1.0, batch_size=8)
+
+
+# ----- the reproductions (fast settings) ---------------------------------------------------------
+def _check_result(result: ExperimentResult, figures: set[str]) -> None:
+    assert isinstance(result, ExperimentResult)
+    assert set(result.figures) == figures
+    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in result.figures.values())
+    assert result.summary
+
+
+@pytest.mark.slow
+def test_p08_fast_reproduces() -> None:
+    result = get("P08").run(True, 0)
+    _check_result(result, {"top_eigenvalues", "density"})
+    m = result.measured
+    assert [w["width"] for w in m["widths"]] == [32, 64, 128]
+    assert [s["classes"] for s in m["subsets"]] == [3, 5]
+    assert all(
+        r["num_outliers"] == r["classes"] - 1 for r in m["widths"] + m["subsets"] + m["separations"]
+    )
+    assert m["bulk_edge_shrinks_with_width"] and m["outliers_move_with_separation"]
+    assert result.passed, result.summary
+
+
+@pytest.mark.slow
+def test_p24_fast_reproduces() -> None:
+    result = get("P24").run(True, 0)
+    _check_result(result, {"excess_vs_batch", "max_lr_vs_batch"})
+    m = result.measured
+    assert -1.3 <= m["excess_slope"] <= -0.7
+    assert m["mean_lambda_max_above_full_for_every_B"]
+    assert 0.6 <= m["sgd_lr_slope"] <= 1.3 and 0.25 <= m["adam_lr_slope"] <= 0.8
+    assert m["adam_lr_slope"] < m["sgd_lr_slope"]
+    assert result.passed, result.summary
