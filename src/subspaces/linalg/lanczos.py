@@ -71,6 +71,11 @@ def lanczos(
     ``b > 1`` each step multiplies ``b`` vectors at once (one batched product), which finds
     eigenvalues of multiplicity up to ``b`` and is faster per vector for batched operators.
 
+    What is certified: each returned value is within its residual of an eigenvalue of ``A``. Like
+    every Krylov method, Lanczos can still miss an eigenvalue whose eigenvector is nearly
+    orthogonal to the start block (or an extra copy of a repeated one) and return the next one in
+    its place; for clustered spectra use ``block_size > 1`` or a tighter ``tol``.
+
     Args:
         A: symmetric ``(n, n)`` tensor or operator.
         k: number of eigenpairs, ``1 <= k <= n``.
