@@ -34,8 +34,12 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 
 bench: $(STAMP)
+	bash benchmarks/setup_anchors.sh
 	$(BIN)/python benchmarks/linalg_eigs.py
 	$(BIN)/python benchmarks/linalg_trace.py
+	$(BIN)/python benchmarks/curvature_eigs.py
+	$(BIN)/python benchmarks/curvature_hvp.py
+	$(BIN)/python benchmarks/curvature_trace_density.py
 
 reproduce: $(STAMP)
 	$(BIN)/subspaces reproduce --all --out runs/reproduce
