@@ -71,7 +71,7 @@ class AnalyzeConfig:
     momentum: float = 0.0
     epochs: int = 10
     batch_size: int = 32
-    every: int = 50
+    every: int = 25
     k: int = 10
     seed: int = 0
     dtype: str = "float32"
