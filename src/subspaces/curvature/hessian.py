@@ -149,7 +149,10 @@ class HessianOperator(CurvatureOperator):
         with torch.enable_grad():
             if b == 1:  # plain backward: is_grads_batched costs ~40% extra for one vector
                 hv = torch.autograd.grad(
-                    grads, leaves, grad_outputs=[o[0] for o in outs], retain_graph=True,
+                    grads,
+                    leaves,
+                    grad_outputs=[o[0] for o in outs],
+                    retain_graph=True,
                     allow_unused=True,
                 )
                 hv = tuple(None if h is None else h.unsqueeze(0) for h in hv)
