@@ -8,14 +8,15 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_positive_int
-from ._model import Batch, FunctionalModel, LossFn, ModePolicy, ParamSpec, check_loss_finite
-from .base import CurvatureOperator, Progress
+from ._model import Batch, FunctionalModel, LossFn, ModePolicy, ParamSpec
+from .base import Progress
+from .ggn import GGNOperator
 
 FisherKind = Literal["mc", "empirical"]
 KINDS: tuple[str, ...] = ("mc", "empirical")
 
 
-class FisherOperator(CurvatureOperator):
+class FisherOperator(GGNOperator):
     r"""The Fisher :math:`\frac{1}{N}\sum_i J_i^\top\, \mathbb{E}[s_i s_i^\top]\, J_i`.
 
     ``s_i`` is the gradient of sample ``i``'s loss with respect to the model output:
@@ -129,22 +130,16 @@ class FisherOperator(CurvatureOperator):
 
         return super()._accumulate(indexed)
 
-    def _batch_matmat(
-        self, fm: FunctionalModel, batch: Batch, V: dict[str, Tensor]
-    ) -> dict[str, Tensor]:
-        def f(p: dict[str, Tensor]) -> Tensor:
-            return fm(p, batch)
+    def _output_matmat(self, out: Tensor, batch: Batch, U: Tensor) -> Tensor:
+        """``E[s s^T] @ U`` per sample, averaged over the draws: the Fisher's output matrix.
 
-        # without has_aux, vjp returns exactly (output, vjp_fn); its annotation is a union
-        # with the has_aux triple, so index the result instead of unpacking it
-        primal = torch.func.vjp(f, fm.params)
-        out, vjp_fn = primal[0], primal[1]
-        check_loss_finite(self.loss_fn(out.detach(), batch.targets))
-        S = self._output_gradients(out.detach(), batch)  # (m, n, ...)
+        Returns:
+            The products, shaped like ``U`` (``(b, n, ...)``).
+        """
+        S = self._output_gradients(out, batch)  # (m, n, ...)
         m, n = S.shape[0], batch.size
-        JV = torch.func.vmap(lambda v: torch.func.jvp(f, (fm.params,), (v,))[1], in_dims=-1)(V)
-        # coefficient per (column, draw, sample): <s_i, (J v)_i>
-        coef = (JV.reshape(JV.shape[0], 1, n, -1) * S.reshape(1, m, n, -1)).sum(-1)
-        U = (coef.unsqueeze(-1) * S.reshape(1, m, n, -1)).sum(1) / (m * n)  # (b, n, d)
-        (res,) = torch.func.vmap(vjp_fn, out_dims=-1)(U.reshape(JV.shape))
-        return res
+        # coefficient per (column, draw, sample): <s_i, u_i>
+        coef = (U.reshape(U.shape[0], 1, n, -1) * S.reshape(1, m, n, -1)).sum(-1)
+        prod = (coef.unsqueeze(-1) * S.reshape(1, m, n, -1)).sum(1) / m  # (b, n, d)
+        # the GGN's output Hessian of a mean loss carries 1/n; so does this sample average
+        return (prod / n).reshape(U.shape)

@@ -39,8 +39,14 @@ class GGNOperator(CurvatureOperator):
         method", JMLR 2020.
     """
 
-    def _output_hvp(self, out: Tensor, batch: Batch, U: Tensor) -> Tensor:
-        """``H_L @ U`` for output-space tangents ``U`` (leading column dimension)."""
+    def _output_matmat(self, out: Tensor, batch: Batch, U: Tensor) -> Tensor:
+        """``H_L @ U`` for output-space tangents ``U`` (leading column dimension).
+
+        Subclasses with another output-space matrix (the Fisher's ``E[s s^T]``) override this.
+
+        Returns:
+            The products, shaped like ``U``.
+        """
         grad_out = torch.func.grad(lambda o: self.loss_fn(o, batch.targets))
 
         def hvp(u: Tensor) -> Tensor:
@@ -59,10 +65,8 @@ class GGNOperator(CurvatureOperator):
         # without has_aux, vjp returns exactly (output, vjp_fn); its annotation is a union
         # with the has_aux triple, so index the result instead of unpacking it
         primal = torch.func.vjp(f, fm.params)
-        out, vjp_fn = primal[0], primal[1]
-        check_loss_finite(self.loss_fn(out.detach(), batch.targets))
-        out = out.detach()
+        out, vjp_fn = primal[0].detach(), primal[1]
+        check_loss_finite(self.loss_fn(out, batch.targets))
         JV = torch.func.vmap(lambda v: torch.func.jvp(f, (fm.params,), (v,))[1], in_dims=-1)(V)
-        HJV = self._output_hvp(out, batch, JV)
-        (res,) = torch.func.vmap(vjp_fn, out_dims=-1)(HJV)
+        (res,) = torch.func.vmap(vjp_fn, out_dims=-1)(self._output_matmat(out, batch, JV))
         return res
