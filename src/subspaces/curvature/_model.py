@@ -379,7 +379,8 @@ def iterate_batches(data: Any) -> Iterable[Any]:
         ``[data]`` for a single batch, else ``data`` itself.
 
     Raises:
-        TypeError: if ``data`` is not iterable.
+        TypeError: if ``data`` is not iterable, or is a one-shot iterator (every product is a
+            pass over the data, so it must be re-iterable: a list, a DataLoader).
     """
     if isinstance(data, (Tensor, Mapping)):
         return [data]
@@ -387,6 +388,11 @@ def iterate_batches(data: Any) -> Iterable[Any]:
         return [data]
     if not isinstance(data, Iterable):
         raise TypeError(f"data must be an iterable of batches, got {type(data).__name__}")
+    if isinstance(data, Iterator):
+        raise TypeError(
+            f"data is a one-shot iterator ({type(data).__name__}); every product is a pass over "
+            "the data, so pass something re-iterable: a list of batches or a DataLoader"
+        )
     return data
 
 
