@@ -1,0 +1,233 @@
+"""Tests for matrix completion: problems, batched alternating minimization, Soft-Impute."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from subspaces.recovery import (
+    LowRankMatrix,
+    Observations,
+    altmin_complete,
+    low_rank_matrix,
+    sample_entries,
+    soft_impute,
+)
+from subspaces.recovery.completion import _exact_solve, _group, _sketched_solve
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --- problems ---------------------------------------------------------------------------------
+
+
+def test_low_rank_matrix_has_rank_and_factors() -> None:
+    M = low_rank_matrix(40, 30, 4, generator=gen())
+    dense = M.to_dense()
+    assert dense.shape == (40, 30) and M.rank == 4
+    assert int(torch.linalg.matrix_rank(dense)) == 4
+    coherent = low_rank_matrix(40, 30, 4, coherence="coherent", generator=gen())
+    assert int(torch.linalg.matrix_rank(coherent.to_dense())) == 4
+    # coherent: the largest row norm is a much bigger share of the total than incoherent
+    share = lambda A: float(A.norm(dim=1).max() / A.norm())  # noqa: E731
+    assert share(coherent.A) > 2 * share(M.A)
+
+
+def test_sample_entries_distinct_and_exact_values() -> None:
+    M = low_rank_matrix(50, 40, 3, generator=gen())
+    obs = sample_entries(M, 0.1, generator=gen(1))
+    assert obs.num_observed == 200
+    linear = obs.rows * 40 + obs.cols
+    assert torch.unique(linear).numel() == 200
+    torch.testing.assert_close(obs.values, M.to_dense()[obs.rows, obs.cols])
+    dense_obs = sample_entries(M.to_dense(), count=17, generator=gen(2))
+    assert dense_obs.num_observed == 17
+    filled, mask = dense_obs.to_dense()
+    assert int(mask.sum()) == 17
+    torch.testing.assert_close(filled[mask].sort().values, dense_obs.values.sort().values)
+
+
+def test_relative_error_matches_dense() -> None:
+    M = low_rank_matrix(30, 20, 2, generator=gen())
+    U, V = torch.randn(30, 3, dtype=torch.float64), torch.randn(20, 3, dtype=torch.float64)
+    dense = torch.linalg.matrix_norm(U @ V.T - M.to_dense()) / torch.linalg.matrix_norm(
+        M.to_dense()
+    )
+    assert M.relative_error(U, V) == pytest.approx(float(dense), rel=1e-12)
+    assert M.relative_error(M.A, M.B) < 1e-14
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: low_rank_matrix(10, 5, 6), ValueError, "rank must be <="),
+        (lambda: low_rank_matrix(10, 5, 2, coherence="x"), ValueError, "coherence"),
+        (lambda: low_rank_matrix(10, 5.0, 2), TypeError, "n must be an int"),
+        (lambda: sample_entries(torch.ones(3, 3)), ValueError, "exactly one"),
+        (lambda: sample_entries(torch.ones(3, 3), 0.0), ValueError, "fraction"),
+        (lambda: sample_entries(torch.ones(3, 3), count=10), ValueError, "count must be <="),
+        (
+            lambda: sample_entries(torch.tensor([[1.0, float("nan")]])),
+            ValueError,
+            "non-finite",
+        ),
+        (lambda: sample_entries(torch.ones(3, 3, dtype=torch.long), 0.5), TypeError, "floating"),
+    ],
+)
+def test_problem_bad_inputs(call, error, match) -> None:
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_observations_validation() -> None:
+    i = torch.tensor([0, 1])
+    v = torch.tensor([1.0, 2.0])
+    with pytest.raises(ValueError, match="empty"):
+        Observations(i[:0], i[:0], v[:0], (2, 2))
+    with pytest.raises(ValueError, match="non-finite"):
+        Observations(i, i, torch.tensor([1.0, float("nan")]), (2, 2))
+    with pytest.raises(ValueError, match="rows must lie"):
+        Observations(torch.tensor([0, 2]), i, v, (2, 2))
+    with pytest.raises(ValueError, match="cols must have shape"):
+        Observations(i, torch.tensor([0]), v, (2, 2))
+    with pytest.raises(TypeError, match="integer"):
+        Observations(i.double(), i, v, (2, 2))
+    with pytest.raises(TypeError, match="floating"):
+        Observations(i, i, i, (2, 2))
+
+
+# --- alternating minimization ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("solver", ["exact", "sketched"])
+def test_all_entries_observed_returns_matrix(solver: str) -> None:
+    M = low_rank_matrix(40, 30, 3, generator=gen())
+    obs = sample_entries(M.to_dense(), 1.0, generator=gen(1))
+    res = altmin_complete(obs, 3, solver=solver, generator=gen(2))
+    assert res.converged
+    torch.testing.assert_close(res.to_dense(), M.to_dense(), rtol=0, atol=1e-8)
+
+
+def test_incoherent_recovery_300_rank5() -> None:
+    M = low_rank_matrix(300, 300, 5, generator=gen())
+    obs = sample_entries(M, 0.15, generator=gen(1))
+    res = altmin_complete(obs, 5, tol=1e-10, generator=gen(2))
+    assert res.converged
+    assert M.relative_error(res.U, res.V) <= 1e-6
+    assert res.history[-1] < res.history[0]
+    assert res.U.shape == (300, 5) and res.V.shape == (300, 5)
+    # U is kept orthonormal
+    torch.testing.assert_close(
+        res.U.T @ res.U, torch.eye(5, dtype=torch.float64), atol=1e-10, rtol=0
+    )
+
+
+def test_batched_row_solves_equal_loop() -> None:
+    g = gen(3)
+    m, n, r = 7, 9, 3
+    mask = torch.rand(m, n, generator=g) < 0.6
+    mask[:, :r] = True  # every row has at least r entries
+    rows, cols = mask.nonzero(as_tuple=True)
+    values = torch.randn(rows.numel(), dtype=torch.float64, generator=g)
+    side = _group(rows, cols, values, m, n)
+    F = torch.randn(n, r, dtype=torch.float64, generator=g)
+    batched = _exact_solve(side, F, torch.zeros(m, r, dtype=torch.float64), ridge=0.0)
+    for i in range(m):
+        sel = rows == i
+        ref = torch.linalg.lstsq(F[cols[sel]], values[sel][:, None]).solution[:, 0]
+        torch.testing.assert_close(batched[i], ref, rtol=0, atol=1e-10)
+    # the sketched solver with enough CG steps reaches the same solution (r steps are exact)
+    approx = _sketched_solve(side, F, torch.zeros(m, r, dtype=torch.float64), 0.0, steps=3 * r)
+    torch.testing.assert_close(approx, batched, rtol=0, atol=1e-10)
+
+
+def test_row_without_entries_gets_zero() -> None:
+    rows = torch.tensor([0, 0, 2])
+    cols = torch.tensor([0, 1, 1])
+    values = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    side = _group(rows, cols, values, 3, 2)
+    X = _exact_solve(
+        side, torch.eye(2, dtype=torch.float64), torch.zeros(3, 2, dtype=torch.float64), 1e-10
+    )
+    assert torch.isfinite(X).all()
+    torch.testing.assert_close(X[1], torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(X[0], torch.tensor([1.0, 2.0], dtype=torch.float64))
+
+
+def test_sketched_solver_converges() -> None:
+    M = low_rank_matrix(300, 250, 5, generator=gen())
+    obs = sample_entries(M, 0.2, generator=gen(1))
+    exact = altmin_complete(obs, 5, tol=1e-10, generator=gen(2))
+    approx = altmin_complete(obs, 5, tol=1e-10, solver="sketched", cg_steps=2, generator=gen(2))
+    assert approx.converged
+    assert M.relative_error(approx.U, approx.V) <= 1e-6
+    assert approx.iterations <= 2 * exact.iterations
+
+
+def test_random_init_and_float32() -> None:
+    M = low_rank_matrix(120, 100, 3, generator=gen())
+    obs = sample_entries(M, 0.3, generator=gen(1))
+    res = altmin_complete(obs, 3, init="random", tol=1e-10, generator=gen(2))
+    assert M.relative_error(res.U, res.V) <= 1e-6
+    obs32 = Observations(obs.rows, obs.cols, obs.values.float(), obs.shape)
+    res32 = altmin_complete(obs32, 3, tol=1e-5, generator=gen(2))
+    assert res32.U.dtype == torch.float32
+    assert M.relative_error(res32.U, res32.V) <= 1e-4
+
+
+def test_altmin_bad_inputs() -> None:
+    M = low_rank_matrix(20, 10, 2, generator=gen())
+    obs = sample_entries(M, 0.5, generator=gen())
+    with pytest.raises(ValueError, match="rank must be <="):
+        altmin_complete(obs, 11)
+    with pytest.raises(ValueError, match="solver"):
+        altmin_complete(obs, 2, solver="qr")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="init"):
+        altmin_complete(obs, 2, init="zeros")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Observations"):
+        altmin_complete(M.to_dense(), 2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="iters"):
+        altmin_complete(obs, 2, iters=0)
+    with pytest.raises(ValueError, match="ridge"):
+        altmin_complete(obs, 2, ridge=-1.0)
+
+
+def test_zero_observations_give_zero_matrix() -> None:
+    obs = Observations(torch.tensor([0, 1]), torch.tensor([1, 0]), torch.zeros(2), (3, 3))
+    res = altmin_complete(obs, 1)
+    assert res.converged and float(res.to_dense().abs().max()) == 0.0
+
+
+# --- Soft-Impute -------------------------------------------------------------------------------
+
+
+def test_soft_impute_reduces_error_but_is_biased() -> None:
+    M = low_rank_matrix(200, 150, 4, generator=gen())
+    obs = sample_entries(M, 0.3, generator=gen(1))
+    zero_error = 1.0  # the zero matrix
+    res = soft_impute(obs, 8, generator=gen(2))
+    err = M.relative_error(res.U, res.V)
+    assert err < 0.3 * zero_error
+    assert err > 1e-4  # shrinkage bias: no exact recovery
+    assert res.history[-1] < res.history[0]
+    with pytest.raises(ValueError, match="shrinkage"):
+        soft_impute(obs, 8, shrinkage=-1.0)
+    assert isinstance(M, LowRankMatrix)
+
+
+# --- the reproduction --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_p19_fast_reproduces() -> None:
+    from subspaces.experiments import get
+
+    result = get("P19").run(True, 0)
+    m = result.measured
+    assert m["exact"]["relative_error"] <= 1e-6
+    assert m["sketched"]["relative_error"] <= 1e-6
+    assert m["soft_impute_relative_error"] > 1e-3
+    assert len(m["sweep"]) == 4 and m["sweep_all_recovered"]
+    assert result.passed, result.summary
