@@ -2,7 +2,9 @@
 
 Every measure is a pure function of an ``(N, p)`` and an ``(N, q)`` tensor: CKA (linear, RBF,
 biased or unbiased, and an exact streaming estimator), SVCCA, PWCCA, Procrustes distance,
-principal angles between principal subspaces, and bootstrap confidence intervals.
+principal angles between principal subspaces, and bootstrap confidence intervals. Activations
+are captured from named modules inside a context manager that removes its hooks; convergent
+learning (Li et al. 2016) matches units across networks one-to-one, one-to-many and many-to-many.
 
 Example:
     >>> import torch
@@ -12,6 +14,16 @@ Example:
     1.0
 """
 
+from .capture import capture_activations, collect_activations, layer_similarity_matrix
+from .convergent import (
+    SparsePredictionResult,
+    UnitClusters,
+    UnitMatching,
+    cluster_units,
+    match_units,
+    sparse_prediction,
+    unit_correlation,
+)
 from .similarity import (
     BootstrapResult,
     CCAResult,
@@ -29,13 +41,23 @@ from .similarity import (
 __all__ = [
     "BootstrapResult",
     "CCAResult",
+    "SparsePredictionResult",
     "StreamingLinearCKA",
     "SubspaceSimilarityResult",
+    "UnitClusters",
+    "UnitMatching",
     "bootstrap_ci",
+    "capture_activations",
+    "cluster_units",
+    "collect_activations",
+    "layer_similarity_matrix",
     "linear_cka",
+    "match_units",
     "procrustes_distance",
     "pwcca",
     "rbf_cka",
+    "sparse_prediction",
     "subspace_similarity",
     "svcca",
+    "unit_correlation",
 ]
