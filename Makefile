@@ -40,6 +40,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/curvature_eigs.py
 	$(BIN)/python benchmarks/curvature_hvp.py
 	$(BIN)/python benchmarks/curvature_trace_density.py
+	$(BIN)/python benchmarks/similarity_cka.py
+	$(BIN)/python benchmarks/sketch_leverage.py
+	$(BIN)/python benchmarks/recovery_completion.py
 
 reproduce: $(STAMP)
 	$(BIN)/subspaces reproduce --all --out runs/reproduce

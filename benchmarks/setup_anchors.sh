@@ -47,6 +47,7 @@ ANCHORS=(
     "curvlinops-for-pytorch==3.0.1"
     "pyhessian==0.1"
     "hessian-eigenthings==1.0.0a5"
+    "torch-cka==0.21"                # minibatch CKA (benchmarks/similarity_cka.py)
 )
 
 "$PY" -m pip install --quiet --disable-pip-version-check --no-deps \
