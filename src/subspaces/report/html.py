@@ -96,8 +96,9 @@ CAPTIONS: dict[str, tuple[str, str]] = {
     "grad_fraction": (
         "Gradient in the top eigenspace",
         "Fraction ‖P_k g‖²/‖g‖² of the full-batch gradient that lies in the top-k Hessian "
-        "eigenspace; after a short transient it stays close to 1 — gradient descent happens in "
-        "a tiny subspace (Gur-Ari et al. 2018).",
+        "eigenspace. Gur-Ari et al. (2018) report that, after a short transient, most of the "
+        "gradient lies in the top-C eigenspace (C classes); a random direction would put only "
+        "k/P of its energy there, so compare the curve with that baseline rather than with 1.",
     ),
     "overlap": (
         "Eigenspace overlap between checkpoints",
