@@ -304,20 +304,6 @@ class _Chain(LinearOperator):
         return out
 
 
-class _Adjoint(LinearOperator):
-    """The adjoint of an operator defined by a separate ``rmatmat`` callable (internal)."""
-
-    def __init__(self, op: LinearOperator, rmatmat: Any) -> None:
-        super().__init__((op.shape[1], op.shape[0]), op.dtype, op.device)
-        self.op, self.rmatmat = op, rmatmat
-
-    def _matmat(self, X: Tensor) -> Tensor:
-        return self.rmatmat(X)
-
-    def _adjoint(self) -> LinearOperator:
-        return self.op
-
-
 def as_operator(A: Tensor | LinearOperator) -> LinearOperator:
     """Return ``A`` as a :class:`LinearOperator` (a dense tensor is wrapped in ``Dense``).
 
