@@ -1,0 +1,514 @@
+"""Projectors: the low-rank subspace a projected optimizer runs Adam in.
+
+A projector turns a gradient matrix ``G`` of shape ``(a, b)`` into an orthonormal basis ``Q`` of
+shape ``(b, r)`` of its compressed side, so the optimizer works on ``R = G Q`` (``a x r``) and maps
+updates back with ``R Q^T``. :class:`~subspaces.optim.SubspaceAdamW` hands every projector the
+gradient oriented so that the compressed side is the smaller one (GaLore's ``proj_type="std"``).
+
+Each projector describes its basis by a few tensors (its *state*), which live in the optimizer
+state so that ``state_dict()`` loads with ``torch.load(weights_only=True)``:
+
+=============  ======================================  =====================================
+name           how the basis is chosen                  what the state stores
+=============  ======================================  =====================================
+``svd``        top-``r`` right singular vectors of G    the basis (float, or 4-bit packed)
+               (exact thin SVD; GaLore's choice)
+``rsvd``       randomized range finder with power       the basis (float, or 4-bit packed)
+               iterations and a small exact SVD
+``dct``        the ``r`` DCT-II frequencies that carry  ``r`` int64 indices
+               most of G's energy, scored with one
+               FFT-based DCT of G's rows (P11)
+``random``     a seeded random orthonormal basis        one int64 seed
+               (GoLore / Flora style)
+``coordinate`` the ``r`` coordinates with the largest   ``r`` int64 indices
+               gradient norm; at full rank this is the
+               identity, so the optimizer equals AdamW
+=============  ======================================  =====================================
+
+References:
+    Zhao et al., "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection", ICML 2024.
+    Modoranu et al., "SVD-Free Low-Rank Adaptive Gradient Optimization for Large Language Models"
+    (P11), 2025. Halko, Martinsson, Tropp, "Finding structure with randomness", SIAM Review 2011.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
+
+from .._checks import check_positive_int
+from ..linalg.randomized import randomized_range_finder
+
+__all__ = [
+    "PROJECTORS",
+    "CoordinateProjector",
+    "DCTProjector",
+    "Projector",
+    "RandomProjector",
+    "RandomizedSVDProjector",
+    "SVDProjector",
+    "dct_basis",
+    "dct_rows",
+    "get_projector",
+]
+
+
+def dct_rows(G: Tensor) -> Tensor:
+    """Orthonormal DCT-II of every row of ``G``, computed with one FFT (Makhoul's algorithm).
+
+    Equals ``G @ dct_basis(n)`` for ``G`` of shape ``(m, n)`` at ``O(m n log n)`` cost instead of
+    the ``O(m n^2)`` matrix product.
+
+    Args:
+        G: a real ``(m, n)`` floating tensor.
+
+    Returns:
+        The ``(m, n)`` tensor of DCT coefficients, column ``j`` being frequency ``j``.
+
+    Example:
+        >>> import torch
+        >>> G = torch.randn(3, 8, dtype=torch.float64)
+        >>> torch.allclose(dct_rows(G), G @ dct_basis(8, dtype=torch.float64), atol=1e-12)
+        True
+    """
+    n = G.shape[-1]
+    # Reorder: even-indexed samples, then odd-indexed samples reversed.
+    v = torch.cat([G[..., ::2], G[..., 1::2].flip(-1)], dim=-1)
+    V = torch.fft.fft(v, dim=-1)
+    k = torch.arange(n, device=G.device, dtype=G.dtype)
+    angle = -math.pi * k / (2 * n)
+    out = V.real * torch.cos(angle) - V.imag * torch.sin(angle)
+    scale = torch.full((n,), math.sqrt(2.0 / n), device=G.device, dtype=G.dtype)
+    scale[0] = math.sqrt(1.0 / n)
+    return out * scale
+
+
+def dct_basis(
+    n: int,
+    indices: Tensor | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Columns of the orthonormal ``n x n`` DCT-II matrix, built in ``O(n r)`` from a closed form.
+
+    ``C[i, j] = s_j cos(pi (2 i + 1) j / (2 n))`` with ``s_0 = sqrt(1/n)`` and ``s_j = sqrt(2/n)``.
+
+    Args:
+        n: the signal length.
+        indices: the frequencies (columns) to build; all ``n`` when ``None``.
+        dtype: floating dtype of the result (the cosines are evaluated in float64).
+        device: device of the result.
+
+    Returns:
+        The ``(n, r)`` matrix with orthonormal columns.
+
+    Raises:
+        ValueError: if an index is outside ``[0, n)``.
+
+    Example:
+        >>> import torch
+        >>> C = dct_basis(16, dtype=torch.float64)
+        >>> torch.allclose(C.T @ C, torch.eye(16, dtype=torch.float64), atol=1e-12)
+        True
+    """
+    check_positive_int(n, "n")
+    if indices is None:
+        idx = torch.arange(n, dtype=torch.float64, device=device)
+    else:
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n):
+            raise ValueError(f"DCT indices must lie in [0, {n}), got {indices.tolist()}")
+        idx = indices.to(device=device, dtype=torch.float64)
+    i = torch.arange(n, dtype=torch.float64, device=device)
+    C = torch.cos(math.pi * (2 * i[:, None] + 1) * idx[None, :] / (2 * n))
+    scale = torch.full_like(idx, math.sqrt(2.0 / n))
+    scale[idx == 0] = math.sqrt(1.0 / n)
+    return (C * scale).to(dtype)
+
+
+class Projector(ABC):
+    """Chooses an orthonormal basis of the compressed side of a gradient matrix.
+
+    Subclasses implement :meth:`select` (a refresh: new state from a gradient) and
+    :meth:`basis` (the ``(b, r)`` basis described by a state). :meth:`project` and
+    :meth:`project_back` multiply by the basis; subclasses may override them with something
+    cheaper. A projector object holds configuration only; everything that must survive a
+    checkpoint is in the state dictionary it returns.
+    """
+
+    name: ClassVar[str]
+    #: whether the state stores the basis itself (so 4-bit storage applies)
+    STORES_BASIS: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self._cache = WeakIdKeyDictionary()
+
+    @abstractmethod
+    def select(
+        self, G: Tensor, rank: int, *, generator: torch.Generator | None = None
+    ) -> tuple[dict[str, Tensor], Tensor | None]:
+        """Choose the basis for gradient ``G`` (``(a, b)``, compressing ``b``).
+
+        Args:
+            G: the gradient matrix.
+            rank: the number of basis vectors ``r`` (``1 <= r <= b``).
+            generator: randomness for randomized projectors.
+
+        Returns:
+            The state tensors describing the basis, and ``G Q`` when it came for free during the
+            selection (else ``None``).
+        """
+
+    @abstractmethod
+    def _build_basis(self, state: dict[str, Tensor], b: int, dtype: torch.dtype) -> Tensor:
+        """The ``(b, r)`` orthonormal basis described by ``state``."""
+
+    def _key(self, state: dict[str, Tensor]) -> Tensor:
+        return next(iter(state.values()))
+
+    def basis(self, state: dict[str, Tensor], b: int, dtype: torch.dtype) -> Tensor:
+        """The ``(b, r)`` orthonormal basis described by ``state``, cached per state tensor.
+
+        Args:
+            state: the projector state (as returned by :meth:`select`).
+            b: the size of the compressed side.
+            dtype: the dtype of the basis.
+
+        Returns:
+            The basis.
+        """
+        key = self._key(state)
+        Q = self._cache.get(key)
+        if Q is None or Q.dtype != dtype or Q.shape[0] != b:
+            Q = self._build_basis(state, b, dtype)
+            self._cache[key] = Q
+        return Q
+
+    def project(self, G: Tensor, state: dict[str, Tensor]) -> Tensor:
+        """``G Q``: coordinates of ``G``'s rows in the subspace, shape ``(a, r)``.
+
+        Args:
+            G: the ``(a, b)`` gradient.
+            state: the projector state.
+
+        Returns:
+            The projected gradient.
+        """
+        return G @ self.basis(state, G.shape[1], G.dtype)
+
+    def project_back(self, R: Tensor, state: dict[str, Tensor], b: int) -> Tensor:
+        """``R Q^T``: the ``(a, b)`` matrix whose rows have coordinates ``R``.
+
+        Args:
+            R: the ``(a, r)`` coordinates.
+            state: the projector state.
+            b: the size of the compressed side.
+
+        Returns:
+            The full-size update.
+        """
+        return R @ self.basis(state, b, R.dtype).T
+
+
+class SVDProjector(Projector):
+    """Top-``r`` right singular vectors from an exact thin SVD (GaLore's projector).
+
+    Example:
+        >>> import torch
+        >>> G = torch.randn(40, 20, dtype=torch.float64)
+        >>> p = SVDProjector()
+        >>> state, _ = p.select(G, 5)
+        >>> Q = p.basis(state, 20, torch.float64)
+        >>> torch.allclose(Q.T @ Q, torch.eye(5, dtype=torch.float64))
+        True
+    """
+
+    name = "svd"
+    STORES_BASIS = True
+
+    def select(
+        self, G: Tensor, rank: int, *, generator: torch.Generator | None = None
+    ) -> tuple[dict[str, Tensor], Tensor | None]:
+        """Exact thin SVD of ``G`` (in at least float32); see :meth:`Projector.select`.
+
+        Args:
+            G: the gradient matrix.
+            rank: the number of basis vectors.
+            generator: unused.
+
+        Returns:
+            ``{"basis": Q}`` and ``None``.
+        """
+        work = G if G.dtype in (torch.float32, torch.float64) else G.float()
+        _, _, Vh = torch.linalg.svd(work, full_matrices=False)
+        return {"basis": Vh[:rank].T.contiguous().to(G.dtype)}, None
+
+    def _build_basis(self, state: dict[str, Tensor], b: int, dtype: torch.dtype) -> Tensor:
+        return state["basis"].to(dtype)
+
+
+class RandomizedSVDProjector(Projector):
+    """Top-``r`` right singular subspace from a randomized range finder (GaLore 2 style).
+
+    ``Q0 = orth((G^T G)^q G^T Omega)`` with ``r + oversample`` columns, then the exact SVD of the
+    small ``G Q0`` picks the best ``r`` directions inside it (Halko et al. 2011, Alg. 4.4 + 5.1).
+    Cost: ``2 (1 + q)`` products with ``G`` against ``r + p`` columns instead of a full SVD.
+
+    Args:
+        oversample: extra columns ``p``.
+        power_iters: power iterations ``q``.
+
+    Example:
+        >>> import torch
+        >>> g = torch.Generator().manual_seed(0)
+        >>> U, _ = torch.linalg.qr(torch.randn(60, 60, dtype=torch.float64, generator=g))
+        >>> V, _ = torch.linalg.qr(torch.randn(30, 30, dtype=torch.float64, generator=g))
+        >>> s = torch.cat([torch.full((4,), 10.0), torch.full((26,), 0.01)]).double()
+        >>> G = U[:, :30] @ torch.diag(s) @ V.T
+        >>> p = RandomizedSVDProjector()
+        >>> state, _ = p.select(G, 4, generator=g)
+        >>> Q = p.basis(state, 30, torch.float64)
+        >>> bool(torch.linalg.matrix_norm(Q.T @ V[:, :4]) ** 2 > 4 - 1e-6)
+        True
+    """
+
+    name = "rsvd"
+    STORES_BASIS = True
+
+    def __init__(self, oversample: int = 8, power_iters: int = 1) -> None:
+        super().__init__()
+        self.oversample = check_positive_int(oversample, "oversample", minimum=0)
+        self.power_iters = check_positive_int(power_iters, "power_iters", minimum=0)
+
+    def select(
+        self, G: Tensor, rank: int, *, generator: torch.Generator | None = None
+    ) -> tuple[dict[str, Tensor], Tensor | None]:
+        """Randomized range finder on ``G^T`` then a small SVD; see :meth:`Projector.select`.
+
+        Args:
+            G: the gradient matrix.
+            rank: the number of basis vectors.
+            generator: randomness for the Gaussian test matrix.
+
+        Returns:
+            ``{"basis": Q}`` and ``G Q``.
+        """
+        work = G if G.dtype in (torch.float32, torch.float64) else G.float()
+        found = randomized_range_finder(
+            work.T,
+            rank,
+            oversample=self.oversample,
+            power_iters=self.power_iters,
+            generator=generator,
+        )
+        Q0 = found.basis  # (b, l)
+        B = work @ Q0  # (a, l)
+        _, _, Vh = torch.linalg.svd(B, full_matrices=False)
+        Q = (Q0 @ Vh[:rank].T).contiguous()
+        return {"basis": Q.to(G.dtype)}, None
+
+    def _build_basis(self, state: dict[str, Tensor], b: int, dtype: torch.dtype) -> Tensor:
+        return state["basis"].to(dtype)
+
+
+class DCTProjector(Projector):
+    """The ``r`` DCT-II frequencies that carry most of the gradient's energy (P11).
+
+    A refresh computes ``S = G C`` with one FFT per row (:func:`dct_rows`), scores each frequency
+    by the norm of its column of ``S`` and keeps the top ``r``. Only the indices are stored; the
+    basis is rebuilt from a closed form. With ``norm=2`` (default) the choice maximizes the
+    captured energy ``||G Q||_F^2`` among all ``r``-subsets of DCT columns; ``norm=1`` is the
+    paper's l1 score.
+
+    Args:
+        norm: 1 or 2, the column norm used to score frequencies.
+
+    Example:
+        >>> import torch
+        >>> G = torch.randn(50, 32, dtype=torch.float64)
+        >>> p = DCTProjector()
+        >>> state, GQ = p.select(G, 8)
+        >>> Q = p.basis(state, 32, torch.float64)
+        >>> torch.allclose(GQ, G @ Q, atol=1e-12), state["indices"].dtype
+        (True, torch.int64)
+    """
+
+    name = "dct"
+
+    def __init__(self, norm: int = 2) -> None:
+        super().__init__()
+        if norm not in (1, 2):
+            raise ValueError(f"norm must be 1 or 2, got {norm!r}")
+        self.norm = norm
+
+    def select(
+        self, G: Tensor, rank: int, *, generator: torch.Generator | None = None
+    ) -> tuple[dict[str, Tensor], Tensor | None]:
+        """Score DCT frequencies of ``G``'s rows and keep the top ``rank``.
+
+        Args:
+            G: the gradient matrix.
+            rank: the number of basis vectors.
+            generator: unused.
+
+        Returns:
+            ``{"indices": idx}`` (sorted) and ``G Q`` taken from the transform.
+        """
+        work = G if G.dtype in (torch.float32, torch.float64) else G.float()
+        S = dct_rows(work)
+        score = S.abs().sum(0) if self.norm == 1 else S.square().sum(0)
+        idx = torch.topk(score, rank, sorted=False).indices.sort().values
+        return {"indices": idx.to(torch.int64)}, S[:, idx].to(G.dtype)
+
+    def _build_basis(self, state: dict[str, Tensor], b: int, dtype: torch.dtype) -> Tensor:
+        return dct_basis(b, state["indices"], dtype=dtype, device=state["indices"].device)
+
+
+class RandomProjector(Projector):
+    """A seeded random orthonormal basis (GoLore / Flora style); the state is one seed.
+
+    Example:
+        >>> import torch
+        >>> p = RandomProjector()
+        >>> state, _ = p.select(torch.randn(10, 6), 3, generator=torch.Generator().manual_seed(1))
+        >>> Q = p.basis(state, 6, torch.float64)
+        >>> torch.allclose(Q.T @ Q, torch.eye(3, dtype=torch.float64)), state["seed"].dtype
+        (True, torch.int64)
+    """
+
+    name = "random"
+
+    def select(
+        self, G: Tensor, rank: int, *, generator: torch.Generator | None = None
+    ) -> tuple[dict[str, Tensor], Tensor | None]:
+        """Draw a seed; the basis is the Q factor of a Gaussian matrix from that seed.
+
+        Args:
+            G: the gradient matrix (only its shape is used).
+            rank: the number of basis vectors.
+            generator: source of the seed.
+
+        Returns:
+            ``{"seed": s, "rank": r}`` and ``None``.
+        """
+        seed = torch.randint(0, 2**62, (), generator=generator, dtype=torch.int64)
+        return {"seed": seed, "rank": torch.tensor(rank, dtype=torch.int64)}, None
+
+    def _build_basis(self, state: dict[str, Tensor], b: int, dtype: torch.dtype) -> Tensor:
+        g = torch.Generator(device="cpu").manual_seed(int(state["seed"]))
+        rank = int(state["rank"])
+        X = torch.randn(b, rank, generator=g, dtype=torch.float64)
+        Q, Rf = torch.linalg.qr(X)
+        Q = Q * torch.sign(torch.diagonal(Rf))
+        return Q.to(device=state["seed"].device, dtype=dtype)
+
+
+class CoordinateProjector(Projector):
+    """The ``r`` coordinates with the largest gradient column norms (a sparse, exact basis).
+
+    At full rank the basis is the identity, so :class:`~subspaces.optim.SubspaceAdamW` with this
+    projector equals ``torch.optim.AdamW``; the conformance suite uses that as a reference.
+
+    Example:
+        >>> import torch
+        >>> G = torch.tensor([[0.0, 3.0, 1.0], [0.0, 4.0, 1.0]])
+        >>> state, GQ = CoordinateProjector().select(G, 1)
+        >>> state["indices"].tolist(), GQ.tolist()
+        ([1], [[3.0], [4.0]])
+    """
+
+    name = "coordinate"
+
+    def select(
+        self, G: Tensor, rank: int, *, generator: torch.Generator | None = None
+    ) -> tuple[dict[str, Tensor], Tensor | None]:
+        """Keep the ``rank`` columns of largest norm.
+
+        Args:
+            G: the gradient matrix.
+            rank: the number of basis vectors.
+            generator: unused.
+
+        Returns:
+            ``{"indices": idx}`` (sorted) and ``G[:, idx]``.
+        """
+        score = G.float().square().sum(0)
+        idx = torch.topk(score, rank, sorted=False).indices.sort().values.to(torch.int64)
+        return {"indices": idx}, G[:, idx]
+
+    def _build_basis(self, state: dict[str, Tensor], b: int, dtype: torch.dtype) -> Tensor:
+        idx = state["indices"]
+        Q = torch.zeros(b, idx.numel(), dtype=dtype, device=idx.device)
+        Q[idx, torch.arange(idx.numel(), device=idx.device)] = 1.0
+        return Q
+
+    def project(self, G: Tensor, state: dict[str, Tensor]) -> Tensor:
+        """Gather the selected columns (no matrix product).
+
+        Args:
+            G: the ``(a, b)`` gradient.
+            state: the projector state.
+
+        Returns:
+            ``G[:, indices]``.
+        """
+        return G[:, state["indices"]]
+
+    def project_back(self, R: Tensor, state: dict[str, Tensor], b: int) -> Tensor:
+        """Scatter the coordinates back into a zero matrix.
+
+        Args:
+            R: the ``(a, r)`` coordinates.
+            state: the projector state.
+            b: the size of the compressed side.
+
+        Returns:
+            The full-size update.
+        """
+        out = R.new_zeros(R.shape[0], b)
+        out[:, state["indices"]] = R
+        return out
+
+
+PROJECTORS: dict[str, type[Projector]] = {
+    cls.name: cls
+    for cls in (
+        SVDProjector,
+        RandomizedSVDProjector,
+        DCTProjector,
+        RandomProjector,
+        CoordinateProjector,
+    )
+}
+
+
+def get_projector(spec: str | Projector) -> Projector:
+    """Return a projector instance for a name in :data:`PROJECTORS` or pass one through.
+
+    Args:
+        spec: a projector name (``"svd"``, ``"rsvd"``, ``"dct"``, ``"random"``,
+            ``"coordinate"``) or a :class:`Projector` instance.
+
+    Returns:
+        The projector.
+
+    Raises:
+        ValueError: for an unknown name.
+        TypeError: for anything else.
+
+    Example:
+        >>> get_projector("dct").name
+        'dct'
+    """
+    if isinstance(spec, Projector):
+        return spec
+    if isinstance(spec, str):
+        if spec not in PROJECTORS:
+            raise ValueError(f"unknown projector {spec!r}; expected one of {sorted(PROJECTORS)}")
+        return PROJECTORS[spec]()
+    raise TypeError(f"projector must be a name or a Projector, got {type(spec).__name__}")

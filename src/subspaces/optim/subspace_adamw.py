@@ -1,0 +1,660 @@
+"""``SubspaceAdamW``: AdamW run inside a low-rank subspace of each weight's gradient.
+
+One optimizer covers GaLore (exact SVD projector), GaLore 2 (randomized SVD), the SVD-free DCT
+projector of P11, seeded random projections (GoLore/Flora) and Q-GaLore's lazy, layer-adaptive
+refresh with 4-bit projections (P18). Parameter groups accept GaLore's keys verbatim
+(``rank``, ``update_proj_gap``, ``scale``, ``proj_type``), so switching from ``GaLoreAdamW``
+needs no change to the groups.
+
+How a step works for a projected weight ``W`` (``m x n``) with gradient ``G``:
+
+1. orient ``G`` so the compressed side is the smaller one (``proj_type="std"``);
+2. at a refresh step, the projector picks an orthonormal basis ``Q`` (``b x r``) from ``G``;
+   moments are kept (``moment_transfer="none"``, GaLore), rotated into the new basis
+   (``"rotate"``: ``m <- m C``, ``v <- v (C * C)`` with ``C = Q_old^T Q_new``) or reset;
+3. Adam runs on ``R = G Q``; the bias-corrected update ``N`` maps back as ``scale * N Q^T``;
+4. decoupled weight decay multiplies the *pre-update* weight by ``1 - lr * weight_decay`` (as
+   ``torch.optim.AdamW`` does; GaLore decays the already-updated weight).
+
+Groups without ``rank``, 1-D parameters, and ranks ``>= min(m, n)`` take the plain AdamW path,
+computed by ``torch.optim.adamw.adamw`` itself, so they match ``torch.optim.AdamW`` bit for bit.
+
+The optimizer state holds only tensors (moments, ``step``, the projector's basis / indices / seed,
+the refresh schedule), so ``state_dict()`` loads with ``torch.load(weights_only=True)``, keeps every
+state tensor's dtype across a load, and resuming at step ``k`` reproduces uninterrupted training
+bit for bit on CPU. Randomized projectors draw from generators seeded by
+``(seed, parameter index, step)``, never from the global RNG.
+
+References:
+    Zhao et al., "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection", ICML 2024.
+    Modoranu et al., "SVD-Free Low-Rank Adaptive Gradient Optimization for Large Language Models"
+    (P11), 2025. Zhang et al., "Q-GaLore: Quantized GaLore with INT4 Projection and Layer-Adaptive
+    Low-Rank Gradients" (P18), 2024. Loshchilov and Hutter, "Decoupled Weight Decay
+    Regularization", ICLR 2019.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.adamw import adamw as _functional_adamw
+from torch.utils.weak import WeakIdKeyDictionary
+
+from .projectors import PROJECTORS, Projector, get_projector
+
+__all__ = ["NonFiniteGradientError", "SubspaceAdamW"]
+
+_PROJ_TYPES = ("std", "reverse_std", "left", "right")
+_TRANSFERS = ("none", "rotate", "reset")
+_REFRESH = ("fixed", "lazy")
+_FULL_RANK = ("adamw", "project")
+_NONFINITE = ("error", "skip")
+_PREFIX = "proj."
+_MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+
+
+class NonFiniteGradientError(ValueError):
+    """A gradient held NaN or Inf; the optimizer state and the parameters were left unchanged."""
+
+
+def _seed_for(seed: int, index: int, step: int) -> int:
+    """A deterministic 63-bit seed from (group seed, parameter index, step)."""
+    x = (seed * _MIX[0] + index * _MIX[1] + step * _MIX[2] + 1) % (1 << 64)
+    x ^= x >> 31
+    x = (x * _MIX[1]) % (1 << 64)
+    x ^= x >> 29
+    return x % (1 << 63)
+
+
+class SubspaceAdamW(Optimizer):
+    """AdamW in a refreshed low-rank subspace of each weight's gradient (GaLore family).
+
+    Args:
+        params: parameters or parameter groups (dicts). Any default below can be set per group.
+        lr: learning rate.
+        betas: Adam's ``(beta1, beta2)``.
+        eps: Adam's epsilon.
+        weight_decay: decoupled weight decay, applied to the pre-update weight.
+        rank: subspace rank ``r``; ``None`` means plain AdamW for the group (GaLore's convention
+            of projecting only groups that carry ``rank``).
+        update_proj_gap: steps between refreshes of the basis (GaLore's ``T``).
+        scale: multiplier of the projected update (GaLore's ``alpha``).
+        proj_type: ``"std"`` compresses the smaller side, ``"reverse_std"`` the larger,
+            ``"right"`` always the columns, ``"left"`` always the rows.
+        projector: ``"svd"``, ``"rsvd"``, ``"dct"``, ``"random"`` or ``"coordinate"`` (see
+            :mod:`subspaces.optim.projectors`).
+        moment_transfer: on a refresh, ``"none"`` keeps the moments as they are (GaLore),
+            ``"rotate"`` maps them into the new basis, ``"reset"`` zeroes them.
+        refresh: ``"fixed"`` refreshes every ``update_proj_gap`` steps; ``"lazy"`` multiplies a
+            layer's gap by ``lazy_growth`` whenever the mean subspace overlap
+            ``||Q_old^T Q_new||_F^2 / r`` of its last ``lazy_window`` refreshes is at least
+            ``lazy_threshold`` (Q-GaLore's layer-adaptive refresh, measured on the whole
+            subspace instead of the first singular vector).
+        lazy_threshold: overlap above which a layer's subspace counts as settled.
+        lazy_window: number of refreshes averaged.
+        lazy_growth: factor by which a settled layer's gap grows.
+        max_update_proj_gap: cap on a layer's gap under lazy refresh (``None``: no cap).
+        proj_bits: ``None`` keeps a stored basis in the parameter's dtype; ``4`` stores it in
+            4 bits per value with per-group scales (Q-GaLore; only projectors that store a
+            basis, ``svd`` and ``rsvd``, are affected).
+        proj_group_size: group size of the 4-bit quantization.
+        state_dtype: dtype of the moments (``None``: float32, or the parameter's dtype if wider);
+            ``torch.bfloat16`` halves the state.
+        full_rank: what ranks ``>= min(m, n)`` do: ``"adamw"`` (plain AdamW) or ``"project"``
+            (project anyway with ``r = min(m, n)``; with the ``coordinate`` projector that is
+            exactly AdamW, the reference the conformance suite checks).
+        nonfinite: ``"error"`` raises :class:`NonFiniteGradientError` before changing anything;
+            ``"skip"`` skips the whole step (counted in :attr:`skipped_steps`).
+        seed: seed of the randomized projectors' generators.
+        maximize: maximize the objective instead of minimizing it.
+        foreach: passed to the plain-AdamW kernel (``None``: torch's default).
+        rsvd_oversample: oversampling of the ``rsvd`` projector.
+        rsvd_power_iters: power iterations of the ``rsvd`` projector.
+        dct_norm: column norm (1 or 2) used by the ``dct`` projector to score frequencies.
+
+    Raises:
+        ValueError: for an out-of-range hyperparameter (named in the message).
+        TypeError: for a hyperparameter of the wrong type.
+
+    Example:
+        >>> import torch
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> W = torch.nn.Parameter(torch.randn(64, 32))
+        >>> target = torch.randn(64, 32)
+        >>> opt = SubspaceAdamW([{"params": [W], "rank": 8, "update_proj_gap": 20,
+        ...                       "projector": "dct"}], lr=0.05)
+        >>> start = float(((W.detach() - target) ** 2).sum())
+        >>> for _ in range(60):
+        ...     opt.zero_grad()
+        ...     loss = ((W - target) ** 2).sum()
+        ...     loss.backward()
+        ...     opt.step()
+        >>> float(((W.detach() - target) ** 2).sum()) < 0.5 * start
+        True
+        >>> opt.state[W]["exp_avg"].shape  # Adam runs on 64 x 8 coordinates
+        torch.Size([64, 8])
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        rank: int | None = None,
+        update_proj_gap: int = 200,
+        scale: float = 1.0,
+        proj_type: str = "std",
+        projector: str = "svd",
+        moment_transfer: str = "none",
+        refresh: str = "fixed",
+        lazy_threshold: float = 0.6,
+        lazy_window: int = 3,
+        lazy_growth: int = 2,
+        max_update_proj_gap: int | None = None,
+        proj_bits: int | None = None,
+        proj_group_size: int = 256,
+        state_dtype: torch.dtype | None = None,
+        full_rank: str = "adamw",
+        nonfinite: str = "error",
+        seed: int = 0,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        rsvd_oversample: int = 8,
+        rsvd_power_iters: int = 1,
+        dct_norm: int = 2,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            rank=rank,
+            update_proj_gap=update_proj_gap,
+            scale=scale,
+            proj_type=proj_type,
+            projector=projector,
+            moment_transfer=moment_transfer,
+            refresh=refresh,
+            lazy_threshold=lazy_threshold,
+            lazy_window=lazy_window,
+            lazy_growth=lazy_growth,
+            max_update_proj_gap=max_update_proj_gap,
+            proj_bits=proj_bits,
+            proj_group_size=proj_group_size,
+            state_dtype=state_dtype,
+            full_rank=full_rank,
+            nonfinite=nonfinite,
+            seed=seed,
+            maximize=maximize,
+            foreach=foreach,
+            rsvd_oversample=rsvd_oversample,
+            rsvd_power_iters=rsvd_power_iters,
+            dct_norm=dct_norm,
+        )
+        self._validate_group(defaults)
+        self._projectors: dict[tuple[Any, ...], Projector] = {}
+        self.skipped_steps = 0
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ configuration
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group after validating its hyperparameters (GaLore keys accepted).
+
+        Args:
+            param_group: a dict with ``params`` and any hyperparameter overrides.
+        """
+        if "projection_type" in param_group and "proj_type" not in param_group:
+            param_group = dict(param_group)
+            param_group["proj_type"] = param_group.pop("projection_type")
+        super().add_param_group(param_group)
+        self._validate_group(self.param_groups[-1])
+
+    @staticmethod
+    def _validate_group(group: dict[str, Any]) -> None:
+        def num(name: str, low: float, high: float = math.inf, *, low_open: bool = False) -> None:
+            value = group[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+            bad = value <= low if low_open else value < low
+            if bad or value > high or not math.isfinite(value):
+                raise ValueError(
+                    f"{name} must lie in {'(' if low_open else '['}{low}, {high}], got {value}"
+                )
+
+        def integer(name: str, low: int, *, optional: bool = False) -> None:
+            value = group[name]
+            if optional and value is None:
+                return
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+            if value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
+
+        def choice(name: str, options: tuple[str, ...]) -> None:
+            if group[name] not in options:
+                raise ValueError(f"{name} must be one of {options}, got {group[name]!r}")
+
+        num("lr", 0.0)
+        betas = group["betas"]
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise TypeError(f"betas must be a pair of floats, got {betas!r}")
+        for i, b in enumerate(betas):
+            if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 <= b < 1.0:
+                raise ValueError(f"betas[{i}] must lie in [0, 1), got {b!r}")
+        num("eps", 0.0, low_open=True)
+        num("weight_decay", 0.0)
+        integer("rank", 1, optional=True)
+        integer("update_proj_gap", 1)
+        num("scale", 0.0, low_open=True)
+        choice("proj_type", _PROJ_TYPES)
+        projector = group["projector"]
+        if isinstance(projector, str):
+            choice("projector", tuple(PROJECTORS))
+        elif not isinstance(projector, Projector):
+            raise TypeError(
+                f"projector must be a name or a Projector, got {type(projector).__name__}"
+            )
+        choice("moment_transfer", _TRANSFERS)
+        choice("refresh", _REFRESH)
+        num("lazy_threshold", 0.0, 1.0)
+        integer("lazy_window", 1)
+        integer("lazy_growth", 1)
+        integer("max_update_proj_gap", 1, optional=True)
+        if group["proj_bits"] not in (None, 4):
+            raise ValueError(f"proj_bits must be None or 4, got {group['proj_bits']!r}")
+        integer("proj_group_size", 2)
+        if group["proj_group_size"] % 2:
+            raise ValueError(f"proj_group_size must be even, got {group['proj_group_size']}")
+        sd = group["state_dtype"]
+        if sd is not None and (not isinstance(sd, torch.dtype) or not sd.is_floating_point):
+            raise TypeError(f"state_dtype must be None or a floating torch.dtype, got {sd!r}")
+        choice("full_rank", _FULL_RANK)
+        choice("nonfinite", _NONFINITE)
+        integer("seed", 0)
+        integer("rsvd_oversample", 0)
+        integer("rsvd_power_iters", 0)
+        if group["dct_norm"] not in (1, 2):
+            raise ValueError(f"dct_norm must be 1 or 2, got {group['dct_norm']!r}")
+
+    def _projector(self, group: dict[str, Any]) -> Projector:
+        spec = group["projector"]
+        if isinstance(spec, Projector):
+            return spec
+        key = (spec, group["rsvd_oversample"], group["rsvd_power_iters"], group["dct_norm"])
+        proj = self._projectors.get(key)
+        if proj is None:
+            if spec == "rsvd":
+                proj = PROJECTORS["rsvd"](group["rsvd_oversample"], group["rsvd_power_iters"])  # type: ignore[call-arg]
+            elif spec == "dct":
+                proj = PROJECTORS["dct"](group["dct_norm"])  # type: ignore[call-arg]
+            else:
+                proj = get_projector(spec)
+            self._projectors[key] = proj
+        return proj
+
+    # ------------------------------------------------------------------ helpers
+
+    def _plan(self, p: Tensor, group: dict[str, Any]) -> tuple[bool, int]:
+        """Whether ``p`` is projected in ``group``, and the effective rank."""
+        rank = group["rank"]
+        if rank is None or p.ndim < 2:
+            return False, 0
+        m = p.shape[0]
+        n = p.numel() // m
+        small = min(m, n)
+        if rank >= small:
+            if group["full_rank"] == "adamw":
+                return False, 0
+            return True, small
+        return True, rank
+
+    @staticmethod
+    def _transpose(shape2: tuple[int, int], proj_type: str) -> bool:
+        """Whether the gradient is transposed so that its columns are the compressed side."""
+        m, n = shape2
+        if proj_type == "std":
+            return m < n
+        if proj_type == "reverse_std":
+            return m >= n
+        return proj_type == "left"
+
+    def _state_dtype(self, p: Tensor, group: dict[str, Any]) -> torch.dtype:
+        sd = group["state_dtype"]
+        if sd is not None:
+            return cast(torch.dtype, sd)
+        return torch.float64 if p.dtype == torch.float64 else torch.float32
+
+    def _indices(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        i = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                out[id(p)] = i
+                i += 1
+        return out
+
+    def _grad(self, p: Tensor) -> Tensor | None:
+        return p.grad
+
+    def _check_finite(self, params: list[tuple[Tensor, dict[str, Any]]]) -> bool:
+        """``True`` if every gradient is finite; raises or reports according to ``nonfinite``."""
+        for p, group in params:
+            g = self._grad(p)
+            if g is None or g.numel() == 0:
+                continue
+            if not bool(torch.isfinite(g).all()):
+                if group["nonfinite"] == "skip":
+                    return False
+                bad = int((~torch.isfinite(g)).sum())
+                raise NonFiniteGradientError(
+                    f"gradient of a parameter of shape {tuple(p.shape)} has {bad} non-finite "
+                    "value(s) (NaN or Inf); the optimizer state and parameters are unchanged. "
+                    "Use nonfinite='skip' to skip such steps."
+                )
+        return True
+
+    # ------------------------------------------------------------------ stepping
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Take one optimization step for every parameter with a gradient.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (optional).
+
+        Returns:
+            The closure's loss, or ``None``.
+
+        Raises:
+            NonFiniteGradientError: if a gradient is NaN/Inf and ``nonfinite="error"``.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        todo = [
+            (p, group)
+            for group in self.param_groups
+            for p in group["params"]
+            if self._grad(p) is not None
+        ]
+        if not self._check_finite(todo):
+            self.skipped_steps += 1
+            return loss
+        index = self._indices()
+        for group in self.param_groups:
+            plain = [
+                p
+                for p in group["params"]
+                if self._grad(p) is not None and not self._plan(p, group)[0]
+            ]
+            if plain:
+                self._plain_adamw(plain, group)
+            for p in group["params"]:
+                if self._grad(p) is None:
+                    continue
+                projected, rank = self._plan(p, group)
+                if projected:
+                    self._projected_step(p, group, rank, index[id(p)])
+        return loss
+
+    @torch.no_grad()
+    def step_param(self, param: Tensor) -> None:
+        """Step a single parameter (used by per-layer stepping inside backward).
+
+        Args:
+            param: a parameter of this optimizer with a gradient.
+
+        Raises:
+            ValueError: if ``param`` does not belong to this optimizer.
+            NonFiniteGradientError: if its gradient is NaN/Inf and ``nonfinite="error"``.
+        """
+        index = self._indices()
+        if id(param) not in index:
+            raise ValueError("param is not managed by this optimizer")
+        group = next(g for g in self.param_groups if any(q is param for q in g["params"]))
+        if self._grad(param) is None:
+            return
+        if not self._check_finite([(param, group)]):
+            self.skipped_steps += 1
+            return
+        projected, rank = self._plan(param, group)
+        if projected:
+            self._projected_step(param, group, rank, index[id(param)])
+        else:
+            self._plain_adamw([param], group)
+
+    def _plain_adamw(self, params: list[Tensor], group: dict[str, Any]) -> None:
+        grads, exp_avgs, exp_avg_sqs, steps = [], [], [], []
+        for p in params:
+            state = self.state[p]
+            if len(state) == 0:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            grads.append(cast(Tensor, p.grad))
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        beta1, beta2 = group["betas"]
+        _functional_adamw(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            [],
+            steps,
+            foreach=group["foreach"],
+            amsgrad=False,
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=group["maximize"],
+        )
+
+    def _init_projected_state(
+        self, p: Tensor, group: dict[str, Any], shape2: tuple[int, int], rank: int
+    ) -> dict[str, Any]:
+        state = self.state[p]
+        a = shape2[0]
+        dtype = self._state_dtype(p, group)
+        state["step"] = torch.tensor(0.0, dtype=torch.float32)
+        state["exp_avg"] = torch.zeros(a, rank, dtype=dtype, device=p.device)
+        state["exp_avg_sq"] = torch.zeros(a, rank, dtype=dtype, device=p.device)
+        state["next_refresh"] = torch.tensor(0, dtype=torch.int64)
+        state["gap"] = torch.tensor(group["update_proj_gap"], dtype=torch.int64)
+        state["refresh_count"] = torch.tensor(0, dtype=torch.int64)
+        state["overlaps"] = torch.zeros(group["lazy_window"], dtype=torch.float64)
+        state["overlap_count"] = torch.tensor(0, dtype=torch.int64)
+        return state
+
+    def _proj_state(self, state: dict[str, Any]) -> dict[str, Tensor]:
+        return {k[len(_PREFIX) :]: v for k, v in state.items() if k.startswith(_PREFIX)}
+
+    def _set_proj_state(self, state: dict[str, Any], proj_state: dict[str, Tensor]) -> None:
+        for k in [k for k in state if k.startswith(_PREFIX)]:
+            del state[k]
+        for k, v in proj_state.items():
+            state[_PREFIX + k] = v
+
+    def _refresh(
+        self,
+        G: Tensor,
+        state: dict[str, Any],
+        group: dict[str, Any],
+        rank: int,
+        index: int,
+        step: int,
+    ) -> Tensor | None:
+        proj = self._projector(group)
+        generator = torch.Generator(device="cpu").manual_seed(_seed_for(group["seed"], index, step))
+        old = self._proj_state(state)
+        new, GQ = proj.select(G, rank, generator=generator)
+        if group["proj_bits"] == 4 and proj.STORES_BASIS:
+            new = _pack_basis(new, group["proj_group_size"])
+        first = not old
+        b = G.shape[1]
+        if not first and (group["moment_transfer"] == "rotate" or group["refresh"] == "lazy"):
+            Q_old = _basis_of(proj, old, b, torch.float32)
+            Q_new = _basis_of(proj, new, b, torch.float32)
+            C = Q_old.T @ Q_new
+            if group["moment_transfer"] == "rotate":
+                m = state["exp_avg"]
+                v = state["exp_avg_sq"]
+                state["exp_avg"] = (m.float() @ C).to(m.dtype)
+                state["exp_avg_sq"] = (v.float() @ C.square()).to(v.dtype)
+            if group["refresh"] == "lazy":
+                overlap = float(C.square().sum()) / rank
+                hist = torch.cat(
+                    [state["overlaps"][1:], torch.tensor([overlap], dtype=torch.float64)]
+                )
+                state["overlaps"] = hist
+                state["overlap_count"] = state["overlap_count"] + 1
+                full = int(state["overlap_count"]) >= hist.numel()
+                if full and float(hist.mean()) >= group["lazy_threshold"]:
+                    gap = int(state["gap"]) * group["lazy_growth"]
+                    cap = group["max_update_proj_gap"]
+                    state["gap"] = torch.tensor(
+                        gap if cap is None else min(gap, cap), dtype=torch.int64
+                    )
+        if not first and group["moment_transfer"] == "reset":
+            state["exp_avg"] = torch.zeros_like(state["exp_avg"])
+            state["exp_avg_sq"] = torch.zeros_like(state["exp_avg_sq"])
+        self._set_proj_state(state, new)
+        state["refresh_count"] = state["refresh_count"] + 1
+        state["next_refresh"] = torch.tensor(step + int(state["gap"]), dtype=torch.int64)
+        if group["proj_bits"] == 4 and proj.STORES_BASIS:
+            return None  # project with the quantized basis, as every later step will
+        return GQ
+
+    def _projected_step(self, p: Tensor, group: dict[str, Any], rank: int, index: int) -> None:
+        grad = cast(Tensor, self._grad(p))
+        if group["maximize"]:
+            grad = -grad
+        m = p.shape[0]
+        shape2 = (m, p.numel() // m)
+        G = grad.reshape(shape2)
+        transpose = self._transpose(shape2, group["proj_type"])
+        if transpose:
+            G = G.T
+        state = self.state[p]
+        if len(state) == 0:
+            state = self._init_projected_state(p, group, (G.shape[0], G.shape[1]), rank)
+        step = int(state["step"])
+        work = G if G.dtype in (torch.float32, torch.float64) else G.float()
+        R: Tensor | None = None
+        if step >= int(state["next_refresh"]):
+            R = self._refresh(work, state, group, rank, index, step)
+        proj = self._projector(group)
+        proj_state = _unpacked(self._proj_state(state), proj)
+        if R is None:
+            R = proj.project(work, proj_state)
+        beta1, beta2 = group["betas"]
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        cdtype = torch.promote_types(exp_avg.dtype, R.dtype)
+        m1 = exp_avg.to(cdtype).lerp_(R.to(cdtype), 1 - beta1)
+        m2 = exp_avg_sq.to(cdtype).mul_(beta2).addcmul_(R, R, value=1 - beta2)
+        if m1.dtype != exp_avg.dtype or m1.data_ptr() != exp_avg.data_ptr():
+            exp_avg.copy_(m1)
+            exp_avg_sq.copy_(m2)
+        state["step"] += 1
+        t = float(state["step"])
+        bias1 = 1 - beta1**t
+        bias2_sqrt = math.sqrt(1 - beta2**t)
+        denom = (m2.sqrt() / bias2_sqrt).add_(group["eps"])
+        N = m1 / denom
+        U = proj.project_back(N, proj_state, work.shape[1])
+        if transpose:
+            U = U.T
+        U = U.reshape(p.shape)
+        lr = group["lr"]
+        if group["weight_decay"]:
+            p.mul_(1 - lr * group["weight_decay"])
+        p.add_(U.to(p.dtype), alpha=-lr * group["scale"] / bias1)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict, keeping every state tensor's saved dtype.
+
+        ``torch.optim.Optimizer`` casts floating state to the parameter's dtype on load; that
+        would round a float32 basis of a bfloat16 weight, or widen bfloat16 moments. Here the
+        saved dtypes are restored after the base class has matched parameters.
+
+        Args:
+            state_dict: as returned by :meth:`state_dict`.
+        """
+        saved_state = state_dict["state"]
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        super().load_state_dict(state_dict)
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, p in zip(saved_ids, params, strict=True):
+            if saved_id not in saved_state:
+                continue
+            for key, value in saved_state[saved_id].items():
+                if isinstance(value, Tensor) and key != "step":
+                    self.state[p][key] = value.to(device=p.device).clone()
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for key in sorted(group):
+                if key != "params":
+                    lines.append(f"    {key}: {group[key]}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+def _pack_basis(state: dict[str, Tensor], group_size: int) -> dict[str, Tensor]:
+    from .quantization import pack_int4
+
+    Q = state["basis"]
+    packed, scale, zero = pack_int4(Q, group_size)
+    return {
+        "basis_int4": packed,
+        "basis_scale": scale,
+        "basis_zero": zero,
+        "basis_shape": torch.tensor(list(Q.shape), dtype=torch.int64),
+        "basis_group_size": torch.tensor(group_size, dtype=torch.int64),
+    }
+
+
+_UNPACK_CACHE = WeakIdKeyDictionary()
+
+
+def _unpacked(state: dict[str, Tensor], proj: Projector) -> dict[str, Tensor]:
+    """The projector state with a 4-bit basis dequantized (cached per packed tensor)."""
+    if "basis_int4" not in state:
+        return state
+    key = state["basis_int4"]
+    Q = _UNPACK_CACHE.get(key)
+    if Q is None:
+        from .quantization import unpack_int4
+
+        shape = tuple(int(s) for s in state["basis_shape"])
+        Q = unpack_int4(
+            key,
+            state["basis_scale"],
+            state["basis_zero"],
+            shape,
+            int(state["basis_group_size"]),
+        )
+        _UNPACK_CACHE[key] = Q
+    return {"basis": Q}
+
+
+def _basis_of(proj: Projector, state: dict[str, Tensor], b: int, dtype: torch.dtype) -> Tensor:
+    return proj.basis(_unpacked(state, proj), b, dtype)
