@@ -10,7 +10,9 @@ Example:
     torch.Size([32, 4])
 """
 
+from .groups import projected_param_groups
 from .layerwise import LayerwiseStepper
+from .memory import MemoryReport, memory_report, model_bytes, optimizer_state_bytes, tensor_bytes
 from .projectors import (
     PROJECTORS,
     CoordinateProjector,
@@ -23,13 +25,26 @@ from .projectors import (
     dct_rows,
     get_projector,
 )
+from .quantization import (
+    Int8Linear,
+    int8_module_of,
+    pack_int4,
+    pack_int8,
+    quantize_int8,
+    quantize_linear_layers,
+    stochastic_round,
+    unpack_int4,
+    unpack_int8,
+)
 from .subspace_adamw import NonFiniteGradientError, SubspaceAdamW
 
 __all__ = [
     "PROJECTORS",
     "CoordinateProjector",
     "DCTProjector",
+    "Int8Linear",
     "LayerwiseStepper",
+    "MemoryReport",
     "NonFiniteGradientError",
     "Projector",
     "RandomProjector",
@@ -39,4 +54,17 @@ __all__ = [
     "dct_basis",
     "dct_rows",
     "get_projector",
+    "int8_module_of",
+    "memory_report",
+    "model_bytes",
+    "optimizer_state_bytes",
+    "pack_int4",
+    "pack_int8",
+    "projected_param_groups",
+    "quantize_int8",
+    "quantize_linear_layers",
+    "stochastic_round",
+    "tensor_bytes",
+    "unpack_int4",
+    "unpack_int8",
 ]

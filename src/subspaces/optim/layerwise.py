@@ -92,6 +92,18 @@ class LayerwiseStepper:
     def __enter__(self) -> LayerwiseStepper:
         if self._handles:
             raise RuntimeError("LayerwiseStepper is already active")
+        int8 = [
+            tuple(p.shape)
+            for g in self.optimizer.param_groups
+            for p in g["params"]
+            if not p.is_floating_point()
+        ]
+        if int8:
+            raise ValueError(
+                f"per-layer stepping needs float parameters with .grad; the optimizer holds INT8 "
+                f"weights of shapes {int8} (Int8Linear), whose gradients live outside autograd's "
+                "hooks. Step them with optimizer.step() instead."
+            )
         params = self._params()
         if not params:
             raise ValueError("the optimizer has no parameters that require gradients")

@@ -46,6 +46,7 @@ from torch.optim.adamw import adamw as _functional_adamw
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .projectors import PROJECTORS, Projector, get_projector
+from .quantization import int8_module_of
 
 __all__ = ["NonFiniteGradientError", "SubspaceAdamW"]
 
@@ -344,7 +345,24 @@ class SubspaceAdamW(Optimizer):
         return out
 
     def _grad(self, p: Tensor) -> Tensor | None:
-        return p.grad
+        if p.grad is not None:
+            return p.grad
+        owner = int8_module_of(p) if not p.is_floating_point() else None
+        return owner.weight_grad if owner is not None else None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear gradients, including the float gradients of INT8 weights (:class:`Int8Linear`).
+
+        Args:
+            set_to_none: set gradients to ``None`` instead of zeroing them.
+        """
+        super().zero_grad(set_to_none)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if not p.is_floating_point():
+                    owner = int8_module_of(p)
+                    if owner is not None:
+                        owner.zero_weight_grad(set_to_none)
 
     def _check_finite(self, params: list[tuple[Tensor, dict[str, Any]]]) -> bool:
         """``True`` if every gradient is finite; raises or reports according to ``nonfinite``."""
@@ -352,7 +370,9 @@ class SubspaceAdamW(Optimizer):
             g = self._grad(p)
             if g is None or g.numel() == 0:
                 continue
-            if not bool(torch.isfinite(g).all()):
+            # aminmax propagates NaN and is ~50x cheaper than isfinite(g).all() on CPU
+            lo, hi = torch.aminmax(g.detach().reshape(-1))
+            if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
                 if group["nonfinite"] == "skip":
                     return False
                 bad = int((~torch.isfinite(g)).sum())
@@ -398,8 +418,12 @@ class SubspaceAdamW(Optimizer):
                 for p in group["params"]
                 if self._grad(p) is not None and not self._plan(p, group)[0]
             ]
-            if plain:
-                self._plain_adamw(plain, group)
+            int8 = [p for p in plain if not p.is_floating_point()]
+            floats = [p for p in plain if p.is_floating_point()]
+            if floats:
+                self._plain_adamw(floats, group)
+            for p in int8:
+                self._int8_dense_step(p, group, index[id(p)])
             for p in group["params"]:
                 if self._grad(p) is None:
                     continue
@@ -431,6 +455,8 @@ class SubspaceAdamW(Optimizer):
         projected, rank = self._plan(param, group)
         if projected:
             self._projected_step(param, group, rank, index[id(param)])
+        elif not param.is_floating_point():
+            self._int8_dense_step(param, group, index[id(param)])
         else:
             self._plain_adamw([param], group)
 
@@ -541,6 +567,8 @@ class SubspaceAdamW(Optimizer):
 
     def _projected_step(self, p: Tensor, group: dict[str, Any], rank: int, index: int) -> None:
         grad = cast(Tensor, self._grad(p))
+        if not grad.is_floating_point():
+            raise TypeError(f"gradient of dtype {grad.dtype} cannot be projected")
         if group["maximize"]:
             grad = -grad
         m = p.shape[0]
@@ -579,10 +607,46 @@ class SubspaceAdamW(Optimizer):
         if transpose:
             U = U.T
         U = U.reshape(p.shape)
+        self._apply(p, U, group, group["scale"] / bias1, index, int(state["step"]))
+
+    def _apply(
+        self, p: Tensor, U: Tensor, group: dict[str, Any], factor: float, index: int, step: int
+    ) -> None:
+        """``p <- p (1 - lr wd) - lr factor U``; INT8 weights re-quantize stochastically."""
         lr = group["lr"]
+        owner = int8_module_of(p) if not p.is_floating_point() else None
+        if owner is not None:
+            W = owner.dequantized_weight(torch.float32)
+            delta = U.to(torch.float32).mul(-lr * factor)
+            if group["weight_decay"]:
+                delta.add_(W, alpha=-lr * group["weight_decay"])
+            generator = torch.Generator(device="cpu").manual_seed(
+                _seed_for(group["seed"] + 1, index, step)
+            )
+            owner.apply_update(delta, generator)
+            return
         if group["weight_decay"]:
             p.mul_(1 - lr * group["weight_decay"])
-        p.add_(U.to(p.dtype), alpha=-lr * group["scale"] / bias1)
+        p.add_(U.to(p.dtype), alpha=-lr * factor)
+
+    def _int8_dense_step(self, p: Tensor, group: dict[str, Any], index: int) -> None:
+        """Full-rank Adam for an INT8 weight (a group without ``rank``)."""
+        grad = cast(Tensor, self._grad(p)).to(torch.float32)
+        if group["maximize"]:
+            grad = -grad
+        state = self.state[p]
+        if len(state) == 0:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(grad)
+            state["exp_avg_sq"] = torch.zeros_like(grad)
+        beta1, beta2 = group["betas"]
+        state["exp_avg"].lerp_(grad, 1 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        state["step"] += 1
+        t = float(state["step"])
+        denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
+        U = state["exp_avg"] / denom
+        self._apply(p, U, group, 1.0 / (1 - beta1**t), index, int(t))
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -1,0 +1,67 @@
+"""P11 and P18 reproductions (fast settings; slow because they train small LMs) and helpers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from subspaces.experiments import get
+from subspaces.experiments.P11_dct_projection import _EnergyMeter
+from subspaces.optim import Int8Linear, projected_param_groups, quantize_linear_layers
+
+
+def test_energy_meter_matches_dense_projections():
+    g = torch.Generator().manual_seed(0)
+    p = nn.Parameter(torch.zeros(12, 8))
+    energy = dict.fromkeys(("svd", "dct", "total", "svd_at_refresh", "dct_at_refresh"), 0.0)
+    meter = _EnergyMeter([p], rank=3, gap=2, energy=energy)
+    grads = [torch.randn(12, 8, generator=g) for _ in range(3)]
+    for step, G in enumerate(grads):
+        p.grad = G
+        meter(step)
+    U = torch.linalg.svd(grads[0], full_matrices=False)[2][:3].T
+    U2 = torch.linalg.svd(grads[2], full_matrices=False)[2][:3].T
+    expect = sum(float((G @ U).square().sum()) for G in grads[:2]) + float(
+        (grads[2] @ U2).square().sum()
+    )
+    assert energy["svd"] == pytest.approx(expect, rel=1e-5)
+    assert energy["total"] == pytest.approx(sum(float(G.square().sum()) for G in grads))
+    assert energy["dct"] <= energy["svd_at_refresh"] + energy["svd"]  # both bounded by total
+    assert energy["svd"] <= energy["total"]
+
+
+def test_projected_param_groups_selects_linear_weights_only():
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+    groups = projected_param_groups(model, 2, include=("1",), update_proj_gap=7)
+    assert groups[1]["params"] == [model[1].weight] and groups[1]["update_proj_gap"] == 7
+    assert len(groups[0]["params"]) == len(list(model.parameters())) - 1
+    q = quantize_linear_layers(model, "1")
+    groups = projected_param_groups(q, 2, include=("1",))
+    assert isinstance(q[1], Int8Linear) and groups[1]["params"] == [q[1].weight]
+    with pytest.raises(ValueError, match="no linear weight"):
+        projected_param_groups(model, 2, include=("attn*",))
+    with pytest.raises(ValueError, match="rank"):
+        projected_param_groups(model, 0)
+
+
+@pytest.mark.slow
+def test_p11_fast_run_measures_energy_speed_and_loss():
+    r = get("P11").run(True, 0)
+    m = r.measured
+    assert 0 < m["energy_ratio_dct_over_svd"] <= 1.05
+    assert 0 < m["captured_fraction_dct"] < m["captured_fraction_svd"] <= 1
+    assert m["refresh_speedup"] >= 20
+    assert r.passed == (
+        m["energy_ratio_dct_over_svd"] >= 0.95
+        and m["refresh_speedup"] >= 20
+        and m["relative_loss_gap"] <= 0.01
+    )
+
+
+@pytest.mark.slow
+def test_p18_fast_run_reproduces():
+    r = get("P18").run(True, 0)
+    assert r.passed, r.summary
+    assert r.measured["projection_bits_per_value"] <= 4.5
+    assert r.measured["projection_bits_per_value_fp32"] == 32.0
