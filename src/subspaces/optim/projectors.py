@@ -42,7 +42,6 @@ from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .._checks import check_positive_int
-from ..linalg.randomized import randomized_range_finder
 
 __all__ = [
     "PROJECTORS",
@@ -299,14 +298,14 @@ class RandomizedSVDProjector(Projector):
             ``{"basis": Q}`` and ``G Q``.
         """
         work = G if G.dtype in (torch.float32, torch.float64) else G.float()
-        found = randomized_range_finder(
-            work.T,
-            rank,
-            oversample=self.oversample,
-            power_iters=self.power_iters,
-            generator=generator,
-        )
-        Q0 = found.basis  # (b, l)
+        a, b = work.shape
+        width = min(rank + self.oversample, b)
+        # The optimizer has already checked G for NaN/Inf, so no checks in this loop (they
+        # would cost as much as a matrix product on CPU).
+        omega = torch.randn(a, width, generator=generator, dtype=work.dtype, device=work.device)
+        Q0 = torch.linalg.qr(work.T @ omega).Q  # (b, l)
+        for _ in range(self.power_iters):
+            Q0 = torch.linalg.qr(work.T @ (work @ Q0)).Q
         B = work @ Q0  # (a, l)
         _, _, Vh = torch.linalg.svd(B, full_matrices=False)
         Q = (Q0 @ Vh[:rank].T).contiguous()
