@@ -143,6 +143,9 @@ class Projector(ABC):
     name: ClassVar[str]
     #: whether the state stores the basis itself (so 4-bit storage applies)
     STORES_BASIS: ClassVar[bool] = False
+    #: whether every layer's rebuilt basis stays cached between steps (``False``: only the last
+    #: one is kept, so resident memory stays at what the optimizer state stores)
+    CACHE_ALL: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._cache = WeakIdKeyDictionary()
@@ -185,6 +188,8 @@ class Projector(ABC):
         Q = self._cache.get(key)
         if Q is None or Q.dtype != dtype or Q.shape[0] != b:
             Q = self._build_basis(state, b, dtype)
+            if not self.CACHE_ALL:
+                self._cache.clear()
             self._cache[key] = Q
         return Q
 
@@ -324,6 +329,9 @@ class DCTProjector(Projector):
     captured energy ``||G Q||_F^2`` among all ``r``-subsets of DCT columns; ``norm=1`` is the
     paper's l1 score.
 
+    The basis is rebuilt from the indices in ``O(b r)`` when needed and only the last one is
+    kept, so the resident memory of this projector is its ``r`` indices per layer.
+
     Args:
         norm: 1 or 2, the column norm used to score frequencies.
 
@@ -338,6 +346,7 @@ class DCTProjector(Projector):
     """
 
     name = "dct"
+    CACHE_ALL = False
 
     def __init__(self, norm: int = 2) -> None:
         super().__init__()
