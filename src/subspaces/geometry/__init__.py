@@ -1,8 +1,9 @@
-"""Riemannian geometry of SPD matrices and SPD network layers.
+"""Riemannian geometry: SPD matrices, SPD network layers and Grassmann class subspaces.
 
 Bures-Wasserstein, generalized (power-deformed) Bures-Wasserstein and affine-invariant metrics
-(:mod:`subspaces.geometry.spd`) and the layers BiMap, ReEig, LogEig and SPD batch normalization
-(:mod:`subspaces.geometry.spd_layers`).
+(:mod:`subspaces.geometry.spd`), the layers BiMap, ReEig, LogEig and SPD batch normalization
+(:mod:`subspaces.geometry.spd_layers`), and the Grassmann class representation head
+``GrassmannLinear`` with its optimizer ``RiemannianSGD`` (:mod:`subspaces.geometry.grassmann`).
 
 Example:
     >>> import torch
@@ -13,6 +14,15 @@ Example:
 
 from __future__ import annotations
 
+from .grassmann import (
+    GrassmannLinear,
+    RiemannianSGD,
+    grassmann_retract,
+    orthonormality_error,
+    orthonormalize,
+    project_tangent,
+    split_grassmann_parameters,
+)
 from .spd import (
     ai_distance,
     ai_exp,
@@ -40,8 +50,10 @@ from .spd_layers import BiMap, LogEig, ReEig, SPDBatchNorm
 
 __all__ = [
     "BiMap",
+    "GrassmannLinear",
     "LogEig",
     "ReEig",
+    "RiemannianSGD",
     "SPDBatchNorm",
     "ai_distance",
     "ai_exp",
@@ -57,11 +69,16 @@ __all__ = [
     "gbw_deform",
     "gbw_distance",
     "gbw_undeform",
+    "grassmann_retract",
     "is_spd",
     "lyapunov",
+    "orthonormality_error",
+    "orthonormalize",
+    "project_tangent",
     "spd_exp",
     "spd_log",
     "spd_power",
     "spd_sqrt",
+    "split_grassmann_parameters",
     "sym",
 ]

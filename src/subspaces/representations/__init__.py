@@ -14,6 +14,16 @@ Example:
     1.0
 """
 
+from .attention_svm import (
+    AttentionGDResult,
+    AttentionSVMResult,
+    attention_gd,
+    attention_svm,
+    directional_correlation,
+    is_locally_optimal,
+    make_attention_data,
+    token_scores,
+)
 from .capture import capture_activations, collect_activations, layer_similarity_matrix
 from .convergent import (
     SparsePredictionResult,
@@ -39,6 +49,8 @@ from .similarity import (
 )
 
 __all__ = [
+    "AttentionGDResult",
+    "AttentionSVMResult",
     "BootstrapResult",
     "CCAResult",
     "SparsePredictionResult",
@@ -46,12 +58,17 @@ __all__ = [
     "SubspaceSimilarityResult",
     "UnitClusters",
     "UnitMatching",
+    "attention_gd",
+    "attention_svm",
     "bootstrap_ci",
     "capture_activations",
     "cluster_units",
     "collect_activations",
+    "directional_correlation",
+    "is_locally_optimal",
     "layer_similarity_matrix",
     "linear_cka",
+    "make_attention_data",
     "match_units",
     "procrustes_distance",
     "pwcca",
@@ -59,5 +76,6 @@ __all__ = [
     "sparse_prediction",
     "subspace_similarity",
     "svcca",
+    "token_scores",
     "unit_correlation",
 ]
