@@ -10,9 +10,17 @@ columns: ours with :func:`subspaces.recovery.altmin_complete` (CSR products and 
 Cholesky per half-step), the anchor with one ``numpy.linalg.solve`` per row in a Python loop,
 what a user writes from the textbook. Both stop when the relative error on the revealed entries
 is ``<= 1e-7``; the reported error is over *all* entries (target ``<= 1e-6``), from the known
-factors. Times are best of 2 (ours) and one run (anchor), including the grouping of the entries.
-fancyimpute's SoftImpute is not run here (it is dense, needs a patched scikit-learn, and stalls at
-a ~5% error; see ``shared/research/structure.md`` section 3.4: 144.9 s to 5.1e-2 on this problem).
+factors. Times are medians of 3 runs (ours, interleaved with the numpy ALS), including the
+grouping of the entries.
+
+The library anchor is fancyimpute 0.7.0's ``SoftImpute(max_rank=10)`` (dense ``5000 x 5000``
+input with NaN for the missing entries, its defaults otherwise: shrinkage = largest singular value
+/ 50, ``randomized_svd`` with one power iteration, tolerance 1e-3, at most 100 iterations), run
+once (about 2.5 minutes). fancyimpute 0.7.0 calls ``check_array(X, force_all_finite=False)``, a
+keyword scikit-learn 1.8 removed; this script wraps ``sklearn.utils.check_array`` *before*
+importing fancyimpute to pass it on as ``ensure_all_finite`` (the one-line fix). Installed with
+``pip install --no-deps fancyimpute knnimpute`` plus ``six``, ``cvxpy`` and ``cvxopt`` (imported
+at package import). Skip it with ``--no-fancyimpute``.
 
 Writes ``benchmarks/results/recovery_completion.json`` (keys name, ours, anchor, ratio, unit,
 params, rows).
@@ -26,6 +34,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
+import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -42,7 +52,7 @@ from subspaces.recovery import (
     sample_entries,
 )
 
-N, RANK, FRACTION, TOL, MAX_ITERS, REPEATS = 5000, 10, 0.05, 1e-7, 50, 2
+N, RANK, FRACTION, TOL, MAX_ITERS, REPEATS = 5000, 10, 0.05, 1e-7, 50, 3
 OUT = Path(__file__).parent / "results" / "recovery_completion.json"
 
 
@@ -77,18 +87,68 @@ def numpy_als(obs: Observations, rank: int) -> tuple[np.ndarray, np.ndarray, int
     return U, V, MAX_ITERS
 
 
+def fancyimpute_softimpute(obs: Observations, truth: np.ndarray) -> dict[str, object]:
+    """fancyimpute's SoftImpute(max_rank=10) on the dense matrix with NaN holes.
+
+    Returns:
+        A result row (seconds, iterations, error over all entries).
+    """
+    import sklearn.utils
+
+    original = sklearn.utils.check_array
+
+    def check_array(*args: object, force_all_finite: object = None, **kwargs: object) -> object:
+        if force_all_finite is not None:  # removed in scikit-learn 1.8; renamed
+            kwargs.setdefault("ensure_all_finite", force_all_finite)
+        return original(*args, **kwargs)
+
+    sklearn.utils.check_array = check_array  # type: ignore[assignment]
+    import fancyimpute
+
+    X = np.full(obs.shape, np.nan)
+    X[obs.rows.numpy(), obs.cols.numpy()] = obs.values.numpy()
+    solver = fancyimpute.SoftImpute(max_rank=RANK, verbose=False)
+    iterations = {"n": 0}
+    step = solver._svd_step
+
+    def counted(*args: object, **kwargs: object) -> object:
+        iterations["n"] += 1
+        return step(*args, **kwargs)
+
+    solver._svd_step = counted
+    start = time.perf_counter()
+    filled = solver.fit_transform(X)
+    seconds = time.perf_counter() - start
+    err = float(np.linalg.norm(filled - truth) / np.linalg.norm(truth))
+    return {
+        "method": f"anchor: fancyimpute {fancyimpute.__version__} SoftImpute(max_rank=10), "
+        "defaults (max 100 iterations, tol 1e-3)",
+        "seconds_median": seconds,
+        "runs": 1,
+        "iterations": iterations["n"],
+        "relative_error_all_entries": err,
+    }
+
+
 def main() -> None:
     torch.set_num_threads(1)
+    load_start = os.getloadavg()
     g = torch.Generator().manual_seed(0)
     M = low_rank_matrix(N, N, RANK, generator=g)
     obs = sample_entries(M, FRACTION, generator=g)
 
-    ours_t = float("inf")
+    ours_ts: list[float] = []
+    anchor_ts: list[float] = []
     for _ in range(REPEATS):
         start = time.perf_counter()
         res = altmin_complete(obs, RANK, tol=TOL, generator=torch.Generator().manual_seed(1))
-        ours_t = min(ours_t, time.perf_counter() - start)
+        ours_ts.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        U, V, anchor_iters = numpy_als(obs, RANK)
+        anchor_ts.append(time.perf_counter() - start)
+    ours_t, anchor_t = statistics.median(ours_ts), statistics.median(anchor_ts)
     ours_err = M.relative_error(res.U, res.V)
+    anchor_err = M.relative_error(torch.tensor(U), torch.tensor(V))
 
     start = time.perf_counter()
     sk = altmin_complete(
@@ -97,37 +157,43 @@ def main() -> None:
     sk_t = time.perf_counter() - start
     sk_err = M.relative_error(sk.U, sk.V)
 
-    start = time.perf_counter()
-    U, V, anchor_iters = numpy_als(obs, RANK)
-    anchor_t = time.perf_counter() - start
-    anchor_err = M.relative_error(torch.tensor(U), torch.tensor(V))
-
+    fancy = None
+    if "--no-fancyimpute" not in sys.argv:
+        fancy = fancyimpute_softimpute(obs, M.to_dense().numpy())
     rows = [
         {
             "method": "ours: altmin_complete(solver='exact')",
-            "seconds_best": ours_t,
+            "seconds_median": ours_t,
+            "seconds_all": ours_ts,
             "iterations": res.iterations,
             "relative_error_all_entries": ours_err,
         },
         {
             "method": "ours: altmin_complete(solver='sketched', cg_steps=3)",
-            "seconds_best": sk_t,
+            "seconds_median": sk_t,
+            "runs": 1,
             "iterations": sk.iterations,
             "relative_error_all_entries": sk_err,
         },
         {
             "method": "anchor: numpy ALS, svds init, Python loop of np.linalg.solve per row",
-            "seconds_best": anchor_t,
+            "seconds_median": anchor_t,
+            "seconds_all": anchor_ts,
             "iterations": anchor_iters,
             "relative_error_all_entries": anchor_err,
         },
     ]
+    if fancy is not None:
+        rows.append(fancy)
     for r in rows:
         print(
-            f"{r['method']:<72} {r['seconds_best']:8.2f} s  {r['iterations']:3d} it  "
+            f"{r['method']:<72} {r['seconds_median']:8.2f} s  {r['iterations']:3d} it  "
             f"err {r['relative_error_all_entries']:.1e}"
         )
-    print(f"ratio anchor / ours: {anchor_t / ours_t:.1f}x")
+    print(f"ratio numpy ALS / ours: {anchor_t / ours_t:.1f}x")
+    if fancy is not None:
+        print(f"ratio fancyimpute SoftImpute / ours: {fancy['seconds_median'] / ours_t:.0f}x")
+    load_end = os.getloadavg()
     write_json(
         OUT,
         {
@@ -135,7 +201,13 @@ def main() -> None:
             "ours": ours_t,
             "anchor": anchor_t,
             "ratio": anchor_t / ours_t,
-            "unit": "seconds to relative error <= 1e-6 over all entries (1 thread)",
+            "unit": "seconds to relative error <= 1e-6 over all entries (1 thread, median of 3); "
+            "anchor = numpy ALS with a row loop",
+            "fancyimpute_seconds": None if fancy is None else fancy["seconds_median"],
+            "fancyimpute_error": None if fancy is None else fancy["relative_error_all_entries"],
+            "loadavg_start": load_start,
+            "loadavg_end": load_end,
+            "date": time.strftime("%Y-%m-%d"),
             "params": {
                 "m": N,
                 "n": N,

@@ -11,6 +11,7 @@ Example:
     True
 """
 
+from .parallel import BACKENDS, PointTask, run_point
 from .projections import (
     DenseProjection,
     FastfoodProjection,
@@ -32,10 +33,12 @@ from .subspace_training import (
 )
 
 __all__ = [
+    "BACKENDS",
     "DenseProjection",
     "FastfoodProjection",
     "IdentityProjection",
     "IntrinsicDimensionResult",
+    "PointTask",
     "Projection",
     "SparseProjection",
     "SubspaceTrainingResult",
@@ -45,6 +48,7 @@ __all__ = [
     "fwht",
     "load_compressed",
     "make_projection",
+    "run_point",
     "subspace_parameters",
     "train_in_subspace",
 ]

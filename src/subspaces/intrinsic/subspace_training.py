@@ -38,7 +38,8 @@ from torch.func import functional_call
 from .._checks import check_choice, check_positive_float, check_positive_int
 from .._io import write_json
 from .._tensorlist import ParamLayout
-from .projections import PROJECTION_KINDS, IdentityProjection, Projection, make_projection
+from .parallel import BACKENDS, PointRunner, PointTask, bisection_tree, make_runner, run_point
+from .projections import PROJECTION_KINDS, Projection, make_projection
 
 __all__ = [
     "IntrinsicDimensionResult",
@@ -293,6 +294,8 @@ def d_int90_search(
     baseline_lr: float | None = None,
     bisection_steps: int = 3,
     checkpoint_path: str | Path | None = None,
+    workers: int = 1,
+    backend: str = "process",
 ) -> IntrinsicDimensionResult:
     """Find ``d_int90``: a coarse sweep over ``dims``, then bisection inside the bracket.
 
@@ -306,6 +309,21 @@ def d_int90_search(
     ``make_model()`` must return the same initialization ``theta0`` on every call (seed it).
     With ``checkpoint_path`` the points are written atomically as JSON after each training; a
     rerun with the same settings reloads them instead of retraining (different settings raise).
+
+    With ``workers > 1`` the baseline and the sweep's dimensions are trained concurrently, in
+    increasing order of ``d``, ``workers`` at a time, on local worker processes (``backend=
+    "process"``: ``spawn`` start method, one thread per worker) or on Ray (``backend="ray"``,
+    optional: ``pip install ray``); each bisection step's possible next midpoints are trained
+    ahead in parallel (``2^k - 1 <= workers`` of them, ``k`` steps ahead). Every point is the
+    same deterministic training as in the serial search and the decisions are taken in the same
+    order, so ``d_int90``, the bracket and every point's numbers equal the serial ones (run the
+    caller single-threaded, ``torch.set_num_threads(1)``, for bit-identical floats); ``points``
+    may hold a few more dimensions (those already running when the answer became known).
+    Each point is written to the checkpoint as soon as it finishes, so an interrupted parallel
+    search resumes without redoing finished points. ``make_model`` and ``loss_fn`` (and the data)
+    are then sent to other processes: they must be picklable by reference (module-level
+    functions or classes, or :func:`functools.partial` of them, in an importable module; not
+    lambdas or local functions), and a script needs the ``if __name__ == "__main__":`` guard.
 
     Args:
         make_model: builds the network at ``theta0``.
@@ -323,13 +341,17 @@ def d_int90_search(
         baseline_lr: learning rate of the full training (defaults to ``lr``).
         bisection_steps: maximum number of bisection trainings.
         checkpoint_path: JSON file to resume from and write to.
+        workers: number of worker processes (``1``: train in this process).
+        backend: ``"process"``, ``"ray"`` or ``"serial"`` (in this process, any ``workers``).
 
     Returns:
         The result, with the accuracy-vs-``d`` curve.
 
     Raises:
-        ValueError: for empty or non-positive ``dims``, a bad threshold, or a checkpoint written
-            with other settings.
+        ValueError: for empty or non-positive ``dims``, a bad threshold, an unknown backend, or
+            a checkpoint written with other settings.
+        TypeError: with workers, if ``make_model``, ``loss_fn`` or the data cannot be pickled.
+        ImportError: for ``backend="ray"`` when Ray is not installed.
     """
     if not dims:
         raise ValueError("dims must be a non-empty sequence of positive ints")
@@ -342,6 +364,8 @@ def d_int90_search(
     evaluation = data if eval_data is None else eval_data
     _check_data(evaluation, "eval_data")
     baseline_rate = lr if baseline_lr is None else check_positive_float(baseline_lr, "baseline_lr")
+    workers = check_positive_int(workers, "workers")
+    check_choice(backend, "backend", BACKENDS)
     config = {
         "dims": dims,
         "threshold": threshold,
@@ -362,59 +386,63 @@ def d_int90_search(
                 f"checkpoint {path} was written with other settings: {loaded.get('config')}"
             )
         state = loaded
+    task = PointTask(
+        make_model=make_model,
+        loss_fn=loss_fn,
+        data=data,
+        eval_data=eval_data,
+        projection=projection,
+        seed=seed,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        baseline_lr=baseline_rate,
+    )
     trained = 0
 
-    def point(key: str, d: int | None) -> dict[str, float]:
+    def record(key: str, value: dict[str, float]) -> None:
         nonlocal trained
-        if key in state["points"]:
-            return state["points"][key]
-        model = make_model()
-        if d is None:
-            flat = _theta0(model)[1]
-            P: str | Projection = IdentityProjection(flat.numel(), dtype=flat.dtype)
-            rate = baseline_rate
-        else:
-            P, rate = projection, lr
-        res = train_in_subspace(
-            model,
-            loss_fn,
-            data,
-            d or 1,
-            projection=P,
-            seed=seed,
-            epochs=epochs,
-            lr=rate,
-            batch_size=batch_size,
-            optimizer=optimizer,
-        )
         trained += 1
-        ev = evaluate(model, res.z, res.projection, evaluation, loss_fn)
-        value = {"d": res.d, **ev, "seconds": res.seconds}
         state["points"][key] = value
         if path is not None:
             write_json(path, state)
-        return value
 
-    baseline = point("baseline", None)["accuracy"]
-    target = threshold * baseline
-    lo: int | None = None
-    hi: int | None = None
-    for d in dims:
-        if point(str(d), d)["accuracy"] >= target:
-            hi = d
-            break
-        lo = d
-    if lo is not None and hi is not None:
-        a, b = lo, hi
-        for _ in range(bisection_steps):
-            if b - a <= 1:
+    def point(key: str, d: int | None) -> dict[str, float]:
+        if key not in state["points"]:
+            record(key, run_point(task, d))
+        return state["points"][key]
+
+    runner = make_runner(task, workers, backend)
+    try:
+        if runner.workers > 1:
+            _parallel_sweep(runner, state["points"], dims, threshold, record)
+        baseline = point("baseline", None)["accuracy"]
+        target = threshold * baseline
+        lo: int | None = None
+        hi: int | None = None
+        for d in dims:
+            if point(str(d), d)["accuracy"] >= target:
+                hi = d
                 break
-            mid = (a + b) // 2
-            if point(str(mid), mid)["accuracy"] >= target:
-                b = mid
-            else:
-                a = mid
-        lo, hi = a, b
+            lo = d
+        if lo is not None and hi is not None:
+            a, b = lo, hi
+            depth = max(1, (runner.workers + 1).bit_length() - 1)  # 2^depth - 1 <= workers
+            for step in range(bisection_steps):
+                if b - a <= 1:
+                    break
+                mid = (a + b) // 2
+                if runner.workers > 1 and str(mid) not in state["points"]:
+                    ahead = bisection_tree(a, b, min(depth, bisection_steps - step))
+                    _run_all(runner, state["points"], [(str(m), m) for m in ahead], record)
+                if point(str(mid), mid)["accuracy"] >= target:
+                    b = mid
+                else:
+                    a = mid
+            lo, hi = a, b
+    finally:
+        runner.close()
     points = sorted(
         (dict(v) for k, v in state["points"].items() if k != "baseline"), key=lambda p: p["d"]
     )
@@ -426,6 +454,58 @@ def d_int90_search(
         bracket=(lo, hi),
         num_trained=trained,
     )
+
+
+def _run_all(
+    runner: PointRunner,
+    points: Mapping[str, Any],
+    todo: Sequence[tuple[str, int | None]],
+    record: Callable[[str, dict[str, float]], None],
+) -> None:
+    """Train the points of ``todo`` not yet in ``points``, recording each as it finishes."""
+    queue = [kd for kd in todo if kd[0] not in points]
+    while queue or runner.in_flight:
+        while queue and runner.in_flight < runner.workers:
+            runner.submit(*queue.pop(0))
+        for key, value in runner.wait():
+            record(key, value)
+
+
+def _parallel_sweep(
+    runner: PointRunner,
+    points: Mapping[str, Any],
+    dims: Sequence[int],
+    threshold: float,
+    record: Callable[[str, dict[str, float]], None],
+) -> None:
+    """Train the baseline and the sweep's dimensions, in increasing order, ``workers`` at a time.
+
+    A dimension is submitted only while no smaller one is known to pass (which needs the
+    baseline); points already running when the answer becomes known are finished and recorded.
+    """
+    order: list[tuple[str, int | None]] = [("baseline", None)] + [(str(d), d) for d in dims]
+    submitted: set[str] = set()
+
+    def needed() -> list[tuple[str, int | None]]:
+        out: list[tuple[str, int | None]] = []
+        target = threshold * points["baseline"]["accuracy"] if "baseline" in points else None
+        for key, d in order:
+            if key not in points:
+                out.append((key, d))
+            elif d is not None and target is not None and points[key]["accuracy"] >= target:
+                break
+        return [kd for kd in out if kd[0] not in submitted]
+
+    while True:
+        queue = needed()
+        while queue and runner.in_flight < runner.workers:
+            key, d = queue.pop(0)
+            submitted.add(key)
+            runner.submit(key, d)
+        if not runner.in_flight:
+            return
+        for key, value in runner.wait():
+            record(key, value)
 
 
 def export_compressed(

@@ -304,6 +304,8 @@ def leverage_scores(
     (Drineas, Magdon-Ismail, Mahoney & Woodruff 2012): ``R`` from a QR of a sketch ``S A``, then
     the squared row norms of ``A R^{-1} G / sqrt(k)`` with a ``(d, k)`` Gaussian ``G``
     (``O(nnz(A) k + poly(d))``); when ``k >= d``, ``G`` is skipped and ``A R^{-1}`` is formed.
+    The final product is computed in blocks of rows fused with the row norms, in float32 when
+    ``cond(R) <= 1e4`` (its rounding error is then below 1e-3, far under the sketch's).
 
     Args:
         A: ``(n, d)`` matrix of full column rank.
@@ -346,12 +348,46 @@ def leverage_scores(
     R = _full_rank_r(_sketch(A, sketch, sketch_size, generator), "the sketch S A")
     if jl_dim is None or jl_dim >= d:
         eye = torch.eye(d, dtype=A.dtype, device=A.device)
-        R_inv = torch.linalg.solve_triangular(R, eye, upper=True)  # d x d: one GEMM beats trsm
-        return torch.linalg.vector_norm(A @ R_inv, dim=1).square()
-    k = check_positive_int(jl_dim, "jl_dim")
-    G = random_matrix(d, k, dtype=A.dtype, device=A.device, generator=generator)
-    Z = torch.linalg.solve_triangular(R, G, upper=True)
-    return torch.linalg.vector_norm(A @ Z, dim=1).square() / k
+        Z = torch.linalg.solve_triangular(R, eye, upper=True)  # d x d: one GEMM beats trsm
+        k = 1
+    else:
+        k = check_positive_int(jl_dim, "jl_dim")
+        G = random_matrix(d, k, dtype=A.dtype, device=A.device, generator=generator)
+        Z = torch.linalg.solve_triangular(R, G, upper=True)
+    return _row_norms_squared(A, Z, _fast_dtype(A, R)) / k
+
+
+def _fast_dtype(A: Tensor, R: Tensor) -> torch.dtype:
+    """float32 for ``A R^{-1}`` when ``cond(R)`` keeps its float32 error far below the sketch's.
+
+    A float32 product ``a_i^T Z`` has relative error about ``cond(R) * 6e-8``; below
+    ``cond(R) = 1e4`` that is under 1e-3, much smaller than the sketch and JL distortions, and
+    the product runs about twice as fast (half the memory traffic).
+
+    Returns:
+        ``torch.float32`` or ``A``'s dtype.
+    """
+    if A.dtype != torch.float64 or A.device.type != "cpu":
+        return A.dtype
+    s = torch.linalg.svdvals(R)
+    return torch.float32 if float(s[0]) <= 1e4 * float(s[-1]) else torch.float64
+
+
+def _row_norms_squared(A: Tensor, Z: Tensor, dtype: torch.dtype, chunk: int = 4096) -> Tensor:
+    """Squared row norms of ``A Z``, in blocks of rows so each block stays in cache.
+
+    Fusing the product with the norm avoids writing and re-reading the ``(n, k)`` product; each
+    block is cast to ``dtype`` in cache.
+
+    Returns:
+        ``(n,)`` squared row norms in ``A``'s dtype.
+    """
+    Zc = Z.to(dtype)
+    out = torch.empty(A.shape[0], dtype=dtype, device=A.device)
+    for i in range(0, A.shape[0], chunk):
+        block = A[i : i + chunk].to(dtype) @ Zc
+        torch.linalg.vector_norm(block, dim=1, out=out[i : i + chunk])
+    return out.square_().to(A.dtype)
 
 
 def root_leverage_scores(A: Tensor, p: float = 1.0, **kwargs: object) -> Tensor:

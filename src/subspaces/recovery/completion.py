@@ -138,8 +138,12 @@ def _exact_solve(side: _Side, F: Tensor, X0: Tensor, ridge: float) -> Tensor:
         The ``(num, r)`` solutions.
     """
     r = F.shape[1]
-    kron = (F[:, :, None] * F[:, None, :]).reshape(side.num_other, r * r)
-    G = (side.csr(torch.ones_like(side.values)) @ kron).reshape(side.num, r, r)
+    # Only the upper triangle of each Gram matrix: r (r + 1) / 2 products per entry, not r^2.
+    iu, ju = torch.triu_indices(r, r, device=F.device)
+    packed = side.csr(torch.ones_like(side.values)) @ (F[:, iu] * F[:, ju])
+    G = F.new_empty(side.num, r, r)
+    G[:, iu, ju] = packed
+    G[:, ju, iu] = packed
     b = side.csr(side.values) @ F
     trace = G.diagonal(dim1=-2, dim2=-1).sum(-1) / r
     scale = float(F.pow(2).sum()) / (side.num_other * r)

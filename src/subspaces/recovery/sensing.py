@@ -26,6 +26,7 @@ becomes 1, and the components of ``F`` in the nuisance directions (where ``S`` i
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -94,6 +95,18 @@ class Measurements:
     def _flat(self) -> Tensor:
         return self.matrices.reshape(self.num_measurements, -1)
 
+    @functools.cached_property
+    def _packed(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Symmetric matrices: the ``(m, n(n+1)/2)`` upper triangles and their indices.
+
+        ``<A_i, M> = <A_i, sym(M)>`` only needs the upper triangle of each ``A_i`` (with the
+        off-diagonal entries of ``M + M^T``), so applying ``A`` or ``A*`` reads half the data.
+        Built once, on first use (the instance is frozen; the cache is in ``__dict__``).
+        """
+        n = self.shape[0]
+        iu = torch.triu_indices(n, n, device=self.matrices.device)
+        return self.matrices[:, iu[0], iu[1]].contiguous(), iu[0], iu[1]
+
     def apply(self, M: Tensor) -> Tensor:
         """``A(M)``: the ``m`` measurements of ``M`` (or of each matrix of a batch).
 
@@ -108,8 +121,15 @@ class Measurements:
         """
         if M.ndim < 2 or tuple(M.shape[-2:]) != self.shape:
             raise ValueError(f"M must have trailing shape {self.shape}, got {tuple(M.shape)}")
-        flat = M.reshape(*M.shape[:-2], -1).to(self.matrices.dtype)
-        return flat @ self._flat().T / math.sqrt(self.num_measurements)
+        M = M.to(self.matrices.dtype)
+        scale = 1 / math.sqrt(self.num_measurements)
+        if self.symmetric:
+            P, r, c = self._packed
+            both = M + M.transpose(-1, -2)  # off-diagonal: M_jk + M_kj; diagonal: 2 M_jj
+            v = both[..., r, c]
+            v = torch.where(r == c, v / 2, v)
+            return (v @ P.T) * scale
+        return (M.reshape(*M.shape[:-2], -1) @ self._flat().T) * scale
 
     def adjoint(self, z: Tensor) -> Tensor:
         """``A*(z) = sum_i z_i A_i / sqrt(m)`` (or of each vector of a batch).
@@ -127,8 +147,16 @@ class Measurements:
             raise ValueError(
                 f"z must have last dimension {self.num_measurements}, got {tuple(z.shape)}"
             )
-        out = z.to(self.matrices.dtype) @ self._flat() / math.sqrt(self.num_measurements)
-        return out.reshape(*z.shape[:-1], *self.shape)
+        z = z.to(self.matrices.dtype)
+        scale = 1 / math.sqrt(self.num_measurements)
+        if self.symmetric:
+            P, r, c = self._packed
+            tri = (z @ P) * scale
+            out = tri.new_zeros(*z.shape[:-1], *self.shape)
+            out[..., r, c] = tri
+            out[..., c, r] = tri
+            return out
+        return ((z @ self._flat()) * scale).reshape(*z.shape[:-1], *self.shape)
 
 
 def gaussian_measurements(
