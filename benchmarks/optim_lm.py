@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", nargs="*", default=None, help="run only these configurations")
+    ap.add_argument("--out", default="optim_lm.json", help="file name under benchmarks/results")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rank = args.hidden // 4
@@ -101,6 +103,11 @@ def main() -> None:
         "ours_rsvd_rotate": ours(projector="rsvd", moment_transfer="rotate"),
         "ours_dct_rotate": ours(projector="dct", moment_transfer="rotate"),
     }
+    if args.only:
+        unknown = set(args.only) - set(configs)
+        if unknown:
+            ap.error(f"unknown configurations {sorted(unknown)}; choose from {sorted(configs)}")
+        configs = {k: v for k, v in configs.items() if k in args.only}
     results = {}
     for name, make in configs.items():
         try:
@@ -122,7 +129,7 @@ def main() -> None:
             f"(median {1e3 * statistics.median(times):.2f})",
             flush=True,
         )
-    ref = results["adamw"]["eval_loss"]
+    ref = results.get("adamw", {}).get("eval_loss")
     gal = results.get("galore", {}).get("eval_loss")
     print()
     for name, r in results.items():
@@ -145,7 +152,7 @@ def main() -> None:
         "results": results,
     }
     os.makedirs(RESULTS_DIR, exist_ok=True)
-    with open(os.path.join(RESULTS_DIR, "optim_lm.json"), "w") as fh:
+    with open(os.path.join(RESULTS_DIR, args.out), "w") as fh:
         json.dump(out, fh, indent=2)
 
 
