@@ -43,6 +43,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/similarity_cka.py
 	$(BIN)/python benchmarks/sketch_leverage.py
 	$(BIN)/python benchmarks/recovery_completion.py
+	$(BIN)/python benchmarks/recovery_sensing.py
+	$(BIN)/python benchmarks/recovery_robust.py
+	$(BIN)/python benchmarks/similarity_layer_matrix.py
+	$(BIN)/python benchmarks/optim_refresh.py
+	$(BIN)/python benchmarks/optim_lm.py
+	$(BIN)/python benchmarks/steering_extraction.py
 
 reproduce: $(STAMP)
 	$(BIN)/subspaces reproduce --all --out runs/reproduce
