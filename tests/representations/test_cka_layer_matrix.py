@@ -196,14 +196,21 @@ def test_layer_similarity_matrix_float32_and_layer_lists() -> None:
             a, b, la, lb, X, unbiased=unbiased, batch_size=25, matmul_dtype=torch.float32
         )
         torch.testing.assert_close(S32, ref, atol=1e-6, rtol=0)
-        S64 = layer_similarity_matrix(a, b, la, lb, X, unbiased=unbiased, chunk_rows=30)
+        S64 = layer_similarity_matrix(
+            a, b, la, lb, X, unbiased=unbiased, chunk_rows=30, matmul_dtype=torch.float64
+        )
         torch.testing.assert_close(S64, ref, atol=1e-10, rtol=0)
         # same model, different layer lists: the two-set path on one forward pass
-        S_same = layer_similarity_matrix(a, a, la, ["2", "4"], X, unbiased=unbiased)
+        S_same = layer_similarity_matrix(
+            a, a, la, ["2", "4"], X, unbiased=unbiased, matmul_dtype=torch.float64
+        )
         ref_same = _ref_matrix(
             A, [collect_activations(a, ["2", "4"], X)[k] for k in ("2", "4")], unbiased
         )
         torch.testing.assert_close(S_same, ref_same, atol=1e-10, rtol=0)
+        # default: the activations' precision (float32 here), within float32 rounding
+        S_default = layer_similarity_matrix(a, b, la, lb, X, unbiased=unbiased)
+        torch.testing.assert_close(S_default, ref, atol=1e-6, rtol=0)
     assert not any(m._forward_hooks for m in a.modules())
 
 
@@ -227,7 +234,7 @@ def test_bad_inputs_raise_naming_the_value() -> None:
         cka_matrix(A, [b[:10] for b in B])
     with pytest.raises(ValueError, match=r"matmul_dtype must be torch\.float32 or torch\.float64"):
         StreamingCKAMatrix(matmul_dtype=torch.float16)
-    with pytest.raises(TypeError, match=r"matmul_dtype must be a torch\.dtype"):
+    with pytest.raises(TypeError, match=r"matmul_dtype must be None or a torch\.dtype"):
         StreamingLinearCKA(matmul_dtype="float32")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="chunk_rows must be >= 1"):
         StreamingCKAMatrix(chunk_rows=0)

@@ -224,7 +224,7 @@ def layer_similarity_matrix(
     *,
     unbiased: bool = False,
     batch_size: int = 256,
-    matmul_dtype: torch.dtype = torch.float64,
+    matmul_dtype: torch.dtype | None = None,
     chunk_rows: int = 4096,
 ) -> Tensor:
     """Layer-by-layer similarity of two networks on the same inputs, streaming over batches.
@@ -251,8 +251,9 @@ def layer_similarity_matrix(
         unbiased: the unbiased HSIC_1 estimator (Nguyen et al. 2021) instead of the biased one
             (the default, as in :func:`~subspaces.representations.linear_cka`).
         batch_size: rows per forward pass when ``data`` is a tensor.
-        matmul_dtype: ``torch.float64`` (default, exact to float64 rounding) or
-            ``torch.float32`` (about 4x faster on CPU, about 1e-7 from the float64 value).
+        matmul_dtype: ``None`` (default: the activations' precision), ``torch.float64``
+            (exact to float64 rounding) or ``torch.float32`` (about 4x faster on CPU, about 1e-7
+            from the float64 value).
         chunk_rows: activation rows buffered before they are accumulated.
 
     Returns:

@@ -231,9 +231,11 @@ def rbf_cka(X: Tensor, Y: Tensor, *, sigma: float | None = None, unbiased: bool 
 _MATMUL_DTYPES = (torch.float32, torch.float64)
 
 
-def _check_matmul_dtype(dtype: Any) -> torch.dtype:
+def _check_matmul_dtype(dtype: Any) -> torch.dtype | None:
+    if dtype is None:
+        return None
     if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"matmul_dtype must be a torch.dtype, got {type(dtype).__name__}")
+        raise TypeError(f"matmul_dtype must be None or a torch.dtype, got {type(dtype).__name__}")
     if dtype not in _MATMUL_DTYPES:
         raise ValueError(f"matmul_dtype must be torch.float32 or torch.float64, got {dtype}")
     return dtype
@@ -300,12 +302,14 @@ class StreamingCKAMatrix:
     Batches are buffered up to ``chunk_rows`` rows, so small batches do not pay the
     ``O(P_a P_b)`` accumulation cost each. Rows are shifted by the first chunk's mean (both
     estimators are shift invariant). Products run in ``matmul_dtype`` and are accumulated in
-    float64 across chunks: ``torch.float64`` (default) is exact to float64 rounding;
-    ``torch.float32`` is about 4x faster on CPUs (single-precision GEMM, inputs rounded to
-    float32) and agrees with the float64 result to about 1e-7 on float32 activations.
+    float64 across chunks: ``torch.float64`` is exact to float64 rounding; ``torch.float32`` is
+    about 4x faster on CPUs (single-precision GEMM, inputs rounded to float32) and agrees with the
+    float64 result to about 1e-7 on float32 activations. ``None`` (default) takes the inputs'
+    precision: float64 if the first batch holds a float64 tensor, else float32.
 
     Args:
-        matmul_dtype: ``torch.float64`` or ``torch.float32``, the dtype of the per-chunk products.
+        matmul_dtype: ``None`` (the inputs' precision), ``torch.float64`` or ``torch.float32``,
+            the dtype of the per-chunk products.
         chunk_rows: rows buffered before they are accumulated (larger: faster, more memory).
 
     Raises:
@@ -317,20 +321,24 @@ class StreamingCKAMatrix:
         >>> g = torch.Generator().manual_seed(0)
         >>> X = [torch.randn(60, 5, generator=g) for _ in range(3)]
         >>> Y = [X[0] @ torch.randn(5, 4, generator=g), torch.randn(60, 2, generator=g)]
-        >>> acc = StreamingCKAMatrix()
+        >>> acc = StreamingCKAMatrix()  # float32 inputs: float32 products, float64 sums
         >>> for i in range(0, 60, 16):
         ...     _ = acc.update([x[i : i + 16] for x in X], [y[i : i + 16] for y in Y])
         >>> S = acc.value(unbiased=True)
-        >>> S.shape, abs(float(S[0, 1]) - linear_cka(X[0], Y[1], unbiased=True)) < 1e-12
+        >>> S.shape, abs(float(S[0, 1]) - linear_cka(X[0], Y[1], unbiased=True)) < 1e-6
         (torch.Size([3, 2]), True)
     """
 
-    def __init__(
-        self, *, matmul_dtype: torch.dtype = torch.float64, chunk_rows: int = 4096
-    ) -> None:
+    def __init__(self, *, matmul_dtype: torch.dtype | None = None, chunk_rows: int = 4096) -> None:
         self.matmul_dtype = _check_matmul_dtype(matmul_dtype)
         self.chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
         self.reset()
+
+    @property
+    def _dt(self) -> torch.dtype:
+        """The dtype of the products (resolved from the first batch when ``matmul_dtype=None``)."""
+        assert self._resolved_dtype is not None
+        return self._resolved_dtype
 
     def reset(self) -> StreamingCKAMatrix:
         """Forget every batch seen so far.
@@ -339,6 +347,7 @@ class StreamingCKAMatrix:
             ``self``.
         """
         self.n_samples_ = 0
+        self._resolved_dtype: torch.dtype | None = self.matmul_dtype
         self._widths: tuple[list[int], list[int] | None] | None = None
         self._buf_a: Tensor | None = None  # chunk buffers of (chunk_rows, P_a), (chunk_rows, P_b)
         self._buf_b: Tensor | None = None
@@ -383,6 +392,9 @@ class StreamingCKAMatrix:
         widths = ([int(R.shape[1]) for R in A], None if B is None else [int(R.shape[1]) for R in B])
         if self._widths is None:
             self._widths = widths
+            if self._resolved_dtype is None:
+                wide = any(R.dtype == torch.float64 for R in A + (B or []))
+                self._resolved_dtype = torch.float64 if wide else torch.float32
         elif widths != self._widths:
             raise ValueError(
                 f"representation widths {widths[0]} / {widths[1]} (None: reps_b omitted) "
@@ -423,7 +435,7 @@ class StreamingCKAMatrix:
         width = sum(int(R.shape[1]) for R in reps)
         if buf is None:
             rows = m if m >= self.chunk_rows else self.chunk_rows
-            buf = torch.empty(rows, width, dtype=self.matmul_dtype, device=device)
+            buf = torch.empty(rows, width, dtype=self._dt, device=device)
         c0 = 0
         for R in reps:
             buf[r0 : r0 + m, c0 : c0 + R.shape[1]].copy_(R)
@@ -460,7 +472,7 @@ class StreamingCKAMatrix:
             ZB = None if wb is None or self._buf_b is None else self._buf_b[:m]
             self._pending_rows = 0
         m = int(ZA.shape[0])
-        f64, dt = torch.float64, self.matmul_dtype
+        f64, dt = torch.float64, self._dt
         acc = self._acc
         if not acc:  # shift by the first chunk's mean; allocate the float64 accumulators
             acc["device"] = ZA.device
@@ -530,7 +542,7 @@ class StreamingCKAMatrix:
 
     def _add_gram(self, target: Tensor, Z: Tensor) -> None:
         """``target += Z^T Z``, only the upper block triangle for wide ``Z`` (see _full_gram)."""
-        if self.matmul_dtype == torch.float64:
+        if self._dt == torch.float64:
             target.addmm_(Z.T, Z)
             return
         for lo, hi in self._gram_blocks(Z.shape[1]):  # symmetric: about half the flops
@@ -539,7 +551,7 @@ class StreamingCKAMatrix:
     def _full_gram(self, upper: Tensor) -> Tensor:
         """The symmetric matrix whose upper block triangle :meth:`_add_gram` accumulated."""
         blocks = self._gram_blocks(upper.shape[0])
-        if self.matmul_dtype == torch.float64 or len(blocks) == 1:
+        if self._dt == torch.float64 or len(blocks) == 1:
             return upper
         full = upper.clone()
         for i, (lo, hi) in enumerate(blocks):
@@ -659,7 +671,7 @@ def cka_matrix(
     reps_b: Any = None,
     *,
     unbiased: bool = False,
-    matmul_dtype: torch.dtype = torch.float64,
+    matmul_dtype: torch.dtype | None = None,
     chunk_rows: int = 4096,
 ) -> Tensor:
     r"""Linear CKA between every pair of representations of the same inputs.
@@ -676,8 +688,8 @@ def cka_matrix(
         reps_b: list of ``(N, q_j)`` tensors (columns), or ``None`` for the symmetric
             self-similarity matrix of ``reps_a``.
         unbiased: use the unbiased HSIC estimator (needs ``N >= 4``).
-        matmul_dtype: ``torch.float64`` (default) or ``torch.float32`` (about 4x faster on CPU,
-            about 1e-7 from the float64 value).
+        matmul_dtype: ``None`` (default: the inputs' precision), ``torch.float64`` or
+            ``torch.float32`` (about 4x faster on CPU, about 1e-7 from the float64 value).
         chunk_rows: rows per accumulated chunk.
 
     Returns:
@@ -733,14 +745,15 @@ class StreamingLinearCKA:
     first chunk's mean before accumulating (both estimators are shift invariant), which keeps
     the sums well conditioned for uncentered activations. This is the ``1 x 1`` case of
     :class:`StreamingCKAMatrix`: batches are buffered to ``chunk_rows`` rows, products run in
-    ``matmul_dtype`` (float64 by default; float32 is about 4x faster on CPU and about 1e-7 from
-    the float64 value) and are accumulated in float64.
+    ``matmul_dtype`` (by default the inputs' precision; float32 is about 4x faster on CPU and
+    about 1e-7 from the float64 value) and are accumulated in float64.
 
     Unlike minibatch CKA (Nguyen et al., ICLR 2021; torch-cka), which averages HSIC over
     batches and so depends on the batch size, this is the full-data estimator.
 
     Args:
-        matmul_dtype: ``torch.float64`` or ``torch.float32``, the dtype of the per-chunk products.
+        matmul_dtype: ``None`` (the inputs' precision), ``torch.float64`` or ``torch.float32``,
+            the dtype of the per-chunk products.
         chunk_rows: rows buffered before they are accumulated.
 
     Raises:
@@ -751,16 +764,14 @@ class StreamingLinearCKA:
         >>> import torch
         >>> g = torch.Generator().manual_seed(0)
         >>> X, Y = torch.randn(100, 6, generator=g), torch.randn(100, 4, generator=g)
-        >>> cka = StreamingLinearCKA()
+        >>> cka = StreamingLinearCKA(matmul_dtype=torch.float64)
         >>> for i in range(0, 100, 32):
         ...     _ = cka.update(X[i : i + 32], Y[i : i + 32])
         >>> abs(cka.value() - linear_cka(X, Y, unbiased=True)) < 1e-12
         True
     """
 
-    def __init__(
-        self, *, matmul_dtype: torch.dtype = torch.float64, chunk_rows: int = 4096
-    ) -> None:
+    def __init__(self, *, matmul_dtype: torch.dtype | None = None, chunk_rows: int = 4096) -> None:
         self._engine = StreamingCKAMatrix(matmul_dtype=matmul_dtype, chunk_rows=chunk_rows)
         self.reset()
 
