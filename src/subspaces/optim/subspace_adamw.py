@@ -336,13 +336,24 @@ class SubspaceAdamW(Optimizer):
         return torch.float64 if p.dtype == torch.float64 else torch.float32
 
     def _indices(self) -> dict[int, int]:
-        out: dict[int, int] = {}
-        i = 0
-        for group in self.param_groups:
-            for p in group["params"]:
-                out[id(p)] = i
-                i += 1
-        return out
+        """Position of every parameter in the optimizer (``id -> index``), as in ``state_dict``."""
+        params = (p for group in self.param_groups for p in group["params"])
+        return {id(p): i for i, p in enumerate(params)}
+
+    def _locate(self, param: Tensor) -> tuple[int, int] | None:
+        """``(global index, group index)`` of ``param``, from a map rebuilt when groups change."""
+        key = tuple(
+            (len(g["params"]), id(g["params"][0]) if g["params"] else 0) for g in self.param_groups
+        )
+        if getattr(self, "_locations_key", None) != key:
+            self._locations = {
+                id(p): (i, gi)
+                for i, (gi, p) in enumerate(
+                    (gi, p) for gi, g in enumerate(self.param_groups) for p in g["params"]
+                )
+            }
+            self._locations_key = key
+        return self._locations.get(id(param))
 
     def _grad(self, p: Tensor) -> Tensor | None:
         if p.grad is not None:
@@ -443,10 +454,11 @@ class SubspaceAdamW(Optimizer):
             ValueError: if ``param`` does not belong to this optimizer.
             NonFiniteGradientError: if its gradient is NaN/Inf and ``nonfinite="error"``.
         """
-        index = self._indices()
-        if id(param) not in index:
+        where = self._locate(param)
+        if where is None:
             raise ValueError("param is not managed by this optimizer")
-        group = next(g for g in self.param_groups if any(q is param for q in g["params"]))
+        position, group_index = where
+        group = self.param_groups[group_index]
         if self._grad(param) is None:
             return
         if not self._check_finite([(param, group)]):
@@ -454,9 +466,9 @@ class SubspaceAdamW(Optimizer):
             return
         projected, rank = self._plan(param, group)
         if projected:
-            self._projected_step(param, group, rank, index[id(param)])
+            self._projected_step(param, group, rank, position)
         elif not param.is_floating_point():
-            self._int8_dense_step(param, group, index[id(param)])
+            self._int8_dense_step(param, group, position)
         else:
             self._plain_adamw([param], group)
 
