@@ -23,7 +23,7 @@ import time
 import torch
 
 from ._common import single_thread
-from ._lm import build_lm, eval_loss, lm_data, train_lm
+from ._lm import build_lm, eval_loss, lm_data, lm_setting, train_lm
 from .registry import ExperimentResult, register
 
 ENERGY_MIN = 0.95
@@ -107,14 +107,13 @@ def run(fast: bool, seed: int) -> ExperimentResult:
     """
     from ..optim import SubspaceAdamW, projected_param_groups
 
-    hidden, layers = (64, 2) if fast else (128, 4)
+    cfg = lm_setting(fast)
+    hidden, layers, seq_len, batch, rank = cfg.hidden, cfg.layers, cfg.seq_len, cfg.batch, cfg.rank
     steps = 150 if fast else 600
-    seq_len, batch = (64, 16) if fast else (128, 16)
     gap = 25 if fast else 50
-    rank = hidden // 4
     n_time = 512 if fast else 1024
     with single_thread():
-        data = lm_data(400_000 if fast else 2_000_000, seq_len, seed=seed)
+        data = lm_data(cfg.num_bytes, seq_len, seed=seed)
         losses: dict[str, float] = {}
         energy = {
             "svd": 0.0,

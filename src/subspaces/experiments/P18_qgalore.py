@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from ._common import single_thread
-from ._lm import build_lm, eval_loss, lm_data, train_lm
+from ._lm import build_lm, eval_loss, lm_data, lm_setting, train_lm
 from .registry import ExperimentResult, register
 
 FEWER_MIN = 0.5
@@ -69,13 +69,12 @@ def run(fast: bool, seed: int) -> ExperimentResult:
     from ..optim.memory import tensor_bytes
     from ..optim.quantization import Int8Linear, quantize_linear_layers
 
-    hidden, layers = (64, 2) if fast else (128, 4)
+    cfg = lm_setting(fast)
+    hidden, layers, seq_len, batch, rank = cfg.hidden, cfg.layers, cfg.seq_len, cfg.batch, cfg.rank
     steps = 200 if fast else 800
-    seq_len, batch = (64, 16) if fast else (128, 16)
     gap = 10 if fast else 25
-    rank = hidden // 4
     with single_thread():
-        data = lm_data(400_000 if fast else 2_000_000, seq_len, seed=seed)
+        data = lm_data(cfg.num_bytes, seq_len, seed=seed)
         runs: dict[str, dict[str, Any]] = {}
         for name in ("galore_fp32", "qgalore_fixed", "qgalore_lazy"):
             model = build_lm(data.vocab_size, hidden, layers, seed)

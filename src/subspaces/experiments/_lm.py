@@ -17,6 +17,34 @@ from ..data.text import ByteTokenizer, python_source_text, sample_windows
 
 
 @dataclass(frozen=True)
+class LMSetting:
+    """Size of the model and of the run: the fast one for tests, the full one for reproductions."""
+
+    hidden: int
+    layers: int
+    seq_len: int
+    batch: int
+    num_bytes: int
+
+    @property
+    def rank(self) -> int:
+        """The subspace rank the optimizer reproductions use: a quarter of the width."""
+        return self.hidden // 4
+
+
+def lm_setting(fast: bool) -> LMSetting:
+    """The shared tiny-LM setting of the optimizer reproductions.
+
+    Returns:
+        hidden 64, 2 layers, 64-token windows, 400 kB of text when ``fast``; else hidden 128,
+        4 layers, 128-token windows, 2 MB.
+    """
+    if fast:
+        return LMSetting(hidden=64, layers=2, seq_len=64, batch=16, num_bytes=400_000)
+    return LMSetting(hidden=128, layers=4, seq_len=128, batch=16, num_bytes=2_000_000)
+
+
+@dataclass(frozen=True)
 class LMData:
     """Token streams for training and a fixed set of held-out windows."""
 
