@@ -1,0 +1,77 @@
+"""SubspaceAdamW under DistributedDataParallel (gloo, 2 CPU processes): ranks stay identical.
+
+DDP all-reduces gradients before ``step()``, so every rank runs the projector on the same
+gradient. The randomized projectors draw from generators seeded by (seed, parameter index,
+step), never from the global RNG, so the bases and therefore the parameters agree bit for bit
+across ranks, even though each rank's global RNG is seeded differently on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from subspaces.optim import SubspaceAdamW
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(rank: int, world: int, port: int, projector: str, out: str) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # same initial model on every rank
+        model = nn.Sequential(nn.Linear(12, 24), nn.Tanh(), nn.Linear(24, 5))
+        ddp = nn.parallel.DistributedDataParallel(model)
+        mats = [p for p in model.parameters() if p.ndim == 2]
+        rest = [p for p in model.parameters() if p.ndim < 2]
+        opt = SubspaceAdamW(
+            [
+                {"params": rest},
+                {
+                    "params": mats,
+                    "rank": 3,
+                    "update_proj_gap": 2,
+                    "projector": projector,
+                    "moment_transfer": "rotate",
+                },
+            ],
+            lr=1e-2,
+        )
+        torch.manual_seed(100 + rank)  # different data and global RNG state per rank
+        for _ in range(6):
+            x, y = torch.randn(8, 12), torch.randn(8, 5)
+            opt.zero_grad()
+            nn.functional.mse_loss(ddp(x), y).backward()
+            opt.step()
+        flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        gathered = [torch.zeros_like(flat) for _ in range(world)]
+        dist.all_gather(gathered, flat)
+        if rank == 0:
+            torch.save(torch.stack(gathered), out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="gloo over TCP on localhost")
+@pytest.mark.parametrize("projector", ["rsvd", "random", "dct"])
+def test_ranks_stay_bitwise_identical_under_ddp(projector, tmp_path):
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    out = str(tmp_path / "params.pt")
+    mp.spawn(_worker, args=(2, _free_port(), projector, out), nprocs=2, join=True)
+    params = torch.load(out, weights_only=True)
+    assert torch.equal(params[0], params[1])
