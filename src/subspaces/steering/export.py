@@ -19,6 +19,19 @@ from .._io import atomic_write_bytes
 __all__ = ["load_vectors", "save_vectors"]
 
 
+def _safetensors() -> Any:
+    """The ``safetensors`` package (with ``safetensors.torch``), or a clear ImportError."""
+    try:
+        import safetensors
+        import safetensors.torch  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "saving and loading steering vectors needs safetensors: "
+            'pip install "subspaces[hf]" (or pip install safetensors)'
+        ) from exc
+    return safetensors
+
+
 def save_vectors(
     path: str | os.PathLike[str],
     vectors: Mapping[str, Tensor],
@@ -34,6 +47,7 @@ def save_vectors(
     Raises:
         ValueError: for an empty mapping, an empty name or a non-finite tensor.
         TypeError: for a value that is not a tensor or a name that is not a string.
+        ImportError: if ``safetensors`` is not installed (``pip install "subspaces[hf]"``).
 
     Example:
         >>> import os, tempfile, torch
@@ -43,7 +57,7 @@ def save_vectors(
         >>> out["model.layers.3"].tolist(), load_vectors(p, with_metadata=True)[1]
         ([0.0, 1.0, 2.0], {'method': 'mean_difference'})
     """
-    from safetensors.torch import save
+    save = _safetensors().torch.save
 
     if not isinstance(vectors, Mapping) or not vectors:
         raise ValueError("vectors must be a non-empty mapping {name: tensor}")
@@ -72,8 +86,9 @@ def load_vectors(path: str | os.PathLike[str], *, with_metadata: bool = False) -
 
     Raises:
         FileNotFoundError: if the file does not exist.
+        ImportError: if ``safetensors`` is not installed (``pip install "subspaces[hf]"``).
     """
-    from safetensors import safe_open
+    safe_open = _safetensors().safe_open
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"no steering-vector file at {os.fspath(path)!r}")
