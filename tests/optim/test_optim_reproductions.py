@@ -8,7 +8,7 @@ from torch import nn
 
 from subspaces.experiments import get
 from subspaces.experiments.P11_dct_projection import _EnergyMeter
-from subspaces.optim import Int8Linear, projected_param_groups, quantize_linear_layers
+from subspaces.optim import Int8Linear, dct_basis, projected_param_groups, quantize_linear_layers
 
 
 def test_energy_meter_matches_dense_projections():
@@ -27,8 +27,19 @@ def test_energy_meter_matches_dense_projections():
     )
     assert energy["svd"] == pytest.approx(expect, rel=1e-5)
     assert energy["total"] == pytest.approx(sum(float(G.square().sum()) for G in grads))
-    assert energy["dct"] <= energy["svd_at_refresh"] + energy["svd"]  # both bounded by total
-    assert energy["svd"] <= energy["total"]
+    C = dct_basis(8, dtype=torch.float32)
+
+    def dct_q(G):  # the 3 DCT columns of largest energy, by brute force over the dense basis
+        return C[:, (G @ C).square().sum(0).topk(3).indices]
+
+    D0, D2 = dct_q(grads[0]), dct_q(grads[2])
+    expect_dct = sum(float((G @ D0).square().sum()) for G in grads[:2]) + float(
+        (grads[2] @ D2).square().sum()
+    )
+    assert energy["dct"] == pytest.approx(expect_dct, rel=1e-5)
+    assert energy["dct_at_refresh"] == pytest.approx(
+        float((grads[0] @ D0).square().sum()) + float((grads[2] @ D2).square().sum()), rel=1e-5
+    )
 
 
 def test_projected_param_groups_selects_linear_weights_only():

@@ -238,16 +238,7 @@ class SVDProjector(Projector):
     def select(
         self, G: Tensor, rank: int, *, generator: torch.Generator | None = None
     ) -> tuple[dict[str, Tensor], Tensor | None]:
-        """Exact thin SVD of ``G`` (in at least float32); see :meth:`Projector.select`.
-
-        Args:
-            G: the gradient matrix.
-            rank: the number of basis vectors.
-            generator: unused.
-
-        Returns:
-            ``{"basis": Q}`` and ``None``.
-        """
+        """Exact thin SVD of ``G`` (in at least float32); see :meth:`Projector.select`."""
         work = G if G.dtype in (torch.float32, torch.float64) else G.float()
         _, _, Vh = torch.linalg.svd(work, full_matrices=False)
         return {"basis": Vh[:rank].T.contiguous().to(G.dtype)}, None
@@ -292,16 +283,7 @@ class RandomizedSVDProjector(Projector):
     def select(
         self, G: Tensor, rank: int, *, generator: torch.Generator | None = None
     ) -> tuple[dict[str, Tensor], Tensor | None]:
-        """Randomized range finder on ``G^T`` then a small SVD; see :meth:`Projector.select`.
-
-        Args:
-            G: the gradient matrix.
-            rank: the number of basis vectors.
-            generator: randomness for the Gaussian test matrix.
-
-        Returns:
-            ``{"basis": Q}`` and ``G Q``.
-        """
+        """Randomized range finder on ``G^T`` then a small SVD; see :meth:`Projector.select`."""
         work = G if G.dtype in (torch.float32, torch.float64) else G.float()
         a, b = work.shape
         width = min(rank + self.oversample, b)
@@ -357,16 +339,7 @@ class DCTProjector(Projector):
     def select(
         self, G: Tensor, rank: int, *, generator: torch.Generator | None = None
     ) -> tuple[dict[str, Tensor], Tensor | None]:
-        """Score DCT frequencies of ``G``'s rows and keep the top ``rank``.
-
-        Args:
-            G: the gradient matrix.
-            rank: the number of basis vectors.
-            generator: unused.
-
-        Returns:
-            ``{"indices": idx}`` (sorted) and ``G Q`` taken from the transform.
-        """
+        """Score DCT frequencies of ``G``'s rows and keep the top ``rank``."""
         work = G if G.dtype in (torch.float32, torch.float64) else G.float()
         S = dct_rows(work)
         score = S.abs().sum(0) if self.norm == 1 else S.square().sum(0)
@@ -394,16 +367,7 @@ class RandomProjector(Projector):
     def select(
         self, G: Tensor, rank: int, *, generator: torch.Generator | None = None
     ) -> tuple[dict[str, Tensor], Tensor | None]:
-        """Draw a seed; the basis is the Q factor of a Gaussian matrix from that seed.
-
-        Args:
-            G: the gradient matrix (only its shape is used).
-            rank: the number of basis vectors.
-            generator: source of the seed.
-
-        Returns:
-            ``{"seed": s, "rank": r}`` and ``None``.
-        """
+        """Draw a seed; the basis is the Q factor of a Gaussian matrix from that seed."""
         seed = torch.randint(0, 2**62, (), generator=generator, dtype=torch.int64)
         return {"seed": seed, "rank": torch.tensor(rank, dtype=torch.int64)}, None
 
@@ -435,16 +399,7 @@ class CoordinateProjector(Projector):
     def select(
         self, G: Tensor, rank: int, *, generator: torch.Generator | None = None
     ) -> tuple[dict[str, Tensor], Tensor | None]:
-        """Keep the ``rank`` columns of largest norm.
-
-        Args:
-            G: the gradient matrix.
-            rank: the number of basis vectors.
-            generator: unused.
-
-        Returns:
-            ``{"indices": idx}`` (sorted) and ``G[:, idx]``.
-        """
+        """Keep the ``rank`` columns of largest norm."""
         score = G.float().square().sum(0)
         idx = torch.topk(score, rank, sorted=False).indices.sort().values.to(torch.int64)
         return {"indices": idx}, G[:, idx]
@@ -456,28 +411,11 @@ class CoordinateProjector(Projector):
         return Q
 
     def project(self, G: Tensor, state: dict[str, Tensor]) -> Tensor:
-        """Gather the selected columns (no matrix product).
-
-        Args:
-            G: the ``(a, b)`` gradient.
-            state: the projector state.
-
-        Returns:
-            ``G[:, indices]``.
-        """
+        """Gather the selected columns (no matrix product)."""
         return G[:, state["indices"]]
 
     def project_back(self, R: Tensor, state: dict[str, Tensor], b: int) -> Tensor:
-        """Scatter the coordinates back into a zero matrix.
-
-        Args:
-            R: the ``(a, r)`` coordinates.
-            state: the projector state.
-            b: the size of the compressed side.
-
-        Returns:
-            The full-size update.
-        """
+        """Scatter the coordinates back into a zero matrix."""
         out = R.new_zeros(R.shape[0], b)
         out[:, state["indices"]] = R
         return out
