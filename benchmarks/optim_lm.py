@@ -22,36 +22,13 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _anchors import RESULTS_DIR, load_average, machine, today
-from subspaces.experiments._lm import build_lm, eval_loss, lm_data
+from subspaces.experiments._lm import build_lm, eval_loss, lm_data, train_lm
 from subspaces.optim import SubspaceAdamW, projected_param_groups
-
-
-def _train(model, opt, data, steps, batch, seq_len, seed):
-    from subspaces.data.text import sample_windows
-
-    g = torch.Generator().manual_seed(seed)
-    times = []
-    model.train()
-    for _ in range(steps):
-        windows = sample_windows(data.train, batch, seq_len + 1, generator=g)
-        opt.zero_grad()
-        logits = model(input_ids=windows[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1)
-        )
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        t0 = time.perf_counter()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    model.eval()
-    return times
 
 
 def main() -> None:
@@ -117,7 +94,17 @@ def main() -> None:
             results[name] = {"error": f"not installed: {exc}"}
             print(f"{name:18s} not installed ({exc})")
             continue
-        times = _train(model, opt, data, args.steps, args.batch, args.seq_len, args.seed)
+        times: list[float] = []
+        train_lm(
+            model,
+            opt,
+            data,
+            steps=args.steps,
+            batch_size=args.batch,
+            seq_len=args.seq_len,
+            seed=args.seed,
+            step_times=times,
+        )
         loss = eval_loss(model, data)
         results[name] = {
             "eval_loss": loss,

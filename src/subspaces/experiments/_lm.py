@@ -7,6 +7,7 @@ look at every gradient before the step, and a held-out loss.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -111,8 +112,11 @@ def train_lm(
     seq_len: int,
     seed: int,
     on_grad: Callable[[int], None] | None = None,
+    step_times: list[float] | None = None,
 ) -> list[float]:
     """Train with the given optimizer; ``on_grad(step)`` runs after backward, before the step.
+
+    ``step_times``, when given, receives the wall time of every ``optimizer.step()``.
 
     Returns:
         The training losses.
@@ -128,7 +132,10 @@ def train_lm(
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 1.0)
         if on_grad is not None:
             on_grad(step)
+        t0 = time.perf_counter()
         optimizer.step()
+        if step_times is not None:
+            step_times.append(time.perf_counter() - t0)
         losses.append(float(loss.detach()))
     model.eval()
     return losses
