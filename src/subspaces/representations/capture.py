@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_positive_int
+from .._modes import eval_mode
 from .similarity import StreamingCKAMatrix
 
 __all__ = [
@@ -143,15 +144,8 @@ def _batches(data: Any, batch_size: int) -> Iterator[Tensor]:
 @contextmanager
 def _inference(models: Sequence[nn.Module]) -> Iterator[None]:
     """Eval mode and no_grad for the block; every submodule's ``training`` flag is restored."""
-    flags = [(m, m.training) for model in models for m in model.modules()]
-    try:
-        for model in models:
-            model.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
+    with eval_mode(*models), torch.no_grad():
+        yield
 
 
 def _device_of(model: nn.Module) -> torch.device | None:

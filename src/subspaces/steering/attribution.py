@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_positive_int
-from .collect import eval_mode
+from .._modes import eval_mode
 from .sites import find_sites, num_layers
 
 __all__ = ["NeuronAttributionSteering", "mlp_output_projections"]

@@ -15,12 +15,13 @@ from __future__ import annotations
 import inspect
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .._modes import eval_mode
 from .._progress import Progress
 from .sites import Site, hidden_size, register_site_hook, resolve_site
 
@@ -31,18 +32,6 @@ TOKEN_RULES: tuple[str, ...] = ("last", "all", "mean")
 
 class _StopForward(Exception):
     """Raised from a hook to end a forward pass once every requested site has run."""
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode for the block and restore every module's flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def pad_prompts(

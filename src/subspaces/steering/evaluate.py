@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .collect import eval_mode, pad_prompts
+from .._modes import eval_mode
+from .collect import pad_prompts
 from .probes import LinearProbe
 
 __all__ = ["probe_accuracy", "steering_report", "strength_sweep", "target_token_mass"]

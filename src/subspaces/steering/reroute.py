@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_positive_int
+from .._modes import eval_mode
 from ..linalg import Subspace
-from .collect import eval_mode
 from .probes import LinearProbe
 from .sites import Site, register_site_hook, resolve_site
 
