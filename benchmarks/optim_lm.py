@@ -122,13 +122,14 @@ def main() -> None:
     for name, r in results.items():
         if "eval_loss" not in r:
             continue
-        r["gap_vs_adamw"] = r["eval_loss"] / ref - 1
+        line = f"{name:18s}"
+        if ref is not None:
+            r["gap_vs_adamw"] = r["eval_loss"] / ref - 1
+            line += f" vs AdamW {100 * r['gap_vs_adamw']:+6.2f}%"
         if gal is not None:
             r["gap_vs_galore"] = r["eval_loss"] / gal - 1
-        print(
-            f"{name:18s} vs AdamW {100 * r['gap_vs_adamw']:+6.2f}%"
-            + (f"   vs GaLore {100 * r['gap_vs_galore']:+6.2f}%" if gal is not None else "")
-        )
+            line += f"   vs GaLore {100 * r['gap_vs_galore']:+6.2f}%"
+        print(line)
     out = {
         "benchmark": "optim_lm",
         "date": today(),
