@@ -26,6 +26,10 @@ def check_tensor(x: Any, name: str) -> Tensor:
 def check_float_tensor(x: Any, name: str, *, ndim: int | tuple[int, ...] | None = None) -> Tensor:
     """Check that ``x`` is a real floating-point tensor with the given number of dimensions."""
     x = check_tensor(x, name)
+    if x.device.type == "meta":
+        raise ValueError(
+            f"{name} is on the meta device (a shape without values): move it to a real device"
+        )
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")
     if ndim is not None:
@@ -77,9 +81,17 @@ def default_tol(dtype: torch.dtype) -> float:
     """Default relative residual tolerance for iterative solvers in ``dtype``.
 
     float64 gets 1e-8; float32 gets 1e-5 (about 100 machine epsilons, what a Krylov method
-    with full reorthogonalization reliably certifies in single precision).
+    with full reorthogonalization reliably certifies in single precision). Half precision
+    operators (their products rounded to 11 or 8 bits) get 1e-2 (float16) and 5e-2 (bfloat16):
+    a few units of their epsilon times the growth of rounding over a product.
 
     Returns:
-        ``1e-8`` for ``torch.float64``, ``1e-5`` for every other dtype.
+        The tolerance for ``dtype``.
     """
-    return 1e-8 if dtype == torch.float64 else 1e-5
+    if dtype == torch.float64:
+        return 1e-8
+    if dtype == torch.float16:
+        return 1e-2
+    if dtype == torch.bfloat16:
+        return 5e-2
+    return 1e-5

@@ -42,7 +42,7 @@ def test_cg_within_chebyshev_iteration_bound():
     rho = (math.sqrt(kappa) - 1) / (math.sqrt(kappa) + 1)
     bound = math.ceil(math.log(2 * math.sqrt(kappa) / eps) / math.log(1 / rho))
     assert res.iterations <= bound <= math.sqrt(kappa) * math.log(2 / eps) + math.sqrt(kappa)
-    assert res.num_matvecs == res.iterations
+    assert res.num_matvecs == res.iterations + 1  # + the product that certifies the residual
     assert float(res.residual_norm) <= eps * float(b.norm())
     # the true residual agrees with the recursive one, and ||x - x*|| <= kappa eps ||x*||
     assert float((b - A @ res.x).norm()) <= 2 * eps * float(b.norm())
@@ -88,8 +88,10 @@ def test_cg_multiple_rhs_equals_separate_solves():
     block = cg(op, B, rtol=1e-10)
     assert block.converged and block.x.shape == (n, 4) and block.residual_norm.shape == (4,)
     assert torch.equal(block.x[:, 3], torch.zeros(n, dtype=F64))
-    # one matmat per iteration, only over the still-active columns
-    assert len(calls) == block.iterations and sum(calls) == block.num_matvecs
+    # one matmat per iteration, only over the still-active columns, and one over all columns
+    # at exit that recomputes the true residual
+    assert len(calls) == block.iterations + 1 and sum(calls) == block.num_matvecs
+    assert calls[-1] == 4
     total, iters = 0, 0
     for j in range(4):
         single = cg(A, B[:, j], rtol=1e-10)
@@ -172,7 +174,7 @@ def test_minres_indefinite():
     A = matrix_with_spectrum(lam, generator=gen(10))
     b = randn(n, seed=11)
     res = minres(A, b, rtol=1e-10)
-    assert res.converged and res.num_matvecs == res.iterations
+    assert res.converged and res.num_matvecs == res.iterations + 1
     x_star = torch.linalg.solve(A, b)
     # kappa = 10, so ||x - x*|| <= kappa * rtol * ||x*|| up to the residual estimate's drift
     assert float((res.x - x_star).norm()) <= 2 * 10 * 1e-10 * float(x_star.norm())
@@ -213,22 +215,106 @@ def test_minres_shift_block_zero_and_x0():
     )
 
 
-def test_minres_singular_incompatible_and_limits():
+@pytest.mark.parametrize("seed", range(12))
+def test_minres_singular_incompatible_and_limits(seed):
+    # Regression: the result depended on rounding (40 iterations, x of norm 1e16 on one machine).
     lam = torch.tensor([0.0, 1.0, 2.0, -3.0], dtype=F64)
-    A = matrix_with_spectrum(lam, generator=gen(14))
+    A = matrix_with_spectrum(lam, generator=gen(14 + seed))
     _, V = torch.linalg.eigh(A)
     b = V.sum(1)  # has a component in the null space: no exact solution
     res = minres(A, b)
-    assert not res.converged and res.iterations <= 4
-    # the least-squares residual is the null-space component of b
+    assert not res.converged and res.status == "least_squares" and res.iterations <= 4
+    # the least-squares residual is the null-space component of b (norm 1), and A r = 0
+    r = b - A @ res.x
     assert abs(float(res.residual_norm) - 1.0) < 1e-8
+    assert abs(float(r.norm()) - 1.0) < 1e-8
+    assert float((A @ r).norm()) < 1e-8
     capped = minres(
         matrix_with_spectrum(torch.linspace(-5, 5, 40, dtype=F64), generator=gen(15)),
         torch.ones(40, dtype=F64),
         rtol=1e-14,
         max_iters=5,
     )
-    assert not capped.converged and capped.iterations == 5
+    assert not capped.converged and capped.iterations == 5 and capped.status == "max_iters"
+
+
+@pytest.mark.parametrize("n_null", [1, 5])
+def test_minres_larger_singular_systems_stop_at_a_least_squares_solution(n_null):
+    n = 120
+    lam = torch.cat([torch.zeros(n_null, dtype=F64), torch.linspace(-3.0, 5.0, n - n_null)])
+    A = matrix_with_spectrum(lam.to(F64), generator=gen(3))
+    b = randn(n, seed=4)
+    res = minres(A, b, max_iters=10 * n)
+    assert not res.converged and res.status == "least_squares"
+    # x is a least-squares solution: ||A r|| at rounding level relative to ||A|| ||r||, and the
+    # residual is b's null-space component
+    evals, V = torch.linalg.eigh(A)
+    null = V[:, evals.abs().argsort()[:n_null]]
+    r = b - A @ res.x
+    assert float((A @ r).norm()) <= 1e-6 * 5.0 * float(r.norm())
+    assert float(r.norm()) == pytest.approx(float((null.T @ b).norm()), rel=1e-6)
+    assert bool(torch.isfinite(res.x).all())
+
+
+def _true_relative_residual(A, b, x):
+    return float((b.double() - A.double() @ x.double()).norm() / b.double().norm())
+
+
+@pytest.mark.parametrize("solver", [cg, minres])
+@pytest.mark.parametrize(
+    ("dtype", "log_cond", "rtol"),
+    [(F64, 8, 1e-6), (F64, 12, 1e-8), (torch.float32, 6, None), (torch.float32, 3, None)],
+)
+def test_converged_is_a_certificate_on_ill_conditioned_systems(solver, dtype, log_cond, rtol):
+    # Regressions: minres on Q diag(logspace(0, -8)) Q^T with rtol 1e-6 claimed convergence with
+    # a true residual 1215x the bound; cg in float32 at cond 1e6 claimed it from its recursive
+    # residual with the true one 1000x larger; minres returned an x worse than x = 0.
+    n = 30
+    tol = 1e-5 if rtol is None else rtol
+    for seed in range(4):
+        lam = torch.logspace(0, -log_cond, n, dtype=F64)
+        A = matrix_with_spectrum(lam, generator=gen(seed)).to(dtype)
+        b = randn(n, seed=100 + seed, dtype=dtype)
+        res = solver(A, b, rtol=rtol)
+        true = _true_relative_residual(A, b, res.x)
+        # the reported residual is the true one (computed in the working dtype)
+        eps = torch.finfo(dtype).eps
+        slack = 10 * eps * (1 + float(A.double().norm(2)) * float(res.x.double().norm()))
+        assert abs(float(res.residual_norm) / float(b.double().norm()) - true) <= slack
+        if res.converged:
+            assert true <= tol + slack
+            assert res.status == "converged"
+        else:
+            assert res.status in {"stagnated", "max_iters", "least_squares"}
+        # never worse than the starting point x = 0
+        assert true <= 1.0 + slack
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("solver", [cg, minres])
+def test_half_precision_systems_run_in_float32_with_half_products(solver, dtype):
+    n = 40
+    A64 = matrix_with_spectrum(torch.linspace(1.0, 4.0, n, dtype=F64), generator=gen(7))
+    A = A64.to(dtype)
+    b = randn(n, seed=8).to(dtype)
+    res = solver(A, b)
+    assert res.x.dtype == dtype and res.x.shape == (n,)
+    tol = 1e-2 if dtype == torch.float16 else 5e-2  # the documented defaults
+    true = float((b.double() - A.double() @ res.x.double()).norm() / b.double().norm())
+    # x is rounded to the half dtype on return, which costs up to cond * eps(dtype)
+    rounding = 4.0 * torch.finfo(dtype).eps * math.sqrt(n)
+    assert res.converged
+    assert true <= tol + rounding
+
+
+def test_solvers_reject_meta_tensors():
+    A = torch.eye(3, dtype=F64, device="meta")
+    b = torch.ones(3, dtype=F64, device="meta")
+    for solver in (cg, minres):
+        with pytest.raises(ValueError, match="meta"):
+            solver(A, b)
+        with pytest.raises(ValueError, match="meta"):
+            solver(torch.eye(3, dtype=F64), b)
 
 
 def test_minres_errors():

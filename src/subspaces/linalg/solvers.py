@@ -11,6 +11,7 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,7 @@ from .._checks import (
     default_tol,
 )
 from ..linops.base import LinearOperator, as_operator
+from ._precision import in_working_precision
 
 __all__ = ["SolveResult", "cg", "minres"]
 
@@ -33,13 +35,23 @@ class SolveResult:
     """Output of :func:`cg` and :func:`minres`.
 
     Attributes:
-        x: the solution, shaped like ``b`` (``(n,)`` or ``(n, r)``).
-        converged: whether every column met its tolerance.
-        iterations: iterations run (the largest over columns).
-        residual_norm: the solver's residual norm per column (``()`` for a vector ``b``, ``(r,)``
-            otherwise): the recursively updated residual for CG, the QR estimate ``phibar`` for
-            MINRES. Both equal ``||b - A x||`` in exact arithmetic.
-        num_matvecs: columns multiplied by ``A`` (preconditioner applications not included).
+        x: the solution, shaped like ``b`` (``(n,)`` or ``(n, r)``), in ``b``'s dtype.
+        converged: whether every column met its tolerance, judged on the true residual
+            ``||b - A x||`` recomputed from the returned ``x`` (one product per column at exit),
+            never on the solver's recursive estimate alone.
+        iterations: iterations run (the largest over columns, restarts included).
+        residual_norm: the true residual norm ``||b_j - A x_j||`` per column (``()`` for a
+            vector ``b``, ``(r,)`` otherwise), recomputed from the returned ``x``.
+        num_matvecs: columns multiplied by ``A`` (preconditioner applications not included;
+            the products that recompute the true residual are included).
+        status: why the solver stopped: ``"converged"``; ``"max_iters"``; ``"stagnated"`` (the
+            recursive residual met the tolerance but the true one did not and a restart from the
+            true residual stopped reducing it: the tolerance is below what the dtype delivers
+            at this condition number, about ``eps * cond(A)``); ``"least_squares"`` (MINRES
+            only: ``||A r|| <= sqrt(eps) ||A|| ||r||``, so ``b`` is not in the range of a
+            (numerically) singular ``A`` and ``x`` is a least-squares solution, not necessarily
+            the minimum-norm one).
+            Several reasons are joined by ``", "`` for a block of right-hand sides.
     """
 
     x: Tensor
@@ -47,6 +59,7 @@ class SolveResult:
     iterations: int
     residual_norm: Tensor
     num_matvecs: int
+    status: str = "converged"
 
 
 def _validate_system(
@@ -100,10 +113,16 @@ def cg(
 
     Several right-hand sides (``b`` of shape ``(n, r)``) are solved together: every iteration is
     one ``matmat`` with the still-unconverged columns, each with its own step sizes. Column ``j``
-    stops when ``||b_j - A x_j|| <= max(rtol * ||b_j||, atol)`` (the recursively updated residual).
-    A zero column of ``b`` gets ``x_j = 0``. In exact arithmetic the error after ``k`` iterations
-    satisfies ``||e_k||_A <= 2 ((sqrt(kappa) - 1) / (sqrt(kappa) + 1))^k ||e_0||_A`` with
-    ``kappa`` the condition number of the preconditioned matrix.
+    iterates until its recursively updated residual meets ``max(rtol * ||b_j||, atol)``; then the
+    true residual ``b_j - A x_j`` is recomputed (one product) and only it decides ``converged``.
+    In finite precision the two drift apart (by about ``eps * cond(A)``): a column whose true
+    residual misses the tolerance restarts from it while restarts at least halve it, and is
+    reported ``status="stagnated"`` otherwise. The returned ``x_j`` is the iterate with the
+    smallest true residual (never worse than ``x0``). A zero column of ``b`` gets ``x_j = 0``.
+    Half precision systems are solved in float32 with products in the operator's dtype. In exact
+    arithmetic the error after ``k`` iterations satisfies ``||e_k||_A <= 2 ((sqrt(kappa) - 1) /
+    (sqrt(kappa) + 1))^k ||e_0||_A`` with ``kappa`` the condition number of the preconditioned
+    matrix.
 
     Args:
         A: a symmetric positive definite ``(n, n)`` tensor or operator.
@@ -118,7 +137,7 @@ def cg(
 
     Returns:
         A :class:`SolveResult` (``x``, ``converged``, ``iterations``, ``residual_norm``,
-        ``num_matvecs``). Not converging within ``max_iters`` is reported, not raised.
+        ``num_matvecs``, ``status``). Not converging is reported, not raised.
 
     Raises:
         ValueError: if ``A`` is not square, ``b``/``x0``/``M`` has the wrong shape or non-finite
@@ -137,16 +156,21 @@ def cg(
         Hestenes, Stiefel, J. Res. Nat. Bur. Standards 49(6), 1952.
     """
     op, b, x0 = _validate_system(A, b, x0)
+    out_dtype = b.dtype
+    op = in_working_precision(op)
+    b = b.to(op.dtype)
+    x0 = None if x0 is None else x0.to(op.dtype)
     n = op.shape[0]
     Mop: LinearOperator | None = None
     if M is not None:
         Mop = as_operator(M)
         if Mop.shape != (n, n):
             raise ValueError(f"M must have shape ({n}, {n}), got {Mop.shape}")
-        if Mop.dtype != op.dtype:
-            raise TypeError(f"M has dtype {Mop.dtype} but A has dtype {op.dtype}")
+        if Mop.dtype != out_dtype:
+            raise TypeError(f"M has dtype {Mop.dtype} but A has dtype {out_dtype}")
+        Mop = in_working_precision(Mop)
     rtol = (
-        default_tol(op.dtype)
+        default_tol(out_dtype)
         if rtol is None
         else check_positive_float(rtol, "rtol", allow_zero=True)
     )
@@ -157,43 +181,141 @@ def cg(
 
     B = _as_block(b)
     r = B.shape[1]
-    num_matvecs = 0
     bnorm = B.norm(dim=0)
     nonzero = bnorm > 0
+    thresh = torch.clamp(rtol * bnorm, min=atol)
     if x0 is None:
         X = torch.zeros_like(B)
         R = B.clone()
+        num_matvecs = 0
     else:
-        X = _as_block(x0).clone()
-        AX = op.matmat(X)
-        num_matvecs += r
-        if not bool(torch.isfinite(AX).all()):
-            raise ValueError("operator returned non-finite values (A @ x0)")
-        X = torch.where(nonzero, X, torch.zeros_like(X))
-        R = torch.where(nonzero, B - AX, torch.zeros_like(B))
+        X = torch.where(nonzero, _as_block(x0), torch.zeros_like(B))
+        R, num_matvecs = _true_residual(op, B, X), r
 
     def precondition(V: Tensor) -> Tensor:
         return V if Mop is None else Mop.matmat(V)
 
+    # CG runs in cycles. A cycle iterates on the recursively updated residual until it meets the
+    # tolerance; then the true residual b - A x is recomputed (one product per column). A column
+    # whose true residual misses the tolerance is restarted from it (residual replacement), as
+    # long as each cycle at least halves the true residual; otherwise it has stagnated at the
+    # precision the dtype delivers for this conditioning, and is reported unconverged.
+    res = R.norm(dim=0)
+    start_res = res.clone()
+    # The best iterate per column by true residual (CG minimizes the A-norm of the error, not
+    # the residual, and rounding can make late iterates worse than the start).
+    best_X, best_res = X.clone(), res.clone()
+    frozen = torch.zeros(r, dtype=torch.bool, device=B.device)
+    iterations = 0
+    while True:
+        X, R, its, mv = _cg_cycle(
+            op, precondition, X, R, thresh, frozen, max_iters - iterations, iterations
+        )
+        iterations += its
+        num_matvecs += mv
+        if its > 0:  # certify on the true residual (one product per column)
+            R = _true_residual(op, B, X)
+            num_matvecs += r
+        res = R.norm(dim=0)
+        better = res < best_res
+        best_X = torch.where(better, X, best_X)
+        best_res = torch.where(better, res, best_res)
+        missed = (res > thresh) & ~frozen
+        if not bool(missed.any()) or iterations >= max_iters:
+            break
+        # Columns that did not halve their true residual over the cycle have stagnated.
+        frozen = frozen | (missed & (res > 0.5 * start_res))
+        start_res = torch.where(missed, res, start_res)
+        if bool(frozen[missed].all()):
+            break
+    res = best_res
+    conv = res <= thresh
+    status = _status(conv, frozen, "max_iters")
+    x = best_X.to(out_dtype)
+    return SolveResult(
+        x=x.squeeze(1) if b.ndim == 1 else x,
+        converged=bool(conv.all()),
+        iterations=iterations,
+        residual_norm=res.squeeze(0) if b.ndim == 1 else res,
+        num_matvecs=num_matvecs,
+        status=status,
+    )
+
+
+def _true_residual(op: LinearOperator, B: Tensor, X: Tensor) -> Tensor:
+    """``B - A X`` from one product.
+
+    Returns:
+        The residual block.
+
+    Raises:
+        ValueError: if the product is not finite.
+    """
+    AX = op.matmat(X)
+    if not bool(torch.isfinite(AX).all()):
+        raise ValueError("operator returned non-finite values (A @ x)")
+    return B - AX
+
+
+def _status(conv: Tensor, stalled: Tensor, otherwise: str, extra: Tensor | None = None) -> str:
+    """Summarise per-column outcomes into :attr:`SolveResult.status`.
+
+    Returns:
+        ``"converged"`` or the reasons of the unconverged columns, joined by ``", "``.
+    """
+    reasons = set()
+    for j, ok in enumerate(conv.tolist()):
+        if ok:
+            continue
+        if extra is not None and bool(extra[j]):
+            reasons.add("least_squares")
+        elif bool(stalled[j]):
+            reasons.add("stagnated")
+        else:
+            reasons.add(otherwise)
+    return ", ".join(sorted(reasons)) if reasons else "converged"
+
+
+def _cg_cycle(
+    op: LinearOperator,
+    precondition: Callable[[Tensor], Tensor],
+    X: Tensor,
+    R: Tensor,
+    thresh: Tensor,
+    frozen: Tensor,
+    max_iters: int,
+    offset: int,
+) -> tuple[Tensor, Tensor, int, int]:
+    """One CG cycle from ``(X, R)`` until every unfrozen column's recursive residual is small.
+
+    Returns:
+        ``(X, R, iterations, num_matvecs)`` with ``R`` the recursively updated residual.
+
+    Raises:
+        ValueError: if ``A`` or the preconditioner is not positive definite or a product is not
+            finite.
+    """
+    X, R = X.clone(), R.clone()
     Z = precondition(R)
     P = Z.clone()
     rz = (R * Z).sum(dim=0)
     res = R.norm(dim=0)
-    thresh = torch.clamp(rtol * bnorm, min=atol)
-    active = res > thresh
+    active = (res > thresh) & ~frozen
     bad_precond = ((rz <= 0) & active).any() | ~torch.isfinite(rz).all()
-    bad_op = torch.zeros((), dtype=torch.bool, device=B.device)
-    bad_curv = torch.zeros((), dtype=torch.bool, device=B.device)
-    iterations = 0
+    bad_op = torch.zeros((), dtype=torch.bool, device=X.device)
+    bad_curv = torch.zeros((), dtype=torch.bool, device=X.device)
+    iterations, num_matvecs, r = 0, 0, X.shape[1]
     while True:
         # One host sync per iteration: the convergence test plus error flags.
         status = torch.cat([torch.stack([bad_op, bad_curv, bad_precond]), active]).tolist()
         if status[0]:
-            raise ValueError(f"operator returned non-finite values at CG iteration {iterations}")
+            raise ValueError(
+                f"operator returned non-finite values at CG iteration {offset + iterations}"
+            )
         if status[1]:
             raise ValueError(
-                f"A is not positive definite: p^T A p <= 0 at CG iteration {iterations}; "
-                "use minres for symmetric indefinite systems"
+                f"A is not positive definite: p^T A p <= 0 at CG iteration "
+                f"{offset + iterations}; use minres for symmetric indefinite systems"
             )
         if status[2]:
             raise ValueError("the preconditioner M is not positive definite: r^T M r <= 0")
@@ -204,7 +326,7 @@ def cg(
             idx = None
             Pa, Ra, rza = P, R, rz
         else:
-            idx = torch.tensor(cols, device=B.device)
+            idx = torch.tensor(cols, device=X.device)
             Pa, Ra, rza = P[:, idx], R[:, idx], rz[idx]
         APa = op.matmat(Pa)
         num_matvecs += len(cols)
@@ -227,31 +349,34 @@ def cg(
             P[:, idx] = Za + beta * Pa
             rz[idx] = rz_new
             res[idx] = res_a
-        active = res > thresh
+        active = (res > thresh) & ~frozen
         iterations += 1
-    converged = not bool(active.any())
-    x = X.squeeze(1) if b.ndim == 1 else X
-    return SolveResult(
-        x=x,
-        converged=converged,
-        iterations=iterations,
-        residual_norm=res.squeeze(0) if b.ndim == 1 else res,
-        num_matvecs=num_matvecs,
-    )
+    return X, R, iterations, num_matvecs
 
 
 def _minres_vector(
     op: LinearOperator,
     b: Tensor,
-    x0: Tensor | None,
+    x0: Tensor,
+    r0: Tensor,
     shift: float,
-    rtol: float,
+    thresh: float,
     max_iters: int,
-) -> tuple[Tensor, bool, int, Tensor, int]:
-    """MINRES for one right-hand side (Paige-Saunders; unpreconditioned form of SciPy's).
+) -> tuple[Tensor, str, int, int]:
+    """One MINRES run for one right-hand side from ``x0`` with residual ``r0 = b - A x0``.
+
+    Paige-Saunders, unpreconditioned.
+
+    Besides the QR residual estimate ``phibar`` it tracks ``||A r_{k-1}|| = phibar * ||(gbar,
+    dbar)||`` of the current iterate *before* each update, so a singular system whose ``b`` is not
+    in the range stops at a least-squares solution (``||A r|| <= sqrt(eps) ||A|| ||r||``) instead
+    of taking the step through the singular projected matrix that sends ``x`` to infinity.
 
     Returns:
-        ``(x, converged, iterations, residual estimate, num_matvecs)``.
+        ``(x, status, iterations, num_matvecs)`` with ``status`` one of ``"converged"`` (the
+        estimate ``phibar`` met ``thresh``: to be confirmed on the true residual),
+        ``"least_squares"``, ``"max_iters"`` or ``"invariant"`` (the Krylov space became
+        invariant: the estimate is final).
 
     Raises:
         ValueError: if the operator returns non-finite values.
@@ -262,83 +387,132 @@ def _minres_vector(
         out = op.matmat(v.unsqueeze(1)).squeeze(1)
         return out - shift * v if shift != 0.0 else out
 
+    r1 = r0
     num_matvecs = 0
-    bnorm = b.norm().to(f64)
-    thresh = rtol * bnorm
-    x = torch.zeros_like(b) if x0 is None else x0.clone()
-    if x0 is None:
-        r1 = b.clone()
-    else:
-        Ax = apply(x0)
-        num_matvecs += 1
-        r1 = b - Ax
     beta1 = r1.norm().to(f64)
-    finite, zero_b, done = torch.stack(
-        [torch.isfinite(r1).all(), bnorm == 0, beta1 <= thresh]
-    ).tolist()
-    if not finite:
-        raise ValueError("operator returned non-finite values (A @ x0)")
-    if zero_b:
-        return (
-            torch.zeros_like(b),
-            True,
-            0,
-            torch.zeros((), dtype=f64, device=b.device),
-            num_matvecs,
-        )
-    if done:
-        return x, True, 0, beta1, num_matvecs
+    if float(beta1) <= thresh:
+        return x0, "converged", 0, num_matvecs
 
+    x = x0.clone()
     zero = torch.zeros((), dtype=f64, device=b.device)
-    eps = torch.tensor(torch.finfo(b.dtype).eps, dtype=f64, device=b.device)
-    oldb, beta, dbar, epsln, phibar, tnorm = zero, beta1, zero, zero, beta1, zero
+    eps = float(torch.finfo(b.dtype).eps)
+    # ||A r|| / (||A|| ||r||) falls to rounding level (measured <= 1e-9 in float64, <= 2e-5 in
+    # float32) only when b has a component outside the range of a (numerically) singular A; on
+    # consistent systems up to cond 1e12 (float64) / 1e4 (float32) it stays >= 5e-7 / 6e-4.
+    ls_tol = math.sqrt(eps)
+    oldb, beta, dbar, epsln, phibar, tnorm2 = zero, beta1, zero, zero, beta1, zero
     cs, sn = -torch.ones((), dtype=f64, device=b.device), zero
     w = torch.zeros_like(b)
     w2 = torch.zeros_like(b)
     r2, y = r1, r1
-    converged = False
-    iterations = 0
+    status, iterations = "max_iters", 0
     for itn in range(1, max_iters + 1):
-        v = y / beta
+        v = y / beta.to(b.dtype)
         y = apply(v)
         num_matvecs += 1
         if itn >= 2:
-            y = y - (beta / oldb) * r1
+            y = y - (beta / oldb).to(b.dtype) * r1
         alfa = (v * y).sum().to(f64)
-        y = y - (alfa / beta) * r2
+        y = y - (alfa / beta).to(b.dtype) * r2
         r1, r2 = r2, y
         oldb, beta = beta, y.norm().to(f64)
-        tnorm = torch.maximum(tnorm, torch.maximum(alfa.abs(), torch.maximum(oldb, beta)))
+        tnorm2 = tnorm2 + alfa**2 + oldb**2 + beta**2
+        anorm = tnorm2.sqrt()
         # Apply the previous rotation, then compute the next one (QR of the tridiagonal).
         oldeps = epsln
         delta = cs * dbar + sn * alfa
         gbar = sn * dbar - cs * alfa
         epsln = sn * beta
         dbar = -cs * beta
-        gamma_raw = torch.hypot(gbar, beta)
-        # gamma ~ 0: the projected matrix is singular (A - shift I singular and b not in its
-        # range); the step adds nothing, so keep x and phibar and stop.
-        singular = gamma_raw <= eps * tnorm
-        gamma = torch.maximum(gamma_raw, eps * tnorm)
-        cs, sn = gbar / gamma, beta / gamma
-        phi = torch.where(singular, zero, cs * phibar)
-        phibar = torch.where(singular, phibar, sn * phibar)
-        w1, w2 = w2, w
-        w = (v - oldeps * w1 - delta * w2) / gamma
-        x = x + phi * w
-        iterations = itn
-        # One host sync per iteration: finiteness, convergence, breakdown.
-        finite, conv, stop = torch.stack(
-            [torch.isfinite(y).all(), phibar <= thresh, singular | (beta <= eps * tnorm)]
+        arnorm = phibar * torch.hypot(gbar, dbar)  # ||A r|| of the current x, before the update
+        gamma = torch.hypot(gbar, beta)
+        # One host sync per iteration: finiteness and the least-squares test.
+        finite, least_squares = torch.stack(
+            [torch.isfinite(y).all(), arnorm <= ls_tol * anorm * phibar]
         ).tolist()
         if not finite:
             raise ValueError(f"operator returned non-finite values at MINRES iteration {itn}")
+        if least_squares:  # b is not in the range: x already minimizes ||b - A x||
+            status = "least_squares"
+            break
+        gamma = torch.clamp(gamma, min=torch.finfo(f64).tiny)
+        cs, sn = gbar / gamma, beta / gamma
+        phi = cs * phibar
+        phibar = sn * phibar
+        w1, w2 = w2, w
+        w = (v - oldeps.to(b.dtype) * w1 - delta.to(b.dtype) * w2) / gamma.to(b.dtype)
+        x = x + phi.to(b.dtype) * w
+        iterations = itn
+        conv, invariant = torch.stack([phibar <= thresh, beta <= eps * anorm]).tolist()
         if conv:
-            converged = True
+            status = "converged"
             break
-        if stop:  # invariant Krylov space, residual not small: b is not in the range
+        if invariant:  # the Krylov space is invariant: x is final for this start
+            status = "invariant"
             break
-    return x, converged, iterations, phibar, num_matvecs
+    return x, status, iterations, num_matvecs
+
+
+def _minres_column(
+    op: LinearOperator,
+    b: Tensor,
+    x0: Tensor | None,
+    shift: float,
+    rtol: float,
+    max_iters: int,
+) -> tuple[Tensor, Tensor, bool, str, int, int]:
+    """MINRES for one column, certified on the true residual, restarted while that helps.
+
+    Returns:
+        ``(x, true residual norm, converged, status, iterations, num_matvecs)``.
+    """
+    bnorm = float(b.norm())
+    thresh = rtol * bnorm
+    if bnorm == 0.0:
+        return torch.zeros_like(b), b.norm(), True, "converged", 0, 0
+
+    def residual(x: Tensor) -> Tensor:
+        Ax = op.matmat(x.unsqueeze(1)).squeeze(1)
+        if not bool(torch.isfinite(Ax).all()):
+            raise ValueError("operator returned non-finite values (A @ x)")
+        return b - (Ax - shift * x if shift != 0.0 else Ax)
+
+    if x0 is None:
+        x, r, num_matvecs = torch.zeros_like(b), b, 0
+    else:
+        x, r, num_matvecs = x0, residual(x0), 1
+    best_x, best_res = x, float(r.norm())
+    iterations, status = 0, "max_iters"
+    while True:
+        if best_res <= thresh:
+            status = "converged"
+            break
+        x, inner, its, mv = _minres_vector(op, b, x, r, shift, thresh, max_iters - iterations)
+        iterations += its
+        num_matvecs += mv
+        if its > 0:  # certify on the true residual of the returned x (one product)
+            r = residual(x)
+            num_matvecs += 1
+        res = float(r.norm())
+        improved = res <= 0.5 * best_res
+        if res < best_res:
+            best_x, best_res = x, res
+        if best_res <= thresh:
+            status = "converged"
+            break
+        if inner == "least_squares":
+            status = "least_squares"
+            break
+        if iterations >= max_iters:
+            status = "max_iters"
+            break
+        if not improved:  # rounding limits this dtype at this conditioning
+            status = "stagnated"
+            break
+    if x0 is None and best_res > bnorm:  # never return something worse than x = 0
+        best_x, best_res = torch.zeros_like(b), bnorm
+    res_t = torch.tensor(best_res, dtype=b.dtype, device=b.device)
+    return best_x, res_t, status == "converged", status, iterations, num_matvecs
 
 
 def minres(
@@ -354,9 +528,16 @@ def minres(
 
     MINRES minimizes ``||b - (A - shift I) x||`` over the Krylov space with short recurrences
     (Lanczos plus a QR factorization of the tridiagonal matrix by Givens rotations), so the
-    residual decreases monotonically. It stops when the QR residual estimate ``phibar`` drops to
-    ``rtol * ||b||``. A right-hand side block ``(n, r)`` is solved column by column (a loop, one
-    matvec per column and iteration).
+    residual decreases monotonically in exact arithmetic. It iterates until the QR residual
+    estimate ``phibar`` drops to ``rtol * ||b||``; then the true residual ``||b - (A - shift I)
+    x||`` is recomputed (one product) and only it decides ``converged``. If rounding made the two
+    differ, MINRES restarts from the true residual while restarts at least halve it
+    (``status="stagnated"`` otherwise). A singular system whose ``b`` is not in the range stops
+    at a least-squares solution (``status="least_squares"``, ``converged=False``) as soon as
+    ``||A r|| <= sqrt(eps) ||A|| ||r||``, before the step through the singular projected matrix
+    that would send ``x`` to infinity. The returned ``x`` is never worse than the start. A
+    right-hand side block ``(n, r)`` is solved column by column (a loop, one matvec per column and
+    iteration). Half precision systems are solved in float32 with products in half.
 
     Args:
         A: a symmetric ``(n, n)`` tensor or operator.
@@ -368,11 +549,12 @@ def minres(
 
     Returns:
         A :class:`SolveResult` (``x``, ``converged``, ``iterations``, ``residual_norm``,
-        ``num_matvecs``).
+        ``num_matvecs``, ``status``).
 
     Raises:
         ValueError: if ``A`` is not square, ``b``/``x0`` has the wrong shape or non-finite
-            entries, ``shift`` is not finite, or the operator returns non-finite values.
+            entries, ``shift`` is not finite, the operator returns non-finite values, or ``A`` is
+            on the meta device.
         TypeError: if ``b`` or ``x0`` has the wrong type or dtype.
 
     Example:
@@ -383,16 +565,24 @@ def minres(
         True
         >>> res.converged, res.iterations  # three distinct eigenvalues: exact after 3 steps
         (True, 3)
+        >>> singular = torch.diag(torch.tensor([1.0, 0.0], dtype=torch.float64))
+        >>> ls = minres(singular, torch.ones(2, dtype=torch.float64))  # b not in the range
+        >>> ls.converged, ls.status, round(float(ls.residual_norm), 12)
+        (False, 'least_squares', 1.0)
 
     References:
         Paige, Saunders, SIAM J. Numer. Anal. 12(4), 1975.
     """
     op, b, x0 = _validate_system(A, b, x0)
+    out_dtype = b.dtype
+    op = in_working_precision(op)
+    b = b.to(op.dtype)
+    x0 = None if x0 is None else x0.to(op.dtype)
     n = op.shape[0]
     if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not math.isfinite(shift):
         raise ValueError(f"shift must be a finite real number, got {shift!r}")
     rtol = (
-        default_tol(op.dtype)
+        default_tol(out_dtype)
         if rtol is None
         else check_positive_float(rtol, "rtol", allow_zero=True)
     )
@@ -401,23 +591,25 @@ def minres(
     )
     B = _as_block(b)
     X0 = None if x0 is None else _as_block(x0)
-    xs, norms = [], []
-    converged, iterations, num_matvecs = True, 0, 0
+    xs, norms, statuses = [], [], []
+    iterations, num_matvecs = 0, 0
     for j in range(B.shape[1]):
-        xj, cj, itj, rj, mj = _minres_vector(
+        xj, rj, _, sj, itj, mj = _minres_column(
             op, B[:, j], None if X0 is None else X0[:, j], float(shift), rtol, max_iters
         )
         xs.append(xj)
         norms.append(rj)
-        converged = converged and cj
+        statuses.append(sj)
         iterations = max(iterations, itj)
         num_matvecs += mj
-    X = torch.stack(xs, dim=1)
+    X = torch.stack(xs, dim=1).to(out_dtype)
     res = torch.stack(norms)
+    reasons = sorted({s for s in statuses if s != "converged"})
     return SolveResult(
         x=X.squeeze(1) if b.ndim == 1 else X,
-        converged=converged,
+        converged=not reasons,
         iterations=iterations,
         residual_norm=res.squeeze(0) if b.ndim == 1 else res,
         num_matvecs=num_matvecs,
+        status=", ".join(reasons) if reasons else "converged",
     )
