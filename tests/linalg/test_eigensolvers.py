@@ -211,3 +211,83 @@ def test_from_operator_builds_the_eigenspace():
     S = Subspace.from_operator(A, 3, generator=gen(0))
     V = torch.linalg.eigh(A)[1][:, -3:]
     assert S.distance(Subspace(V)) < 1e-7
+
+
+def _check_certificate(A, r):
+    """Recompute every claim of an EigenResult in float64 from scratch."""
+    A64 = A.double()
+    X = r.eigenvectors.double()
+    eps = torch.finfo(r.eigenvectors.dtype).eps
+    k = X.shape[1]
+    # eigenvectors orthonormal to working precision
+    gram_err = float((X.T @ X - torch.eye(k, dtype=F64)).abs().max())
+    assert gram_err <= 100 * eps * max(k, 1) + 10 * eps * A.shape[0] ** 0.5
+    # every converged pair: ||A v - theta v|| with v normalized, from a fresh product
+    V = X / X.norm(dim=0)
+    res = (A64 @ V - V * r.eigenvalues.double()).norm(dim=0)
+    anorm = float(torch.linalg.matrix_norm(A64, 2))
+    slack = 10 * eps * anorm * A.shape[0] ** 0.5  # rounding of one product in the dtype
+    for j in range(k):
+        if bool(r.converged[j]):
+            assert float(res[j]) <= r.tol * r.scale + slack
+
+
+def test_lanczos_float32_block_on_identity_plus_rank_one():
+    # Regression: the breakdown threshold was dtype-blind (1e-12), so float32 noise entered the
+    # basis; eigenvalues near 0 (true: 1) came back "converged" with eigenvectors of norm 6e-6.
+    torch.manual_seed(0)
+    u = torch.randn(10, 1, dtype=F64)
+    A = (torch.eye(10, dtype=F64) + u @ u.T).float()
+    r = lanczos(A, 3, "smallest", block_size=2, generator=gen(0))
+    assert torch.allclose(r.eigenvalues, torch.ones(3), atol=1e-4)
+    assert torch.allclose(r.eigenvectors.norm(dim=0), torch.ones(3), atol=1e-5)
+    _check_certificate(A, r)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("n", [1, 2, 13])
+def test_lanczos_identity_full_spectrum(dtype, n):
+    # Regression: lanczos(torch.eye(13), 13) in float32 returned a 10 among the eigenvalues.
+    r = lanczos(torch.eye(n, dtype=dtype), n, generator=gen(1))
+    assert torch.allclose(r.eigenvalues, torch.ones(n, dtype=dtype), atol=1e-5)
+    assert r.all_converged
+    _check_certificate(torch.eye(n, dtype=dtype), r)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("which", ["largest", "smallest", "both_ends"])
+def test_lanczos_certificates_hold_on_random_low_rank_and_repeated_spectra(dtype, which):
+    for seed in range(6):
+        g = gen(seed)
+        n = int(torch.randint(3, 40, (1,), generator=g))
+        rank = int(torch.randint(1, n + 1, (1,), generator=g))
+        lam = torch.zeros(n, dtype=F64)
+        lam[:rank] = torch.randn(rank, generator=g, dtype=F64).round()  # repeats and zeros
+        A = matrix_with_spectrum(lam, generator=g).to(dtype)
+        k = int(torch.randint(1, n + 1, (1,), generator=g))
+        b = int(torch.randint(1, min(3, n) + 1, (1,), generator=g))
+        r = lanczos(A, k, which, block_size=b, generator=g)
+        _check_certificate(A, r)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_lanczos_half_precision_operator(dtype):
+    lam = torch.linspace(1.0, 10.0, 50, dtype=F64)
+    A = matrix_with_spectrum(lam, generator=gen(0)).to(dtype)
+    r = lanczos(A, 3, generator=gen(2))
+    # algebra in float32, products in half: the values are float32 and certified in half's
+    # default tolerance
+    assert r.eigenvalues.dtype == torch.float32
+    assert r.all_converged
+    _check_certificate(A, r)
+    # each value is within its residual of an eigenvalue of the half matrix
+    true = torch.linalg.eigvalsh(A.double())
+    for theta, res in zip(r.eigenvalues.tolist(), r.residuals.tolist(), strict=True):
+        assert float((true - theta).abs().min()) <= res + 1e-3
+
+
+def test_eigensolvers_reject_meta():
+    with pytest.raises(ValueError, match="meta"):
+        lanczos(torch.eye(4, device="meta"), 2)
+    with pytest.raises(ValueError, match="meta"):
+        power_iteration(torch.eye(4, device="meta"), 2)

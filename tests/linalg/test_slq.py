@@ -256,3 +256,23 @@ def test_inputs_not_modified():
     A0, Z0 = A.clone(), Z.clone()
     slq_density(A, steps=8, probes=Z)
     assert torch.equal(A, A0) and torch.equal(Z, Z0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_operator_runs_full_lanczos(dtype):
+    # Regression: the breakdown tolerance 1e3 * eps(half) was >= 1, so every run "broke down"
+    # after one step and the density was a single node per run.
+    lam = torch.linspace(0.0, 2.0, 100, dtype=F64)
+    A = matrix_with_spectrum(lam, generator=gen(23)).to(dtype)
+    res = slq_density(A, 4, 30, generator=gen(24))
+    assert bool((res.num_steps == 30).all())
+    # the quadrature's first two moments match those of the half matrix's spectrum
+    true = torch.linalg.eigvalsh(A.double())
+    assert abs(float(res.moments(1)) - float(true.mean())) < 0.1
+    assert float(res.nodes.min()) >= float(true.min()) - 0.05
+    assert float(res.nodes.max()) <= float(true.max()) + 0.05
+
+
+def test_meta_operator_is_rejected():
+    with pytest.raises(ValueError, match="meta"):
+        slq_density(torch.eye(5, device="meta"), 2, 3)

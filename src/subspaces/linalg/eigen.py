@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .._checks import check_finite, check_positive_float, check_positive_int, default_tol
 from ..linops import LinearOperator, as_operator
+from ._precision import in_working_precision
 
 if TYPE_CHECKING:
     from .subspace import Subspace
@@ -79,11 +80,13 @@ def prepare_symmetric(
     """Validate ``A`` (square), ``k`` (``1 <= k <= n``) and ``tol``; return ``(op, n, tol)``.
 
     Returns:
-        ``(op, n, tol)``: ``A`` as a linear operator, its dimension, and ``tol`` (the dtype's
-        default tolerance when ``None`` was given).
+        ``(op, n, tol)``: ``A`` as a linear operator (a float32 view of a half-precision one,
+        whose products stay in half), its dimension, and ``tol`` (the dtype's default tolerance
+        when ``None`` was given).
 
     Raises:
-        ValueError: if ``A`` is not square, ``k`` is out of range or ``tol`` is not positive.
+        ValueError: if ``A`` is not square, ``k`` is out of range, ``tol`` is not positive or
+            ``A`` is on the meta device.
     """
     op = as_operator(A)
     m, n = op.shape
@@ -95,7 +98,7 @@ def prepare_symmetric(
     if k > n:
         raise ValueError(f"k must be <= n = {n} (the dimension of A), got k = {k}")
     tol = default_tol(op.dtype) if tol is None else check_positive_float(tol, "tol")
-    return op, n, tol
+    return in_working_precision(op), n, tol
 
 
 def checked_matmat(op: LinearOperator, X: Tensor) -> Tensor:

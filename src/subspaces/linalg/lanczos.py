@@ -47,6 +47,40 @@ def _orthogonalize_rows(X: Tensor, Vt: Tensor) -> Tensor:
     return X
 
 
+def _certify(Yc: Tensor, Vt: Tensor, Wt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Ritz pairs from coefficients ``Yc`` on the basis rows ``Vt`` with products ``Wt = (A V)^T``.
+
+    The vectors ``x = Yc^T Vt`` are normalized and, if the basis lost orthonormality, replaced
+    by a Rayleigh-Ritz on their span; the values are Rayleigh quotients and the residuals
+    ``||A x - theta x||`` are formed from the stored products (``A x = Yc^T Wt``: linear in the
+    basis, so a real product up to the rounding of the combination, which is done in float64).
+
+    Returns:
+        ``(theta, X rows, residual norms)`` in the basis dtype.
+    """
+    dtype = Vt.dtype
+    f64 = torch.float64
+    Xt = Yc.T.to(f64) @ Vt.to(f64)
+    AXt = Yc.T.to(f64) @ Wt.to(f64)
+    k = Xt.shape[0]
+    gram = Xt @ Xt.T
+    eye = torch.eye(k, dtype=f64, device=Xt.device)
+    if float((gram - eye).abs().max()) > 100.0 * torch.finfo(dtype).eps * max(k, 1):
+        # Orthonormalize the span (X = Q R, so A Q = (A X) R^{-1}) and redo the small
+        # eigenproblem on it.
+        Q, R = torch.linalg.qr(Xt.T)
+        AQ = torch.linalg.solve_triangular(R, AXt.T, upper=True, left=False)
+        G = Q.T @ AQ
+        _, Z = torch.linalg.eigh((G + G.T) / 2)
+        Xt, AXt = (Q @ Z).T, (AQ @ Z).T
+    else:
+        nrm = Xt.norm(dim=1, keepdim=True)
+        Xt, AXt = Xt / nrm, AXt / nrm
+    theta = (Xt * AXt).sum(dim=1)
+    res = (AXt - theta.unsqueeze(1) * Xt).norm(dim=1)
+    return theta.to(dtype), Xt.to(dtype), res.to(dtype)
+
+
 def lanczos(
     A: Tensor | LinearOperator,
     k: int,
@@ -136,6 +170,7 @@ def lanczos(
         else check_positive_int(max_matvecs, "max_matvecs")
     )
     dtype, device = op.dtype, op.device
+    breakdown = max(100.0 * torch.finfo(dtype).eps, 1e-12)
 
     block = start_block(v0, n, b, dtype, device, generator)
     if block.shape[1] > b:
@@ -202,16 +237,21 @@ def lanczos(
 
         # F is already orthogonal to V (two passes), and stays so after a restart (V shrinks
         # within its span)
+        # A column of F at rounding level of A's scale is noise, not a Krylov direction: its
+        # orthogonality to V after Gram-Schmidt is lost in proportion (the breakdown threshold
+        # must follow the dtype: a fixed 1e-12 let float32 noise into the basis).
         Q, Rr = torch.linalg.qr(F)
-        ok = torch.diagonal(Rr).abs() > 1e-12 * max(scale, 1e-300)
+        ok = torch.diagonal(Rr).abs() > breakdown * max(scale, float(Wb.norm(dim=0).max()), 1e-300)
         missing = nb - int(ok.sum())
         if missing > 0:  # an invariant subspace was found: continue with fresh directions
             fresh = random_matrix(n, missing, dtype=dtype, device=device, generator=generator)
-            Q = torch.linalg.qr(_orthogonalize_rows(torch.cat([Q[:, ok], fresh], 1), Vt[:m])).Q
-        block = Q
+            Q = torch.cat([Q[:, ok], fresh], 1)
+        # A third pass keeps the basis orthonormal to working precision whatever F's size.
+        block = torch.linalg.qr(_orthogonalize_rows(Q, Vt[:m])).Q
 
-    # Final selection and ordering of the k wanted pairs.
-    vals, resid, convk = th_c, res, conv
+    # Final selection and ordering of the k wanted pairs, certified again on normalized vectors.
+    vals, Xt, resid = _certify(Yc, Vt[:m], Wt[:m])
+    convk = resid <= tol * scale
     perm = torch.argsort(vals) if which == "smallest" else torch.argsort(vals, descending=True)
     vecs = Xt.index_select(0, perm).T.contiguous()
     return EigenResult(

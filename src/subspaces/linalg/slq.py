@@ -38,6 +38,7 @@ from .._checks import (
     check_positive_int,
 )
 from ..linops.base import LinearOperator, as_operator
+from ._precision import in_working_precision
 from ._random import DISTRIBUTIONS, Distribution, random_matrix
 
 __all__ = ["DensityResult", "slq_density"]
@@ -331,7 +332,7 @@ def slq_density(
         Ubaru, Chen, Saad, SIAM J. Matrix Anal. Appl. 38(4), 2017; Ghorbani, Krishnan, Xiao,
         ICML 2019.
     """
-    op = as_operator(A)
+    op = in_working_precision(as_operator(A))  # half precision: products in half, algebra f32
     n, m = op.shape
     if n != m:
         raise ValueError(f"A must be square (symmetric), got shape {op.shape}")
