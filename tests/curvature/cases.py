@@ -76,3 +76,83 @@ def tiny_transformer_case():
 
     data = [{"input_ids": ids[:3]}, {"input_ids": ids[3:]}]
     return model, lm_loss, data
+
+
+# ----- independent dense references (plain autograd and finite differences) -------------------
+def flat_loss_fn(model, loss, data):
+    """The loss of the concatenated data as a function of the flat parameter vector.
+
+    Built with plain ``functional_call`` on the whole data set at once, so it is independent of
+    the library's batch loop, normalisation and loss handling.
+    """
+    from torch.func import functional_call
+
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    shapes = [dict(model.named_parameters())[n].shape for n in names]
+    sizes = [s.numel() for s in shapes]
+    X = torch.cat([b[0] for b in data])
+    y = torch.cat([b[1] for b in data])
+
+    def f(flat):
+        parts = torch.split(flat, sizes)
+        p = {n: t.reshape(s) for n, t, s in zip(names, parts, shapes, strict=True)}
+        return loss(functional_call(model, p, (X,)), y)
+
+    x0 = torch.cat([dict(model.named_parameters())[n].detach().flatten() for n in names])
+    return f, x0
+
+
+def autograd_hessian(f, x0):
+    """Dense Hessian by autograd double backward, one row at a time (no vmap, no torch.func)."""
+    x = x0.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(f(x), x, create_graph=True)
+    eye = torch.eye(x.numel(), dtype=x.dtype)
+    return torch.stack([torch.autograd.grad(g, x, e, retain_graph=True)[0] for e in eye])
+
+
+def fd_hessian(f, x0, rel_step=1e-5):
+    """Central finite differences of the autograd gradient, column by column (not symmetrized)."""
+
+    def g(x):
+        x = x.detach().clone().requires_grad_(True)
+        return torch.autograd.grad(f(x), x)[0]
+
+    h = rel_step * max(1.0, float(x0.abs().max()))
+    eye = torch.eye(x0.numel(), dtype=x0.dtype)
+    return torch.stack([(g(x0 + h * e) - g(x0 - h * e)) / (2 * h) for e in eye], 1)
+
+
+class NormMLP(nn.Module):
+    """Linear - norm - GELU - Linear: where torch.func.hessian goes wrong (torch 2.13)."""
+
+    def __init__(self, norm="layernorm"):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 6)
+        self.norm = nn.LayerNorm(6) if norm == "layernorm" else nn.BatchNorm1d(6)
+        self.fc2 = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.nn.functional.gelu(self.norm(self.fc1(x))))
+
+
+def norm_case(norm="layernorm"):
+    """A float64 norm model in train mode (BatchNorm: batch statistics), CE, two batches."""
+    torch.manual_seed(4)
+    model = NormMLP(norm).double().train()
+    X = torch.randn(14, 4, generator=gen(10), dtype=F64)
+    y = torch.randint(0, 3, (14,), generator=gen(11))
+    return model, "cross_entropy", [(X[:8], y[:8]), (X[8:], y[8:])]
+
+
+def per_batch_fd_hessian(model, loss, data):
+    """Sample-weighted mean over batches of each batch's finite-difference Hessian.
+
+    (Batch statistics make the data-set Hessian of a train-mode BatchNorm model depend on the
+    batching, so the reference is built batch by batch.)
+    """
+    total, n = 0, 0
+    for b in data:
+        f, x0 = flat_loss_fn(model, torch.nn.functional.cross_entropy, [b])
+        total = total + fd_hessian(f, x0) * len(b[1])
+        n += len(b[1])
+    return total / n

@@ -20,54 +20,275 @@ from torch.func import functional_call
 
 ModePolicy = Literal["error", "eval", "as_is"]
 MODE_POLICIES: tuple[str, ...] = ("error", "eval", "as_is")
+Reduction = Literal["mean", "sum"]
+REDUCTIONS: tuple[str, ...] = ("mean", "sum")
 LossFn = Callable[[Any, Any], Tensor]
 ParamSpec = None | str | Sequence[str] | Mapping[str, Tensor]
 
 _STOCHASTIC = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
 
+class ClassLoss:
+    """Cross-entropy (or NLL) over class logits, with PyTorch's options, honoured as given.
+
+    ``(n, C)`` outputs, or more dimensions with the classes along ``class_dim`` (``-1`` for
+    sequence models' ``(n, T, C)`` logits, ``1`` for PyTorch's ``(n, C, d1, ...)``): every position
+    is one term. With
+    ``reduction="mean"`` the batch loss is ``sum_t w_t l_t / sum_t w_t`` over the positions ``t``
+    whose target is not ``ignore_index`` (``w_t`` = the class weight of the target, 1 without
+    weights) -- PyTorch's definition; with ``"sum"``, ``sum_t w_t l_t``.
+
+    Args:
+        weight: class weights ``(C,)`` or ``None``.
+        ignore_index: target value that contributes nothing (class-index targets).
+        label_smoothing: as ``torch.nn.CrossEntropyLoss``.
+        reduction: ``"mean"`` or ``"sum"``.
+        log_probs: the outputs are log-probabilities (``NLLLoss``) rather than logits.
+        class_dim: the class dimension of outputs with more than two dimensions.
+    """
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        reduction: str = "mean",
+        log_probs: bool = False,
+        class_dim: int = -1,
+    ) -> None:
+        self.class_dim = class_dim
+        self.weight = weight
+        self.ignore_index = ignore_index
+        self.label_smoothing = float(label_smoothing)
+        self.reduction = reduction
+        self.log_probs = log_probs
+
+    def positions(self, x: Tensor, lead: int = 0) -> Tensor:
+        """``x`` shaped like the outputs (after ``lead`` leading dimensions) as ``(..., P, C)``.
+
+        Returns:
+            A view or copy with one row per position and the classes last.
+        """
+        if x.ndim - lead > 2 and self.class_dim != -1:
+            x = x.movedim(lead + self.class_dim, -1)
+        return x.reshape(*x.shape[:lead], -1, x.shape[-1])
+
+    def unpositions(self, y: Tensor, shape: tuple[int, ...], lead: int = 0) -> Tensor:
+        """Inverse of :meth:`positions` for an output of ``shape``.
+
+        Returns:
+            ``y`` reshaped back to ``(*lead_dims, *shape)``.
+        """
+        if len(shape) > 2 and self.class_dim != -1:
+            moved = list(shape)
+            moved.append(moved.pop(self.class_dim))
+            y = y.reshape(*y.shape[:lead], *moved)
+            return y.movedim(-1, lead + self.class_dim)
+        return y.reshape(*y.shape[:lead], *shape)
+
+    def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        flat = self.positions(outputs)
+        C = flat.shape[-1]
+        prob_targets = targets.is_floating_point()
+        tgt = self.positions(targets).reshape(-1, C) if prob_targets else targets.reshape(-1)
+        weight = None if self.weight is None else self.weight.to(outputs)
+        if self.log_probs:
+            return F.nll_loss(
+                flat, tgt, weight=weight, ignore_index=self.ignore_index, reduction=self.reduction
+            )
+        return F.cross_entropy(
+            flat,
+            tgt.to(outputs.dtype) if prob_targets else tgt,
+            weight=weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+        )
+
+    def normalizer(self, targets: Any, num_samples: int) -> float:
+        """The denominator of the batch mean: the summed weights of the counted positions.
+
+        Returns:
+            ``sum_t w_t`` over positions whose target is not ``ignore_index``; for probability
+            targets, the number of positions.
+        """
+        if not isinstance(targets, Tensor):
+            return float(num_samples)
+        if targets.is_floating_point():  # class probabilities: PyTorch divides by positions
+            return float(self.positions(targets).shape[0])
+        tgt = targets.reshape(-1)
+        valid = tgt != self.ignore_index
+        if self.weight is None:
+            return float(valid.sum())
+        w = self.weight.to(tgt.device)
+        return float(w[tgt[valid]].double().sum())
+
+    def position_mask(self, targets: Any, positions: int) -> Tensor | None:
+        """Which positions count (``None`` when every one does)."""
+        if not isinstance(targets, Tensor) or targets.is_floating_point():
+            return None
+        valid = targets.reshape(-1) != self.ignore_index
+        return None if bool(valid.all()) else valid
+
+
 def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy over samples (and positions, for ``(n, T, C)`` logits)."""
-    if outputs.ndim > 2:
-        return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
-    return F.cross_entropy(outputs, targets)
+    return ClassLoss()(outputs, targets)
+
+
+class SquaredError:
+    """Squared error over all entries, mean (as ``torch.nn.functional.mse_loss``) or sum.
+
+    Written out rather than calling ``mse_loss``, whose backward is not forward-differentiable
+    under ``torch.func`` ("ZeroTensors are immutable").
+    """
+
+    def __init__(self, reduction: str = "mean") -> None:
+        self.reduction = reduction
+
+    def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        sq = (outputs - targets.to(outputs.dtype).reshape(outputs.shape)) ** 2
+        return sq.sum() if self.reduction == "sum" else sq.mean()
 
 
 def mse(outputs: Tensor, targets: Tensor) -> Tensor:
     """Mean squared error over all entries (as ``torch.nn.functional.mse_loss``).
 
-    Written out rather than calling ``mse_loss``, whose backward is not forward-differentiable
-    under ``torch.func`` ("ZeroTensors are immutable").
-
     Returns:
         The mean of the squared differences, a scalar tensor.
     """
-    return ((outputs - targets.to(outputs.dtype).reshape(outputs.shape)) ** 2).mean()
+    return SquaredError()(outputs, targets)
 
 
 LOSSES: dict[str, LossFn] = {"cross_entropy": cross_entropy, "mse": mse}
 
 
-def resolve_loss(loss_fn: str | LossFn) -> tuple[LossFn, str | None]:
-    """Return the loss callable and its known likelihood name (``None`` for custom losses).
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss as the operators use it.
+
+    Attributes:
+        fn: ``fn(outputs, targets)``, the batch loss exactly as the user defined it.
+        reduction: ``"mean"`` (the operator is the curvature of the loss of the whole data set
+            as one batch: batch ``b`` enters with weight ``normalizer(b) / sum_b normalizer(b)``)
+            or ``"sum"`` (batch losses add up).
+        likelihood: ``"cross_entropy"`` or ``"mse"`` when the loss is that negative
+            log-likelihood (needed by the Monte-Carlo Fisher), else ``None``.
+        no_likelihood: why there is no likelihood (for error messages), or ``None``.
+        no_per_sample: why per-sample losses are not defined (the empirical Fisher), or ``None``.
+        classes: the class loss (to find its normalizer and counted positions), if any.
+    """
+
+    fn: LossFn
+    reduction: str
+    likelihood: str | None
+    no_likelihood: str | None = None
+    no_per_sample: str | None = None
+    classes: ClassLoss | None = None
+
+    def normalizer(self, targets: Any, num_samples: int) -> float:
+        """The batch's weight in a mean (1 for a sum).
+
+        Returns:
+            The denominator of the batch mean as the loss defines it (for class losses the
+            summed class weights of the counted positions; otherwise the number of samples).
+        """
+        if self.reduction == "sum":
+            return 1.0
+        if self.classes is not None:
+            return self.classes.normalizer(targets, num_samples)
+        return float(num_samples)
+
+
+def _module_reduction(loss_fn: nn.Module, reduction: str | None) -> str:
+    own = getattr(loss_fn, "reduction", "mean")
+    if own not in REDUCTIONS:
+        raise ValueError(
+            f"loss_fn {type(loss_fn).__name__}(reduction={own!r}) is not supported: a curvature "
+            "operator needs a scalar loss, reduction 'mean' or 'sum'"
+        )
+    if reduction is not None and reduction != own:
+        raise ValueError(
+            f"reduction={reduction!r} contradicts loss_fn {type(loss_fn).__name__}"
+            f"(reduction={own!r}); leave reduction out for loss modules"
+        )
+    return str(own)
+
+
+def resolve_loss(loss_fn: str | LossFn, reduction: str | None = None) -> LossSpec:
+    """The loss as given: a name, a PyTorch loss module (options honoured) or a callable.
+
+    Args:
+        loss_fn: ``"cross_entropy"``, ``"mse"``, ``torch.nn.functional.cross_entropy`` /
+            ``mse_loss``, a loss module (``nn.CrossEntropyLoss(weight=..., label_smoothing=...,
+            ignore_index=..., reduction=...)``, ``nn.NLLLoss``, ``nn.MSELoss``, or any other
+            ``nn`` loss, whose ``reduction`` is read), or a callable ``(outputs, targets)``.
+        reduction: how a name or callable reduces over a batch's samples, ``"mean"`` (default)
+            or ``"sum"``; for a loss module it is read from the module (a contradicting value
+            is an error).
+
+    Returns:
+        The :class:`LossSpec`.
 
     Raises:
-        ValueError: for an unknown loss name.
+        ValueError: for an unknown loss name or reduction, ``reduction="none"`` in a module, or
+            a ``reduction`` that contradicts the module's.
         TypeError: for something that is neither a name nor callable.
     """
+    if reduction is not None and reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if isinstance(loss_fn, str):
         if loss_fn not in LOSSES:
             raise ValueError(
                 f"loss_fn must be one of {tuple(LOSSES)} or a callable, got {loss_fn!r}"
             )
-        return LOSSES[loss_fn], loss_fn
+        loss_fn = F.cross_entropy if loss_fn == "cross_entropy" else F.mse_loss
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be a callable or a name, got {type(loss_fn).__name__}")
-    if loss_fn is F.cross_entropy or isinstance(loss_fn, nn.CrossEntropyLoss):
-        return cross_entropy, "cross_entropy"
-    if loss_fn is F.mse_loss or isinstance(loss_fn, nn.MSELoss):
-        return mse, "mse"
-    return loss_fn, None
+    if loss_fn is F.cross_entropy or loss_fn is cross_entropy:
+        red = reduction or "mean"
+        ce = ClassLoss(reduction=red)
+        return LossSpec(ce, red, "cross_entropy", classes=ce)
+    if loss_fn is F.mse_loss or loss_fn is mse:
+        red = reduction or "mean"
+        return LossSpec(SquaredError(red), red, "mse")
+    if isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)):
+        red = _module_reduction(loss_fn, reduction)
+        name = type(loss_fn).__name__
+        smoothing = float(getattr(loss_fn, "label_smoothing", 0.0))
+        weight = loss_fn.weight
+        ce = ClassLoss(
+            None if weight is None else weight.detach(),
+            int(loss_fn.ignore_index),
+            smoothing,
+            red,
+            log_probs=isinstance(loss_fn, nn.NLLLoss),
+            class_dim=1,  # PyTorch's convention for (n, C, d1, ...) outputs
+        )
+        why = None
+        if weight is not None:
+            why = f"{name}(weight=...): class weights make it no negative log-likelihood"
+        elif smoothing:
+            why = f"{name}(label_smoothing={smoothing}) is no negative log-likelihood"
+        elif isinstance(loss_fn, nn.NLLLoss):
+            why = "NLLLoss takes log-probabilities, not logits"
+        likelihood = None if why else "cross_entropy"
+        per_sample = (
+            None
+            if weight is None
+            else f"{name}(weight=...): a class-weighted mean has no per-sample losses"
+        )
+        return LossSpec(ce, red, likelihood, why, per_sample, ce)
+    if isinstance(loss_fn, nn.MSELoss):
+        red = _module_reduction(loss_fn, reduction)
+        return LossSpec(SquaredError(red), red, "mse")
+    if isinstance(loss_fn, nn.modules.loss._Loss):
+        red = _module_reduction(loss_fn, reduction)
+        why = f"{type(loss_fn).__name__} has no known likelihood"
+        return LossSpec(loss_fn, red, None, why)
+    return LossSpec(
+        loss_fn, reduction or "mean", None, "a custom loss callable has no known likelihood"
+    )
 
 
 def select_params(model: nn.Module, params: ParamSpec) -> dict[str, Tensor]:
@@ -163,7 +384,7 @@ def mode_policy_applied(model: nn.Module, policy: str) -> Iterator[None]:
 @contextmanager
 def _policy(model: nn.Module, policy: str) -> Iterator[None]:
     offenders = stochastic_training_modules(model)
-    if not offenders:
+    if policy != "eval" and not offenders:
         yield
         return
     if policy == "error":
@@ -200,9 +421,10 @@ def _policy(model: nn.Module, policy: str) -> Iterator[None]:
         return
     saved = [(m, m.training) for m in model.modules()]
     try:
+        # the whole model, not only BatchNorm/Dropout modules: functional dropout
+        # (F.dropout(x, p, training=self.training)) follows its own module's flag
         for m in model.modules():
-            if isinstance(m, _STOCHASTIC):
-                m.training = False
+            m.training = False
         yield
     finally:
         for m, was in saved:
@@ -357,6 +579,35 @@ def check_loss(loss: Tensor) -> Tensor:
             "use reduction='mean'"
         )
     return loss
+
+
+def check_deterministic(loss: Callable[[], Tensor], policy: str) -> None:
+    """Evaluate the loss of one batch twice and raise if the two values differ.
+
+    A random forward pass (dropout in training mode -- as a module or as
+    ``F.dropout(x, p, training=self.training)`` -- or noise injection) makes every product a
+    different random matrix: Lanczos and the trace estimators would run on an operator that is
+    not fixed, and ``vmap`` refuses random operations with a cryptic error.
+
+    Raises:
+        ValueError: naming both values and the fix.
+    """
+    with torch.no_grad():
+        a, b = loss().detach(), loss().detach()
+    tol = 1e3 * torch.finfo(a.dtype).eps * max(float(a.abs()), float(b.abs()))
+    if not bool(torch.isfinite(a)) or float((a - b).abs()) <= tol:
+        return
+    fix = (
+        "pass mode_policy='eval' (evaluates the whole model in eval mode and restores your "
+        "modes) or call model.eval()"
+        if policy != "eval"
+        else "it is random even in eval mode: make the forward pass deterministic"
+    )
+    raise ValueError(
+        f"the forward pass is random: two evaluations of the loss on the same batch gave "
+        f"{float(a)!r} and {float(b)!r} (dropout in training mode, functional F.dropout "
+        f"included?), so the operator would not be a fixed matrix; {fix}"
+    )
 
 
 def check_loss_finite(loss: Tensor) -> None:

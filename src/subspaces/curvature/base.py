@@ -25,6 +25,8 @@ from ._model import (
     LossFn,
     ModePolicy,
     ParamSpec,
+    Reduction,
+    check_deterministic,
     check_loss,
     iterate_batches,
     mode_policy_applied,
@@ -42,24 +44,35 @@ class CurvatureOperator(LinearOperator):
 
     Args:
         model: any ``nn.Module``; it is never modified (parameters are passed functionally).
-        loss_fn: ``"cross_entropy"``, ``"mse"`` or a callable ``loss_fn(outputs, targets)``
-            returning the MEAN loss over the batch's samples (``targets`` is ``y`` for
-            ``(X, y)`` batches and the whole dict for dict batches).
+        loss_fn: ``"cross_entropy"``, ``"mse"``, a PyTorch loss module (its options are
+            honoured: ``nn.CrossEntropyLoss(weight=..., label_smoothing=..., ignore_index=...,
+            reduction=...)``, ``nn.MSELoss(reduction=...)``, ...) or a callable
+            ``loss_fn(outputs, targets)`` returning a scalar (``targets`` is ``y`` for
+            ``(X, y)`` batches and the whole dict for dict batches). The operator is the
+            curvature of this loss on the whole data set taken as one batch, however it is
+            split: a mean is weighted by each batch's denominator (its samples, or for a class
+            loss its counted positions' class weights), a sum adds up.
         data: an iterable of batches (re-iterable: a list or a DataLoader), or one batch. Batches
             are ``(X, y)``, dicts of model inputs (Hugging Face style) or tensors.
         params: which parameters: ``None`` (all trainable), glob patterns on
             ``named_parameters()`` names, or a dict.
         mode_policy: what to do when BatchNorm/Dropout modules are in training mode:
-            ``"error"`` (default, raise), ``"eval"`` (evaluate those modules in eval mode for
-            each pass and restore your modes), ``"as_is"`` (use batch statistics; running
-            statistics are never updated).
+            ``"error"`` (default, raise), ``"eval"`` (evaluate the whole model in eval mode for
+            each pass and restore your modes; this also switches off functional dropout,
+            ``F.dropout(x, p, training=self.training)``), ``"as_is"`` (use batch statistics;
+            running statistics are never updated). Whatever the policy, the first pass
+            evaluates the loss of one batch twice and raises if the two values differ (a random
+            forward pass is not a matrix).
         dtype: compute in this dtype (e.g. ``torch.float64``) on cast copies of the parameters.
         progress: called as ``progress(batches_done, total_or_None)`` after each batch.
         batch_size_fn: returns the number of samples of a batch (default: leading dimension of
             the first input tensor).
+        reduction: how a name or callable ``loss_fn`` reduces over a batch's samples:
+            ``"mean"`` (default) or ``"sum"``; read from a loss module.
 
     Raises:
-        ValueError: bad ``params``, ``mode_policy`` or ``loss_fn``.
+        ValueError: bad ``params``, ``mode_policy``, ``loss_fn`` or ``reduction`` (a loss module
+            with ``reduction="none"``, or a ``reduction`` that contradicts the module's).
         TypeError: bad argument types.
     """
 
@@ -78,6 +91,7 @@ class CurvatureOperator(LinearOperator):
         dtype: torch.dtype | None = None,
         progress: Progress | None = None,
         batch_size_fn: Callable[[Any], int] | None = None,
+        reduction: Reduction | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -85,7 +99,9 @@ class CurvatureOperator(LinearOperator):
         if dtype is not None and not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating dtype, got {dtype}")
         self.model = model
-        self.loss_fn, self.likelihood = resolve_loss(loss_fn)
+        self.loss = resolve_loss(loss_fn, reduction)
+        self.loss_fn, self.likelihood = self.loss.fn, self.loss.likelihood
+        self.reduction = self.loss.reduction
         self.data = iterate_batches(data)
         self.selected = select_params(model, params)
         self.mode_policy = mode_policy
@@ -97,6 +113,7 @@ class CurvatureOperator(LinearOperator):
             (n, n), dtype or first.dtype, first.device, ParamLayout.from_params(self.selected)
         )
         self._fm: FunctionalModel | None = None
+        self._deterministic = False
         self.num_samples: int | None = None
         self.num_batches: int | None = None
 
@@ -127,20 +144,52 @@ class CurvatureOperator(LinearOperator):
     def _loss(self, fm: FunctionalModel, p: dict[str, Tensor], batch: Batch) -> Tensor:
         return check_loss(self.loss_fn(fm(p, batch), batch.targets))
 
+    def _check_deterministic(self, fm: FunctionalModel, batch: Batch) -> None:
+        """On the operator's first pass: refuse a random forward (two losses differ)."""
+        if not self._deterministic:
+            check_deterministic(lambda: self._loss(fm, fm.params, batch), self.mode_policy)
+            self._deterministic = True
+
+    def _batch_weight(self, batch: Batch) -> float:
+        """The batch's weight in the data-set loss: its mean's denominator (1 for a sum)."""
+        return self.loss.normalizer(batch.targets, batch.size)
+
     def _accumulate(self, per_batch: Callable[[FunctionalModel, Batch], Tensor]) -> Tensor:
-        """``sum_b n_b * per_batch(b) / sum_b n_b`` over one pass through the data."""
+        """``sum_b c_b per_batch(b) / sum_b c_b`` over one pass (a plain sum for sum losses).
+
+        ``c_b`` is the batch's weight (:meth:`_batch_weight`), so the result is the curvature of
+        the loss of the whole data set as one batch, independent of how it is split.
+
+        Returns:
+            The weighted combination of the per-batch results.
+
+        Raises:
+            ValueError: if the loss counts no sample in the data.
+        """
         fm = self.functional_model()
         total: Tensor | None = None
-        samples, batches = 0, 0
+        samples, batches, weight = 0, 0, 0.0
         with mode_policy_applied(self.model, self.mode_policy):
             for batch in self._batches():
-                out = per_batch(fm, batch) * batch.size
-                total = out if total is None else total + out
+                c = self._batch_weight(batch)
                 samples += batch.size
                 batches += 1
-        assert total is not None  # _batches raises on empty data
+                if c == 0.0:  # a mean that counts nothing here (every target ignored)
+                    continue
+                self._check_deterministic(fm, batch)
+                out = per_batch(fm, batch)
+                out = out * c if c != 1.0 else out
+                total = out if total is None else total + out
+                weight += c
         self.num_samples, self.num_batches = samples, batches
-        return total / samples
+        if self.reduction == "sum" and total is not None:
+            return total
+        if total is None or weight <= 0:
+            raise ValueError(
+                "the loss counts no sample in the data (every target is ignore_index, or the "
+                "class weights of the targets sum to 0)"
+            )
+        return total / weight
 
     # ----- products ----------------------------------------------------------------------------
     def _batch_matmat(

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_positive_int
-from ._model import Batch, FunctionalModel, LossFn, ModePolicy, ParamSpec
+from ._model import Batch, FunctionalModel, LossFn, ModePolicy, ParamSpec, Reduction
 from .base import Progress
 from .ggn import GGNOperator
 
@@ -32,7 +32,7 @@ class FisherOperator(GGNOperator):
     Products need no second derivatives: ``J v``, a per-sample inner product, and ``J^T``.
 
     Args:
-        model, loss_fn, data, params, mode_policy, dtype, progress, batch_size_fn: see
+        model, loss_fn, data, params, mode_policy, dtype, progress, batch_size_fn, reduction: see
             :class:`~subspaces.curvature.CurvatureOperator`.
         kind: ``"mc"`` or ``"empirical"``.
         mc_samples: labels sampled per data point (``kind="mc"``).
@@ -72,6 +72,7 @@ class FisherOperator(GGNOperator):
         dtype: torch.dtype | None = None,
         progress: Progress | None = None,
         batch_size_fn: Any = None,
+        reduction: Reduction | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -82,43 +83,77 @@ class FisherOperator(GGNOperator):
             dtype=dtype,
             progress=progress,
             batch_size_fn=batch_size_fn,
+            reduction=reduction,
         )
         self.kind = check_choice(kind, "kind", KINDS)
         self.mc_samples = check_positive_int(mc_samples, "mc_samples")
         if kind == "mc" and self.likelihood is None:
             raise ValueError(
-                "kind='mc' needs a known likelihood: loss_fn 'cross_entropy' or 'mse' "
-                "(use kind='empirical' or GGNOperator for a custom loss)"
+                f"kind='mc' needs a loss that is a negative log-likelihood ('cross_entropy', "
+                f"'mse', nn.CrossEntropyLoss() or nn.MSELoss()), but {self.loss.no_likelihood}; "
+                "use kind='empirical' or GGNOperator"
+            )
+        if kind == "empirical" and self.loss.no_per_sample is not None:
+            raise ValueError(
+                f"kind='empirical' needs per-sample losses, but {self.loss.no_per_sample}; "
+                "use GGNOperator or kind='mc' with an unweighted loss"
             )
         self.generator = generator
         self._sampled: dict[int, Tensor] = {}
         self._batch_index = 0
 
-    def _output_gradients(self, out: Tensor, batch: Batch) -> Tensor:
-        """Per-sample output gradients ``s``: shape ``(m, *out.shape)`` with ``m`` draws."""
+    def _batch_weight(self, batch: Batch) -> float:
+        if self.kind == "empirical":  # a mean over samples of per-sample outer products
+            return 1.0 if self.reduction == "sum" else float(batch.size)
+        return super()._batch_weight(batch)
+
+    def _draws(self, out: Tensor, batch: Batch) -> tuple[Tensor, float]:
+        """Sampled output gradients and the factor of their outer products.
+
+        Returns:
+            ``S`` of shape ``(m, units, k)`` (one ``k``-vector per unit: a position of a class
+            loss, a sample of the squared error, a sample of the empirical Fisher) and ``kappa``
+            such that the batch's output matrix is ``kappa / m * sum_draws sum_units s s^T``.
+        """
         n = batch.size
+        mean = self.reduction == "mean"
         if self.kind == "empirical":
             g = torch.func.grad(lambda o: self.loss_fn(o, batch.targets))(out)
-            return (g * n).unsqueeze(0)
+            # per-sample losses l_i: the batch loss is their mean (or sum)
+            s = (g * n if mean else g).reshape(1, n, -1)
+            return s, (1.0 / n if mean else 1.0)
         key = self._batch_index
         if key not in self._sampled:
-            m = self.mc_samples
-            gen = self.generator
-            if self.likelihood == "cross_entropy":
-                probs = torch.softmax(out.to(torch.float64), dim=-1).reshape(-1, out.shape[-1])
-                idx = torch.multinomial(probs.cpu(), m, replacement=True, generator=gen).T.to(
-                    out.device
-                )
-                onehot = torch.nn.functional.one_hot(idx, out.shape[-1]).to(out.dtype)
-                # d/d logits of the per-sample CE (a mean over positions for sequence outputs)
-                positions = out[0].numel() // out.shape[-1]
-                s = (probs.to(out.dtype).unsqueeze(0) - onehot) / positions
-                self._sampled[key] = s.reshape(m, *out.shape)
-            else:  # mse: NLL of N(y; o, d/2 I) is ||o - y||^2 / d for d outputs per sample
-                d = out[0].numel()
-                eps = torch.randn((m, *out.shape), generator=gen, dtype=torch.float64).to(out)
-                self._sampled[key] = (2.0 / d) * eps * (d / 2.0) ** 0.5
-        return self._sampled[key]
+            self._sampled[key] = self._sample(out, batch)
+        S = self._sampled[key]
+        if self.likelihood == "cross_entropy":
+            kappa = 1.0 / self._batch_weight(batch) if mean else 1.0
+        else:  # squared error: the mean runs over every entry
+            kappa = 1.0 / out.numel() if mean else 1.0
+        return S, kappa
+
+    def _sample(self, out: Tensor, batch: Batch) -> Tensor:
+        """Output gradients of the per-unit negative log-likelihood at sampled labels.
+
+        Returns:
+            ``(m, units, k)``: for cross-entropy ``p_t - onehot(c)`` with ``c ~ p_t`` per
+            position (zero at ignored positions); for the squared error ``sqrt(2) eps`` per
+            sample, whose outer product has the expectation ``2 I``, the output Hessian of
+            ``sum (o - y)^2``.
+        """
+        m, gen = self.mc_samples, self.generator
+        if self.likelihood == "cross_entropy":
+            classes = self.loss.classes
+            assert classes is not None
+            logits = classes.positions(out)  # (P, C)
+            probs = torch.softmax(logits.to(torch.float64), dim=-1)
+            idx = torch.multinomial(probs.cpu(), m, replacement=True, generator=gen).T
+            onehot = torch.nn.functional.one_hot(idx.to(out.device), logits.shape[-1])
+            s = probs.to(out.dtype).unsqueeze(0) - onehot.to(out.dtype)  # (m, P, C)
+            mask = classes.position_mask(batch.targets, logits.shape[0])
+            return s if mask is None else s * mask.to(s).reshape(1, -1, 1)
+        eps = torch.randn((m, *out.shape), generator=gen, dtype=torch.float64).to(out)
+        return (2.0**0.5 * eps).reshape(m, batch.size, -1)
 
     def _accumulate(self, per_batch: Any) -> Tensor:
         counter = {"i": 0}
@@ -131,15 +166,21 @@ class FisherOperator(GGNOperator):
         return super()._accumulate(indexed)
 
     def _output_matmat(self, out: Tensor, batch: Batch, U: Tensor) -> Tensor:
-        """``E[s s^T] @ U`` per sample, averaged over the draws: the Fisher's output matrix.
+        """``E[s s^T] @ U`` per unit, averaged over the draws: the Fisher's output matrix.
 
         Returns:
-            The products, shaped like ``U`` (``(b, n, ...)``).
+            The products, shaped like ``U`` (``(b, *out.shape)``).
         """
-        S = self._output_gradients(out, batch)  # (m, n, ...)
-        m, n = S.shape[0], batch.size
-        # coefficient per (column, draw, sample): <s_i, u_i>
-        coef = (U.reshape(U.shape[0], 1, n, -1) * S.reshape(1, m, n, -1)).sum(-1)
-        prod = (coef.unsqueeze(-1) * S.reshape(1, m, n, -1)).sum(1) / m  # (b, n, d)
-        # the GGN's output Hessian of a mean loss carries 1/n; so does this sample average
-        return (prod / n).reshape(U.shape)
+        S, kappa = self._draws(out, batch)  # (m, units, k)
+        m, units = S.shape[0], S.shape[1]
+        b = U.shape[0]
+        classes = self.loss.classes if self.likelihood == "cross_entropy" else None
+        if classes is not None and self.kind == "mc":
+            Uu = classes.positions(U, lead=1)  # (b, P, C)
+        else:
+            Uu = U.reshape(b, units, -1)
+        coef = (Uu.unsqueeze(1) * S.unsqueeze(0)).sum(-1)  # (b, m, units): <s, u> per unit
+        prod = (coef.unsqueeze(-1) * S.unsqueeze(0)).sum(1) * (kappa / m)  # (b, units, k)
+        if classes is not None and self.kind == "mc":
+            return classes.unpositions(prod, tuple(out.shape), lead=1)
+        return prod.reshape(U.shape)

@@ -14,6 +14,7 @@ from ._model import (
     LossFn,
     ModePolicy,
     ParamSpec,
+    Reduction,
     check_loss_finite,
     mode_policy_applied,
 )
@@ -39,7 +40,7 @@ class HessianOperator(CurvatureOperator):
     ``vmap`` for blocks and for data with several batches.
 
     Args:
-        model, loss_fn, data, params, mode_policy, dtype, progress, batch_size_fn: see
+        model, loss_fn, data, params, mode_policy, dtype, progress, batch_size_fn, reduction: see
             :class:`~subspaces.curvature.CurvatureOperator`.
         method: ``"auto"``, ``"vmap"`` or ``"double_backward"``.
 
@@ -71,6 +72,7 @@ class HessianOperator(CurvatureOperator):
         dtype: torch.dtype | None = None,
         progress: Progress | None = None,
         batch_size_fn: Any = None,
+        reduction: Reduction | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -81,6 +83,7 @@ class HessianOperator(CurvatureOperator):
             dtype=dtype,
             progress=progress,
             batch_size_fn=batch_size_fn,
+            reduction=reduction,
         )
         self.method = check_choice(method, "method", METHODS)
         self._graph: tuple[list[Tensor], tuple[Tensor, ...]] | None = None
@@ -127,6 +130,7 @@ class HessianOperator(CurvatureOperator):
             leaves = {n: p.detach().requires_grad_(True) for n, p in fm.params.items()}
             with mode_policy_applied(self.model, self.mode_policy):
                 (batch,) = list(self._batches())
+                self._check_deterministic(fm, batch)
                 with torch.enable_grad():
                     loss = self._loss(fm, leaves, batch)
                     check_loss_finite(loss.detach())

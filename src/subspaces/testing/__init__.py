@@ -14,7 +14,7 @@ from .matrices import (
     polynomial_spectrum,
     random_orthogonal,
 )
-from .reference import dense_ggn, dense_hessian
+from .reference import dense_ggn, dense_hessian, finite_difference_hessian
 
 __all__ = [
     "KnownSpectrumOperator",
@@ -23,6 +23,7 @@ __all__ = [
     "clustered_spectrum",
     "dense_ggn",
     "dense_hessian",
+    "finite_difference_hessian",
     "gap_spectrum",
     "geometric_spectrum",
     "marchenko_pastur_spectrum",
