@@ -206,3 +206,108 @@ def test_param_layout_errors():
         layout.flatten({"a": torch.zeros(3)})
     with pytest.raises(TypeError, match="mapping"):
         ParamLayout.from_params([torch.zeros(2)])
+
+
+# ----- issue 17: silent wrong results, dtypes, empty and meta inputs --------------------------
+HALF = (torch.float16, torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, F64])
+def test_dense_symmetry_check_is_relative_to_the_norm(dtype):
+    eps = torch.finfo(dtype).eps
+    M = randn(6, 6)
+    S = (M + M.T).to(dtype)
+    Dense(S, symmetric=True)  # exactly symmetric
+    bad = S.clone()
+    bad[0, 1] += 5  # an asymmetry of 5 in entries of size ~2: not rounding in any dtype
+    with pytest.raises(ValueError, match="declared symmetric"):
+        Dense(bad, symmetric=True)
+    # the check is relative: the same matrix scaled down is just as asymmetric
+    with pytest.raises(ValueError, match="declared symmetric"):
+        Dense(bad * 1e-3, symmetric=True)
+    # a product computed in the dtype (rounding-level asymmetry) is accepted
+    A = randn(40, 40, seed=1).to(dtype)
+    P = A @ torch.diag(torch.rand(40, generator=gen(2), dtype=F64).to(dtype)) @ A.T
+    Pw = P.double()
+    assert float((Pw - Pw.T).norm() / Pw.norm()) <= 10 * eps  # the claim the check relies on
+    assert Dense(P, symmetric=True).SELF_ADJOINT
+
+
+def test_dense_symmetric_tiny_matrix_is_not_judged_absolutely():
+    # the old tolerance was 1e3 eps * max(scale, 1): absolute for small matrices
+    M = randn(4, 4).float() * 1e-6
+    with pytest.raises(ValueError, match="declared symmetric"):
+        Dense(M, symmetric=True)
+
+
+def test_to_scipy_keeps_imaginary_parts():
+    M = randn(5, 5)
+    op = Dense(M)
+    sp = op.to_scipy()
+    x = np.random.default_rng(0).standard_normal((5, 2)) + 1j * np.random.default_rng(
+        1
+    ).standard_normal((5, 2))
+    ref = M.numpy() @ x
+    np.testing.assert_allclose(sp @ x[:, 0], ref[:, 0], rtol=1e-13, atol=0)
+    np.testing.assert_allclose(sp @ x, ref, rtol=1e-13, atol=0)
+    np.testing.assert_allclose(sp.H @ x[:, 0], M.numpy().T @ x[:, 0], rtol=1e-13, atol=0)
+    np.testing.assert_allclose(sp.T @ x[:, 0], M.numpy().T @ x[:, 0], rtol=1e-13, atol=0)
+    assert np.iscomplexobj(sp @ x)
+    # a complex scipy dtype gives complex products for real inputs too
+    spc = op.to_scipy(dtype=np.complex128)
+    assert (spc @ np.ones(5)).dtype == np.complex128
+    # scipy's complex solvers see the imaginary parts
+    A = M @ M.T + 5 * torch.eye(5, dtype=F64)
+    b = x[:, 0]
+    sol, info = sla.gmres(Dense(A).to_scipy(dtype=np.complex128), b, rtol=1e-12, atol=0)
+    assert info == 0
+    np.testing.assert_allclose(A.numpy() @ sol, b, rtol=0, atol=1e-10 * np.linalg.norm(b))
+
+
+def test_complex_products_are_refused_clearly():
+    op = MatmatOperator(lambda X: X * (1 + 1j), (3, 3), F64, symmetric=True)
+    with pytest.raises(TypeError, match="complex product"):
+        op @ torch.ones(3, dtype=F64)
+    with pytest.raises(TypeError, match="complex product"):
+        op.to_scipy() @ np.ones(3)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_precision_operators(dtype):
+    M = randn(8, 8)
+    S = (M + M.T).to(dtype)
+    op = Dense(S)
+    # products are in the operator's dtype; scipy receives them as float64 (no bfloat16 in numpy)
+    out = op.to_scipy() @ np.ones(8)
+    np.testing.assert_allclose(out, (S @ torch.ones(8, dtype=dtype)).double().numpy())
+    # check_symmetric judges a symmetric half-precision matrix by its own rounding
+    for seed in range(10):
+        assert op.check_symmetric(generator=gen(seed)) <= 10 * torch.finfo(dtype).eps
+    with pytest.raises(ValueError, match="not symmetric"):
+        Dense(M.to(dtype)).check_symmetric(generator=gen(0))
+    P = Projection(torch.eye(6, dtype=dtype)[:, :2])
+    assert (P @ torch.ones(6, dtype=dtype)).tolist() == [1.0, 1.0, 0, 0, 0, 0]
+
+
+def test_empty_operators():
+    E = torch.zeros(0, 0, dtype=F64)
+    assert Dense(E, symmetric=True).SELF_ADJOINT
+    assert Dense(E).check_symmetric() == 0.0
+    assert (Dense(E).to_scipy() @ np.ones(0)).shape == (0,)
+    assert (Dense(torch.zeros(3, 0, dtype=F64)).to_scipy() @ np.ones(0)).tolist() == [0.0] * 3
+    with pytest.raises(ValueError, match="num_probes"):
+        Dense(torch.eye(2, dtype=F64)).check_symmetric(num_probes=0)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Dense(torch.eye(3, device="meta")),
+        lambda: Diagonal(torch.ones(3, device="meta")),
+        lambda: LowRank(torch.ones(3, 1, device="meta")),
+        lambda: Projection(torch.eye(3, device="meta")[:, :1]),
+    ],
+)
+def test_meta_tensors_are_rejected(make):
+    with pytest.raises(ValueError, match="meta device"):
+        make()

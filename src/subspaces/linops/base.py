@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._checks import check_positive_float, check_positive_int
 from .._tensorlist import ParamLayout
 
 
@@ -80,7 +81,8 @@ class LinearOperator:
 
         Raises:
             ValueError: if ``X`` has the wrong shape.
-            TypeError: if ``X`` is not a tensor of the operator's dtype.
+            TypeError: if ``X`` is not a tensor of the operator's dtype, or the product is
+                complex (operators are real; see :meth:`to_scipy` for complex vectors).
         """
         if not isinstance(X, Tensor):
             raise TypeError(f"expected a torch.Tensor, got {type(X).__name__}")
@@ -92,7 +94,13 @@ class LinearOperator:
             raise TypeError(f"operator has dtype {self.dtype}, input has dtype {X.dtype}")
         if X.shape[1] == 0:
             return X.new_zeros(self.shape[0], 0)
-        return self._matmat(X)
+        out = self._matmat(X)
+        if isinstance(out, Tensor) and out.is_complex():
+            raise TypeError(
+                f"{type(self).__name__} returned a complex product ({out.dtype}); a "
+                "LinearOperator is real: apply it to the real and imaginary parts separately"
+            )
+        return out
 
     def matvec(self, x: Tensor) -> Tensor:
         """Multiply by a vector of shape ``(n,)``."""
@@ -169,30 +177,56 @@ class LinearOperator:
     def to_scipy(self, dtype: Any = np.float64) -> Any:
         """Wrap as a :class:`scipy.sparse.linalg.LinearOperator` (numpy in, numpy out).
 
+        The operator is real, so a complex input ``X = R + iJ`` is applied by linearity
+        (``A R + i A J``, two real products) and gives a complex output: no imaginary part is
+        dropped.
+
         Args:
-            dtype: the numpy dtype scipy sees; products are computed in the operator's dtype.
+            dtype: the numpy dtype scipy sees (the dtype of products with real inputs; complex
+                inputs give its complex counterpart); products are computed in the operator's
+                dtype.
 
         Returns:
             A scipy ``LinearOperator`` usable with ``eigsh``, ``cg``, ``svds``, ...
+
+        Example:
+            >>> import numpy as np
+            >>> from subspaces.linops import Dense
+            >>> A = Dense(torch.tensor([[2.0, 1.0], [0.0, 3.0]], dtype=torch.float64))
+            >>> S = A.to_scipy()
+            >>> (S @ np.array([1.0, 1.0])).tolist(), (S.H @ np.array([1.0, 1j])).tolist()
+            ([3.0, 3.0], [(2+0j), (1+3j)])
         """
         from scipy.sparse.linalg import LinearOperator as ScipyLinearOperator
 
-        def _mm(X: np.ndarray) -> np.ndarray:
+        out_dtype = np.dtype(dtype)
+
+        def _real(op: LinearOperator, X: np.ndarray) -> np.ndarray:
+            Xt = torch.as_tensor(np.ascontiguousarray(X), device=self.device).to(self.dtype)
+            out = op.matmat(Xt).detach().cpu()
+            if out.dtype in (torch.float16, torch.bfloat16):  # numpy has no bfloat16
+                out = out.float()
+            return out.numpy()
+
+        def _apply(op: LinearOperator, X: np.ndarray) -> np.ndarray:
             X = np.asarray(X)
             squeeze = X.ndim == 1
-            Xt = torch.as_tensor(X.reshape(X.shape[0], -1), device=self.device).to(self.dtype)
-            out = self.matmat(Xt).detach().cpu().numpy().astype(dtype, copy=False)
+            X2 = X[:, None] if squeeze else X
+            if np.iscomplexobj(X2):
+                out = _real(op, X2.real) + 1j * _real(op, X2.imag)
+                out = out.astype(np.result_type(out_dtype, np.complex64), copy=False)
+            else:
+                out = _real(op, X2).astype(out_dtype, copy=False)
             return out[:, 0] if squeeze else out
+
+        def _mm(X: np.ndarray) -> np.ndarray:
+            return _apply(self, X)
 
         def _rmm(X: np.ndarray) -> np.ndarray:
-            X = np.asarray(X)
-            squeeze = X.ndim == 1
-            Xt = torch.as_tensor(X.reshape(X.shape[0], -1), device=self.device).to(self.dtype)
-            out = self.T.matmat(Xt).detach().cpu().numpy().astype(dtype, copy=False)
-            return out[:, 0] if squeeze else out
+            return _apply(self.T, X)
 
         return ScipyLinearOperator(
-            shape=self.shape, matvec=_mm, rmatvec=_rmm, matmat=_mm, rmatmat=_rmm, dtype=dtype
+            shape=self.shape, matvec=_mm, rmatvec=_rmm, matmat=_mm, rmatmat=_rmm, dtype=out_dtype
         )
 
     def check_symmetric(
@@ -203,9 +237,14 @@ class LinearOperator:
     ) -> float:
         """Check ``x^T A y == y^T A x`` on random probes (``2 * num_probes`` products).
 
+        The probes are drawn in the operator's dtype and the inner products are accumulated in
+        at least float32, so a half-precision operator is judged by its own rounding, not by
+        that of the check.
+
         Args:
             rtol: tolerance on the relative asymmetry; default ``1e-10`` in float64, ``1e-4``
-                otherwise.
+                in float32 and ``10 eps`` in float16/bfloat16 (their products alone are only
+                accurate to about ``eps``).
             num_probes: number of random probe pairs.
             generator: random generator for the probes.
 
@@ -214,18 +253,35 @@ class LinearOperator:
             ``|x^T A y - y^T A x| / (|x| |A y| + |y| |A x|)``.
 
         Raises:
-            ValueError: if the operator is not square or the asymmetry exceeds ``rtol``.
+            ValueError: if the operator is not square, the asymmetry exceeds ``rtol``, or
+                ``rtol``/``num_probes`` is out of range.
+            TypeError: if ``rtol`` is not a number or ``num_probes`` not an int.
+
+        Example:
+            >>> from subspaces.linops import Dense
+            >>> M = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.bfloat16)
+            >>> Dense(M).check_symmetric(generator=torch.Generator().manual_seed(0)) <= 0.08
+            True
         """
         if self.shape[0] != self.shape[1]:
             raise ValueError(f"a symmetric operator must be square, got shape {self.shape}")
-        tol = rtol if rtol is not None else (1e-10 if self.dtype == torch.float64 else 1e-4)
+        check_positive_int(num_probes, "num_probes")
+        if rtol is not None:
+            check_positive_float(rtol, "rtol", allow_zero=True)
+        if rtol is None:
+            eps = torch.finfo(self.dtype).eps
+            tol = 1e-10 if self.dtype == torch.float64 else max(1e-4, 10 * eps)
+        else:
+            tol = rtol
         n = self.shape[1]
         X = torch.randn(n, 2 * num_probes, generator=generator, dtype=self.dtype).to(self.device)
-        AX = self.matmat(X)
+        work = torch.float64 if self.dtype == torch.float64 else torch.float32
+        AX = self.matmat(X).to(work)
+        X = X.to(work)
         x, y, Ax, Ay = X[:, :num_probes], X[:, num_probes:], AX[:, :num_probes], AX[:, num_probes:]
         diff = ((x * Ay).sum(0) - (y * Ax).sum(0)).abs()
         scale = x.norm(dim=0) * Ay.norm(dim=0) + y.norm(dim=0) * Ax.norm(dim=0)
-        asym = float((diff / scale.clamp_min(torch.finfo(self.dtype).tiny)).max())
+        asym = float((diff / scale.clamp_min(torch.finfo(work).tiny)).max())
         if asym > tol:
             raise ValueError(
                 f"operator is not symmetric: relative asymmetry {asym:.3e} > rtol {tol:.1e}"

@@ -21,7 +21,10 @@ class Dense(LinearOperator):
         matrix: a 2-D floating tensor ``(m, n)``. It is not copied; it must not be edited in place
             while the operator is in use.
         symmetric: declare the matrix symmetric (``SELF_ADJOINT``); checked cheaply (one
-            comparison with its transpose), so a wrong declaration raises.
+            comparison with its transpose, in at least float32): the asymmetry
+            ``||M - M^T||_F`` may be at most ``10 eps ||M||_F`` (``eps`` of the matrix's dtype,
+            the size of the rounding of one product), so a wrong declaration raises. ``None``
+            (default) declares it symmetric when it equals its transpose exactly.
 
     Raises:
         ValueError: if the matrix holds NaN/Inf or is declared symmetric but is not.
@@ -40,10 +43,16 @@ class Dense(LinearOperator):
         if symmetric is None:
             symmetric = square and bool(torch.equal(matrix, matrix.T))
         elif symmetric:
-            scale = float(matrix.abs().max()) if matrix.numel() else 0.0
-            tol = 1e3 * torch.finfo(matrix.dtype).eps * max(scale, 1.0)
-            if not square or float((matrix - matrix.T).abs().max()) > tol:
-                raise ValueError("matrix was declared symmetric but is not")
+            if not square:
+                raise ValueError(
+                    f"matrix was declared symmetric but is not square: shape {tuple(matrix.shape)}"
+                )
+            asym, tol = _asymmetry(matrix), 10 * torch.finfo(matrix.dtype).eps
+            if asym > tol:
+                raise ValueError(
+                    "matrix was declared symmetric but is not: ||M - M^T||_F / ||M||_F = "
+                    f"{asym:.3e} > {tol:.1e} (10 eps of {matrix.dtype})"
+                )
         self.SELF_ADJOINT = symmetric
 
     def _matmat(self, X: Tensor) -> Tensor:
@@ -55,6 +64,21 @@ class Dense(LinearOperator):
     def to_dense(self) -> Tensor:
         """Return the stored matrix (no products needed)."""
         return self.matrix
+
+
+def _asymmetry(M: Tensor) -> float:
+    """``||M - M^T||_F / ||M||_F`` in at least float32 (0 for a zero or empty matrix).
+
+    Returns:
+        The relative asymmetry, a float.
+    """
+    work = torch.float64 if M.dtype == torch.float64 else torch.float32
+    Mw = M.to(work)
+    scale = Mw.abs().amax() if Mw.numel() else Mw.new_zeros(())
+    if float(scale) == 0.0:
+        return 0.0
+    Mw = Mw / scale  # no overflow in the squares
+    return float(torch.linalg.matrix_norm(Mw - Mw.T) / torch.linalg.matrix_norm(Mw))
 
 
 class Identity(LinearOperator):
@@ -157,9 +181,10 @@ class Projection(LinearOperator):
 
     def __init__(self, basis: Tensor, complement: bool = False) -> None:
         Q = check_finite(check_float_tensor(basis, "basis", ndim=2), "basis")
-        gram = Q.T @ Q
+        Qd = Q.double()  # the Gram in float64: the check measures Q, not its own rounding
+        gram = Qd.T @ Qd
         err = (
-            float((gram - torch.eye(Q.shape[1], dtype=Q.dtype, device=Q.device)).abs().max())
+            float((gram - torch.eye(Q.shape[1], dtype=Qd.dtype, device=Q.device)).abs().max())
             if Q.numel()
             else 0.0
         )
