@@ -176,3 +176,112 @@ def test_from_svd_and_dtype_moves():
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# ----- issue 17: tolerances that hold in every dtype ---------------------------------------------
+HALF = (torch.float16, torch.bfloat16)
+
+
+def _same_span_other_basis(S, seed):
+    """The span of ``S`` with a different orthonormal basis (rotated, then re-orthonormalized)."""
+    R = random_orthogonal(S.dim, generator=gen(seed), dtype=F64).to(S.dtype)
+    return Subspace(torch.linalg.qr(S.basis @ R).Q)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_intersection_dimension_of_random_subspaces(dtype):
+    # the old code compared cosines with cos(angle_tol), which rounds to 1: in float32 most of
+    # these self-intersections came out with a wrong dimension (or None)
+    for seed in range(10):
+        Q = random_orthogonal(30, generator=gen(seed), dtype=F64).to(dtype)
+        S = Subspace(Q[:, :5])
+        inter = S.intersection(_same_span_other_basis(S, seed + 100))
+        assert inter is not None and inter.dim == 5
+        assert S.overlap(inter) == pytest.approx(1.0, abs=10 * torch.finfo(dtype).eps ** 0.5)
+        # two shared directions, the other angles well away from 0
+        angles = torch.tensor([0.0, 0.0, 0.1, 0.7, 1.3], dtype=F64)
+        A, B = tilted_pair(30, 5, angles, seed=seed)
+        inter = A.to(dtype).intersection(B.to(dtype))
+        assert inter is not None and inter.dim == 2
+        assert A.overlap(inter.to(F64)) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_intersection_angle_tol_is_validated_and_used():
+    A, B = tilted_pair(20, 3, [0.0, 1e-3, 0.5])
+    assert A.intersection(B).dim == 1
+    assert A.intersection(B, angle_tol=2e-3).dim == 2
+    with pytest.raises(ValueError, match="angle_tol"):
+        A.intersection(B, angle_tol=-1.0)
+    with pytest.raises(ValueError, match="angle_tol"):
+        A.intersection(B, angle_tol=2.0)
+
+
+@pytest.mark.parametrize(("dtype", "err"), [(F64, 1e-7), (torch.float32, 1e-3)])
+def test_basis_orthonormality_is_checked_to_the_stated_sqrt_eps(dtype, err):
+    # between sqrt(eps) (the stated tolerance) and 10 sqrt(eps) (the old, enforced one)
+    assert torch.finfo(dtype).eps ** 0.5 < err < 10 * torch.finfo(dtype).eps ** 0.5
+    Q = random_orthogonal(10, generator=gen(0), dtype=F64)[:, :3]
+    Q = (Q * torch.tensor([1.0, 1.0, (1 + err) ** 0.5], dtype=F64)).to(dtype)
+    with pytest.raises(ValueError, match="not orthonormal"):
+        Subspace(Q)
+    # rounding an orthonormal basis to any dtype stays within the tolerance
+    for dt in (torch.float32, *HALF):
+        Q0 = random_orthogonal(200, generator=gen(1), dtype=F64)[:, :8]
+        assert Subspace(Q0.to(dt)).dim == 8
+        assert Subspace(torch.linalg.qr(torch.randn(500, 8, generator=gen(2))).Q).dim == 8
+
+
+@pytest.mark.parametrize("rtol", [-1, -1e-9, 1.0, 2.0, float("nan"), float("inf")])
+def test_from_vectors_rtol_is_validated(rtol):
+    with pytest.raises(ValueError, match="rtol"):
+        Subspace.from_vectors(torch.randn(5, 2, generator=gen(0), dtype=F64), rtol=rtol)
+
+
+def test_from_vectors_rtol_type():
+    with pytest.raises(TypeError, match="rtol"):
+        Subspace.from_vectors(torch.randn(5, 2, generator=gen(0), dtype=F64), rtol="1e-3")
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_precision_subspaces_work_in_float32(dtype):
+    eps = torch.finfo(dtype).eps
+    angles = torch.tensor([0.0, 0.3, 1.2], dtype=F64)
+    A64, B64 = tilted_pair(40, 3, angles, seed=3)
+    A, B = A64.to(dtype), B64.to(dtype)
+    got = A.principal_angles(B)
+    assert got.dtype == dtype
+    # rounding the bases to the dtype moves the angles by O(eps); the result is cast to it
+    torch.testing.assert_close(got.double(), angles, rtol=0, atol=8 * eps)
+    assert A.distance(B) == pytest.approx(float(angles.norm()), abs=8 * eps)
+    assert A.overlap(B) == pytest.approx(float(torch.cos(angles).pow(2).mean()), abs=8 * eps)
+    inter = A.intersection(B)
+    assert inter is not None and inter.dim == 1 and inter.dtype == dtype
+    # the union of two planes sharing a line is 5-dimensional; the rank threshold must know that
+    # the vectors were rounded to the half dtype (float32's eps alone counted a spurious 6th)
+    U = A.union(_same_span_other_basis(B64, 7).to(dtype))  # the shared line in two bases
+    assert U.dim == 5 and U.dtype == dtype
+    M = torch.randn(12, 7, generator=gen(4), dtype=F64)
+    S = Subspace.from_svd(M.to(dtype), 3)
+    assert S.dtype == dtype
+    assert S.to(F64).distance(Subspace.from_svd(M, 3)) < 0.1
+    x = torch.randn(40, generator=gen(5), dtype=F64)
+    assert float(A.captured_fraction(x.to(dtype))) == pytest.approx(
+        float(A64.captured_fraction(x)), abs=8 * eps
+    )
+
+
+def test_empty_and_meta_inputs():
+    with pytest.raises(ValueError, match="empty"):
+        Subspace.from_svd(torch.zeros(0, 3, dtype=F64), 1)
+    with pytest.raises(ValueError, match="empty"):
+        Subspace.from_svd(torch.zeros(3, 0, dtype=F64), 1)
+    with pytest.raises(ValueError, match="non-empty"):
+        Subspace.from_vectors(torch.zeros(0, 2, dtype=F64))
+    with pytest.raises(ValueError, match="meta"):
+        Subspace(torch.eye(3, device="meta")[:, :1])
+    with pytest.raises(ValueError, match="meta"):
+        Subspace.from_vectors(torch.ones(3, 1, device="meta"))
+    S = Subspace(torch.eye(3, dtype=F64)[:, :1])
+    assert S.project(torch.zeros(3, 0, dtype=F64)).shape == (3, 0)
+    with pytest.raises(ValueError, match="meta"):
+        S.project(torch.ones(3, device="meta"))

@@ -9,11 +9,44 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_finite, check_float_tensor, check_positive_int
+from .._checks import (
+    check_choice,
+    check_finite,
+    check_float_tensor,
+    check_positive_float,
+    check_positive_int,
+)
 from ..linops import LinearOperator, Projection
 
 Metric = Literal["geodesic", "chordal", "projection"]
 METRICS: tuple[str, ...] = ("geodesic", "chordal", "projection")
+
+
+def _work(x: Tensor) -> Tensor:
+    """``x`` itself in float32/float64; float16/bfloat16 upcast to float32 (CPU SVD/QR need it).
+
+    Returns:
+        ``x`` in its working dtype.
+    """
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _gram64(Q: Tensor) -> Tensor:
+    """``Q^T Q`` accumulated in float64, over row blocks (no float64 copy of a tall ``Q``).
+
+    Returns:
+        The ``(k, k)`` float64 Gram matrix.
+    """
+    k = Q.shape[1]
+    G = torch.zeros(k, k, dtype=torch.float64, device=Q.device)
+    for i in range(0, Q.shape[0], _GRAM_ROWS):
+        B = Q[i : i + _GRAM_ROWS].double()
+        G += B.T @ B
+    return G
+
+
+#: Rows of a basis converted to float64 at a time by the orthonormality check.
+_GRAM_ROWS = 1 << 16
 
 
 class Subspace:
@@ -25,11 +58,16 @@ class Subspace:
     eigenspace move between checkpoints?" are one call each.
 
     Args:
-        basis: ``(n, k)`` with orthonormal columns, ``0 < k <= n`` (checked to ``sqrt(eps)``).
-            Use :meth:`from_vectors` for arbitrary spanning vectors.
+        basis: ``(n, k)`` with orthonormal columns, ``0 < k <= n``: ``max |Q^T Q - I|`` (computed
+            in float64) must be at most ``sqrt(eps)`` of the basis's dtype (``1.5e-8`` in
+            float64, ``3.5e-4`` in float32). The basis is kept as given, not re-orthonormalized;
+            use :meth:`from_vectors` for arbitrary spanning vectors. float16/bfloat16 bases are
+            accepted; whatever needs an SVD (angles, distances, intersections) is computed in
+            float32 and returned in the basis's dtype.
 
     Raises:
-        ValueError: if the basis is not orthonormal, holds NaN/Inf, or ``k`` is 0 or > ``n``.
+        ValueError: if the basis is not orthonormal, holds NaN/Inf, lives on the meta device,
+            or ``k`` is 0 or > ``n``.
         TypeError: if it is not a 2-D floating tensor.
 
     Example:
@@ -50,11 +88,12 @@ class Subspace:
         n, k = Q.shape
         if k == 0 or k > n:
             raise ValueError(f"a subspace basis must have 0 < k <= n columns, got shape {(n, k)}")
-        err = float((Q.T @ Q - torch.eye(k, dtype=Q.dtype, device=Q.device)).abs().max())
-        if err > 10 * torch.finfo(Q.dtype).eps ** 0.5:
+        err = float((_gram64(Q) - torch.eye(k, dtype=torch.float64, device=Q.device)).abs().max())
+        tol = torch.finfo(Q.dtype).eps ** 0.5
+        if err > tol:
             raise ValueError(
-                f"basis columns are not orthonormal (max |Q^T Q - I| = {err:.2e}); "
-                "use Subspace.from_vectors to orthonormalize"
+                f"basis columns are not orthonormal (max |Q^T Q - I| = {err:.2e} > sqrt(eps) = "
+                f"{tol:.1e} for {Q.dtype}); use Subspace.from_vectors to orthonormalize"
             )
         self._basis = Q
 
@@ -66,13 +105,16 @@ class Subspace:
         """The span of the columns of ``vectors (n, m)`` (a single vector ``(n,)`` is allowed).
 
         The rank is decided from the singular values: ``s_i > rtol * s_max``, with ``rtol``
-        defaulting to ``max(n, m) * eps`` (numpy's ``matrix_rank`` rule). When the vectors are
+        defaulting to ``max(n, m) * eps`` (numpy's ``matrix_rank`` rule, ``eps`` of the dtype the
+        SVD runs in) or, for float16/bfloat16 vectors (whose SVD runs in float32), to
+        ``sqrt(m) * eps`` of their own dtype if that is larger: rounding the vectors to that
+        dtype moves the singular values by up to ``eps / 2 * ||V||_F``. When the vectors are
         independent the basis is their QR factor, so ``basis[:, 0]`` is parallel to the first
         vector.
 
         Args:
             vectors: spanning vectors as columns.
-            rtol: relative singular-value threshold for the rank.
+            rtol: relative singular-value threshold for the rank, in ``[0, 1)``.
             allow_rank_deficient: return the span of dependent vectors (its dimension is the
                 numerical rank) instead of raising.
 
@@ -80,7 +122,9 @@ class Subspace:
             The subspace they span.
 
         Raises:
-            ValueError: if the vectors are rank deficient (unless allowed), zero, or not finite.
+            ValueError: if the vectors are rank deficient (unless allowed), zero, empty or not
+                finite, or ``rtol`` is outside ``[0, 1)``.
+            TypeError: if ``vectors`` is not a floating tensor or ``rtol`` not a number.
 
         Example:
             >>> import torch
@@ -94,9 +138,18 @@ class Subspace:
         n, m = V.shape
         if m == 0 or n == 0:
             raise ValueError(f"need at least one non-empty vector, got shape {tuple(V.shape)}")
-        work = V if V.dtype in (torch.float32, torch.float64) else V.float()
+        if rtol is not None:
+            rtol = check_positive_float(rtol, "rtol", allow_zero=True)
+            if rtol >= 1.0:
+                raise ValueError(f"rtol must be in [0, 1), got {rtol}")
+        work = _work(V)
         U, s, _ = torch.linalg.svd(work, full_matrices=False)
-        tol = max(n, m) * torch.finfo(work.dtype).eps if rtol is None else float(rtol)
+        if rtol is None:
+            tol = max(
+                max(n, m) * torch.finfo(work.dtype).eps, math.sqrt(m) * torch.finfo(V.dtype).eps
+            )
+        else:
+            tol = rtol
         if float(s[0]) == 0.0:
             raise ValueError("vectors are all zero; they span no subspace")
         rank = int((s > tol * s[0]).sum())
@@ -154,7 +207,7 @@ class Subspace:
             The singular subspace.
 
         Raises:
-            ValueError: if ``k`` is out of range.
+            ValueError: if ``k`` is out of range or the matrix is empty.
 
         Example:
             >>> import torch
@@ -165,10 +218,15 @@ class Subspace:
         M = check_finite(check_float_tensor(matrix, "matrix", ndim=2), "matrix")
         check_choice(side, "side", ("left", "right"))
         check_positive_int(k, "k")
+        if min(M.shape) == 0:
+            raise ValueError(
+                f"matrix is empty (shape {tuple(M.shape)}): it has no singular vectors"
+            )
         if k > min(M.shape):
             raise ValueError(f"k must be <= min(m, n) = {min(M.shape)}, got {k}")
-        U, _, Vh = torch.linalg.svd(M, full_matrices=False)
-        return cls(U[:, :k] if side == "left" else Vh[:k].T.contiguous())
+        U, _, Vh = torch.linalg.svd(_work(M), full_matrices=False)
+        Q = U[:, :k] if side == "left" else Vh[:k].T.contiguous()
+        return cls(Q.to(M.dtype))
 
     # ----- properties --------------------------------------------------------------------------
     @property
@@ -199,8 +257,29 @@ class Subspace:
     def to(
         self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
     ) -> Subspace:
-        """The same subspace with its basis moved to another dtype and/or device."""
-        return Subspace(self._basis.to(dtype=dtype or self.dtype, device=device or self.device))
+        """The same subspace with its basis moved to another dtype and/or device.
+
+        Moving to a more precise dtype (float32 to float64, say) re-orthonormalizes the basis
+        there (a sign-fixed QR, which moves it by about the old dtype's ``eps``), since the
+        orthonormality is checked to the new dtype's tolerance.
+
+        Returns:
+            The subspace in the new dtype/device.
+
+        Example:
+            >>> import torch
+            >>> g = torch.Generator().manual_seed(0)
+            >>> Q = torch.linalg.qr(torch.randn(100, 3, generator=g)).Q
+            >>> S = Subspace(Q).to(torch.float64)
+            >>> S.dtype, bool((S.basis - Q.double()).abs().max() < 1e-5)
+            (torch.float64, True)
+        """
+        target = dtype or self.dtype
+        Q = self._basis.to(dtype=target, device=device or self.device)
+        if torch.finfo(target).eps < torch.finfo(self.dtype).eps:
+            Q, R = torch.linalg.qr(_work(Q))
+            Q = torch.where(torch.diagonal(R) < 0, -Q, Q).to(target)  # keep the columns' signs
+        return Subspace(Q)
 
     def projector(self, complement: bool = False) -> Projection:
         """The orthogonal projector ``Q Q^T`` (or ``I - Q Q^T``) as a linear operator."""
@@ -254,10 +333,11 @@ class Subspace:
             0.5
         """
         X, vec = self._as_columns(x)
+        X, Q = _work(X), _work(self._basis)  # no overflow or lost digits in half precision
         total = (X * X).sum(0)
         if bool((total == 0).any()):
             raise ValueError("captured_fraction of a zero vector is undefined")
-        out = ((self._basis.T @ X) ** 2).sum(0) / total
+        out = (((Q.T @ X) ** 2).sum(0) / total).to(self.dtype)
         return out.squeeze(-1) if vec else out
 
     # ----- comparing subspaces -----------------------------------------------------------------
@@ -289,14 +369,14 @@ class Subspace:
             >>> round(float(S1.principal_angles(S2)[0]), 12) == round(math.pi / 4, 12)
             True
         """
-        Q1, Q2 = self._basis, self._check_other(other)
+        Q1, Q2 = _work(self._basis), _work(self._check_other(other))
         if Q1.shape[1] < Q2.shape[1]:
             Q1, Q2 = Q2, Q1
         C = Q1.T @ Q2  # (k1, k2) with k1 >= k2
         cos = torch.linalg.svdvals(C).clamp(0.0, 1.0)  # descending cosines <-> ascending angles
         sin = torch.linalg.svdvals(Q2 - Q1 @ C).clamp(0.0, 1.0).flip(0)  # ascending sines
         angles = torch.where(cos**2 >= 0.5, torch.arcsin(sin), torch.arccos(cos))
-        return angles
+        return angles.to(self.dtype)
 
     def overlap(self, other: Subspace) -> float:
         r"""The overlap ``||Q_1^T Q_2||_F^2 / min(k1, k2)`` of two subspaces.
@@ -317,8 +397,8 @@ class Subspace:
             >>> Subspace(e[:, :2]).overlap(Subspace(e[:, 1:]))
             0.5
         """
-        Q2 = self._check_other(other)
-        return float((self._basis.T @ Q2).pow(2).sum()) / min(self.dim, other.dim)
+        Q2 = _work(self._check_other(other))
+        return float((_work(self._basis).T @ Q2).pow(2).sum()) / min(self.dim, other.dim)
 
     def distance(self, other: Subspace, metric: Metric = "geodesic") -> float:
         r"""Grassmann distance between two subspaces of the same dimension.
@@ -377,19 +457,28 @@ class Subspace:
             torch.cat([self._basis, Q2], dim=1), rtol=rtol, allow_rank_deficient=True
         )
 
-    def intersection(self, other: Subspace, *, angle_tol: float = 1e-6) -> Subspace | None:
-        """The directions shared by both subspaces (principal angles below ``angle_tol``).
+    def intersection(self, other: Subspace, *, angle_tol: float | None = None) -> Subspace | None:
+        """The directions shared by both subspaces (principal angles at most ``angle_tol``).
+
+        The decision is made on the sines of the principal angles, the singular values of the
+        residual ``Q_2 - Q_1 Q_1^T Q_2``, which are accurate to rounding for small angles (as in
+        :meth:`principal_angles`), not on cosines, which round to 1 below ``sqrt(eps)``.
 
         Args:
             other: the other subspace, in the same ambient space.
-            angle_tol: largest principal angle, in radians, of a shared direction.
+            angle_tol: largest principal angle, in radians, of a shared direction, in
+                ``[0, pi/2]``; default ``sqrt(eps)`` of the less precise of the two dtypes (the
+                orthonormality the bases are checked to, below which an angle cannot be told
+                from 0): ``1.5e-8`` in float64, ``3.5e-4`` in float32.
 
         Returns:
-            The intersection, or ``None`` if the subspaces only meet at 0.
+            The intersection (a basis of the shared directions of ``other``), or ``None`` if
+            the subspaces only meet at 0.
 
         Raises:
-            TypeError: if ``other`` is not a :class:`Subspace`.
-            ValueError: if the two subspaces live in spaces of different dimension.
+            TypeError: if ``other`` is not a :class:`Subspace` or ``angle_tol`` not a number.
+            ValueError: if the two subspaces live in spaces of different dimension or
+                ``angle_tol`` is outside ``[0, pi/2]``.
 
         Example:
             >>> import torch
@@ -398,11 +487,18 @@ class Subspace:
             1
         """
         Q2 = self._check_other(other)
-        U, s, _ = torch.linalg.svd(self._basis.T @ Q2, full_matrices=False)
-        keep = s.clamp(max=1.0) >= math.cos(angle_tol)
+        if angle_tol is None:
+            tol = max(torch.finfo(self.dtype).eps, torch.finfo(other.dtype).eps) ** 0.5
+        else:
+            tol = check_positive_float(angle_tol, "angle_tol", allow_zero=True)
+            if tol > math.pi / 2:
+                raise ValueError(f"angle_tol must be in [0, pi/2], got {tol}")
+        Q1w, Q2w = _work(self._basis), _work(Q2)
+        _, sin, Vh = torch.linalg.svd(Q2w - Q1w @ (Q1w.T @ Q2w), full_matrices=False)
+        keep = sin <= math.sin(tol)
         if not bool(keep.any()):
             return None
-        return Subspace.from_vectors(self._basis @ U[:, keep])
+        return Subspace.from_vectors((Q2w @ Vh[keep].T).to(self.dtype))
 
     def __repr__(self) -> str:
         return f"Subspace(dim={self.dim}, ambient_dim={self.ambient_dim}, dtype={self.dtype})"
