@@ -331,3 +331,12 @@ def test_minres_errors():
     bad = MatmatOperator(lambda X: X * float("nan"), (5, 5), F64, symmetric=True)
     with pytest.raises(ValueError, match="operator returned non-finite"):
         minres(bad, b)
+
+
+@pytest.mark.parametrize("solver", [cg, minres])
+def test_empty_systems_and_blocks(solver):
+    # Regression: minres with an (n, 0) block raised torch's "stack expects a non-empty TensorList"
+    res = solver(torch.eye(3, dtype=F64), torch.zeros(3, 0, dtype=F64))
+    assert res.x.shape == (3, 0) and res.residual_norm.shape == (0,) and res.converged
+    res = solver(torch.zeros(0, 0, dtype=F64), torch.zeros(0, dtype=F64))
+    assert res.x.shape == (0,) and res.converged and res.num_matvecs == 0

@@ -602,8 +602,10 @@ def minres(
         statuses.append(sj)
         iterations = max(iterations, itj)
         num_matvecs += mj
-    X = torch.stack(xs, dim=1).to(out_dtype)
-    res = torch.stack(norms)
+    if not xs:  # no right-hand side: nothing to solve
+        X, res = B.to(out_dtype), B.new_zeros(0)
+    else:
+        X, res = torch.stack(xs, dim=1).to(out_dtype), torch.stack(norms)
     reasons = sorted({s for s in statuses if s != "converged"})
     return SolveResult(
         x=X.squeeze(1) if b.ndim == 1 else X,
