@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from ._common import single_thread
 from .registry import ExperimentResult, register
 
 RANK = 10
@@ -85,12 +86,8 @@ def run(fast: bool, seed: int) -> ExperimentResult:
         Errors over all entries (exact and approximate solves, Soft-Impute), iterations, wall
         times, the size sweep and its fitted log-log slope, and the verdict.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # single-threaded timings: stable on shared, loaded machines
-    try:
+    with single_thread():  # single-threaded timings: stable on shared, loaded machines
         return _run(fast, seed)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(fast: bool, seed: int) -> ExperimentResult:

@@ -97,6 +97,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._common import single_thread
 from .registry import ExperimentResult, register
 
 INPUT_DIM = 10
@@ -629,12 +630,8 @@ def run(fast: bool, seed: int) -> ExperimentResult:
         Per repeat, optimizer and learning rate: final loss, steps/epochs, ``lambda_max``, exact
         ``tr(H)``, the stability ratios; the trace-identity check; the verdict; one figure.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny sequential steps: one thread is fastest, and immune to load
-    try:
+    with single_thread():  # tiny sequential steps: one thread is fastest, and immune to load
         return _run(fast, seed)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(fast: bool, seed: int) -> ExperimentResult:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._common import single_thread
 from .registry import ExperimentResult, register
 
 NOISE_STD = 0.5
@@ -158,12 +159,8 @@ def run(fast: bool, seed: int) -> ExperimentResult:
         verdict, and two figures (``curves``: ``E_g(t)`` theory vs simulation; ``alpha``: test
         error vs ``alpha`` with and without early stopping).
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # many small dense SVDs: one thread is fastest and load-proof
-    try:
+    with single_thread():  # many small dense SVDs: one thread is fastest and load-proof
         return _run(fast, seed)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(fast: bool, seed: int) -> ExperimentResult:

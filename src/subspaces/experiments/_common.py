@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._threads import intra_op_threads
+
 __all__ = [
     "accuracy",
     "figure_png",
@@ -352,12 +354,8 @@ def single_thread() -> Iterator[None]:
     Yields:
         Nothing.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with intra_op_threads(1):
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def figure_png(fig: Any, dpi: int = 110) -> bytes:

@@ -1,0 +1,55 @@
+"""The thread-count helpers restore the caller's setting whatever happens inside."""
+
+import pytest
+import torch
+
+from subspaces._threads import SMALL_WORK, choose_threads, intra_op_threads
+from subspaces.experiments._common import single_thread
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_intra_op_threads_sets_and_restores(two_threads):
+    with intra_op_threads(1) as n:
+        assert n == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with pytest.raises(RuntimeError), intra_op_threads(1):
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == 2
+    with intra_op_threads(None) as n:
+        assert n == 2
+    # a block that changes the count itself is undone too
+    with intra_op_threads(None):
+        torch.set_num_threads(1)
+    assert torch.get_num_threads() == 2
+    with single_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+
+
+def test_choose_threads(two_threads):
+    assert choose_threads(SMALL_WORK - 1) == 1
+    assert choose_threads(SMALL_WORK) == 2
+    assert choose_threads(10, None) == 2
+    assert choose_threads(10, 3) == 3
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "two"])
+def test_bad_thread_counts(bad):
+    with pytest.raises(ValueError, match="thread"):
+        choose_threads(10, bad)
+    with pytest.raises(ValueError, match="thread"), intra_op_threads(bad):
+        pass
+
+
+def test_bad_work():
+    with pytest.raises(ValueError, match="work"):
+        choose_threads(-1.0)
+    with pytest.raises(ValueError, match="work"):
+        choose_threads(float("nan"))
