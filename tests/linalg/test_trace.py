@@ -440,3 +440,100 @@ def test_bad_inputs():
             f(nan_op, 6)
     with pytest.raises(ValueError, match="operator returned non-finite values"):
         diagonal(nan_op, 6)
+
+
+# ----- issue 17: adaptive stopping in O(batch) per batch, half precision, meta ----------------
+def _old_sample_until(draw, budget, batch_size, rtol, offset=0.0):
+    """The pre-issue-17 loop: every sample re-summarized after every batch."""
+    from subspaces.linalg.trace import _MIN_ADAPTIVE_SAMPLES, _converged, _mean_stderr
+
+    chunks = []
+    m = 0
+    min_samples = max(2 * batch_size, _MIN_ADAPTIVE_SAMPLES)
+    while m < budget:
+        b = min(batch_size, budget - m)
+        chunks.append(draw(b))
+        m += b
+        if rtol is not None and m >= min_samples:
+            est, err = _mean_stderr(torch.cat(chunks))
+            if _converged(offset + est, err, rtol):
+                break
+    return torch.cat(chunks)
+
+
+@pytest.mark.parametrize("name", ["hutchinson", "hutch++"])
+@pytest.mark.parametrize(("rtol", "batch_size"), [(0.02, 4), (0.05, None), (1e-4, 16)])
+def test_adaptive_results_equal_the_old_computation(name, rtol, batch_size, indef, monkeypatch):
+    import warnings
+
+    import subspaces.linalg.trace as trace_mod
+
+    fn = ESTIMATORS[name]
+    for seed in range(3):
+        kwargs = dict(rtol=rtol, max_matvecs=600, batch_size=batch_size, generator=gen(seed))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # rtol=1e-4 runs out of budget
+            new = fn(indef, **kwargs)
+            with monkeypatch.context() as m:
+                m.setattr(trace_mod, "_sample_until", _old_sample_until)
+                kwargs["generator"] = gen(seed)
+                old = fn(indef, **kwargs)
+        assert (new.estimate, new.stderr, new.num_matvecs) == (
+            old.estimate,
+            old.stderr,
+            old.num_matvecs,
+        )
+        assert torch.equal(new.samples, old.samples)
+
+
+@pytest.mark.parametrize("name", ["hutchinson", "hutch++"])
+def test_adaptive_work_per_batch_does_not_grow(name, indef, monkeypatch):
+    """Count the samples each statistic touches: linear in the samples, not quadratic."""
+    import subspaces.linalg.trace as trace_mod
+
+    summarized: list[int] = []
+    updated: list[int] = []
+    real_summary, real_update = trace_mod._mean_stderr, trace_mod._RunningStats.update
+
+    def summary(samples):
+        summarized.append(samples.shape[0])
+        return real_summary(samples)
+
+    def update(self, x):
+        updated.append(x.shape[0])
+        return real_update(self, x)
+
+    monkeypatch.setattr(trace_mod, "_mean_stderr", summary)
+    monkeypatch.setattr(trace_mod._RunningStats, "update", update)
+    with pytest.warns(RuntimeWarning, match="max_matvecs"):  # unreachable: about 200 batches
+        res = ESTIMATORS[name](indef, rtol=1e-9, max_matvecs=800, batch_size=4, generator=gen(0))
+    m = res.samples.shape[0]
+    assert len(updated) == math.ceil(m / 4) >= 150 and max(updated) <= 4  # one batch at a time
+    assert sum(summarized) == m  # one summary, at the end (the old loop touched ~m^2 / 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["hutchinson", "hutch++", "xtrace"])
+def test_half_precision_operators(name, dtype):
+    # products in the half dtype, the algebra in float32: the estimate is the float64 one (same
+    # probes) up to the rounding of the operator (diag(1..32) is exact in both dtypes)
+    d = torch.arange(1.0, 33.0, dtype=F64)
+    fn = ESTIMATORS[name]
+    r = fn(torch.diag(d).to(dtype), 24, generator=gen(0))
+    ref = fn(torch.diag(d), 24, generator=gen(0))
+    assert r.estimate == pytest.approx(ref.estimate, rel=8 * torch.finfo(dtype).eps)
+    r = diagonal(torch.diag(d).to(dtype), 8, generator=gen(0))
+    assert r.estimate.dtype == dtype and torch.equal(r.estimate.double(), d)
+
+
+def test_meta_and_empty_operators_are_rejected():
+    op = MatmatOperator(lambda X: X, (4, 4), torch.float32, device="meta", symmetric=True)
+    for fn in (hutchinson_trace, hutchpp_trace, xtrace):
+        with pytest.raises(ValueError, match="meta device"):
+            fn(op, 6)
+        with pytest.raises(ValueError, match="meta device"):
+            fn(torch.eye(4, device="meta"), 6)
+        with pytest.raises(ValueError, match="empty"):
+            fn(torch.zeros(0, 0), 6)
+    with pytest.raises(ValueError, match="meta device"):
+        diagonal(op, 6)

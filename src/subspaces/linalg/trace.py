@@ -123,6 +123,10 @@ class _Products:
         generator: torch.Generator | None,
     ) -> None:
         op = as_operator(A)
+        if op.device.type == "meta":
+            raise ValueError(
+                "A is on the meta device (a shape without values): move it to a real device"
+            )
         if op.shape[0] != op.shape[1]:
             raise ValueError(f"A must be square (symmetric), got shape {op.shape}")
         if op.shape[0] == 0:
@@ -269,6 +273,41 @@ def _quadratic_forms(prod: _Products, b: int, Q: Tensor | None) -> Tensor:
     return (Z.double() * AZ.double()).sum(0)
 
 
+class _RunningStats:
+    """Running mean and sum of squared deviations of scalar samples, batch by batch.
+
+    Batches are merged by Chan, Golub & LeVeque's pairwise update, so each batch costs
+    ``O(batch)`` however many came before (the adaptive stopping test used to re-summarize every
+    sample after every batch: quadratic in the number of batches).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+
+    def update(self, x: Tensor) -> None:
+        """Merge a batch of samples (a 1-D tensor)."""
+        b = x.shape[0]
+        mb_t = x.mean()
+        mb, m2b = (float(v) for v in torch.stack([mb_t, (x - mb_t).pow(2).sum()]).tolist())
+        total = self.count + b
+        delta = mb - self.mean
+        self.mean += delta * (b / total)
+        self.m2 += m2b + delta * delta * (self.count * b / total)
+        self.count = total
+
+    def mean_stderr(self) -> tuple[float, float]:
+        """The mean and its standard error, as :func:`_mean_stderr` (``nan`` for one sample).
+
+        Returns:
+            ``(mean, stderr)``.
+        """
+        if self.count < 2:
+            return self.mean, math.nan
+        return self.mean, math.sqrt(max(self.m2, 0.0) / (self.count - 1)) / math.sqrt(self.count)
+
+
 def _sample_until(
     draw: Callable[[int], Tensor],
     budget: int,
@@ -278,20 +317,26 @@ def _sample_until(
 ) -> Tensor:
     """Draw sample batches until ``budget`` samples, or (adaptive) until the stderr target.
 
+    The stopping test uses running statistics (``O(batch)`` per batch); the samples are
+    concatenated once, at the end.
+
     Returns:
         All samples drawn, concatenated.
     """
     chunks: list[Tensor] = []
+    stats = _RunningStats()
     m = 0
     min_samples = max(2 * batch_size, _MIN_ADAPTIVE_SAMPLES)
     while m < budget:
         b = min(batch_size, budget - m)
         chunks.append(draw(b))
         m += b
-        if rtol is not None and m >= min_samples:
-            est, err = _mean_stderr(torch.cat(chunks))
-            if _converged(offset + est, err, rtol):
-                break
+        if rtol is not None:
+            stats.update(chunks[-1])
+            if m >= min_samples:
+                est, err = stats.mean_stderr()
+                if _converged(offset + est, err, rtol):
+                    break
     return torch.cat(chunks)
 
 
