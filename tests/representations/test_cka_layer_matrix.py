@@ -252,3 +252,73 @@ def test_bad_inputs_raise_naming_the_value() -> None:
         cka_matrix(B, const)
     assert "shape=(3, 2)" in repr(acc) and "n_samples_=20" in repr(acc)
     assert acc.reset().n_samples_ == 0 and acc.symmetric is None
+
+
+# ----- issue 17: activations of any scale -----------------------------------------------------
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def _scale_case() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(11)
+    Z = torch.randn(300, 12, generator=g, dtype=F64)
+    A = [Z @ torch.randn(12, 30, generator=g, dtype=F64) + 1.0, torch.randn(300, 8, generator=g)]
+    B = [Z[:, :5] @ torch.randn(5, 20, generator=g, dtype=F64) + torch.randn(300, 20, generator=g)]
+    return [a.double() for a in A], [b.double() for b in B]
+
+
+@pytest.mark.parametrize("scale", [1e-25, 1e-12, 1.0, 1e12, 1e20])
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_float32_products_are_invariant_to_the_activation_scale(
+    scale: float, unbiased: bool
+) -> None:
+    # float32 squares overflow above ~1e19 and underflow below ~1e-23: the old code returned
+    # NaN at 1e20 and 1.0 for every pair at 1e-25
+    A, B = _scale_case()
+    ref = cka_matrix(A, B, unbiased=unbiased, matmul_dtype=torch.float64)
+    A32 = [(a * scale).float() for a in A]
+    B32 = [(b * scale).float() for b in B]
+    # the float32 products agree with float64 to ~1e-7 (8 eps of float32: the existing bound)
+    S = cka_matrix(A32, B32, unbiased=unbiased, matmul_dtype=torch.float32, chunk_rows=128)
+    torch.testing.assert_close(S, ref, atol=8 * EPS32, rtol=0)
+    S_sym = cka_matrix(A32, unbiased=unbiased, matmul_dtype=torch.float32, chunk_rows=128)
+    ref_sym = cka_matrix(A, unbiased=unbiased, matmul_dtype=torch.float64)
+    torch.testing.assert_close(S_sym, ref_sym, atol=8 * EPS32, rtol=0)
+    acc = StreamingCKAMatrix(chunk_rows=64)  # float32 inputs: float32 products
+    for i in range(0, 300, 50):
+        acc.update([a[i : i + 50] for a in A32], [b[i : i + 50] for b in B32])
+    torch.testing.assert_close(acc.value(unbiased=unbiased), ref, atol=8 * EPS32, rtol=0)
+    pair = StreamingLinearCKA(chunk_rows=64)
+    for i in range(0, 300, 50):
+        pair.update(A32[0][i : i + 50], B32[0][i : i + 50])
+    assert pair.value(unbiased=unbiased) == pytest.approx(float(ref[0, 0]), abs=8 * EPS32)
+
+
+def test_representations_of_different_scales_and_float64_extremes() -> None:
+    A, B = _scale_case()
+    ref = cka_matrix(A, B, unbiased=True)
+    # every layer at its own scale, in float64 far beyond float64's squares (1e200, 1e-200)
+    mixed = [A[0] * 1e200, A[1] * 1e-200]
+    S = cka_matrix(mixed, [B[0] * 1e-30], unbiased=True)
+    torch.testing.assert_close(S, ref, atol=1e-12, rtol=0)
+    S32 = cka_matrix([A[0].float() * 1e-30, A[1].float() * 1e30], [B[0].float()], unbiased=True)
+    torch.testing.assert_close(S32, ref, atol=8 * EPS32, rtol=0)
+    # half-precision inputs (products in float32)
+    S16 = cka_matrix([a.half() for a in A], [b.bfloat16() for b in B])
+    torch.testing.assert_close(S16, cka_matrix(A, B), atol=0.02, rtol=0)
+
+
+def test_a_later_batch_too_large_for_float32_is_reported() -> None:
+    A, _ = _scale_case()
+    acc = StreamingCKAMatrix(chunk_rows=50)
+    acc.update([A[0][:50].float()])
+    acc.update([A[0][50:100].float() * 1e30])  # 1e30 times the first batch: squares overflow
+    with pytest.raises(ValueError, match="overflowed"):
+        acc.value()
+
+
+def test_an_empty_first_batch_does_not_fix_the_scale() -> None:
+    A, _ = _scale_case()
+    acc = StreamingCKAMatrix(chunk_rows=64)
+    acc.update([A[0][:0].float() * 1e20, A[1][:0].float()])
+    acc.update([A[0].float() * 1e20, A[1].float() * 1e-25])
+    torch.testing.assert_close(acc.value(unbiased=False), cka_matrix(A), atol=8 * EPS32, rtol=0)

@@ -368,3 +368,77 @@ def test_bad_options_and_degenerate_inputs() -> None:
         bootstrap_ci(0.5, GOOD, GOOD)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at least one column"):
         linear_cka(GOOD[:, :0], GOOD)
+
+
+# ----- issue 17: rank-deficient data, extreme scales, half precision, empty and meta ----------
+@pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16])
+def test_subspace_similarity_of_rank_deficient_data_is_one(dtype: torch.dtype) -> None:
+    # rank 2 data: the old code padded each top-k subspace with an arbitrary basis of the null
+    # space, so identical (invertibly mixed) representations came out at ~0.6
+    B, C, A = _randn(50, 2, seed=60), _randn(2, 6, seed=61), _randn(6, 6, seed=62)
+    X, Y = (B @ C).to(dtype), (B @ C @ A).to(dtype)
+    eps = torch.finfo(dtype).eps
+    for k in (2, 3, 4, 6):
+        res = subspace_similarity(X, Y, k)
+        assert res.subspace_x.dim == res.subspace_y.dim == 2
+        assert res.angles.shape == (2,)
+        # the data were rounded to the dtype: the two spans agree to O(eps) angles
+        assert res.similarity == pytest.approx(1.0, abs=10 * eps)
+    # a rank-2 X against a full-rank Y that contains it: X's 2 directions are inside Y's top 6
+    Z = torch.cat([B @ C, _randn(50, 4, seed=63)], 1).to(dtype)
+    res = subspace_similarity(X, Z, 6)
+    assert (res.subspace_x.dim, res.subspace_y.dim) == (2, 6)
+    assert res.similarity == pytest.approx(1.0, abs=10 * eps)
+    with pytest.raises(ValueError, match="X is constant"):
+        subspace_similarity(torch.ones(10, 3, dtype=dtype), Y[:10, :3], 2)
+
+
+SCALE_INVARIANT = {
+    "linear": linear_cka,
+    "linear_unbiased": lambda X, Y: linear_cka(X, Y, unbiased=True),
+    "linear_wide": lambda X, Y: linear_cka(X.repeat(1, 20), Y),
+    "rbf": rbf_cka,
+    "svcca": lambda X, Y: svcca(X, Y).mean,
+    "pwcca": lambda X, Y: pwcca(X, Y).mean,
+    "procrustes": procrustes_distance,
+    "subspace": lambda X, Y: subspace_similarity(X, Y, 3).similarity,
+}
+
+
+@pytest.mark.parametrize("name", list(SCALE_INVARIANT))
+def test_measures_do_not_overflow_or_underflow_in_float64(name: str) -> None:
+    # squares of 1e200 overflow float64 and squares of 1e-200 underflow: the old code returned
+    # NaN, raised, or (svcca) a wrong value. Powers of two scale every intermediate exactly.
+    measure = SCALE_INVARIANT[name]
+    X = _randn(40, 6, seed=70)
+    Y = X[:, :3] @ _randn(3, 4, seed=71) + _randn(40, 4, seed=72)
+    base = measure(X, Y)
+    for e in (664, -664, 500, -530):  # 2**664 ~ 1e200
+        c = math.ldexp(1.0, e)
+        assert measure(X * c, Y * c) == pytest.approx(base, abs=1e-12)
+    assert measure(X * 1e200, Y * 1e-200) == pytest.approx(base, abs=1e-10)
+
+
+def test_rbf_cka_with_a_fixed_bandwidth_at_extreme_scales() -> None:
+    X = _randn(40, 6, seed=70)
+    Y = X[:, :3] @ _randn(3, 4, seed=71) + _randn(40, 4, seed=72)
+    base = rbf_cka(X, Y, sigma=3.0)
+    for e in (664, -664, 500, -530):  # the bandwidth scales with the data
+        c = math.ldexp(1.0, e)
+        assert rbf_cka(X * c, Y * c, sigma=3.0 * c) == pytest.approx(base, abs=1e-12)
+
+
+def test_half_precision_and_meta_inputs() -> None:
+    X = _randn(40, 6, seed=80)
+    Y = X[:, :3] @ _randn(3, 4, seed=81) + _randn(40, 4, seed=82)
+    for dtype in (torch.float16, torch.bfloat16):
+        eps = torch.finfo(dtype).eps
+        Xh, Yh = X.to(dtype), Y.to(dtype)
+        # computed in float64 from the rounded inputs: as accurate as the inputs are
+        assert linear_cka(Xh, Yh) == pytest.approx(linear_cka(Xh.double(), Yh.double()), abs=1e-12)
+        assert linear_cka(Xh, Yh) == pytest.approx(linear_cka(X, Y), abs=10 * eps)
+        assert svcca(Xh, Yh).mean == pytest.approx(svcca(X, Y).mean, abs=10 * eps)
+    meta = torch.ones(10, 3, device="meta")
+    for fn in ALL:
+        with pytest.raises(ValueError, match="meta device"):
+            fn(meta, GOOD)

@@ -84,6 +84,52 @@ def _center(X: Tensor) -> Tensor:
     return X - X.mean(dim=0, keepdim=True)
 
 
+def _pow2_exponent(maxabs: float) -> int:
+    """``e`` with ``maxabs / 2**e`` in ``[0.5, 1)`` (0 for 0 or non-finite), kept in +-1000."""
+    if maxabs == 0.0 or not math.isfinite(maxabs):
+        return 0
+    return max(-1000, min(1000, math.frexp(maxabs)[1]))
+
+
+def _unit_scale(X: Tensor) -> Tensor:
+    """``X`` divided by a power of two so that its largest magnitude is in ``[0.5, 1)``.
+
+    Exact (a power of two), and every measure it is used for is invariant to the scale of each
+    representation, so results are unchanged except that squares and products of ``X`` can no
+    longer overflow (``1e200``) or underflow (``1e-200``).
+
+    Returns:
+        The rescaled ``X`` (``X`` itself when no rescaling is needed).
+    """
+    e = _pow2_exponent(float(torch.linalg.vector_norm(X, ord=math.inf))) if X.numel() else 0
+    return X if e == 0 else X * math.ldexp(1.0, -e)
+
+
+def _ratio(scaled: Tensor, original: Tensor) -> float:
+    """The power of two ``scaled / original`` (1.0 when :func:`_unit_scale` left it alone).
+
+    Returns:
+        The factor, a float.
+    """
+    if scaled is original:
+        return 1.0
+    e = _pow2_exponent(float(torch.linalg.vector_norm(original, ord=math.inf)))
+    return math.ldexp(1.0, -e)
+
+
+def _inv_pow2_scales(reps: list[Tensor]) -> list[float]:
+    """The factor (a power of two) that brings each representation's largest entry near 1.
+
+    Returns:
+        One float per representation (1.0 for a zero or non-finite one).
+    """
+    device = reps[0].device
+    maxabs = torch.stack(
+        [torch.linalg.vector_norm(R, ord=math.inf).to(device, torch.float64) for R in reps]
+    ).tolist()
+    return [math.ldexp(1.0, -_pow2_exponent(v)) for v in maxabs]
+
+
 # ----- HSIC and CKA on Gram matrices -----------------------------------------------------------
 def _hsic(K: Tensor, L: Tensor, unbiased: bool) -> Tensor:
     r"""HSIC of two ``(N, N)`` Gram matrices, up to a factor common to every pair.
@@ -162,6 +208,7 @@ def linear_cka(X: Tensor, Y: Tensor, *, unbiased: bool = False) -> float:
     Xd, Yd = _check_pair(
         X, Y, min_rows=4 if unbiased else 2, why=" for the unbiased estimator" if unbiased else ""
     )
+    Xd, Yd = _unit_scale(Xd), _unit_scale(Yd)  # CKA is scale invariant: no over/underflow
     n, p, q = Xd.shape[0], Xd.shape[1], Yd.shape[1]
     if n < max(p, q):  # wide representations: two N x N Grams are cheaper than p x p, q x q
         Xc, Yc = _center(Xd), _center(Yd)  # both estimators are invariant to a shift of rows
@@ -224,7 +271,11 @@ def rbf_cka(X: Tensor, Y: Tensor, *, sigma: float | None = None, unbiased: bool 
         X, Y, min_rows=4 if unbiased else 2, why=" for the unbiased estimator" if unbiased else ""
     )
     s = None if sigma is None else check_positive_float(sigma, "sigma")
-    return _cka_grams(_rbf_gram(Xd, s), _rbf_gram(Yd, s), unbiased)
+    # each side divided by a power of two c (exact); a fixed sigma is divided by the same c
+    Xs, Ys = _unit_scale(Xd), _unit_scale(Yd)
+    sx = None if s is None else s * _ratio(Xs, Xd)
+    sy = None if s is None else s * _ratio(Ys, Yd)
+    return _cka_grams(_rbf_gram(Xs, sx), _rbf_gram(Ys, sy), unbiased)
 
 
 # ----- streaming exact linear CKA: one engine for a pair and for all pairs of layers ----------
@@ -300,7 +351,11 @@ class StreamingCKAMatrix:
     independent of ``N``: never an ``N x N`` Gram, never all activations at once.
 
     Batches are buffered up to ``chunk_rows`` rows, so small batches do not pay the
-    ``O(P_a P_b)`` accumulation cost each. Rows are shifted by the first chunk's mean (both
+    ``O(P_a P_b)`` accumulation cost each. Each representation is divided by a power of two
+    near its largest magnitude in the first batch (exact, and CKA is invariant to it), so
+    activations of any scale (``1e-25`` or ``1e20`` in float32) neither overflow nor underflow
+    in the products; a later batch more than about ``1e18`` times larger than the first could
+    still overflow, which :meth:`value` reports. Rows are shifted by the first chunk's mean (both
     estimators are shift invariant). Products run in ``matmul_dtype`` and are accumulated in
     float64 across chunks: ``torch.float64`` is exact to float64 rounding; ``torch.float32`` is
     about 4x faster on CPUs (single-precision GEMM, inputs rounded to float32) and agrees with the
@@ -353,7 +408,15 @@ class StreamingCKAMatrix:
         self._buf_b: Tensor | None = None
         self._pending_rows = 0
         self._acc: dict[str, Any] = {}
+        # per representation: the power of two each is multiplied by (fixed by the first rows)
+        self._inv_scales: tuple[list[float], list[float] | None] | None = None
         return self
+
+    def _set_scales(self, A: list[Tensor], B: list[Tensor] | None) -> None:
+        """Fix each representation's scale factor from ``A``/``B`` (no-op once fixed or empty)."""
+        if self._inv_scales is not None or A[0].shape[0] == 0:
+            return
+        self._inv_scales = (_inv_pow2_scales(A), None if B is None else _inv_pow2_scales(B))
 
     @property
     def symmetric(self) -> bool | None:
@@ -402,20 +465,23 @@ class StreamingCKAMatrix:
             )
         device = self._acc["device"] if self._acc else A[0].device
         m = int(A[0].shape[0])
+        self._set_scales(A, B)
+        inv_a = None if self._inv_scales is None else self._inv_scales[0]
+        inv_b = None if self._inv_scales is None else self._inv_scales[1]
         if self._pending_rows and self._pending_rows + m > self.chunk_rows:
             self._flush()
         if m >= self.chunk_rows:  # a large batch is accumulated at once, from one copy
-            ZA = self._copy_into(None, 0, A, device)
-            ZB = None if B is None else self._copy_into(None, 0, B, device)
+            ZA = self._copy_into(None, 0, A, device, inv_a)
+            ZB = None if B is None else self._copy_into(None, 0, B, device, inv_b)
             self._check_rows(ZA, ZB, A, B)
             self.n_samples_ += m
             self._flush(ZA, ZB)
             return
         # Small batches are copied into the chunk buffer (so the caller may reuse its tensors).
         r0 = self._pending_rows
-        self._buf_a = self._copy_into(self._buf_a, r0, A, device)
+        self._buf_a = self._copy_into(self._buf_a, r0, A, device, inv_a)
         if B is not None:
-            self._buf_b = self._copy_into(self._buf_b, r0, B, device)
+            self._buf_b = self._copy_into(self._buf_b, r0, B, device, inv_b)
         ZB = None if self._buf_b is None or B is None else self._buf_b[r0 : r0 + m]
         self._check_rows(self._buf_a[r0 : r0 + m], ZB, A, B)
         self._pending_rows += m
@@ -424,9 +490,17 @@ class StreamingCKAMatrix:
             self._flush()
 
     def _copy_into(
-        self, buf: Tensor | None, r0: int, reps: list[Tensor], device: torch.device
+        self,
+        buf: Tensor | None,
+        r0: int,
+        reps: list[Tensor],
+        device: torch.device,
+        inv_scales: list[float] | None,
     ) -> Tensor:
         """Copy ``reps`` side by side into rows ``r0:`` of ``buf`` (converting dtype and device).
+
+        Each representation is multiplied by its power-of-two factor on the way, in its own
+        dtype (exact), so a value that overflows the product dtype unscaled is never formed.
 
         Returns:
             ``buf``, or when it is ``None`` a fresh ``(max(m, chunk_rows), sum p_i)`` matrix.
@@ -437,8 +511,13 @@ class StreamingCKAMatrix:
             rows = m if m >= self.chunk_rows else self.chunk_rows
             buf = torch.empty(rows, width, dtype=self._dt, device=device)
         c0 = 0
-        for R in reps:
-            buf[r0 : r0 + m, c0 : c0 + R.shape[1]].copy_(R)
+        for i, R in enumerate(reps):
+            dst = buf[r0 : r0 + m, c0 : c0 + R.shape[1]]
+            inv = 1.0 if inv_scales is None else inv_scales[i]
+            if inv == 1.0:
+                dst.copy_(R)
+            else:
+                torch.mul(R.to(device), inv, out=dst)
             c0 += R.shape[1]
         return buf
 
@@ -644,6 +723,13 @@ class StreamingCKAMatrix:
                 f"seen {self.n_samples_}"
             )
         H, hx, hy = self._hsic_matrices(unbiased)
+        if not bool(torch.isfinite(H).all() & torch.isfinite(hx).all() & torch.isfinite(hy).all()):
+            raise ValueError(
+                "the accumulated products overflowed: each representation is scaled by its "
+                "largest magnitude in the first batch, and a later batch was more than about "
+                "1e18 times larger; pass batches of comparable scale (or rescale them yourself: "
+                "CKA is invariant to the scale of each representation)"
+            )
         for h, side in (
             (hx, "reps_a"),
             (hy, "reps_b" if self._acc["ob"] is not None else "reps_a"),
@@ -716,6 +802,7 @@ def cka_matrix(
         raise ValueError(
             f"reps_a and reps_b must have the same number of rows, got {n} and {B[0].shape[0]}"
         )
+    acc._set_scales(A, B)  # from every row, not only the first chunk
     for i in range(0, n, acc.chunk_rows):
         acc._update_checked(
             [R[i : i + acc.chunk_rows] for R in A],
@@ -909,6 +996,7 @@ def svcca(X: Tensor, Y: Tensor, *, keep: float = 0.99) -> CCAResult:
     keep = check_positive_float(keep, "keep")
     if keep > 1.0:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
+    Xd, Yd = _unit_scale(Xd), _unit_scale(Yd)  # scale invariant: no over/underflow
     Ux, Uy = _column_basis(_center(Xd), keep), _column_basis(_center(Yd), keep)
     rho = torch.linalg.svdvals(Ux.T @ Uy).clamp(0.0, 1.0)
     return CCAResult(float(rho.mean()), rho, None, (Ux.shape[1], Uy.shape[1]))
@@ -943,6 +1031,7 @@ def pwcca(X: Tensor, Y: Tensor) -> CCAResult:
         1.0
     """
     Xd, Yd = _check_pair(X, Y, min_rows=2)
+    Xd, Yd = _unit_scale(Xd), _unit_scale(Yd)  # scale invariant: no over/underflow
     Xc = _center(Xd)
     Ux, Uy = _column_basis(Xc, None), _column_basis(_center(Yd), None)
     A, rho, _ = torch.linalg.svd(Ux.T @ Uy, full_matrices=False)
@@ -988,7 +1077,7 @@ def procrustes_distance(
     """
     check_choice(metric, "metric", ("euclidean", "angular"))
     Xd, Yd = _check_pair(X, Y, min_rows=2)
-    Xc, Yc = _center(Xd), _center(Yd)
+    Xc, Yc = _center(_unit_scale(Xd)), _center(_unit_scale(Yd))  # no over/underflow
     for M, name in ((Xc, "X"), (Yc, "Y")):
         if float(M.norm()) == 0.0:
             raise ValueError(
@@ -1006,11 +1095,13 @@ class SubspaceSimilarityResult:
     """Result of :func:`subspace_similarity`.
 
     Attributes:
-        angles: the ``k`` principal angles in radians, ascending.
-        similarity: mean squared cosine of the angles (the overlap ``||Q_x^T Q_y||_F^2 / k``),
-            in ``[0, 1]``.
-        subspace_x: the top-``k`` principal subspace of ``X``, in ``R^N``.
-        subspace_y: the top-``k`` principal subspace of ``Y``, in ``R^N``.
+        angles: the principal angles in radians, ascending: ``min(k_x, k_y)`` of them, where
+            ``k_x = min(k, rank X)`` and ``k_y = min(k, rank Y)`` (``k`` of each unless a
+            representation has fewer numerically nonzero directions).
+        similarity: mean squared cosine of the angles (the overlap
+            ``||Q_x^T Q_y||_F^2 / min(k_x, k_y)``), in ``[0, 1]``.
+        subspace_x: the top-``k_x`` principal subspace of ``X``, in ``R^N``.
+        subspace_y: the top-``k_y`` principal subspace of ``Y``, in ``R^N``.
     """
 
     angles: Tensor
@@ -1022,6 +1113,27 @@ class SubspaceSimilarityResult:
         return self.similarity
 
 
+def _principal_subspace(Xc: Tensor, k: int, dtype: torch.dtype, name: str) -> Subspace:
+    """The top-``k`` left singular subspace of centered ``Xc`` (float64), null directions dropped.
+
+    A singular value counts when it exceeds ``tol * s_max`` with ``tol = max(max(N, p) eps_64,
+    10 eps)``, ``eps`` of the input's ``dtype``: the SVD's own rounding (numpy's rule) or the
+    rounding of the data to its dtype, whichever is larger.
+
+    Returns:
+        The subspace, of dimension ``min(k, numerical rank)``.
+
+    Raises:
+        ValueError: if ``Xc`` is numerically zero (the representation is constant).
+    """
+    U, s, _ = torch.linalg.svd(Xc, full_matrices=False)
+    tol = max(max(Xc.shape) * torch.finfo(torch.float64).eps, 10 * torch.finfo(dtype).eps)
+    rank = int((s > tol * s[0]).sum()) if float(s[0]) > 0 else 0
+    if rank == 0:
+        raise ValueError(f"{name} is constant across rows: it has no principal subspace")
+    return Subspace(U[:, : min(k, rank)])
+
+
 def subspace_similarity(X: Tensor, Y: Tensor, k: int) -> SubspaceSimilarityResult:
     r"""Principal angles between the top-``k`` principal subspaces of two representations.
 
@@ -1029,7 +1141,11 @@ def subspace_similarity(X: Tensor, Y: Tensor, k: int) -> SubspaceSimilarityResul
     component score directions) span a ``k``-dimensional subspace of ``R^N``; as in SVCCA
     (Raghu et al., NeurIPS 2017) the two are comparable whatever ``p`` and ``q``. The angles come
     from :meth:`subspaces.Subspace.principal_angles` (Björck & Golub 1973; Knyazev & Argentati,
-    SISC 2002).
+    SISC 2002). A representation of numerical rank ``r < k`` contributes only its ``r``
+    nonzero directions (the others are an arbitrary basis of its null space, not part of the
+    data): a singular value is kept when it exceeds ``max(max(N, p) eps_64, 10 eps) s_max``,
+    ``eps`` of the input's dtype. So identical (or invertibly mixed) rank-deficient
+    representations have similarity 1.
 
     Args:
         X: ``(N, p)`` representation.
@@ -1042,7 +1158,7 @@ def subspace_similarity(X: Tensor, Y: Tensor, k: int) -> SubspaceSimilarityResul
     Raises:
         TypeError: if ``X`` or ``Y`` is not a floating tensor or ``k`` is not an int.
         ValueError: if they are not 2-D, hold NaN/Inf, have different numbers of rows or fewer
-            than 2, or ``k`` is out of range.
+            than 2, ``k`` is out of range, or a representation is constant.
 
     Example:
         >>> import torch
@@ -1051,14 +1167,18 @@ def subspace_similarity(X: Tensor, Y: Tensor, k: int) -> SubspaceSimilarityResul
         >>> res = subspace_similarity(X, X @ A, 6)
         >>> float(res.angles.max()) < 1e-6, round(res.similarity, 6)
         (True, 1.0)
+        >>> Z = X[:, :2] @ A[:2]  # rank 2: only two principal directions exist
+        >>> res = subspace_similarity(Z, Z @ A, 4)
+        >>> res.subspace_x.dim, round(res.similarity, 6)
+        (2, 1.0)
     """
     Xd, Yd = _check_pair(X, Y, min_rows=2)
     check_positive_int(k, "k")
     kmax = min(Xd.shape[0], Xd.shape[1], Yd.shape[1])
     if k > kmax:
         raise ValueError(f"k must be <= min(N, p, q) = {kmax}, got {k}")
-    Sx = Subspace.from_svd(_center(Xd), k)
-    Sy = Subspace.from_svd(_center(Yd), k)
+    Sx = _principal_subspace(_center(_unit_scale(Xd)), k, X.dtype, "X")
+    Sy = _principal_subspace(_center(_unit_scale(Yd)), k, Y.dtype, "Y")
     angles = Sx.principal_angles(Sy)
     return SubspaceSimilarityResult(angles, float(torch.cos(angles).pow(2).mean()), Sx, Sy)
 
