@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from subspaces.optim import LayerwiseStepper, SubspaceAdamW
+from subspaces.optim import SubspaceAdamW
 from subspaces.optim.quantization import Int8Linear, quantize_linear_layers
 
 
@@ -18,7 +18,7 @@ def _setup(rank: int | None, seed: int = 0):
         nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 4)), group_size=64
     )
     mats = [m.weight for m in model.modules() if isinstance(m, Int8Linear)]
-    rest = [p for p in model.parameters() if p.is_floating_point()]
+    rest = [p for p in model.parameters() if all(p is not w for w in mats)]
     group = {"params": mats} if rank is None else {"params": mats, "rank": rank}
     opt = SubspaceAdamW(
         [{"params": rest}, {**group, "update_proj_gap": 5}], lr=5e-3, weight_decay=0.01
@@ -50,7 +50,7 @@ def test_int8_weights_train_and_stay_int8(rank):
     assert end < 0.6 * start
     for m in model.modules():
         if isinstance(m, Int8Linear):
-            assert m.weight.dtype == torch.uint8
+            assert m.weight_codes.dtype == torch.uint8 and m.weight.untyped_storage().nbytes() == 4
     if rank is not None:
         assert opt.state[model[0].weight]["exp_avg"].shape == (32, 4)
 
@@ -96,9 +96,3 @@ def test_small_updates_survive_through_stochastic_rounding(stochastic):
         assert drift == pytest.approx(lr * steps, rel=0.25)
     else:
         assert abs(drift) < 0.25 * lr * steps
-
-
-def test_layerwise_mode_refuses_int8_weights():
-    _, opt = _setup(4)
-    with pytest.raises(ValueError, match="INT8"), LayerwiseStepper(opt):
-        pass

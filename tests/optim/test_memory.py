@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from subspaces.optim import SubspaceAdamW
 from subspaces.optim.memory import (
     MemoryReport,
     memory_report,
@@ -91,7 +92,8 @@ def test_model_bytes_tied_buffers_and_int8():
     assert model_bytes(bn) == 4 * 8 * 4 + 8
     layer = Int8Linear.from_linear(nn.Linear(1024, 1024), group_size=256)
     groups = 1024 * 1024 // 256
-    expected = 1024 * 1024 + 4 * 1024 + 2 * 4 * groups  # uint8 codes, fp32 bias, scale+zero
+    # uint8 codes, fp32 bias, scale + zero, and the one-element float weight Parameter
+    expected = 1024 * 1024 + 4 * 1024 + 2 * 4 * groups + 4
     assert model_bytes(layer) == expected
     r = memory_report(layer)
     assert r.optimizer_state_bytes == 0
@@ -115,3 +117,57 @@ def test_report_str_and_empty_model():
     assert empty.weight_bytes_per_param != empty.weight_bytes_per_param  # nan
     with pytest.raises(TypeError, match=r"nn\.Module"):
         memory_report("model")
+
+
+def _resident_bytes(opt: torch.optim.Optimizer) -> int:
+    """Bytes of every tensor reachable from the optimizer object (state, projector caches, ...)
+    other than its parameters and their gradients."""
+    from subspaces.optim.memory import _iter_tensors, _storage_key_and_bytes
+
+    params = [p for g in opt.param_groups for p in g["params"]]
+    skip = {_storage_key_and_bytes(t)[0] for p in params for t in (p, p.grad) if t is not None}
+    seen, total = set(), 0
+    for t in _iter_tensors(vars(opt)):
+        key, nbytes = _storage_key_and_bytes(t)
+        if key not in skip and key not in seen:
+            seen.add(key)
+            total += nbytes
+    return total
+
+
+@pytest.mark.parametrize("projector", ["svd", "rsvd"])
+def test_int4_basis_holds_less_resident_memory_than_a_float_basis(projector):
+    # Q-GaLore's point: a 4-bit basis costs 1/8 of a float32 one. Every tensor the optimizer
+    # keeps alive counts, including caches (a float basis cached per layer undoes the saving).
+    g = torch.Generator().manual_seed(0)
+    resident, state = {}, {}
+    for bits in (None, 4):
+        torch.manual_seed(0)
+        ws = [nn.Parameter(torch.randn(256, 128)) for _ in range(4)]
+        opt = SubspaceAdamW(
+            [
+                {
+                    "params": ws,
+                    "rank": 16,
+                    "update_proj_gap": 2,
+                    "projector": projector,
+                    "proj_bits": bits,
+                    "proj_group_size": 256,
+                }
+            ],
+            lr=1e-3,
+        )
+        for _ in range(7):  # four refreshes
+            for w in ws:
+                w.grad = torch.randn(w.shape, generator=g)
+            opt.step()
+        n = sum(w.numel() for w in ws)
+        resident[bits] = _resident_bytes(opt) / n
+        state[bits] = optimizer_state_bytes(opt) / n
+    # nothing beyond the state is kept: no cache of old or dequantized bases
+    assert resident == state, (resident, state)
+    # moments 2 * 256 * 16 * 4 B; basis 128 * 16 * 4 B (float) or 128 * 16 / 2 B + 8 B/group
+    moments = 2 * 256 * 16 * 4 / (256 * 128)
+    assert state[None] == pytest.approx(moments + 128 * 16 * 4 / (256 * 128), abs=0.01)
+    assert state[4] == pytest.approx(moments + (128 * 16 / 2 + 8 * 8) / (256 * 128), abs=0.01)
+    assert state[4] < state[None]

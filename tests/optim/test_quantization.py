@@ -12,6 +12,7 @@ from torch import nn
 
 from subspaces.optim.quantization import (
     Int8Linear,
+    Int8Weight,
     int8_module_of,
     pack_int4,
     pack_int8,
@@ -231,14 +232,16 @@ def test_from_linear_layout_and_no_mutation():
     dense, layer = _pair()
     w0 = dense.weight.detach().clone()
     assert torch.equal(dense.weight, w0)
-    assert isinstance(layer.weight, nn.Parameter) and layer.weight.dtype == torch.uint8
-    assert not layer.weight.requires_grad and layer.weight.shape == (12, 40)
+    assert isinstance(layer.weight, Int8Weight) and layer.weight.dtype == torch.float32
+    assert layer.weight.requires_grad and layer.weight.shape == (12, 40)
+    assert layer.weight.untyped_storage().nbytes() == 4  # one element: no float copy
+    assert layer.weight_codes.dtype == torch.uint8 and layer.weight_codes.shape == (12, 40)
     assert isinstance(layer.bias, nn.Parameter) and layer.bias.requires_grad
     assert torch.equal(layer.bias, dense.bias) and layer.bias.data_ptr() != dense.bias.data_ptr()
     assert layer.weight_scale.shape == (15,)  # ceil(480 / 32)
     err = (layer.dequantized_weight() - dense.weight).abs().reshape(-1)
     assert bool((err <= _per_value(layer.weight_scale, 32, 480) / 2 + 1e-6).all())
-    assert layer.weight_grad is None
+    assert layer.weight.grad is None and layer.weight_grad is None
     names = {n for n, _ in layer.named_parameters()}
     assert names == {"weight", "bias"}
     assert set(layer.state_dict()) == {"weight", "bias", "weight_scale", "weight_zero"}
@@ -257,8 +260,9 @@ def test_forward_equals_dense_exactly(dtype):
 
 def test_gradients_match_float_linear_float64():
     _, layer = _pair(bias=True)
-    layer = layer.double()  # bias -> float64; codes stay uint8, the grid float32
-    assert layer.weight.dtype == torch.uint8 and layer.bias.dtype == torch.float64
+    layer = layer.double()  # bias and gradient -> float64; codes stay uint8, the grid float32
+    assert layer.weight_codes.dtype == torch.uint8 and layer.bias.dtype == torch.float64
+    assert layer.weight.dtype == torch.float64
     assert layer.weight_scale.dtype == layer.weight_zero.dtype == torch.float32
     dense = nn.Linear(40, 12, dtype=torch.float64)
     with torch.no_grad():
@@ -270,10 +274,9 @@ def test_gradients_match_float_linear_float64():
     (layer(x) * up).sum().backward()
     (dense(x_ref) * up).sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-13, atol=1e-13)
-    assert layer.weight_grad.dtype == torch.float64
-    torch.testing.assert_close(layer.weight_grad, dense.weight.grad, rtol=1e-13, atol=1e-13)
+    assert layer.weight.grad.dtype == torch.float64 and layer.weight_grad is layer.weight.grad
+    torch.testing.assert_close(layer.weight.grad, dense.weight.grad, rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(layer.bias.grad, dense.bias.grad, rtol=1e-13, atol=1e-13)
-    assert layer.weight.grad is None
 
 
 def test_gradients_float32_accumulate_and_zero():

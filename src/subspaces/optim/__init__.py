@@ -27,6 +27,7 @@ from .projectors import (
 )
 from .quantization import (
     Int8Linear,
+    Int8Weight,
     int8_module_of,
     pack_int4,
     pack_int8,
@@ -43,6 +44,7 @@ __all__ = [
     "CoordinateProjector",
     "DCTProjector",
     "Int8Linear",
+    "Int8Weight",
     "LayerwiseStepper",
     "MemoryReport",
     "NonFiniteGradientError",

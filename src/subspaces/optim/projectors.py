@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -143,11 +143,22 @@ class Projector(ABC):
     name: ClassVar[str]
     #: whether the state stores the basis itself (so 4-bit storage applies)
     STORES_BASIS: ClassVar[bool] = False
+    #: whether a rebuilt basis is cached at all (``False`` when the state *is* the basis, so
+    #: rebuilding is free and a cache would only pin old bases in memory)
+    CACHE_BASIS: ClassVar[bool] = True
     #: whether every layer's rebuilt basis stays cached between steps (``False``: only the last
     #: one is kept, so resident memory stays at what the optimizer state stores)
     CACHE_ALL: ClassVar[bool] = True
 
     def __init__(self) -> None:
+        self._cache = WeakIdKeyDictionary()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the cache (weak references) is rebuilt on demand; copies and pickles start empty
+        return {k: v for k, v in self.__dict__.items() if k != "_cache"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
         self._cache = WeakIdKeyDictionary()
 
     @abstractmethod
@@ -174,7 +185,10 @@ class Projector(ABC):
         return next(iter(state.values()))
 
     def basis(self, state: dict[str, Tensor], b: int, dtype: torch.dtype) -> Tensor:
-        """The ``(b, r)`` orthonormal basis described by ``state``, cached per state tensor.
+        """The ``(b, r)`` orthonormal basis described by ``state``.
+
+        Projectors whose state is the basis (``svd``, ``rsvd``) return it directly; the others
+        cache the rebuilt basis per state tensor (``CACHE_ALL``) or only the last one.
 
         Args:
             state: the projector state (as returned by :meth:`select`).
@@ -184,13 +198,16 @@ class Projector(ABC):
         Returns:
             The basis.
         """
+        if not self.CACHE_BASIS:
+            return self._build_basis(state, b, dtype)
         key = self._key(state)
         Q = self._cache.get(key)
         if Q is None or Q.dtype != dtype or Q.shape[0] != b:
             Q = self._build_basis(state, b, dtype)
             if not self.CACHE_ALL:
                 self._cache.clear()
-            self._cache[key] = Q
+            if Q is not key:  # a value holding its own key would never leave the weak cache
+                self._cache[key] = Q
         return Q
 
     def project(self, G: Tensor, state: dict[str, Tensor]) -> Tensor:
@@ -234,6 +251,7 @@ class SVDProjector(Projector):
 
     name = "svd"
     STORES_BASIS = True
+    CACHE_BASIS = False
 
     def select(
         self, G: Tensor, rank: int, *, generator: torch.Generator | None = None
@@ -274,6 +292,7 @@ class RandomizedSVDProjector(Projector):
 
     name = "rsvd"
     STORES_BASIS = True
+    CACHE_BASIS = False
 
     def __init__(self, oversample: int = 8, power_iters: int = 1) -> None:
         super().__init__()

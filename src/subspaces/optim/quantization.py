@@ -10,7 +10,8 @@ live in optimizer state and in ``state_dict()`` (loadable with ``torch.load(weig
   ``uint8`` code per value, optionally with stochastic rounding.
 * :func:`stochastic_round`: ``floor(x + U)``, ``U ~ Uniform[0, 1)``, unbiased.
 * :class:`Int8Linear`: a drop-in replacement of ``nn.Linear`` whose weight is stored as INT8 codes
-  and dequantized on the fly; its float weight gradient is accumulated in ``weight_grad`` and
+  and dequantized on the fly; its float weight gradient lands in ``weight.grad`` as for any
+  parameter (``weight`` is a one-element float :class:`Int8Weight`), and
   :meth:`Int8Linear.apply_update` re-quantizes with stochastic rounding, so that updates smaller
   than one quantization step survive in expectation. :func:`quantize_linear_layers` converts a
   model, :func:`int8_module_of` lets an optimizer recognize the INT8 weights among
@@ -35,7 +36,7 @@ import copy
 import fnmatch
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,7 @@ from .._checks import check_finite, check_float_tensor, check_positive_int, chec
 
 __all__ = [
     "Int8Linear",
+    "Int8Weight",
     "int8_module_of",
     "pack_int4",
     "pack_int8",
@@ -382,13 +384,65 @@ def unpack_int8(
 _INT8_OWNERS: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
+def _holder_data(shape: torch.Size, dtype: torch.dtype, device: torch.device | str) -> Tensor:
+    """A zero tensor of ``shape`` backed by a single element (all strides 0)."""
+    return torch.empty_strided(shape, (0,) * len(shape), dtype=dtype, device=device).zero_()
+
+
+def _rebuild_int8_weight(
+    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, requires_grad: bool
+) -> Int8Weight:
+    return Int8Weight(_holder_data(torch.Size(shape), dtype, device), requires_grad)
+
+
+class Int8Weight(nn.Parameter):
+    """The float ``weight`` Parameter of an :class:`Int8Linear`: it carries the gradient.
+
+    Torch's gradient utilities (``model.zero_grad()``, ``optimizer.zero_grad()``,
+    ``clip_grad_norm_``, ``GradScaler.unscale_`` and its inf checks, ``requires_grad_``,
+    post-accumulate-grad hooks) all act on ``p.grad`` of the parameters they are given, and an
+    integer tensor cannot hold a float gradient. So the layer's ``weight`` is this float
+    Parameter of shape ``(out_features, in_features)`` whose ``.grad`` autograd fills with the
+    gradient of the dequantized weight, exactly as for ``nn.Linear``; its *values* are not the
+    weight: it is a zero tensor backed by one element (all strides 0, 4 or 8 bytes), and the
+    weight itself lives in the layer's ``uint8`` buffer ``weight_codes`` with its group scales
+    and zero points. Deep copies and pickling rebuild the one-element storage instead of
+    materializing the full matrix. Its dtype is float32 (float64 after ``.double()``).
+
+    Example:
+        >>> layer = Int8Linear(torch.randn(4, 3))
+        >>> w = layer.weight
+        >>> isinstance(w, nn.Parameter), w.shape, w.dtype, w.untyped_storage().nbytes()
+        (True, torch.Size([4, 3]), torch.float32, 4)
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Int8Weight:
+        if id(self) in memo:
+            return cast(Int8Weight, memo[id(self)])
+        out = _rebuild_int8_weight(tuple(self.shape), self.dtype, self.device, self.requires_grad)
+        memo[id(self)] = out
+        return out
+
+    def __reduce_ex__(self, proto: Any) -> Any:
+        return (
+            _rebuild_int8_weight,
+            (tuple(self.shape), self.dtype, self.device, self.requires_grad),
+        )
+
+    def __repr__(self, *, tensor_contents: Any = None) -> str:  # type: ignore[override]
+        return (
+            f"Int8Weight(shape={tuple(self.shape)}, dtype={self.dtype}, "
+            f"requires_grad={self.requires_grad}; values in the layer's weight_codes)"
+        )
+
+
 def int8_module_of(param: Tensor) -> Int8Linear | None:
-    """Return the :class:`Int8Linear` whose INT8 ``weight`` is ``param``, or ``None``.
+    """Return the :class:`Int8Linear` whose ``weight`` is ``param``, or ``None``.
 
     Lets an optimizer that receives ``model.parameters()`` recognize the quantized weights (it
-    must read ``weight_grad`` and call :meth:`Int8Linear.apply_update` for them, as Q-GaLore's
-    optimizer does for its INT8 layers; Zhang et al. 2024). The lookup holds no strong reference
-    to the parameter or the module.
+    must call :meth:`Int8Linear.apply_update` for them instead of changing ``param`` in place,
+    as Q-GaLore's optimizer does for its INT8 layers; Zhang et al. 2024). The lookup holds no
+    strong reference to the parameter or the module.
 
     Args:
         param: any tensor.
@@ -401,7 +455,7 @@ def int8_module_of(param: Tensor) -> Int8Linear | None:
         >>> int8_module_of(layer.weight) is layer, int8_module_of(layer.bias)
         (True, None)
     """
-    if not isinstance(param, Tensor):
+    if not isinstance(param, Int8Weight):
         return None
     ref = _INT8_OWNERS.get(param)
     module = ref() if ref is not None else None
@@ -413,78 +467,84 @@ def int8_module_of(param: Tensor) -> Int8Linear | None:
 class _Int8LinearFunction(torch.autograd.Function):
     """``y = x W^T + b`` with ``W`` dequantized from INT8 codes in forward and again in backward.
 
-    Only the codes, scales and zero points are saved, never the float weight. The weight
-    gradient ``grad_out^T x`` is accumulated into ``module.weight_grad``; ``anchor`` is an empty
-    leaf that requires grad, so that the graph (and this backward) exists even when neither the
-    input nor the bias requires grad.
+    Only the codes, scales and zero points are saved, never the float weight. The gradient
+    ``grad_out^T x`` of the dequantized weight is returned for ``weight`` (the layer's
+    :class:`Int8Weight`), so autograd accumulates it into ``weight.grad`` like any parameter's.
     """
 
     @staticmethod
     def forward(
         ctx: Any,
         x: Tensor,
+        weight: Tensor,
         codes: Tensor,
         scale: Tensor,
         zero: Tensor,
         bias: Tensor | None,
-        anchor: Tensor | None,
-        module: Int8Linear,
+        group_size: int,
     ) -> Tensor:
-        weight = _dequantize(codes, scale, zero, module.group_size, x.dtype).view(codes.shape)
-        ctx.module = module
+        dense = _dequantize(codes, scale, zero, group_size, x.dtype).view(codes.shape)
+        ctx.group_size = group_size
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, codes, scale, zero)
-        return F.linear(x, weight, bias)
+        return F.linear(x, dense, bias)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, codes, scale, zero = ctx.saved_tensors
-        module: Int8Linear = ctx.module
-        grad_x = grad_bias = None
+        grad_x = grad_w = grad_bias = None
         if ctx.needs_input_grad[0]:
-            weight = _dequantize(codes, scale, zero, module.group_size, grad_out.dtype)
-            grad_x = grad_out @ weight.view(codes.shape)
+            dense = _dequantize(codes, scale, zero, ctx.group_size, grad_out.dtype)
+            grad_x = grad_out @ dense.view(codes.shape)
         go = grad_out.reshape(-1, codes.shape[0])
-        if ctx.has_bias and ctx.needs_input_grad[4]:
+        if ctx.has_bias and ctx.needs_input_grad[5]:
             grad_bias = go.sum(dim=0)
-        if module.requires_weight_grad:
+        if ctx.needs_input_grad[1]:
             acc = torch.promote_types(grad_out.dtype, torch.float32)
             grad_w = go.to(acc).T @ x.reshape(-1, codes.shape[1]).to(acc)
-            module._accumulate_weight_grad(grad_w)
-        return grad_x, None, None, None, grad_bias, None, None
+        return grad_x, grad_w, None, None, None, grad_bias, None
 
 
 class Int8Linear(nn.Module):
     """``nn.Linear`` with its weight stored as INT8 codes, dequantized on the fly (Q-GaLore).
 
-    The weight is kept as ``uint8`` codes with a float32 scale and zero point per group of
-    ``group_size`` consecutive row-major entries (1 byte + 8/``group_size`` bytes per weight
-    instead of 4), as the INT8 weights of Q-GaLore (Zhang et al. 2024). ``forward`` equals
-    ``F.linear(x, W, bias)`` with ``W = dequantized_weight()`` cast to ``x``'s dtype; a custom
-    autograd function recomputes ``W`` in backward instead of keeping it.
+    The weight is kept as ``uint8`` codes (buffer ``weight_codes``) with a float32 scale and
+    zero point per group of ``group_size`` consecutive row-major entries (1 byte + 8/``group_size``
+    bytes per weight instead of 4), as the INT8 weights of Q-GaLore (Zhang et al. 2024).
+    ``forward`` equals ``F.linear(x, W, bias)`` with ``W = dequantized_weight()`` cast to ``x``'s
+    dtype; a custom autograd function recomputes ``W`` in backward instead of keeping it.
 
-    Gradients: an integer tensor cannot hold a float ``.grad``, so ``weight`` is an
-    ``nn.Parameter`` with ``requires_grad=False`` and every backward adds ``grad_out^T x`` to
-    ``weight_grad`` (float32, float64 for float64 inputs; ``None`` until the first backward;
-    cleared by :meth:`zero_weight_grad`), exactly like ``.grad`` accumulates. Any backward pass
-    through the layer accumulates, ``torch.autograd.grad`` included. The bias is an ordinary
-    float ``nn.Parameter``. An optimizer recognizes the weight with :func:`int8_module_of` and
-    updates it with :meth:`apply_update`, which re-quantizes with stochastic rounding.
+    Gradients: ``weight`` is an :class:`Int8Weight`, a float ``nn.Parameter`` of the weight's
+    shape backed by a single element, whose ``.grad`` receives the float gradient of the
+    dequantized weight (float32, float64 after ``.double()``). So the weight behaves as an
+    ordinary parameter for every torch utility: ``model.zero_grad()`` and
+    ``optimizer.zero_grad()`` clear it, ``clip_grad_norm_`` counts and clips it,
+    ``GradScaler`` unscales it and checks it for Inf/NaN, ``requires_grad_(False)`` freezes it,
+    and ``torch.autograd.grad`` returns it instead of accumulating. Its values are not the weight
+    (read :meth:`dequantized_weight`); an optimizer must update the layer through
+    :meth:`apply_update`, which re-quantizes with stochastic rounding
+    (:class:`~subspaces.optim.SubspaceAdamW` does, recognizing the weight with
+    :func:`int8_module_of`; an optimizer that writes into ``weight`` in place fails with torch's
+    "more than one element ... refers to a single memory location" error). The bias is an
+    ordinary float ``nn.Parameter``.
+
+    ``state_dict()`` stores the codes under ``weight`` (``uint8``) with ``weight_scale`` and
+    ``weight_zero``; ``.half()``, ``.double()`` and ``.to(dtype)`` cast the bias and never the
+    codes or the quantization grid.
 
     Args:
         weight: ``(out_features, in_features)`` float weight to quantize (not modified).
         bias: optional ``(out_features,)`` float bias (copied into a new Parameter).
         group_size: entries per quantization group.
-        requires_weight_grad: accumulate ``weight_grad`` in backward (``False`` freezes the
-            weight and saves the matmul).
+        requires_weight_grad: initial ``weight.requires_grad`` (``False`` freezes the weight and
+            saves the weight-gradient matmul).
 
     Attributes:
-        weight: ``uint8`` codes, shape ``(out_features, in_features)``, ``requires_grad=False``.
+        weight: the :class:`Int8Weight` gradient carrier, shape ``(out_features, in_features)``.
+        weight_codes: ``uint8`` codes, shape ``(out_features, in_features)``.
         bias: float bias Parameter or ``None``.
-        weight_scale: float32 buffer, one scale per group (kept float32 by ``.half()``,
-            ``.double()`` and ``.to(dtype)``, which cast only the bias).
+        weight_scale: float32 buffer, one scale per group.
         weight_zero: float32 buffer, one zero point (group minimum) per group.
-        weight_grad: accumulated float weight gradient or ``None``.
 
     Raises:
         TypeError: if ``weight``/``bias`` are not floating-point tensors.
@@ -500,15 +560,17 @@ class Int8Linear(nn.Module):
         >>> torch.equal(y, F.linear(x, layer.dequantized_weight(), layer.bias))
         True
         >>> y.sum().backward()
-        >>> layer.weight_grad.shape, layer.weight.dtype
+        >>> layer.weight.grad.shape, layer.weight_codes.dtype
         (torch.Size([4, 8]), torch.uint8)
+        >>> layer.zero_grad(); layer.weight.grad is None
+        True
     """
 
-    weight: nn.Parameter
+    weight: Int8Weight
     bias: nn.Parameter | None
+    weight_codes: Tensor
     weight_scale: Tensor
     weight_zero: Tensor
-    weight_grad: Tensor | None
 
     def __init__(
         self,
@@ -522,9 +584,11 @@ class Int8Linear(nn.Module):
         check_float_tensor(weight, "weight", ndim=2)
         self.group_size = check_positive_int(group_size, "group_size")
         self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
-        self.requires_weight_grad = bool(requires_weight_grad)
         codes, scale, zero = quantize_int8(weight, self.group_size)
-        self.weight = nn.Parameter(codes, requires_grad=False)
+        holder_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        self.weight = Int8Weight(
+            _holder_data(codes.shape, holder_dtype, codes.device), bool(requires_weight_grad)
+        )
         if bias is not None:
             check_float_tensor(bias, "bias", ndim=1)
             if bias.shape[0] != self.out_features:
@@ -534,32 +598,113 @@ class Int8Linear(nn.Module):
             self.bias = nn.Parameter(bias.detach().clone())
         else:
             self.register_parameter("bias", None)
+        # the codes are saved under "weight" by _save_to_state_dict (the INT8 checkpoint format)
+        self.register_buffer("weight_codes", codes, persistent=False)
         self.register_buffer("weight_scale", scale)
         self.register_buffer("weight_zero", zero)
-        self.weight_grad = None
 
     # the registry follows the weight Parameter through assignment, deepcopy and pickling
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
-        if name == "weight" and isinstance(value, Tensor):
+        if name == "weight" and isinstance(value, Int8Weight):
             _INT8_OWNERS[value] = weakref.ref(self)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         weight = self._parameters.get("weight")
+        if weight is not None and not isinstance(weight, Int8Weight):  # unpickled as Parameter
+            weight = Int8Weight(
+                _holder_data(weight.shape, weight.dtype, weight.device), weight.requires_grad
+            )
+            self._parameters["weight"] = weight
         if weight is not None:
             _INT8_OWNERS[weight] = weakref.ref(self)
 
+    @property
+    def requires_weight_grad(self) -> bool:
+        """Whether backward computes the weight's gradient (``weight.requires_grad``)."""
+        return bool(self.weight.requires_grad)
+
+    @property
+    def weight_grad(self) -> Tensor | None:
+        """The weight's float gradient: an alias of ``weight.grad`` (kept for compatibility)."""
+        return self.weight.grad
+
+    @weight_grad.setter
+    def weight_grad(self, value: Tensor | None) -> None:
+        self.weight.grad = value
+
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Int8Linear:
         # ``.half()``/``.double()`` cast the bias but never the quantization grid: a float16 zero
-        # point would move every weight by more than half a step. Devices still change.
+        # point would move every weight by more than half a step. Devices still change. The
+        # weight Parameter is kept out of ``fn`` (which would materialize its full matrix) and
+        # rebuilt with one element on the new device: float64 after ``.double()``, else float32.
         scale, zero = self.weight_scale, self.weight_zero
-        super()._apply(fn, recurse)
+        weight = self._parameters["weight"]
+        self._parameters["weight"] = None
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            self._parameters["weight"] = weight
         for name, kept in (("weight_scale", scale), ("weight_zero", zero)):
             now = self._buffers[name]
             if now is not None and now.dtype != kept.dtype:
                 self._buffers[name] = kept.to(device=now.device)
+        if weight is not None:
+            probe = fn(torch.zeros((), dtype=weight.dtype, device=weight.device))
+            dtype = torch.float64 if probe.dtype == torch.float64 else torch.float32
+            if dtype != weight.dtype or probe.device != weight.device:
+                grad = weight.grad
+                weight.grad = None
+                weight.data = _holder_data(weight.shape, dtype, probe.device)
+                if grad is not None:
+                    weight.grad = grad.to(device=probe.device, dtype=dtype)
         return self
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        codes = self.weight_codes
+        destination[prefix + "weight"] = codes if keep_vars else codes.detach()
+
+    def _load_from_state_dict(
+        self,
+        state_dict: Any,
+        prefix: str,
+        local_metadata: Any,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        key = prefix + "weight"
+        rest = {k: v for k, v in state_dict.items() if k != key}
+        weight = self._parameters["weight"]
+        self._parameters["weight"] = None  # the saved "weight" is the codes, loaded below
+        try:
+            super()._load_from_state_dict(
+                rest, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+            )
+        finally:
+            self._parameters["weight"] = weight
+        if key not in state_dict:
+            missing_keys.append(key)
+            return
+        codes = state_dict[key]
+        if not isinstance(codes, Tensor) or codes.dtype != torch.uint8:
+            got = codes.dtype if isinstance(codes, Tensor) else type(codes).__name__
+            error_msgs.append(
+                f"{key} of an Int8Linear must hold uint8 INT8 codes, got {got}; quantize a float "
+                "nn.Linear with Int8Linear.from_linear or quantize_linear_layers instead"
+            )
+            return
+        if codes.shape != self.weight_codes.shape:
+            error_msgs.append(
+                f"size mismatch for {key}: copying codes of shape {tuple(codes.shape)}, the "
+                f"layer has {tuple(self.weight_codes.shape)}"
+            )
+            return
+        with torch.no_grad():
+            self.weight_codes.copy_(codes)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = 256) -> Int8Linear:
@@ -570,7 +715,8 @@ class Int8Linear(nn.Module):
             group_size: entries per quantization group (Q-GaLore uses 256; Zhang et al. 2024).
 
         Returns:
-            The INT8 layer on the same device, with a copy of the bias (same ``requires_grad``).
+            The INT8 layer on the same device, with a copy of the bias; the weight and the bias
+            keep the ``requires_grad`` of the originals.
 
         Raises:
             TypeError: if ``linear`` is not an ``nn.Linear``.
@@ -583,7 +729,7 @@ class Int8Linear(nn.Module):
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         bias = linear.bias
-        out = cls(linear.weight, bias, group_size)
+        out = cls(linear.weight, bias, group_size, requires_weight_grad=linear.weight.requires_grad)
         if bias is not None and out.bias is not None:
             out.bias.requires_grad_(bias.requires_grad)
         return out
@@ -606,31 +752,28 @@ class Int8Linear(nn.Module):
                 f"x must have last dimension in_features={self.in_features}, "
                 f"got shape {tuple(x.shape)}"
             )
-        anchor = None
-        if torch.is_grad_enabled() and self.requires_weight_grad:
-            anchor = torch.empty(0, device=x.device, requires_grad=True)
         out: Tensor = _Int8LinearFunction.apply(
-            x, self.weight, self.weight_scale, self.weight_zero, self.bias, anchor, self
+            x,
+            self.weight,
+            self.weight_codes,
+            self.weight_scale,
+            self.weight_zero,
+            self.bias,
+            self.group_size,
         )
         return out
 
-    def _accumulate_weight_grad(self, grad: Tensor) -> None:
-        if self.weight_grad is None:
-            self.weight_grad = grad
-        else:
-            dtype = torch.promote_types(self.weight_grad.dtype, grad.dtype)
-            self.weight_grad = self.weight_grad.to(device=grad.device, dtype=dtype) + grad
-
     def zero_weight_grad(self, set_to_none: bool = True) -> None:
-        """Clear :attr:`weight_grad` (like ``Optimizer.zero_grad``).
+        """Clear ``weight.grad`` (as ``model.zero_grad()`` does; kept for compatibility).
 
         Args:
             set_to_none: set it to ``None`` (default) instead of filling it with zeros.
         """
-        if set_to_none or self.weight_grad is None:
-            self.weight_grad = None
+        grad = self.weight.grad
+        if set_to_none or grad is None:
+            self.weight.grad = None
         else:
-            self.weight_grad.zero_()
+            grad.detach_().zero_()
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """The float weight the layer computes with: ``zero + scale * code`` per group.
@@ -642,8 +785,8 @@ class Int8Linear(nn.Module):
             A new ``(out_features, in_features)`` tensor.
         """
         return _dequantize(
-            self.weight, self.weight_scale, self.weight_zero, self.group_size, dtype
-        ).view(self.weight.shape)
+            self.weight_codes, self.weight_scale, self.weight_zero, self.group_size, dtype
+        ).view(self.weight_codes.shape)
 
     @torch.no_grad()
     def apply_update(
@@ -679,18 +822,18 @@ class Int8Linear(nn.Module):
             [0.0, 1.2, 25.5]
         """
         check_float_tensor(delta, "delta")
-        if delta.shape != self.weight.shape:
+        if delta.shape != self.weight_codes.shape:
             raise ValueError(
-                f"delta must have the weight's shape {tuple(self.weight.shape)}, "
+                f"delta must have the weight's shape {tuple(self.weight_codes.shape)}, "
                 f"got {tuple(delta.shape)}"
             )
         _check_all_finite(delta, "delta")
         work = torch.promote_types(delta.dtype, torch.float32)
-        new = self.dequantized_weight(work) + delta.to(device=self.weight.device, dtype=work)
+        new = self.dequantized_weight(work) + delta.to(device=self.weight_codes.device, dtype=work)
         codes, scale, zero = quantize_int8(
             new, self.group_size, stochastic=stochastic, generator=generator
         )
-        self.weight.copy_(codes)
+        self.weight_codes.copy_(codes)
         self.weight_scale.copy_(scale)
         self.weight_zero.copy_(zero)
 

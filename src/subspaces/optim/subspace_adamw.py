@@ -8,13 +8,24 @@ needs no change to the groups.
 
 How a step works for a projected weight ``W`` (``m x n``) with gradient ``G``:
 
-1. orient ``G`` so the compressed side is the smaller one (``proj_type="std"``);
-2. at a refresh step, the projector picks an orthonormal basis ``Q`` (``b x r``) from ``G``;
-   moments are kept (``moment_transfer="none"``, GaLore), rotated into the new basis
-   (``"rotate"``: ``m <- m C``, ``v <- v (C * C)`` with ``C = Q_old^T Q_new``) or reset;
-3. Adam runs on ``R = G Q``; the bias-corrected update ``N`` maps back as ``scale * N Q^T``;
+1. orient ``G`` so the compressed side is the smaller one (``proj_type="std"``): ``G`` itself
+   when ``m >= n``, ``G^T`` when ``m < n``;
+2. at a refresh step, the projector picks an orthonormal basis ``Q`` (``b x r``) from the
+   oriented matrix (``svd``: its top-``r`` right singular vectors, from a float32/float64 SVD of
+   the oriented matrix, kept in float32); moments are kept (``moment_transfer="none"``,
+   GaLore), rotated into the new basis (``"rotate"``: ``m <- m C``, ``v <- v (C * C)`` with
+   ``C = Q_old^T Q_new``) or reset;
+3. Adam runs on ``R = G Q``; the update ``N = m_hat / (sqrt(v_hat) + eps)``, with ``eps`` added
+   to the bias-corrected root as in ``torch.optim.AdamW``, maps back as ``scale * N Q^T``;
 4. decoupled weight decay multiplies the *pre-update* weight by ``1 - lr * weight_decay`` (as
-   ``torch.optim.AdamW`` does; GaLore decays the already-updated weight).
+   ``torch.optim.AdamW`` does).
+
+Differences from galore-torch's ``GaLoreAdamW`` (documented, no parity flag): GaLore adds ``eps``
+to ``sqrt(v)`` *before* bias correction (our formula with ``eps / sqrt(1 - beta2^t)``, a larger
+effective eps in early steps); for ``m < n`` it takes ``U[:, :r]`` of the SVD of ``G`` where we
+take the right singular vectors of ``G^T``, the same subspace with possibly different signs,
+which under ``moment_transfer="none"`` changes how carried-over first moments are read after a
+refresh; it casts a half-precision basis back to half; and it decays the already-updated weight.
 
 Groups without ``rank``, 1-D parameters, and ranks ``>= min(m, n)`` take the plain AdamW path,
 computed by ``torch.optim.adamw.adamw`` itself, so they match ``torch.optim.AdamW`` bit for bit.
@@ -37,15 +48,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.adamw import adamw as _functional_adamw
-from torch.utils.weak import WeakIdKeyDictionary
 
-from .projectors import PROJECTORS, Projector, get_projector
+from .projectors import (
+    PROJECTORS,
+    CoordinateProjector,
+    DCTProjector,
+    Projector,
+    RandomizedSVDProjector,
+    RandomProjector,
+    SVDProjector,
+    get_projector,
+)
 from .quantization import int8_module_of
 
 __all__ = ["NonFiniteGradientError", "SubspaceAdamW"]
@@ -56,6 +76,7 @@ _REFRESH = ("fixed", "lazy")
 _FULL_RANK = ("adamw", "project")
 _NONFINITE = ("error", "skip")
 _PREFIX = "proj."
+_CUSTOM = "custom:"
 _MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
 
 
@@ -77,7 +98,7 @@ class SubspaceAdamW(Optimizer):
 
     Args:
         params: parameters or parameter groups (dicts). Any default below can be set per group.
-        lr: learning rate.
+        lr: learning rate: a float or, as in ``torch.optim.AdamW``, a one-element tensor.
         betas: Adam's ``(beta1, beta2)``.
         eps: Adam's epsilon.
         weight_decay: decoupled weight decay, applied to the pre-update weight.
@@ -118,9 +139,14 @@ class SubspaceAdamW(Optimizer):
         rsvd_power_iters: power iterations of the ``rsvd`` projector.
         dct_norm: column norm (1 or 2) used by the ``dct`` projector to score frequencies.
 
+    Zero-size parameters step as in ``torch.optim.AdamW``; complex parameters are rejected at
+    construction, parameters on the meta device or with sparse gradients when stepped (before
+    anything changes), each error naming the parameter. The weights of
+    :class:`~subspaces.optim.quantization.Int8Linear` layers are updated through their INT8 codes.
+
     Raises:
         ValueError: for an out-of-range hyperparameter (named in the message).
-        TypeError: for a hyperparameter of the wrong type.
+        TypeError: for a hyperparameter of the wrong type, or a complex parameter.
 
     Example:
         >>> import torch
@@ -213,12 +239,24 @@ class SubspaceAdamW(Optimizer):
 
         Args:
             param_group: a dict with ``params`` and any hyperparameter overrides.
+
+        Raises:
+            TypeError: for a complex parameter (named in the message) or a hyperparameter of the
+                wrong type.
         """
         if "projection_type" in param_group and "proj_type" not in param_group:
             param_group = dict(param_group)
             param_group["proj_type"] = param_group.pop("projection_type")
         super().add_param_group(param_group)
-        self._validate_group(self.param_groups[-1])
+        group = self.param_groups[-1]
+        self._validate_group(group)
+        for i, p in enumerate(group["params"]):
+            if p.is_complex():
+                raise TypeError(
+                    f"{self._label(p, group, len(self.param_groups) - 1, i)} is complex "
+                    f"({p.dtype}); SubspaceAdamW handles real floating parameters only (optimize "
+                    "torch.view_as_real(p) as a real parameter, or use torch.optim.AdamW)"
+                )
 
     @staticmethod
     def _validate_group(group: dict[str, Any]) -> None:
@@ -245,7 +283,20 @@ class SubspaceAdamW(Optimizer):
             if group[name] not in options:
                 raise ValueError(f"{name} must be one of {options}, got {group[name]!r}")
 
-        num("lr", 0.0)
+        lr = group["lr"]
+        if isinstance(lr, Tensor):  # as torch.optim.AdamW: a one-element tensor
+            if lr.numel() != 1 or not lr.is_floating_point() or lr.is_meta:
+                raise ValueError(
+                    f"lr as a Tensor must be a one-element real floating tensor with data, got "
+                    f"shape {tuple(lr.shape)}, dtype {lr.dtype}, device {lr.device}"
+                )
+            if group["foreach"]:
+                raise ValueError("lr as a Tensor is not supported with foreach=True")
+            value = float(lr)
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ValueError(f"lr must lie in [0.0, inf], got {value}")
+        else:
+            num("lr", 0.0)
         betas = group["betas"]
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise TypeError(f"betas must be a pair of floats, got {betas!r}")
@@ -308,8 +359,8 @@ class SubspaceAdamW(Optimizer):
     def _plan(self, p: Tensor, group: dict[str, Any]) -> tuple[bool, int]:
         """Whether ``p`` is projected in ``group``, and the effective rank."""
         rank = group["rank"]
-        if rank is None or p.ndim < 2:
-            return False, 0
+        if rank is None or p.ndim < 2 or p.numel() == 0:
+            return False, 0  # empty parameters take the plain AdamW path, as in torch (a no-op)
         m = p.shape[0]
         n = p.numel() // m
         small = min(m, n)
@@ -350,31 +401,48 @@ class SubspaceAdamW(Optimizer):
             self._locations_key = key
         return self._locations.get(id(param))
 
-    def _grad(self, p: Tensor) -> Tensor | None:
-        if p.grad is not None:
-            return p.grad
-        owner = int8_module_of(p) if not p.is_floating_point() else None
-        return owner.weight_grad if owner is not None else None
+    @staticmethod
+    def _label(p: Tensor, group: dict[str, Any], group_index: int, index: int) -> str:
+        """How error messages name a parameter: its name when the group has names."""
+        names = group.get("param_names")
+        if names is not None and index < len(names):
+            return f"parameter {names[index]!r} (shape {tuple(p.shape)}, dtype {p.dtype})"
+        return (
+            f"parameter param_groups[{group_index}]['params'][{index}] "
+            f"(shape {tuple(p.shape)}, dtype {p.dtype})"
+        )
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Clear gradients, including the float gradients of INT8 weights (:class:`Int8Linear`).
+    def _name(self, p: Tensor) -> str:
+        where = self._locate(p)
+        if where is None:
+            return f"parameter of shape {tuple(p.shape)}"
+        group = self.param_groups[where[1]]
+        start = sum(len(g["params"]) for g in self.param_groups[: where[1]])
+        return self._label(p, group, where[1], where[0] - start)
 
-        Args:
-            set_to_none: set gradients to ``None`` instead of zeroing them.
-        """
-        super().zero_grad(set_to_none)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if not p.is_floating_point():
-                    owner = int8_module_of(p)
-                    if owner is not None:
-                        owner.zero_weight_grad(set_to_none)
+    def _check_steppable(self, p: Tensor) -> None:
+        """Clear errors for parameters that cannot be stepped (before anything changes)."""
+        grad = p.grad
+        if p.is_meta or (grad is not None and grad.is_meta):
+            raise ValueError(
+                f"{self._name(p)} is on the meta device (it has no data); materialize the model "
+                "(e.g. model.to_empty(device=...) and initialize it) before stepping"
+            )
+        if grad is not None and grad.layout != torch.strided:
+            raise TypeError(
+                f"{self._name(p)} has a {grad.layout} gradient; SubspaceAdamW needs dense "
+                "gradients (use nn.Embedding(..., sparse=False), or torch.optim.SparseAdam for "
+                "sparse ones)"
+            )
+        if grad is not None and not grad.is_floating_point():
+            raise TypeError(
+                f"{self._name(p)} has a gradient of dtype {grad.dtype}; SubspaceAdamW handles "
+                "real floating gradients only"
+            )
 
     def _check_finite(self, params: list[tuple[Tensor, dict[str, Any]]]) -> bool:
         """``True`` if every gradient is finite; raises or reports according to ``nonfinite``."""
-        grads = [
-            (p, group, g) for p, group in params if (g := self._grad(p)) is not None and g.numel()
-        ]
+        grads = [(p, group, p.grad) for p, group in params if p.grad is not None and p.grad.numel()]
         if not grads:
             return True
         # One host sync for the whole step: aminmax propagates NaN and is ~50x cheaper than
@@ -396,9 +464,9 @@ class SubspaceAdamW(Optimizer):
             if group["nonfinite"] == "skip":
                 return False
             raise NonFiniteGradientError(
-                f"gradient of a parameter of shape {tuple(p.shape)} has {bad} non-finite "
-                "value(s) (NaN or Inf); the optimizer state and parameters are unchanged. "
-                "Use nonfinite='skip' to skip such steps."
+                f"gradient of {self._name(p)} has {bad} non-finite value(s) (NaN or Inf); the "
+                "optimizer state and parameters are unchanged. Use nonfinite='skip' to skip such "
+                "steps."
             )
         return True
 
@@ -416,27 +484,28 @@ class SubspaceAdamW(Optimizer):
 
         Raises:
             NonFiniteGradientError: if a gradient is NaN/Inf and ``nonfinite="error"``.
+            TypeError: for a sparse or non-floating gradient (the parameter is named).
+            ValueError: for a parameter on the meta device (named).
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         todo = [
-            (p, group)
-            for group in self.param_groups
-            for p in group["params"]
-            if self._grad(p) is not None
+            (p, group) for group in self.param_groups for p in group["params"] if p.grad is not None
         ]
+        for p, _ in todo:
+            self._check_steppable(p)
         if not self._check_finite(todo):
             self.skipped_steps += 1
             return loss
         for group in self.param_groups:
             floats, others = [], []
             for p in group["params"]:
-                if self._grad(p) is None:
+                if p.grad is None:
                     continue
                 projected, rank = self._plan(p, group)
-                if not projected and p.is_floating_point():
+                if not projected and int8_module_of(p) is None:
                     floats.append(p)
                 else:
                     others.append((p, projected, rank))
@@ -461,23 +530,80 @@ class SubspaceAdamW(Optimizer):
             ValueError: if ``param`` does not belong to this optimizer.
             NonFiniteGradientError: if its gradient is NaN/Inf and ``nonfinite="error"``.
         """
-        where = self._locate(param)
-        if where is None:
+        if self._locate(param) is None:
             raise ValueError("param is not managed by this optimizer")
-        position, group_index = where
-        group = self.param_groups[group_index]
-        if self._grad(param) is None:
+        if param.grad is None:
             return
+        self._check_steppable(param)
+        group = self.param_groups[cast(tuple[int, int], self._locate(param))[1]]
         if not self._check_finite([(param, group)]):
             self.skipped_steps += 1
             return
+        self._commit_param(param, self._prepare_param(param))
+
+    # Two-phase stepping for LayerwiseStepper: ``_prepare_param`` reads (and for a projected
+    # weight compresses) the gradient and changes nothing; ``_commit_param`` applies the step.
+
+    def _nonfinite_policy(self, param: Tensor) -> str:
+        where = self._locate(param)
+        if where is None:
+            raise ValueError("param is not managed by this optimizer")
+        return cast(str, self.param_groups[where[1]]["nonfinite"])
+
+    @torch.no_grad()
+    def _prepare_param(self, param: Tensor, previous: _Prepared | None = None) -> _Prepared:
+        """Phase one of a step of ``param``: nothing in the optimizer or the model changes.
+
+        A projected weight's gradient is reduced to its ``a x r`` coordinates ``R`` (and, at a
+        refresh, the new basis is chosen), so the caller may free ``param.grad``; other
+        parameters keep using ``param.grad`` (``keeps_grad``). ``previous`` is the record of an
+        earlier part of the same gradient (a weight used inside and outside a reentrant
+        checkpoint): the coordinates add up, which is exact unless the basis was refreshed.
+
+        Args:
+            param: a parameter of this optimizer with a gradient.
+            previous: the record of an earlier part of this gradient, if any.
+
+        Returns:
+            The record to pass to :meth:`_commit_param`.
+
+        Raises:
+            ValueError: if ``param`` does not belong to this optimizer.
+            RuntimeError: if a split gradient meets a basis refresh.
+        """
+        where = self._locate(param)
+        if where is None:
+            raise ValueError("param is not managed by this optimizer")
+        index, group_index = where
+        group = self.param_groups[group_index]
+        self._check_steppable(param)
         projected, rank = self._plan(param, group)
-        if projected:
-            self._projected_step(param, group, rank, position)
-        elif not param.is_floating_point():
-            self._int8_dense_step(param, group, position)
-        else:
+        if not projected:
+            kind = "plain" if int8_module_of(param) is None else "int8"
+            return _Prepared(kind, group_index, index, rank)
+        R, new, transpose, b = self._projected_prepare(param, group, rank, index)
+        if previous is None:
+            return _Prepared("projected", group_index, index, rank, R, new, transpose, b)
+        if previous.new is not None or new is not None or previous.R is None:
+            raise RuntimeError(
+                f"{self._name(param)} received its gradient in several parts within one "
+                "backward (a weight used both inside and outside reentrant activation "
+                "checkpoints) at a step that refreshes its basis, which would be chosen from "
+                "part of the gradient; use torch.utils.checkpoint(..., use_reentrant=False)"
+            )
+        previous.R = previous.R + R.to(previous.R.dtype)
+        return previous
+
+    @torch.no_grad()
+    def _commit_param(self, param: Tensor, prepared: _Prepared) -> None:
+        """Phase two: apply the step prepared by :meth:`_prepare_param`."""
+        group = self.param_groups[prepared.group_index]
+        if prepared.kind == "plain":
             self._plain_adamw([param], group)
+        elif prepared.kind == "int8":
+            self._int8_dense_step(param, group, prepared.index)
+        else:
+            self._projected_commit(param, group, prepared)
 
     def _plain_adamw(self, params: list[Tensor], group: dict[str, Any]) -> None:
         grads, exp_avgs, exp_avg_sqs, steps = [], [], [], []
@@ -534,23 +660,33 @@ class SubspaceAdamW(Optimizer):
         for k, v in proj_state.items():
             state[_PREFIX + k] = v
 
-    def _refresh(
-        self,
-        G: Tensor,
-        state: dict[str, Any],
-        group: dict[str, Any],
-        rank: int,
-        index: int,
-        step: int,
-    ) -> Tensor | None:
+    def _select(
+        self, G: Tensor, group: dict[str, Any], rank: int, index: int, step: int
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """A refresh's new projector state and ``R = G Q`` (changes nothing)."""
         proj = self._projector(group)
         generator = torch.Generator(device="cpu").manual_seed(_seed_for(group["seed"], index, step))
-        old = self._proj_state(state)
         new, GQ = proj.select(G, rank, generator=generator)
         if group["proj_bits"] == 4 and proj.STORES_BASIS:
             new = _pack_basis(new, group["proj_group_size"])
+            GQ = None  # project with the quantized basis, as every later step will
+        if GQ is None:
+            GQ = proj.project(G, _unpacked(new))
+        return new, GQ
+
+    def _install(
+        self,
+        state: dict[str, Any],
+        group: dict[str, Any],
+        rank: int,
+        new: dict[str, Tensor],
+        step: int,
+        b: int,
+    ) -> None:
+        """Make ``new`` the basis: moment transfer, lazy-refresh bookkeeping, next refresh."""
+        proj = self._projector(group)
+        old = self._proj_state(state)
         first = not old
-        b = G.shape[1]
         if not first and (group["moment_transfer"] == "rotate" or group["refresh"] == "lazy"):
             Q_old = _basis_of(proj, old, b, torch.float32)
             Q_new = _basis_of(proj, new, b, torch.float32)
@@ -580,14 +716,12 @@ class SubspaceAdamW(Optimizer):
         self._set_proj_state(state, new)
         state["refresh_count"] = state["refresh_count"] + 1
         state["next_refresh"] = torch.tensor(step + int(state["gap"]), dtype=torch.int64)
-        if group["proj_bits"] == 4 and proj.STORES_BASIS:
-            return None  # project with the quantized basis, as every later step will
-        return GQ
 
-    def _projected_step(self, p: Tensor, group: dict[str, Any], rank: int, index: int) -> None:
-        grad = cast(Tensor, self._grad(p))
-        if not grad.is_floating_point():
-            raise TypeError(f"gradient of dtype {grad.dtype} cannot be projected")
+    def _projected_prepare(
+        self, p: Tensor, group: dict[str, Any], rank: int, index: int
+    ) -> tuple[Tensor, dict[str, Tensor] | None, bool, int]:
+        """``(R, new basis state or None, transposed, b)`` from ``p.grad``; changes nothing."""
+        grad = cast(Tensor, p.grad)
         if group["maximize"]:
             grad = -grad
         m = p.shape[0]
@@ -596,18 +730,26 @@ class SubspaceAdamW(Optimizer):
         transpose = self._transpose(shape2, group["proj_type"])
         if transpose:
             G = G.T
+        work = G if G.dtype in (torch.float32, torch.float64) else G.float()
+        state = self.state.get(p, {})
+        step = int(state["step"]) if state else 0
+        if not state or step >= int(state["next_refresh"]):
+            new, R = self._select(work, group, rank, index, step)
+            return R, new, transpose, int(work.shape[1])
+        R = self._projector(group).project(work, _unpacked(self._proj_state(state)))
+        return R, None, transpose, int(work.shape[1])
+
+    def _projected_commit(self, p: Tensor, group: dict[str, Any], prepared: _Prepared) -> None:
+        R = cast(Tensor, prepared.R)
+        b, rank = prepared.b, prepared.rank
         state = self.state[p]
         if len(state) == 0:
-            state = self._init_projected_state(p, group, (G.shape[0], G.shape[1]), rank)
+            state = self._init_projected_state(p, group, (R.shape[0], b), rank)
         step = int(state["step"])
-        work = G if G.dtype in (torch.float32, torch.float64) else G.float()
-        R: Tensor | None = None
-        if step >= int(state["next_refresh"]):
-            R = self._refresh(work, state, group, rank, index, step)
+        if prepared.new is not None:
+            self._install(state, group, rank, prepared.new, step, b)
         proj = self._projector(group)
-        proj_state = _unpacked(self._proj_state(state), proj)
-        if R is None:
-            R = proj.project(work, proj_state)
+        proj_state = _unpacked(self._proj_state(state))
         beta1, beta2 = group["betas"]
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         cdtype = torch.promote_types(exp_avg.dtype, R.dtype)
@@ -622,18 +764,24 @@ class SubspaceAdamW(Optimizer):
         bias2_sqrt = math.sqrt(1 - beta2**t)
         denom = (m2.sqrt() / bias2_sqrt).add_(group["eps"])
         N = m1 / denom
-        U = proj.project_back(N, proj_state, work.shape[1])
-        if transpose:
+        U = proj.project_back(N, proj_state, b)
+        if prepared.transpose:
             U = U.T
         U = U.reshape(p.shape)
-        self._apply(p, U, group, group["scale"] / bias1, index, int(state["step"]))
+        self._apply(p, U, group, group["scale"] / bias1, prepared.index, int(state["step"]))
+
+    def _projected_step(self, p: Tensor, group: dict[str, Any], rank: int, index: int) -> None:
+        R, new, transpose, b = self._projected_prepare(p, group, rank, index)
+        where = cast(tuple[int, int], self._locate(p))
+        prepared = _Prepared("projected", where[1], index, rank, R, new, transpose, b)
+        self._projected_commit(p, group, prepared)
 
     def _apply(
         self, p: Tensor, U: Tensor, group: dict[str, Any], factor: float, index: int, step: int
     ) -> None:
         """``p <- p (1 - lr wd) - lr factor U``; INT8 weights re-quantize stochastically."""
-        lr = group["lr"]
-        owner = int8_module_of(p) if not p.is_floating_point() else None
+        lr = _as_float(group["lr"])
+        owner = int8_module_of(p)
         if owner is not None:
             W = owner.dequantized_weight(torch.float32)
             delta = U.to(torch.float32).mul(-lr * factor)
@@ -650,7 +798,7 @@ class SubspaceAdamW(Optimizer):
 
     def _int8_dense_step(self, p: Tensor, group: dict[str, Any], index: int) -> None:
         """Full-rank Adam for an INT8 weight (a group without ``rank``)."""
-        grad = cast(Tensor, self._grad(p)).to(torch.float32)
+        grad = cast(Tensor, p.grad).to(torch.float32)
         if group["maximize"]:
             grad = -grad
         state = self.state[p]
@@ -669,19 +817,59 @@ class SubspaceAdamW(Optimizer):
 
     # ------------------------------------------------------------------ checkpoints
 
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer state as tensors and plain values (loadable with ``weights_only=True``).
+
+        A :class:`~subspaces.optim.projectors.Projector` object given as a group's ``projector``
+        is stored as the group keys that rebuild it: a built-in projector by name with its
+        options (``projector="rsvd"``, ``rsvd_oversample``, ``rsvd_power_iters``;
+        ``projector="dct"``, ``dct_norm``), a projector class of your own as the string
+        ``"custom:<module>.<class>"``, which :meth:`load_state_dict` matches against the
+        projector object of the optimizer it loads into.
+
+        Returns:
+            The state dict (see ``torch.optim.Optimizer.state_dict``).
+        """
+        sd = super().state_dict()
+        for group in sd["param_groups"]:
+            proj = group.get("projector")
+            if isinstance(proj, Projector):
+                group.update(_describe(proj) or {"projector": _custom_name(proj)})
+        return sd
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict, keeping every state tensor's saved dtype.
 
         ``torch.optim.Optimizer`` casts floating state to the parameter's dtype on load; that
         would round a float32 basis of a bfloat16 weight, or widen bfloat16 moments. Here the
-        saved dtypes are restored after the base class has matched parameters.
+        saved dtypes are restored after the base class has matched parameters. A group whose
+        projector object matches the saved description keeps that object.
 
         Args:
             state_dict: as returned by :meth:`state_dict`.
+
+        Raises:
+            ValueError: if the checkpoint names a custom projector that the receiving group
+                does not hold (build the optimizer with that projector object first).
         """
+        current = [g.get("projector") for g in self.param_groups]
+        for i, (saved, proj) in enumerate(zip(state_dict["param_groups"], current, strict=False)):
+            spec = saved.get("projector")
+            custom = isinstance(spec, str) and spec.startswith(_CUSTOM)
+            if custom and not (isinstance(proj, Projector) and _custom_name(proj) == spec):
+                raise ValueError(
+                    f"param group {i} of the checkpoint used the projector {spec!r}, and this "
+                    f"optimizer's group {i} holds {proj!r}; construct the optimizer with an "
+                    "instance of that Projector class in the group before loading"
+                )
         saved_state = state_dict["state"]
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         super().load_state_dict(state_dict)
+        for group, proj in zip(self.param_groups, current, strict=True):
+            if isinstance(proj, Projector):
+                desc = _describe(proj) or {"projector": _custom_name(proj)}
+                if all(group.get(k) == v for k, v in desc.items()):
+                    group["projector"] = proj
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, p in zip(saved_ids, params, strict=True):
             if saved_id not in saved_state:
@@ -715,29 +903,78 @@ def _pack_basis(state: dict[str, Tensor], group_size: int) -> dict[str, Tensor]:
     }
 
 
-_UNPACK_CACHE = WeakIdKeyDictionary()
+def _unpacked(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The projector state with a 4-bit basis dequantized.
 
+    Nothing is cached: keeping the float basis of every layer would make ``proj_bits=4`` hold
+    more memory than a float basis. Dequantizing costs ``O(b r)``, less than the ``O(a b r)``
+    projection it serves.
 
-def _unpacked(state: dict[str, Tensor], proj: Projector) -> dict[str, Tensor]:
-    """The projector state with a 4-bit basis dequantized (cached per packed tensor)."""
+    Returns:
+        ``state`` itself, or ``{"basis": Q}`` with the dequantized float32 basis.
+    """
     if "basis_int4" not in state:
         return state
-    key = state["basis_int4"]
-    Q = _UNPACK_CACHE.get(key)
-    if Q is None:
-        from .quantization import unpack_int4
+    from .quantization import unpack_int4
 
-        shape = tuple(int(s) for s in state["basis_shape"])
-        Q = unpack_int4(
-            key,
-            state["basis_scale"],
-            state["basis_zero"],
-            shape,
-            int(state["basis_group_size"]),
-        )
-        _UNPACK_CACHE[key] = Q
+    shape = tuple(int(s) for s in state["basis_shape"])
+    Q = unpack_int4(
+        state["basis_int4"],
+        state["basis_scale"],
+        state["basis_zero"],
+        shape,
+        int(state["basis_group_size"]),
+    )
     return {"basis": Q}
 
 
 def _basis_of(proj: Projector, state: dict[str, Tensor], b: int, dtype: torch.dtype) -> Tensor:
-    return proj.basis(_unpacked(state, proj), b, dtype)
+    return proj.basis(_unpacked(state), b, dtype)
+
+
+def _as_float(value: float | Tensor) -> float:
+    return float(value)
+
+
+@dataclass
+class _Prepared:
+    """A step of one parameter prepared by ``SubspaceAdamW._prepare_param``, not yet applied.
+
+    ``kind`` is ``"plain"`` (AdamW on ``param.grad``), ``"int8"`` (full-rank Adam of an INT8
+    weight on ``param.grad``) or ``"projected"`` (``R``: the gradient's coordinates in the basis,
+    ``new``: the basis chosen at a refresh, ``transpose`` and ``b`` its orientation).
+    """
+
+    kind: str
+    group_index: int
+    index: int
+    rank: int
+    R: Tensor | None = None
+    new: dict[str, Tensor] | None = None
+    transpose: bool = False
+    b: int = 0
+
+    @property
+    def keeps_grad(self) -> bool:
+        """Whether the commit still reads ``param.grad`` (else it may be freed now)."""
+        return self.kind != "projected"
+
+
+def _describe(proj: Projector) -> dict[str, Any]:
+    """Group keys that rebuild a built-in projector by name (serialisable), else ``{}``."""
+    if type(proj) is RandomizedSVDProjector:
+        return {
+            "projector": "rsvd",
+            "rsvd_oversample": proj.oversample,
+            "rsvd_power_iters": proj.power_iters,
+        }
+    if type(proj) is DCTProjector:
+        return {"projector": "dct", "dct_norm": proj.norm}
+    if type(proj) in (SVDProjector, RandomProjector, CoordinateProjector):
+        return {"projector": proj.name}
+    return {}
+
+
+def _custom_name(proj: Projector) -> str:
+    cls = type(proj)
+    return f"{_CUSTOM}{cls.__module__}.{cls.__qualname__}"
