@@ -13,7 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from subspaces._io import atomic_write_bytes, atomic_write_text, to_jsonable, write_json
+from subspaces import _io
+from subspaces._io import (
+    CheckpointError,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_checkpoint,
+    settings_hash,
+    to_jsonable,
+    write_checkpoint,
+    write_json,
+)
 
 
 def _strict_loads(text: str):
@@ -124,3 +134,105 @@ def test_to_jsonable_rejects_unknown_objects_and_bytes():
         to_jsonable({"c": Color()})
     with pytest.raises(TypeError, match="bytes"):
         to_jsonable(b"png")
+
+
+# ----- checksummed checkpoints -----------------------------------------------------------------
+def _small_checkpoint(path: Path) -> dict:
+    payload = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "step": 7, "name": "run"}
+    write_checkpoint(path, payload, kind="test.run", version=3, identity=settings_hash({"a": 1}))
+    return payload
+
+
+def _assert_one_line_naming(err: BaseException, path: Path, *words: str) -> None:
+    message = str(err)
+    assert "\n" not in message, message
+    assert str(path) in message, message
+    for word in words:
+        assert word in message, message
+
+
+def test_checkpoint_roundtrip_keeps_payload_and_identity(tmp_path: Path):
+    path = tmp_path / "run" / "checkpoint.pt"
+    payload = _small_checkpoint(path)
+    assert os.listdir(path.parent) == ["checkpoint.pt"]
+    loaded = read_checkpoint(path, kind="test.run", version=3, identity=settings_hash({"a": 1}))
+    assert loaded.identity == settings_hash({"a": 1}) and loaded.version == 3
+    assert torch.equal(loaded.payload["w"], payload["w"])
+    assert loaded.payload["step"] == 7 and loaded.payload["name"] == "run"
+    # the identity of settings is independent of key order and changes with any value
+    assert settings_hash({"a": 1, "b": [1.5]}) == settings_hash({"b": [1.5], "a": 1})
+    assert settings_hash({"a": 1, "b": [1.5]}) != settings_hash({"a": 1, "b": [1.25]})
+
+
+def test_every_single_bit_flip_and_every_truncation_is_refused(tmp_path: Path):
+    path = tmp_path / "checkpoint.pt"
+    _small_checkpoint(path)
+    good = path.read_bytes()
+    identity = settings_hash({"a": 1})
+    decode = _io._decode_checkpoint  # read_checkpoint's checks, without file I/O
+    flips = [(i, bit) for i in range(len(good)) for bit in range(8)]
+    for position, bit in flips:
+        damaged = bytearray(good)
+        damaged[position] ^= 1 << bit
+        with pytest.raises(CheckpointError) as info:
+            decode(bytes(damaged), path, kind="test.run", version=3, identity=identity)
+        _assert_one_line_naming(info.value, path)
+    for length in range(len(good)):
+        with pytest.raises(CheckpointError) as info:
+            decode(good[:length], path, kind="test.run", version=3, identity=identity)
+        _assert_one_line_naming(info.value, path)
+    # the same checks run on the file
+    path.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path, kind="test.run", version=3)
+    _assert_one_line_naming(info.value, path, "damaged")
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path, kind="test.run", version=3)
+    _assert_one_line_naming(info.value, path, "truncated")
+
+
+def test_foreign_and_unknown_version_checkpoints_are_refused(tmp_path: Path):
+    path = tmp_path / "checkpoint.pt"
+    _small_checkpoint(path)
+    cases = [
+        ({"kind": "other.run", "version": 3}, "test.run"),
+        ({"kind": "test.run", "version": 4}, "version 3"),
+        ({"kind": "test.run", "version": 3, "identity": settings_hash({"a": 2})}, "another run"),
+    ]
+    for kwargs, word in cases:
+        with pytest.raises(CheckpointError) as info:
+            read_checkpoint(path, **kwargs)
+        _assert_one_line_naming(info.value, path, word)
+    # a plain torch.save file (an older subspaces, or another program)
+    torch.save({"model": {"w": torch.zeros(2)}}, path)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path, kind="test.run", version=3)
+    _assert_one_line_naming(info.value, path, "not a subspaces checkpoint")
+    # a container format this version does not know (header rewritten, checksum recomputed)
+    _small_checkpoint(path)
+    first, rest = path.read_bytes().split(b"\n", 1)
+    path.write_bytes(first.replace(b"CHECKPOINT 1 ", b"CHECKPOINT 9 ") + b"\n" + rest)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path, kind="test.run", version=3)
+    _assert_one_line_naming(info.value, path, "format version 9")
+    path.unlink()
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path, kind="test.run", version=3)
+    _assert_one_line_naming(info.value, path, "cannot read")
+
+
+def test_checkpoint_loading_stays_weights_only(tmp_path: Path):
+    path = tmp_path / "checkpoint.pt"
+    write_checkpoint(path, {"obj": Color()}, kind="test.run", version=1, identity="x")
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path, kind="test.run", version=1, identity="x")
+    _assert_one_line_naming(info.value, path, "weights_only")
+
+
+def test_checkpoint_arguments_are_checked(tmp_path: Path):
+    with pytest.raises(TypeError, match="payload"):
+        write_checkpoint(tmp_path / "c.pt", [1, 2], kind="k", version=1, identity="x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="version"):
+        write_checkpoint(tmp_path / "c.pt", {}, kind="k", version=0, identity="x")
+    assert not (tmp_path / "c.pt").exists()

@@ -4,6 +4,13 @@ A file is written to a temporary file in the same directory, flushed and ``fsync
 over the target with :func:`os.replace`, so a reader (or a crash) sees either the old file or the
 complete new one, never half of it. JSON is always valid (no ``NaN`` or ``Infinity`` tokens),
 with sorted keys, and tensors and NumPy values are converted to plain Python values.
+
+Checkpoints that a run resumes from (:func:`write_checkpoint`, :func:`read_checkpoint`) are one
+atomically written file: a first line with the container format version and the SHA-256 of the
+rest, a JSON header line (what wrote it, its payload version, the identity of the run) and the
+``torch.save`` payload. Reading verifies all of it before ``torch.load(..., weights_only=True)``
+sees a byte, so a truncated, damaged, foreign or unknown checkpoint is a one-line
+:class:`CheckpointError` naming the file, never a silent resume.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import hashlib
+import io
 import json
 import math
 import os
@@ -22,7 +31,17 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "to_jsonable", "write_json"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "read_checkpoint",
+    "settings_hash",
+    "to_jsonable",
+    "write_checkpoint",
+    "write_json",
+]
 
 _NONFINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
@@ -199,3 +218,242 @@ def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2
     """
     text = json.dumps(to_jsonable(obj), sort_keys=True, indent=indent, allow_nan=False)
     return atomic_write_text(path, text + "\n")
+
+
+# ----- checksummed checkpoints ----------------------------------------------------------------
+CHECKPOINT_FORMAT = 1
+"""Version of the checkpoint container (first line, header line, payload) this module writes."""
+
+_MAGIC = b"SUBSPACES-CHECKPOINT"
+_HEX = frozenset("0123456789abcdef")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that must not be resumed from; the message is one line naming the file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A verified checkpoint, as returned by :func:`read_checkpoint`.
+
+    Attributes:
+        path: the file it was read from.
+        kind: what wrote it (e.g. ``"subspaces.analyze"``).
+        version: the writer's payload format version.
+        identity: the identity of the run that wrote it (e.g. :func:`settings_hash`).
+        payload: the dict given to :func:`write_checkpoint`.
+    """
+
+    path: Path
+    kind: str
+    version: int
+    identity: str
+    payload: dict[str, Any]
+
+
+def settings_hash(settings: Mapping[str, Any]) -> str:
+    """SHA-256 of a run's settings as canonical JSON: the identity of a run for its checkpoints.
+
+    Key order does not matter; any changed value changes the hash.
+
+    Args:
+        settings: the settings (anything :func:`to_jsonable` converts).
+
+    Returns:
+        64 lowercase hexadecimal digits.
+
+    Raises:
+        TypeError: if ``settings`` is not a mapping, or holds a value with no JSON form.
+
+    Example:
+        >>> settings_hash({"lr": 0.1, "seed": 0}) == settings_hash({"seed": 0, "lr": 0.1})
+        True
+        >>> settings_hash({"lr": 0.1}) == settings_hash({"lr": 0.2})
+        False
+    """
+    if not isinstance(settings, Mapping):
+        raise TypeError(f"settings must be a mapping, got {type(settings).__name__}")
+    text = json.dumps(to_jsonable(settings), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_checkpoint(
+    path: str | os.PathLike[str],
+    payload: Mapping[str, Any],
+    *,
+    kind: str,
+    version: int,
+    identity: str,
+) -> Path:
+    """Write a checkpoint with its format version, identity and SHA-256, atomically.
+
+    The file is a line ``SUBSPACES-CHECKPOINT <format> sha256=<hex>``, a one-line JSON header
+    (``kind``, ``version``, ``identity``, ``payload_bytes``) and ``torch.save(payload)``; the
+    checksum covers everything after the first line. It is written with
+    :func:`atomic_write_bytes`, so the checksum and the content can never disagree after a crash.
+
+    Args:
+        path: destination file.
+        payload: what to save (tensors, numbers, strings, lists and dicts of them, so that it
+            loads with ``torch.load(..., weights_only=True)``).
+        kind: what writes it, checked on reading (e.g. ``"subspaces.analyze"``).
+        version: the writer's payload format version (a positive int), checked on reading.
+        identity: the identity of the run (e.g. :func:`settings_hash` of its settings).
+
+    Returns:
+        The destination as a :class:`~pathlib.Path`.
+
+    Raises:
+        TypeError: if ``payload`` is not a mapping or ``kind``/``identity`` are not strings.
+        ValueError: if ``version`` is not a positive int or ``kind`` is empty.
+
+    Example:
+        >>> import os, tempfile, torch
+        >>> p = os.path.join(tempfile.mkdtemp(), "checkpoint.pt")
+        >>> _ = write_checkpoint(p, {"w": torch.ones(2)}, kind="demo", version=1, identity="abc")
+        >>> open(p, "rb").read(30)
+        b'SUBSPACES-CHECKPOINT 1 sha256='
+        >>> read_checkpoint(p, kind="demo", version=1, identity="abc").payload["w"].tolist()
+        [1.0, 1.0]
+    """
+    if not isinstance(payload, Mapping):
+        raise TypeError(f"payload must be a mapping (dict), got {type(payload).__name__}")
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"kind must be a non-empty string, got {kind!r}")
+    if not isinstance(identity, str):
+        raise TypeError(f"identity must be a string, got {type(identity).__name__}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be a positive int, got {version!r}")
+    buffer = io.BytesIO()
+    torch.save(dict(payload), buffer)
+    body = buffer.getvalue()
+    header = {"kind": kind, "version": version, "identity": identity, "payload_bytes": len(body)}
+    rest = json.dumps(header, sort_keys=True).encode("utf-8") + b"\n" + body
+    first = b"%s %d sha256=%s\n" % (
+        _MAGIC,
+        CHECKPOINT_FORMAT,
+        hashlib.sha256(rest).hexdigest().encode(),
+    )
+    return atomic_write_bytes(path, first + rest)
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    kind: str,
+    version: int,
+    identity: str | None = None,
+) -> Checkpoint:
+    """Read a checkpoint written by :func:`write_checkpoint`, verifying it before loading it.
+
+    Checked in order: the first line (a subspaces checkpoint of a known container format), the
+    SHA-256 of the rest (a truncated or damaged file), the header (``kind``, ``version`` and, if
+    given, ``identity``); only then is the payload loaded, with ``torch.load(...,
+    weights_only=True)``.
+
+    Args:
+        path: the checkpoint file.
+        kind: the expected writer.
+        version: the payload format version this code reads.
+        identity: the expected identity of the run; ``None`` accepts any (the caller compares
+            :attr:`Checkpoint.identity` itself, e.g. to say which settings differ).
+
+    Returns:
+        The verified :class:`Checkpoint`.
+
+    Raises:
+        CheckpointError: (a ``ValueError``) with one line naming the file and what is wrong: it
+            cannot be read, is not a subspaces checkpoint, has an unknown format version, is
+            truncated or damaged, was written by another kind of run, a payload version this
+            code does not read, or another run.
+
+    Example:
+        >>> import os, tempfile, torch
+        >>> p = os.path.join(tempfile.mkdtemp(), "checkpoint.pt")
+        >>> _ = write_checkpoint(p, {"step": 3}, kind="demo", version=1, identity="abc")
+        >>> data = bytearray(open(p, "rb").read()); data[-1] ^= 1
+        >>> _ = open(p, "wb").write(bytes(data))
+        >>> try:
+        ...     read_checkpoint(p, kind="demo", version=1)
+        ... except CheckpointError as err:
+        ...     print("damaged" in str(err) and p in str(err))
+        True
+    """
+    where = Path(path)
+    try:
+        data = where.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {where}: {err.strerror or err}") from None
+    return _decode_checkpoint(data, where, kind=kind, version=version, identity=identity)
+
+
+def _decode_checkpoint(
+    data: bytes, where: Path, *, kind: str, version: int, identity: str | None
+) -> Checkpoint:
+    """The checks of :func:`read_checkpoint` on the file's bytes (``where`` names it)."""
+    name = f"checkpoint {where}"
+    first, newline, rest = data.partition(b"\n")
+    parts = first.split(b" ")
+    if not data.startswith(_MAGIC + b" ") or len(parts) != 3:
+        what = (
+            "a plain torch.save file (from an older subspaces or another program)"
+            if data.startswith(b"PK\x03\x04")
+            else "damaged, or another kind of file"
+        )
+        raise CheckpointError(
+            f"{name} is not a subspaces checkpoint (no {_MAGIC.decode()} header line): {what}"
+        )
+    if not parts[1].isdigit():
+        raise CheckpointError(f"{name} is damaged: its format version {parts[1]!r} is no number")
+    if int(parts[1]) != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{name} has format version {int(parts[1])}; this subspaces reads format version "
+            f"{CHECKPOINT_FORMAT} (a newer subspaces wrote it, or it is damaged)"
+        )
+    digest = parts[2].decode("ascii", errors="replace").removeprefix("sha256=")
+    if not (parts[2].startswith(b"sha256=") and len(digest) == 64 and set(digest) <= _HEX):
+        raise CheckpointError(f"{name} is damaged: its header line has no valid SHA-256")
+    if not newline or hashlib.sha256(rest).hexdigest() != digest:
+        raise CheckpointError(f"{name} is {_diagnose(rest)}")
+    line, _, body = rest.partition(b"\n")
+    try:
+        header = json.loads(line)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{name} is damaged: its header is not a JSON object")
+    if header.get("kind") != kind:
+        raise CheckpointError(f"{name} was written by {header.get('kind')!r}, not by {kind!r}")
+    if header.get("version") != version:
+        raise CheckpointError(
+            f"{name} has {kind} format version {header.get('version')!r}; this subspaces reads "
+            f"version {version}"
+        )
+    if identity is not None and header.get("identity") != identity:
+        raise CheckpointError(
+            f"{name} is from another run (identity {str(header.get('identity'))[:12]}..., "
+            f"this run {identity[:12]}...)"
+        )
+    try:
+        payload = torch.load(io.BytesIO(body), weights_only=True, map_location="cpu")
+    except Exception as err:  # any unpickling failure is reported the same way
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(
+            f"{name} cannot be loaded with torch.load(weights_only=True): {reason[:200]}"
+        ) from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{name} holds a {type(payload).__name__}, not a dict")
+    return Checkpoint(where, kind, int(header["version"]), str(header.get("identity")), payload)
+
+
+def _diagnose(rest: bytes) -> str:
+    """Say why a checkpoint's checksum does not match: truncated if its header says so."""
+    line, newline, body = rest.partition(b"\n")
+    try:
+        expected = int(json.loads(line)["payload_bytes"]) if newline else None
+    except (ValueError, KeyError, TypeError):
+        expected = None
+    if not newline or (expected is not None and len(body) < expected):
+        have = f"{len(body)} of {expected} payload bytes" if expected is not None else "no payload"
+        return f"truncated ({have})"
+    return "damaged: its SHA-256 checksum does not match its content"
