@@ -123,7 +123,7 @@ def test_ai_karcher_two_points_is_geodesic_midpoint():
     A, B = rand_spd(seed=14, cond=50.0), rand_spd(seed=15, cond=50.0)
     Ah, Aih = sqrtm_ref(A), torch.linalg.inv(sqrtm_ref(A))
     mid = Ah @ sqrtm_ref(Aih @ B @ Aih) @ Ah
-    M = ai_karcher_mean(torch.stack([A, B]))
+    M = ai_karcher_mean(torch.stack([A, B]), max_iter=100)
     assert torch.allclose(M, mid, atol=1e-10)
     assert abs(float(ai_distance(A, M) - ai_distance(M, B))) < 1e-10
 
@@ -222,3 +222,151 @@ def test_p33_fast_reproduction_runs():
     r = get("P33").run(True, 0)
     assert set(r.measured["mean_test_accuracy"]) == {"none", "ai", "gbw"}
     assert "test_accuracy" in r.figures
+
+
+# ----- issue 17: no silent clamping or symmetrizing, certified means, dtypes, empty and meta ---
+from subspaces.geometry.spd import SPDMeanResult, lyapunov  # noqa: E402
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+def logm_ref(A):
+    w, U = torch.linalg.eigh(A)
+    return U @ torch.diag_embed(w.log()) @ U.mT
+
+
+def indefinite(n=5, seed=30):
+    """Symmetric with eigenvalues 1..n except one of -0.5: clearly not positive (semi)definite."""
+    g = torch.Generator().manual_seed(seed)
+    Q = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=D))[0]
+    lam = torch.arange(1.0, n + 1, dtype=D)
+    lam[0] = -0.5
+    return sym(Q * lam @ Q.T)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [spd_sqrt, spd_log, lambda X: spd_power(X, -0.5), lambda X: spd_power(X, 0.3)],
+)
+def test_matrix_functions_reject_non_spd_instead_of_clamping(fn):
+    # the old code clamped the eigenvalue -0.5 to 1e-308 and returned a finite matrix
+    with pytest.raises(ValueError, match=r"positive .*definite.*smallest eigenvalue -0\.5"):
+        fn(indefinite())
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        spd_sqrt,
+        spd_log,
+        spd_exp,
+        lambda X: spd_power(X, 2.0),
+        lambda X: lyapunov(rand_spd(seed=31), X),
+        lambda X: bw_exp(rand_spd(seed=31), X),
+        lambda X: ai_exp(rand_spd(seed=31), X),
+        lambda X: bw_transport(rand_spd(seed=31), rand_spd(seed=32), X),
+        lambda X: ai_transport(rand_spd(seed=31), rand_spd(seed=32), X),
+    ],
+)
+def test_non_symmetric_input_is_rejected_not_symmetrized(fn):
+    X = rand_spd(seed=33)
+    bad = X.clone()
+    bad[0, 1] += 0.1 * float(X.abs().max())  # 10 % of the largest entry: not rounding
+    with pytest.raises(ValueError, match="must be symmetric"):
+        fn(bad)
+    # rounding-level asymmetry is accepted (and symmetrized): e.g. a product like A B A
+    A = spd_sqrt(rand_spd(seed=34))
+    prod = A @ X @ A
+    assert float((prod - prod.mT).abs().max()) > 0
+    fn(prod)
+
+
+def test_rounding_negative_eigenvalues_of_psd_matrices_are_accepted_for_positive_powers():
+    g = torch.Generator().manual_seed(35)
+    B = torch.randn(6, 3, generator=g, dtype=D)
+    P = B @ B.T  # rank 3: three eigenvalues are rounding-level, some negative
+    assert float(torch.linalg.eigvalsh(P)[0]) < 0
+    R = spd_sqrt(P)
+    torch.testing.assert_close(R @ R, P, atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="positive definite"):
+        spd_log(P)
+
+
+def test_means_report_convergence_checked_at_the_returned_point():
+    Y = rand_spd(6, seed=10, cond=100.0)
+    I5 = torch.eye(5, dtype=D)
+    for fn in (bw_barycenter, ai_karcher_mean, lambda X, **kw: gbw_barycenter(X, 0.5, **kw)):
+        res = fn(Y, max_iter=200, return_info=True)
+        assert isinstance(res, SPDMeanResult) and res.converged and res.residual <= res.tol
+        assert 0 < res.iterations < 200
+        assert torch.equal(res.mean, fn(Y, max_iter=200))  # the plain call: the same mean
+        # two iterations are not enough: reported, and warned about without return_info
+        short = fn(Y, max_iter=2, return_info=True)
+        assert not short.converged and short.iterations == 2 and short.residual > short.tol
+        with pytest.warns(RuntimeWarning, match="did not converge"):
+            fn(Y, max_iter=2)
+    # the residuals, recomputed independently (eigh-based square roots and logs)
+    for max_iter in (2, 200):
+        res = bw_barycenter(Y, max_iter=max_iter, return_info=True)
+        Mh = sqrtm_ref(res.mean)
+        Mih = torch.linalg.inv(Mh)
+        T = (Mih @ sqrtm_ref(Mh @ Y @ Mh) @ Mih).mean(0)
+        assert float((T - I5).norm()) == pytest.approx(res.residual, rel=1e-6, abs=1e-13)
+        res = ai_karcher_mean(Y, max_iter=max_iter, return_info=True)
+        w, U = torch.linalg.eigh(res.mean)
+        Mih = U @ torch.diag_embed(w.rsqrt()) @ U.mT
+        w2, U2 = torch.linalg.eigh(sym(Mih @ Y @ Mih))
+        G = (U2 @ torch.diag_embed(w2.log()) @ U2.mT).mean(0)
+        assert float(G.norm()) == pytest.approx(res.residual, rel=1e-6, abs=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF])
+def test_lower_precision_inputs(dtype):
+    eps = torch.finfo(dtype).eps
+    X = rand_spd(seed=40, cond=5.0)
+    Xl = X.to(dtype)
+    Xr = Xl.double()  # the matrix actually passed, exactly
+    for fn, ref in (
+        (spd_sqrt, sqrtm_ref),
+        (spd_log, logm_ref),
+        (spd_exp, torch.linalg.matrix_exp),
+        (lambda A: spd_power(A, -1.0), torch.linalg.inv),
+    ):
+        out = fn(Xl)
+        assert out.dtype == dtype
+        expected = ref(sym(Xr))
+        err = float((out.double() - expected).abs().max() / expected.abs().max())
+        assert err <= 8 * eps  # computed in float32, rounded to the dtype
+    assert bool(is_spd(Xl))
+    B = rand_spd(seed=41, cond=5.0).to(dtype)
+    d = bw_distance(Xl, B)
+    assert d.dtype == dtype
+    assert float(d) == pytest.approx(float(bw_distance(Xr, B.double())), rel=16 * eps, abs=0)
+    Y = rand_spd(6, seed=42, cond=10.0)
+    for fn in (bw_barycenter, ai_karcher_mean):
+        res = fn(Y.to(dtype), return_info=True)
+        assert res.converged and res.mean.dtype == dtype and res.tol == 1e-6
+        ref = fn(Y.to(dtype).double(), tol=1e-6)  # the same float64 iteration, not rounded
+        assert float((res.mean.double() - ref).abs().max() / ref.abs().max()) <= eps
+
+
+def test_empty_and_meta_inputs():
+    for fn in (spd_sqrt, spd_log, spd_exp, is_spd, lambda X: bw_distance(X, X)):
+        with pytest.raises(ValueError, match="n >= 1"):
+            fn(torch.zeros(0, 0, dtype=D))
+        with pytest.raises(ValueError, match="meta"):
+            fn(torch.eye(3, device="meta"))
+    # an empty batch of matrices is an empty result
+    assert spd_sqrt(torch.zeros(0, 2, 2, dtype=D)).shape == (0, 2, 2)
+    assert bw_distance(torch.zeros(0, 2, 2, dtype=D), torch.eye(2, dtype=D)).shape == (0,)
+    for fn in (bw_barycenter, ai_karcher_mean):
+        with pytest.raises(ValueError, match="k >= 1"):
+            fn(torch.zeros(0, 2, 2, dtype=D))
+        out = fn(torch.zeros(0, 3, 2, 2, dtype=D), return_info=True)
+        assert out.mean.shape == (0, 2, 2) and out.converged
+        with pytest.raises(ValueError, match="weights"):
+            fn(rand_spd(2, seed=43), torch.tensor([1.0, float("nan")], dtype=D))
+        with pytest.raises(ValueError, match="tol"):
+            fn(rand_spd(2, seed=43), tol=-1.0)
+    with pytest.raises(ValueError, match="theta"):
+        gbw_distance(rand_spd(seed=44), rand_spd(seed=45), float("inf"))

@@ -48,7 +48,10 @@ Example:
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -57,6 +60,7 @@ from torch import Tensor
 from .._checks import check_finite, check_float_tensor, check_positive_float, check_positive_int
 
 __all__ = [
+    "SPDMeanResult",
     "ai_distance",
     "ai_exp",
     "ai_karcher_mean",
@@ -122,19 +126,28 @@ _FUNCTIONS: dict[str, tuple[_Fn, _Fn]] = {
 
 
 class _Spectral(torch.autograd.Function):
-    """``U f(Λ) U^T`` with the Daleckii-Krein backward (finite for repeated eigenvalues)."""
+    """``U f(Λ) U^T`` with the Daleckii-Krein backward (finite for repeated eigenvalues).
+
+    With ``check = (name, eps)`` the eigenvalues are validated in the forward pass (no second
+    decomposition): positive for ``log`` and powers ``p <= 0``, and at least ``-n eps |λ|_max``
+    (rounding of a positive semidefinite matrix, then clamped) for powers ``p > 0``.
+    """
 
     @staticmethod
-    def forward(ctx: Any, X: Tensor, name: str, p: float) -> Tensor:
+    def forward(
+        ctx: Any, X: Tensor, name: str, p: float, check: tuple[str, float] | None
+    ) -> Tensor:
         f, _ = _FUNCTIONS[name]
         w, U = torch.linalg.eigh(X)
+        if check is not None and w.numel():
+            _check_eigenvalues(w, name, p, *check)
         fw = f(w, p)
         ctx.save_for_backward(w, U, fw)
         ctx.name, ctx.p = name, p
         return (U * fw.unsqueeze(-2)) @ U.mT
 
     @staticmethod
-    def backward(ctx: Any, G: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx: Any, G: Tensor) -> tuple[Tensor, None, None, None]:
         w, U, fw = ctx.saved_tensors
         _, df = _FUNCTIONS[ctx.name]
         diff = w.unsqueeze(-1) - w.unsqueeze(-2)
@@ -144,13 +157,70 @@ class _Spectral(torch.autograd.Function):
         mid = df((w.unsqueeze(-1) + w.unsqueeze(-2)) / 2, ctx.p)
         K = torch.where(close, mid, fdiff / torch.where(close, torch.ones_like(diff), diff))
         Gs = U.mT @ sym(G) @ U
-        return U @ (K * Gs) @ U.mT, None, None
+        return U @ (K * Gs) @ U.mT, None, None, None
 
 
-def _spectral(X: Tensor, name: str, p: float = 0.0) -> Tensor:
-    out = _Spectral.apply(X, name, p)
+def _check_eigenvalues(w: Tensor, fn: str, p: float, name: str, eps: float) -> None:
+    """Raise unless the eigenvalues ``w`` (ascending, batched) suit the matrix function."""
+    lo, hi = w[..., 0], w.abs().amax(-1)
+    if fn == "log" or (fn == "pow" and p <= 0):
+        bad = lo <= 0
+        need = "positive definite"
+    elif fn == "pow":
+        bad = lo < -w.shape[-1] * eps * hi
+        need = f"positive semidefinite (eigenvalues >= -n eps |lambda|_max = -{w.shape[-1]} eps)"
+    else:
+        return
+    if bool(bad.any()):
+        i = int(torch.argmax((-lo / hi.clamp_min(torch.finfo(w.dtype).tiny)).flatten()))
+        what = "log" if fn == "log" else f"power {p:g}"
+        raise ValueError(
+            f"{name} must be symmetric {need} for the matrix {what}; got smallest eigenvalue "
+            f"{float(lo.flatten()[i]):.3g} (largest magnitude {float(hi.flatten()[i]):.3g})"
+        )
+
+
+def _spectral(
+    X: Tensor, name: str, p: float = 0.0, check: tuple[str, float] | None = None
+) -> Tensor:
+    out = _Spectral.apply(X, name, p, check)
     assert isinstance(out, Tensor)
     return out
+
+
+# --------------------------------------------------------------------------- validation
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _work(X: Tensor) -> Tensor:
+    """``X`` in float32 if it is float16/bfloat16 (no CPU ``eigh`` there), else itself.
+
+    Returns:
+        ``X`` in its working dtype.
+    """
+    return X.float() if X.dtype in _HALF else X
+
+
+def _sym_tol(dtype: torch.dtype) -> float:
+    """Default symmetry tolerance relative to the largest entry: ``min(1e3 eps, 1/16)``.
+
+    Returns:
+        ``1e3 eps`` for float32/float64 (rounding of products that should be symmetric) and
+        ``1/16`` for float16/bfloat16, where ``1e3 eps`` would exceed 1.
+    """
+    return min(1e3 * torch.finfo(dtype).eps, 2.0**-4)
+
+
+def _rel_asymmetry(X: Tensor) -> Tensor:
+    """``max |X - X^T| / max |X|`` of each matrix of a batch, in at least float32.
+
+    Returns:
+        A tensor of shape ``X.shape[:-2]``.
+    """
+    Xw = _work(X)
+    scale = Xw.abs().amax((-2, -1)).clamp_min(torch.finfo(Xw.dtype).tiny)
+    return (Xw - Xw.mT).abs().amax((-2, -1)) / scale
 
 
 def _check_square(X: Any, name: str) -> Tensor:
@@ -159,18 +229,59 @@ def _check_square(X: Any, name: str) -> Tensor:
         raise ValueError(
             f"{name} must have shape (..., n, n) (square matrices), got {tuple(X.shape)}"
         )
+    if X.shape[-1] == 0:
+        raise ValueError(f"{name} must hold matrices of size n >= 1, got shape {tuple(X.shape)}")
     return check_finite(X, name)
+
+
+def _check_symmetric(X: Any, name: str) -> Tensor:
+    """Square, finite and symmetric up to :func:`_sym_tol` (rounding is symmetrized later).
+
+    Returns:
+        ``X``.
+
+    Raises:
+        ValueError: naming the largest relative asymmetry when it exceeds the tolerance.
+    """
+    X = _check_square(X, name)
+    if X.numel():
+        asym, tol = _rel_asymmetry(X), _sym_tol(X.dtype)
+        if bool((asym > tol).any()):
+            raise ValueError(
+                f"{name} must be symmetric: max |X - X^T| / max |X| = {float(asym.max()):.3e} > "
+                f"{tol:.1e} (the tolerance for {X.dtype}); pass sym({name}) if the asymmetry is "
+                "meant to be dropped"
+            )
+    return X
 
 
 def _check_spd(X: Any, name: str) -> Tensor:
     X = _check_square(X, name)
-    if not bool(is_spd(X).all()):
-        smallest = float(torch.linalg.eigvalsh(sym(X)).min())
+    if X.numel() and not bool(is_spd(X).all()):
+        asym = float(_rel_asymmetry(X).max())
+        smallest = float(torch.linalg.eigvalsh(sym(_work(X))).min())
         raise ValueError(
-            f"{name} must be symmetric positive definite; got a matrix that is not symmetric or "
-            f"has an eigenvalue <= 0 (smallest eigenvalue {smallest:.3g})"
+            f"{name} must be symmetric positive definite; got a matrix with relative asymmetry "
+            f"{asym:.3g} (tolerance {_sym_tol(X.dtype):.1e}) or an eigenvalue <= 0 (smallest "
+            f"eigenvalue {smallest:.3g})"
         )
     return X
+
+
+def _common(*tensors: Tensor) -> tuple[torch.dtype, list[Tensor]]:
+    """The promoted dtype of ``tensors`` and the tensors in its working dtype.
+
+    Returns:
+        ``(dtype, [tensors in float32 if dtype is half, else in dtype])``.
+    """
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    work = torch.float32 if dtype in _HALF else dtype
+    return dtype, [t.to(work) for t in tensors]
+
+
+# --------------------------------------------------------------------------- matrix functions
 
 
 def sym(X: Tensor) -> Tensor:
@@ -199,37 +310,74 @@ def is_spd(X: Tensor, rtol: float | None = None) -> Tensor:
     """Whether each matrix of a batch is symmetric positive definite.
 
     Args:
-        X: ``(..., n, n)`` real floating tensor.
-        rtol: relative tolerance for the symmetry check (default ``1e3`` machine epsilons).
+        X: ``(..., n, n)`` real floating tensor, ``n >= 1`` (float16/bfloat16 are checked in
+            float32).
+        rtol: tolerance of the symmetry check, relative to the largest entry; default
+            ``min(1e3 eps, 1/16)`` (``1e3`` machine epsilons of ``X``'s dtype, capped at 1/16
+            for half precision, where ``1e3 eps`` exceeds 1).
 
     Returns:
         Boolean tensor of shape ``X.shape[:-2]``: symmetric (relative to the largest entry) with
         smallest eigenvalue ``> 0``; ``False`` for matrices with NaN or Inf.
 
     Raises:
-        ValueError: if ``X`` is not a batch of square matrices.
+        ValueError: if ``X`` is not a batch of square matrices of size ``n >= 1``, lives on the
+            meta device, or ``rtol`` is negative.
         TypeError: if ``X`` is not a floating tensor.
 
     Example:
         >>> is_spd(torch.eye(3)).item(), is_spd(-torch.eye(3)).item()
         (True, False)
+        >>> is_spd(torch.tensor([[2.0, 1.0], [1.2, 2.0]], dtype=torch.bfloat16)).item()
+        False
     """
     X = check_float_tensor(X, "X")
-    if X.ndim < 2 or X.shape[-1] != X.shape[-2]:
-        raise ValueError(f"X must have shape (..., n, n), got {tuple(X.shape)}")
-    tol = 1e3 * torch.finfo(X.dtype).eps if rtol is None else rtol
+    if X.ndim < 2 or X.shape[-1] != X.shape[-2] or X.shape[-1] == 0:
+        raise ValueError(f"X must have shape (..., n, n) with n >= 1, got {tuple(X.shape)}")
+    tol = _sym_tol(X.dtype) if rtol is None else check_positive_float(rtol, "rtol", allow_zero=True)
     finite = torch.isfinite(X).all(-1).all(-1)
     Xf = torch.where(
         finite[..., None, None], X, torch.eye(X.shape[-1], dtype=X.dtype, device=X.device)
     )
-    scale = Xf.abs().amax((-2, -1)).clamp_min(torch.finfo(X.dtype).tiny)
+    Xf = _work(Xf)
+    scale = Xf.abs().amax((-2, -1)).clamp_min(torch.finfo(Xf.dtype).tiny)
     symmetric = (Xf - Xf.mT).abs().amax((-2, -1)) <= tol * scale
     positive = torch.linalg.eigvalsh(sym(Xf))[..., 0] > 0
     return finite & symmetric & positive
 
 
+def _pow(X: Tensor, p: float) -> Tensor:
+    """``X^p`` of (near-)symmetric ``X`` without validation (eigenvalues clamped at ``tiny``)."""
+    return _spectral(sym(X), "pow", float(p))
+
+
+def _sqrt(X: Tensor) -> Tensor:
+    return _pow(X, 0.5)
+
+
+def _log(X: Tensor) -> Tensor:
+    return _spectral(sym(X), "log")
+
+
+def _exp(X: Tensor) -> Tensor:
+    return _spectral(sym(X), "exp")
+
+
+def _checked_function(X: Any, fn: str, p: float, name: str = "X") -> Tensor:
+    """A validated matrix function, computed in at least float32, returned in ``X``'s dtype."""
+    X = _check_symmetric(X, name)
+    out = _spectral(sym(_work(X)), fn, p, (name, torch.finfo(X.dtype).eps))
+    return out.to(X.dtype)
+
+
 def spd_power(X: Tensor, p: float) -> Tensor:
     """Matrix power ``X^p`` of SPD matrices (eigenvalues raised to ``p``).
+
+    ``X`` must be symmetric up to rounding (``max |X - X^T| <= min(1e3 eps, 1/16) max |X|``;
+    the rounding is symmetrized) and positive definite for ``p <= 0``; for ``p > 0`` a
+    positive semidefinite ``X`` is accepted, eigenvalues down to ``-n eps |lambda|_max``
+    (rounding) being treated as 0. float16/bfloat16 are computed in float32 and returned in
+    their dtype.
 
     Args:
         X: ``(..., n, n)`` SPD.
@@ -238,16 +386,22 @@ def spd_power(X: Tensor, p: float) -> Tensor:
     Returns:
         ``X^p``.
 
+    Raises:
+        ValueError: if ``X`` is not square, not finite, not symmetric, or not positive
+            (semi)definite as above (naming the smallest eigenvalue).
+
     Example:
         >>> spd_power(torch.diag(torch.tensor([4.0, 9.0])), 0.5)
         tensor([[2., 0.],
                 [0., 3.]])
     """
-    return _spectral(sym(X), "pow", float(p))
+    return _checked_function(X, "pow", float(p))
 
 
 def spd_sqrt(X: Tensor) -> Tensor:
-    """Principal square root ``X^{1/2}`` of SPD matrices.
+    """Principal square root ``X^{1/2}`` of SPD (or positive semidefinite) matrices.
+
+    Validated as :func:`spd_power` with ``p = 1/2``.
 
     Args:
         X: ``(..., n, n)`` SPD.
@@ -255,16 +409,22 @@ def spd_sqrt(X: Tensor) -> Tensor:
     Returns:
         ``X^{1/2}``.
 
+    Raises:
+        ValueError: for the inputs :func:`spd_power` rejects.
+
     Example:
         >>> spd_sqrt(4 * torch.eye(2))
         tensor([[2., 0.],
                 [0., 2.]])
     """
-    return spd_power(X, 0.5)
+    return _checked_function(X, "pow", 0.5)
 
 
 def spd_log(X: Tensor) -> Tensor:
     """Principal matrix logarithm of SPD matrices.
+
+    Validated as :func:`spd_power` with ``p <= 0``: symmetric up to rounding and positive
+    definite.
 
     Args:
         X: ``(..., n, n)`` SPD.
@@ -272,33 +432,45 @@ def spd_log(X: Tensor) -> Tensor:
     Returns:
         ``log X`` (symmetric).
 
+    Raises:
+        ValueError: if ``X`` is not square, not finite, not symmetric or not positive definite.
+
     Example:
         >>> spd_log(torch.eye(2))
         tensor([[0., 0.],
                 [0., 0.]])
     """
-    return _spectral(sym(X), "log")
+    return _checked_function(X, "log", 0.0)
 
 
 def spd_exp(X: Tensor) -> Tensor:
     """Matrix exponential of symmetric matrices.
 
     Args:
-        X: ``(..., n, n)`` symmetric.
+        X: ``(..., n, n)`` symmetric up to rounding (as in :func:`spd_power`).
 
     Returns:
         ``exp X`` (SPD).
+
+    Raises:
+        ValueError: if ``X`` is not square, not finite or not symmetric.
 
     Example:
         >>> spd_exp(torch.zeros(2, 2))
         tensor([[1., 0.],
                 [0., 1.]])
     """
-    return _spectral(sym(X), "exp")
+    return _checked_function(X, "exp", 0.0)
 
 
 def _clamp_eig(X: Tensor, eps: float) -> Tensor:
     return _spectral(sym(X), "clamp", float(eps))
+
+
+def _lyapunov(S: Tensor, V: Tensor) -> Tensor:
+    w, U = torch.linalg.eigh(sym(S))
+    Vt = U.mT @ sym(V) @ U
+    return U @ (Vt / (w.unsqueeze(-1) + w.unsqueeze(-2))) @ U.mT
 
 
 def lyapunov(S: Tensor, V: Tensor) -> Tensor:
@@ -306,10 +478,13 @@ def lyapunov(S: Tensor, V: Tensor) -> Tensor:
 
     Args:
         S: ``(..., n, n)`` SPD.
-        V: ``(..., n, n)`` symmetric.
+        V: ``(..., n, n)`` symmetric (up to rounding, as in :func:`spd_power`).
 
     Returns:
         ``L`` (symmetric), computed in the eigenbasis of ``S``: ``L_ij = V_ij / (s_i + s_j)``.
+
+    Raises:
+        ValueError: if ``S`` is not SPD or ``V`` not square, finite and symmetric.
 
     Example:
         >>> S = torch.diag(torch.tensor([1.0, 3.0]))
@@ -317,9 +492,10 @@ def lyapunov(S: Tensor, V: Tensor) -> Tensor:
         tensor([[0.5000, 0.2500],
                 [0.2500, 0.1667]])
     """
-    w, U = torch.linalg.eigh(sym(S))
-    Vt = U.mT @ sym(V) @ U
-    return U @ (Vt / (w.unsqueeze(-1) + w.unsqueeze(-2))) @ U.mT
+    S = _check_spd(S, "S")
+    V = _check_symmetric(V, "V")
+    dtype, (Sw, Vw) = _common(S, V)
+    return _lyapunov(Sw, Vw).to(dtype)
 
 
 # --------------------------------------------------------------------------- Bures-Wasserstein
@@ -327,9 +503,9 @@ def lyapunov(S: Tensor, V: Tensor) -> Tensor:
 
 def _transport_map(S: Tensor, X: Tensor) -> Tensor:
     """OT map ``T = S^{-1/2} (S^{1/2} X S^{1/2})^{1/2} S^{-1/2}``: ``N(0, S) -> N(0, X)``."""
-    Sh = spd_sqrt(S)
-    Sih = spd_power(S, -0.5)
-    return sym(Sih @ spd_sqrt(Sh @ X @ Sh) @ Sih)
+    Sh = _sqrt(S)
+    Sih = _pow(S, -0.5)
+    return sym(Sih @ _sqrt(Sh @ X @ Sh) @ Sih)
 
 
 def bw_distance(A: Tensor, B: Tensor) -> Tensor:
@@ -352,11 +528,12 @@ def bw_distance(A: Tensor, B: Tensor) -> Tensor:
     """
     A = _check_spd(A, "A")
     B = _check_spd(B, "B")
-    return _bw_distance(A, B)
+    dtype, (Aw, Bw) = _common(A, B)
+    return _bw_distance(Aw, Bw).to(dtype)
 
 
 def _bw_distance(A: Tensor, B: Tensor) -> Tensor:
-    Ah = spd_sqrt(A)
+    Ah = _sqrt(A)
     cross = torch.linalg.eigvalsh(sym(Ah @ B @ Ah)).clamp_min(0).sqrt().sum(-1)
     d2 = A.diagonal(0, -2, -1).sum(-1) + B.diagonal(0, -2, -1).sum(-1) - 2 * cross
     return d2.clamp_min(0).sqrt()
@@ -383,8 +560,9 @@ def bw_log(S: Tensor, X: Tensor) -> Tensor:
     """
     S = _check_spd(S, "S")
     X = _check_spd(X, "X")
-    T = _transport_map(S, X)
-    return sym(T @ S + S @ T - 2 * S)
+    dtype, (Sw, Xw) = _common(S, X)
+    T = _transport_map(Sw, Xw)
+    return sym(T @ Sw + Sw @ T - 2 * Sw).to(dtype)
 
 
 def bw_exp(S: Tensor, V: Tensor) -> Tensor:
@@ -395,13 +573,13 @@ def bw_exp(S: Tensor, V: Tensor) -> Tensor:
 
     Args:
         S: ``(..., n, n)`` SPD base point.
-        V: ``(..., n, n)`` symmetric tangent vector.
+        V: ``(..., n, n)`` symmetric tangent vector (up to rounding, as in :func:`spd_power`).
 
     Returns:
         The point ``Exp_S(V)``.
 
     Raises:
-        ValueError: if ``S`` is not SPD or ``V`` not square and finite.
+        ValueError: if ``S`` is not SPD or ``V`` not square, finite and symmetric.
 
     Example:
         >>> S = torch.eye(2, dtype=torch.float64)
@@ -410,9 +588,10 @@ def bw_exp(S: Tensor, V: Tensor) -> Tensor:
                 [0., 4.]], dtype=torch.float64)
     """
     S = _check_spd(S, "S")
-    V = _check_square(V, "V")
-    L = lyapunov(S, V)
-    return sym(S + V + L @ S @ L)
+    V = _check_symmetric(V, "V")
+    dtype, (Sw, Vw) = _common(S, V)
+    L = _lyapunov(Sw, Vw)
+    return sym(Sw + Vw + L @ Sw @ L).to(dtype)
 
 
 def bw_transport(S: Tensor, P: Tensor, V: Tensor) -> Tensor:
@@ -432,7 +611,7 @@ def bw_transport(S: Tensor, P: Tensor, V: Tensor) -> Tensor:
         The tangent vector at ``P``.
 
     Raises:
-        ValueError: if ``S`` or ``P`` is not SPD.
+        ValueError: if ``S`` or ``P`` is not SPD, or ``V`` is not symmetric.
 
     Example:
         >>> I = torch.eye(2, dtype=torch.float64)
@@ -442,29 +621,129 @@ def bw_transport(S: Tensor, P: Tensor, V: Tensor) -> Tensor:
     """
     S = _check_spd(S, "S")
     P = _check_spd(P, "P")
-    V = _check_square(V, "V")
-    L = lyapunov(S, V)
-    return sym(L @ P + P @ L)
+    V = _check_symmetric(V, "V")
+    dtype, (Sw, Pw, Vw) = _common(S, P, V)
+    L = _lyapunov(Sw, Vw)
+    return sym(L @ Pw + Pw @ L).to(dtype)
+
+
+# --------------------------------------------------------------------------- means
+
+
+@dataclass(frozen=True)
+class SPDMeanResult:
+    """A Riemannian mean of SPD matrices with its convergence certificate.
+
+    Returned by :func:`bw_barycenter`, :func:`gbw_barycenter` and :func:`ai_karcher_mean` when
+    called with ``return_info=True``.
+
+    Attributes:
+        mean: the ``(..., n, n)`` mean.
+        converged: whether ``residual <= tol``; the residual is recomputed at the returned
+            ``mean`` (not taken from the previous iterate), so the claim is about the result.
+        iterations: updates performed (at most ``max_iter``).
+        residual: the optimality residual at ``mean`` (evaluated in float64, before the mean is
+            rounded to the input's dtype), the largest over the batch: the
+            Riemannian gradient norm ``||sum_i w_i log(M^{-1/2} X_i M^{-1/2})||_F`` for the
+            affine-invariant mean; ``||sum_i w_i T_i - I||_F`` (``T_i`` the optimal transport map
+            from the mean to ``X_i``, whose weighted sum is ``I`` exactly at the barycenter) for
+            the BW barycenter (of the deformed matrices, for GBW).
+        tol: the tolerance it was compared with.
+    """
+
+    mean: Tensor
+    converged: bool
+    iterations: int
+    residual: float
+    tol: float
+
+
+def _check_mean_inputs(
+    X: Any, weights: Any, max_iter: Any, tol: Any
+) -> tuple[Tensor, Tensor, int, float]:
+    """Validate the inputs of a mean.
+
+    Returns:
+        ``(X, normalized float64 weights, max_iter, tol)``.
+
+    Raises:
+        ValueError: for a bad ``X``, ``weights``, ``max_iter`` or ``tol``.
+    """
+    X = _check_spd(X, "X")
+    if X.ndim < 3:
+        raise ValueError(f"X must have shape (..., k, n, n), got {tuple(X.shape)}")
+    k = X.shape[-3]
+    if k == 0:
+        raise ValueError(f"X must hold k >= 1 matrices to average, got shape {tuple(X.shape)}")
+    work = torch.float64  # the means iterate in float64 whatever the input dtype
+    if weights is None:
+        w = torch.full((k,), 1.0 / k, dtype=work, device=X.device)
+    else:
+        w = check_finite(check_float_tensor(weights, "weights", ndim=1), "weights").to(work)
+        if w.shape[0] != k or bool((w < 0).any()) or not float(w.sum()) > 0:
+            raise ValueError(
+                f"weights must be {k} nonnegative numbers with a positive sum, got {w.tolist()}"
+            )
+        w = w / w.sum()
+    check_positive_int(max_iter, "max_iter")
+    tol_ = (1e-12 if X.dtype == torch.float64 else 1e-6) if tol is None else tol
+    tol_ = check_positive_float(tol_, "tol", allow_zero=True)
+    return X, w, max_iter, tol_
+
+
+def _warn_unconverged(fn: str, res: SPDMeanResult, max_iter: int) -> None:
+    warnings.warn(
+        f"{fn} did not converge: residual {res.residual:.3g} > tol {res.tol:.1g} after "
+        f"max_iter={max_iter} iterations; raise max_iter, or pass return_info=True to get the "
+        "convergence certificate instead of this warning",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _bw_barycenter_info(
+    X: Tensor, w: Tensor, max_iter: int, tol: float, certify: bool = True
+) -> tuple[Tensor, int, float, bool]:
+    """The BW fixed-point iteration.
+
+    Each step computes ``R = sum_i w_i (S^{1/2} X_i S^{1/2})^{1/2}`` at the current ``S``; the
+    mean transport map there is ``T = S^{-1/2} R S^{-1/2}`` and the update is ``T S T``. The
+    residual ``||T - I||_F`` is thus known at every iterate before it is updated, so the
+    returned ``S`` is the one whose residual is reported. With ``certify`` and no convergence
+    within ``max_iter`` updates, the residual at the last iterate costs one more evaluation.
+
+    Returns:
+        ``(S, iterations, residual, whether the residual was evaluated at S)``.
+    """
+    eye = torch.eye(X.shape[-1], dtype=X.dtype, device=X.device)
+    S = _pow(torch.einsum("k,...kij->...ij", w, _sqrt(X)), 2.0)  # exact if commuting
+    residual, it = float("nan"), 0
+    while True:
+        if it == max_iter and not certify:
+            return S, it, residual, False
+        Sh, Sih = _sqrt(S), _pow(S, -0.5)
+        R = torch.einsum("k,...kij->...ij", w, _sqrt(Sh.unsqueeze(-3) @ X @ Sh.unsqueeze(-3)))
+        T = sym(Sih @ R @ Sih)
+        residual = float((T - eye).detach().norm(dim=(-2, -1)).amax())
+        if residual <= tol or it == max_iter:
+            return S, it, residual, True
+        S = sym(Sih @ _pow(R, 2.0) @ Sih)
+        it += 1
 
 
 def _bw_barycenter(X: Tensor, weights: Tensor | None, max_iter: int, tol: float) -> Tensor:
-    n_pts = X.shape[-3]
+    """BW barycenter without validation or certificate (for the layers): ``max_iter`` updates.
+
+    Returns:
+        The barycenter.
+    """
+    k = X.shape[-3]
     w = (
-        torch.full((n_pts,), 1.0 / n_pts, dtype=X.dtype, device=X.device)
+        torch.full((k,), 1.0 / k, dtype=X.dtype, device=X.device)
         if weights is None
         else weights / weights.sum()
     )
-    S = spd_power(torch.einsum("k,...kij->...ij", w, spd_sqrt(X)), 2.0)  # exact if commuting
-    for _ in range(max_iter):
-        Sh = spd_sqrt(S)
-        Sih = spd_power(S, -0.5)
-        R = torch.einsum("k,...kij->...ij", w, spd_sqrt(Sh.unsqueeze(-3) @ X @ Sh.unsqueeze(-3)))
-        S_new = sym(Sih @ spd_power(R, 2.0) @ Sih)
-        change = (S_new - S).norm(dim=(-2, -1)).amax() / S.norm(dim=(-2, -1)).amax()
-        S = S_new
-        if float(change.detach()) <= tol:
-            break
-    return S
+    return _bw_barycenter_info(X, w, max_iter, tol, certify=False)[0]
 
 
 def bw_barycenter(
@@ -473,52 +752,67 @@ def bw_barycenter(
     *,
     max_iter: int = 50,
     tol: float | None = None,
-) -> Tensor:
+    return_info: bool = False,
+) -> Tensor | SPDMeanResult:
     """Bures-Wasserstein barycenter by the fixed-point iteration of Álvarez-Esteban et al. (2016).
 
     ``S <- S^{-1/2} (sum_i w_i (S^{1/2} X_i S^{1/2})^{1/2})^2 S^{-1/2}``, started at
-    ``(sum_i w_i X_i^{1/2})^2`` (the exact barycenter when the ``X_i`` commute).
+    ``(sum_i w_i X_i^{1/2})^2`` (the exact barycenter when the ``X_i`` commute). At the
+    barycenter the weighted mean of the optimal transport maps ``T_i`` from ``S`` to ``X_i`` is
+    the identity (the Riemannian gradient ``-sum_i w_i Log_S(X_i)`` vanishes); the iteration
+    stops when ``||sum_i w_i T_i - I||_F <= tol``, evaluated at the point it returns.
 
     Args:
-        X: ``(..., k, n, n)``: ``k`` SPD matrices per batch entry.
+        X: ``(..., k, n, n)``: ``k >= 1`` SPD matrices per batch entry. The iteration runs in
+            float64 whatever their dtype (so the tolerance is attainable) and the mean is
+            returned in their dtype; the residual is that of the float64 mean.
         weights: optional ``(k,)`` nonnegative weights (normalized to sum 1); uniform if ``None``.
         max_iter: iteration cap.
-        tol: stop when the relative Frobenius change is ``<= tol`` (default ``1e-12`` in float64,
-            ``1e-6`` otherwise).
+        tol: stop when ``||sum_i w_i T_i - I||_F <= tol`` (the largest over the batch); default
+            ``1e-12`` for float64 input, ``1e-6`` otherwise.
+        return_info: return an :class:`SPDMeanResult` (the mean with ``converged``,
+            ``iterations`` and ``residual``) instead of the bare mean. Without it, a mean that
+            did not converge within ``max_iter`` issues a ``RuntimeWarning``.
 
     Returns:
-        ``(..., n, n)`` barycenter.
+        ``(..., n, n)`` barycenter, or an :class:`SPDMeanResult` with ``return_info=True``.
 
     Raises:
-        ValueError: if ``X`` is not a batch of SPD matrices or ``weights`` has the wrong shape.
+        ValueError: if ``X`` is not a batch of SPD matrices, ``k = 0``, ``weights`` has the wrong
+            shape or values, or an option is out of range.
 
     Example:
         >>> X = torch.stack([torch.eye(2), 9 * torch.eye(2)]).double()
         >>> bw_barycenter(X)  # ((1 + 3) / 2)^2 = 4
         tensor([[4., 0.],
                 [0., 4.]], dtype=torch.float64)
+        >>> res = bw_barycenter(X, return_info=True)
+        >>> res.converged, res.iterations, res.residual <= res.tol
+        (True, 0, True)
     """
-    X = _check_spd(X, "X")
-    if X.ndim < 3:
-        raise ValueError(f"X must have shape (..., k, n, n), got {tuple(X.shape)}")
-    if weights is not None:
-        weights = check_float_tensor(weights, "weights", ndim=1).to(X.dtype)
-        if (
-            weights.shape[0] != X.shape[-3]
-            or bool((weights < 0).any())
-            or float(weights.sum()) <= 0
-        ):
-            raise ValueError(
-                f"weights must be {X.shape[-3]} nonnegative numbers with a positive sum, "
-                f"got {weights.tolist()}"
-            )
-    check_positive_int(max_iter, "max_iter")
-    tol_ = (1e-12 if X.dtype == torch.float64 else 1e-6) if tol is None else tol
-    check_positive_float(tol_, "tol", allow_zero=True)
-    return _bw_barycenter(X, weights, max_iter, tol_)
+    X, w, max_iter, tol_ = _check_mean_inputs(X, weights, max_iter, tol)
+    if X.numel() == 0:  # an empty batch: nothing to average
+        res = SPDMeanResult(X.new_zeros(X.shape[:-3] + X.shape[-2:]), True, 0, 0.0, tol_)
+    else:
+        S, it, residual, _ = _bw_barycenter_info(X.double(), w, max_iter, tol_)
+        res = SPDMeanResult(S.to(X.dtype), residual <= tol_, it, residual, tol_)
+    if return_info:
+        return res
+    if not res.converged:
+        _warn_unconverged("bw_barycenter", res, max_iter)
+    return res.mean
 
 
 # --------------------------------------------------------------------------- generalized BW
+
+
+def _check_theta(theta: Any) -> float:
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)):
+        raise TypeError(f"theta must be a number, got {type(theta).__name__} ({theta!r})")
+    value = float(theta)
+    if value == 0.0 or not math.isfinite(value):
+        raise ValueError(f"theta must be a finite nonzero number, got {value}")
+    return value
 
 
 def gbw_deform(X: Tensor, theta: float) -> Tensor:
@@ -532,15 +826,13 @@ def gbw_deform(X: Tensor, theta: float) -> Tensor:
         ``X^theta``.
 
     Raises:
-        ValueError: if ``theta == 0``.
+        ValueError: if ``theta == 0`` or ``X`` is rejected by :func:`spd_power`.
 
     Example:
         >>> gbw_deform(4 * torch.eye(1), 0.5)
         tensor([[2.]])
     """
-    if float(theta) == 0.0:
-        raise ValueError("theta must be nonzero")
-    return spd_power(X, float(theta))
+    return spd_power(X, _check_theta(theta))
 
 
 def gbw_undeform(Y: Tensor, theta: float) -> Tensor:
@@ -554,15 +846,13 @@ def gbw_undeform(Y: Tensor, theta: float) -> Tensor:
         ``Y^{1/theta}``.
 
     Raises:
-        ValueError: if ``theta == 0``.
+        ValueError: if ``theta == 0`` or ``Y`` is rejected by :func:`spd_power`.
 
     Example:
         >>> gbw_undeform(2 * torch.eye(1), 0.5)
         tensor([[4.]])
     """
-    if float(theta) == 0.0:
-        raise ValueError("theta must be nonzero")
-    return spd_power(Y, 1.0 / float(theta))
+    return _checked_function(Y, "pow", 1.0 / _check_theta(theta), "Y")
 
 
 def gbw_distance(A: Tensor, B: Tensor, theta: float = 1.0) -> Tensor:
@@ -585,7 +875,9 @@ def gbw_distance(A: Tensor, B: Tensor, theta: float = 1.0) -> Tensor:
     """
     A = _check_spd(A, "A")
     B = _check_spd(B, "B")
-    return _bw_distance(gbw_deform(A, theta), gbw_deform(B, theta)) / abs(float(theta))
+    t = _check_theta(theta)
+    dtype, (Aw, Bw) = _common(A, B)
+    return (_bw_distance(_pow(Aw, t), _pow(Bw, t)) / abs(t)).to(dtype)
 
 
 def gbw_barycenter(
@@ -595,7 +887,8 @@ def gbw_barycenter(
     *,
     max_iter: int = 50,
     tol: float | None = None,
-) -> Tensor:
+    return_info: bool = False,
+) -> Tensor | SPDMeanResult:
     """Generalized BW barycenter ``(bary_BW(X_i^theta))^{1/theta}``.
 
     Args:
@@ -603,10 +896,16 @@ def gbw_barycenter(
         theta: nonzero power.
         weights: optional ``(k,)`` weights.
         max_iter: iteration cap of :func:`bw_barycenter`.
-        tol: tolerance of :func:`bw_barycenter`.
+        tol: tolerance of :func:`bw_barycenter` (on the BW barycenter of the ``X_i^theta``).
+        return_info: return an :class:`SPDMeanResult` whose certificate is that of the BW
+            barycenter of the deformed matrices (a ``RuntimeWarning`` without it if that did
+            not converge).
 
     Returns:
-        ``(..., n, n)`` barycenter.
+        ``(..., n, n)`` barycenter, or an :class:`SPDMeanResult` with ``return_info=True``.
+
+    Raises:
+        ValueError: for the inputs :func:`bw_barycenter` rejects or ``theta == 0``.
 
     Example:
         >>> X = torch.stack([torch.eye(1), 16 * torch.eye(1)]).double()
@@ -614,9 +913,18 @@ def gbw_barycenter(
         5.0625
     """
     X = _check_spd(X, "X")
-    return gbw_undeform(
-        bw_barycenter(gbw_deform(X, theta), weights, max_iter=max_iter, tol=tol), theta
-    )
+    t = _check_theta(theta)
+    if tol is None:  # the default of the input's dtype (the deformed matrices are float64)
+        tol = 1e-12 if X.dtype == torch.float64 else 1e-6
+    res = bw_barycenter(_pow(X.double(), t), weights, max_iter=max_iter, tol=tol, return_info=True)
+    assert isinstance(res, SPDMeanResult)
+    mean = res.mean if res.mean.numel() == 0 else _pow(res.mean, 1.0 / t)
+    res = SPDMeanResult(mean.to(X.dtype), res.converged, res.iterations, res.residual, res.tol)
+    if return_info:
+        return res
+    if not res.converged:
+        _warn_unconverged("gbw_barycenter", res, max_iter)
+    return res.mean
 
 
 # --------------------------------------------------------------------------- affine-invariant
@@ -641,8 +949,10 @@ def ai_distance(A: Tensor, B: Tensor) -> Tensor:
     """
     A = _check_spd(A, "A")
     B = _check_spd(B, "B")
-    Aih = spd_power(A, -0.5)
-    return torch.linalg.eigvalsh(sym(Aih @ B @ Aih)).log().pow(2).sum(-1).sqrt()
+    dtype, (Aw, Bw) = _common(A, B)
+    Aih = _pow(Aw, -0.5)
+    lam = torch.linalg.eigvalsh(sym(Aih @ Bw @ Aih)).clamp_min(torch.finfo(Aw.dtype).tiny)
+    return lam.log().pow(2).sum(-1).sqrt().to(dtype)
 
 
 def ai_log(S: Tensor, X: Tensor) -> Tensor:
@@ -664,8 +974,9 @@ def ai_log(S: Tensor, X: Tensor) -> Tensor:
     """
     S = _check_spd(S, "S")
     X = _check_spd(X, "X")
-    Sh, Sih = spd_sqrt(S), spd_power(S, -0.5)
-    return sym(Sh @ spd_log(Sih @ X @ Sih) @ Sh)
+    dtype, (Sw, Xw) = _common(S, X)
+    Sh, Sih = _sqrt(Sw), _pow(Sw, -0.5)
+    return sym(Sh @ _log(Sih @ Xw @ Sih) @ Sh).to(dtype)
 
 
 def ai_exp(S: Tensor, V: Tensor) -> Tensor:
@@ -673,22 +984,23 @@ def ai_exp(S: Tensor, V: Tensor) -> Tensor:
 
     Args:
         S: ``(..., n, n)`` SPD base point.
-        V: ``(..., n, n)`` symmetric tangent vector.
+        V: ``(..., n, n)`` symmetric tangent vector (up to rounding, as in :func:`spd_power`).
 
     Returns:
         ``Exp_S(V)`` (SPD).
 
     Raises:
-        ValueError: if ``S`` is not SPD or ``V`` not square and finite.
+        ValueError: if ``S`` is not SPD or ``V`` not square, finite and symmetric.
 
     Example:
         >>> ai_exp(torch.eye(1), torch.zeros(1, 1))
         tensor([[1.]])
     """
     S = _check_spd(S, "S")
-    V = _check_square(V, "V")
-    Sh, Sih = spd_sqrt(S), spd_power(S, -0.5)
-    return sym(Sh @ spd_exp(Sih @ V @ Sih) @ Sh)
+    V = _check_symmetric(V, "V")
+    dtype, (Sw, Vw) = _common(S, V)
+    Sh, Sih = _sqrt(Sw), _pow(Sw, -0.5)
+    return sym(Sh @ _exp(Sih @ Vw @ Sih) @ Sh).to(dtype)
 
 
 def ai_transport(S: Tensor, P: Tensor, V: Tensor) -> Tensor:
@@ -699,13 +1011,13 @@ def ai_transport(S: Tensor, P: Tensor, V: Tensor) -> Tensor:
     Args:
         S: ``(..., n, n)`` SPD source.
         P: ``(..., n, n)`` SPD target.
-        V: ``(..., n, n)`` tangent vector at ``S``.
+        V: ``(..., n, n)`` symmetric tangent vector at ``S``.
 
     Returns:
         The transported vector at ``P``.
 
     Raises:
-        ValueError: if ``S`` or ``P`` is not SPD.
+        ValueError: if ``S`` or ``P`` is not SPD, or ``V`` is not symmetric.
 
     Example:
         >>> I = torch.eye(2)
@@ -715,10 +1027,11 @@ def ai_transport(S: Tensor, P: Tensor, V: Tensor) -> Tensor:
     """
     S = _check_spd(S, "S")
     P = _check_spd(P, "P")
-    V = _check_square(V, "V")
-    Sh, Sih = spd_sqrt(S), spd_power(S, -0.5)
-    E = Sh @ spd_sqrt(Sih @ P @ Sih) @ Sih
-    return sym(E @ V @ E.mT)
+    V = _check_symmetric(V, "V")
+    dtype, (Sw, Pw, Vw) = _common(S, P, V)
+    Sh, Sih = _sqrt(Sw), _pow(Sw, -0.5)
+    E = Sh @ _sqrt(Sih @ Pw @ Sih) @ Sih
+    return sym(E @ Vw @ E.mT).to(dtype)
 
 
 def ai_karcher_mean(
@@ -727,58 +1040,83 @@ def ai_karcher_mean(
     *,
     max_iter: int = 50,
     tol: float | None = None,
-) -> Tensor:
+    return_info: bool = False,
+) -> Tensor | SPDMeanResult:
     """Affine-invariant Karcher (Fréchet) mean by Riemannian gradient descent.
 
     ``M <- M^{1/2} exp(t sum_i w_i log(M^{-1/2} X_i M^{-1/2})) M^{1/2}``, started at the
     log-Euclidean mean (Pennec et al. 2006; Moakher 2005), with step ``t = 1`` halved whenever
-    the gradient norm grows.
+    the gradient norm grows. The Riemannian gradient norm
+    ``||sum_i w_i log(M^{-1/2} X_i M^{-1/2})||_F`` is evaluated at the point returned.
 
     Args:
-        X: ``(..., k, n, n)`` SPD.
+        X: ``(..., k, n, n)``: ``k >= 1`` SPD matrices per batch entry. The iteration runs in
+            float64 whatever their dtype (so the tolerance is attainable) and the mean is
+            returned in their dtype; the residual is that of the float64 mean.
         weights: optional ``(k,)`` nonnegative weights.
         max_iter: iteration cap.
-        tol: stop when the Riemannian gradient norm is ``<= tol`` (default ``1e-12`` in float64,
-            ``1e-6`` otherwise).
+        tol: stop when the Riemannian gradient norm is ``<= tol`` (the largest over the batch;
+            default ``1e-12`` for float64 input, ``1e-6`` otherwise).
+        return_info: return an :class:`SPDMeanResult` (the mean with ``converged``,
+            ``iterations`` and ``residual``, the gradient norm) instead of the bare mean.
+            Without it, a mean that did not converge within ``max_iter`` issues a
+            ``RuntimeWarning``.
 
     Returns:
-        ``(..., n, n)`` mean.
+        ``(..., n, n)`` mean, or an :class:`SPDMeanResult` with ``return_info=True``.
 
     Raises:
-        ValueError: for non-SPD input or bad weights.
+        ValueError: for non-SPD input, ``k = 0``, bad weights or an option out of range.
 
     Example:
         >>> X = torch.stack([torch.eye(1), 4 * torch.eye(1)]).double()
         >>> float(ai_karcher_mean(X))  # geometric mean
         2.0
+        >>> ai_karcher_mean(X, return_info=True).converged
+        True
     """
-    X = _check_spd(X, "X")
-    if X.ndim < 3:
-        raise ValueError(f"X must have shape (..., k, n, n), got {tuple(X.shape)}")
-    k = X.shape[-3]
-    if weights is None:
-        w = torch.full((k,), 1.0 / k, dtype=X.dtype, device=X.device)
+    X, w, max_iter, tol_ = _check_mean_inputs(X, weights, max_iter, tol)
+    if X.numel() == 0:  # an empty batch: nothing to average
+        res = SPDMeanResult(X.new_zeros(X.shape[:-3] + X.shape[-2:]), True, 0, 0.0, tol_)
     else:
-        w = check_float_tensor(weights, "weights", ndim=1).to(X.dtype)
-        if w.shape[0] != k or bool((w < 0).any()) or float(w.sum()) <= 0:
-            raise ValueError(f"weights must be {k} nonnegative numbers with a positive sum")
-        w = w / w.sum()
-    check_positive_int(max_iter, "max_iter")
-    tol_ = (1e-12 if X.dtype == torch.float64 else 1e-6) if tol is None else tol
-    return _ai_mean(X, w, max_iter, tol_)
+        M, it, gnorm, _ = _ai_mean_info(X.double(), w, max_iter, tol_)
+        res = SPDMeanResult(M.to(X.dtype), gnorm <= tol_, it, gnorm, tol_)
+    if return_info:
+        return res
+    if not res.converged:
+        _warn_unconverged("ai_karcher_mean", res, max_iter)
+    return res.mean
 
 
-def _ai_mean(X: Tensor, w: Tensor, max_iter: int, tol: float) -> Tensor:
-    M = spd_exp(torch.einsum("k,...kij->...ij", w, spd_log(X)))
-    step, prev = 1.0, float("inf")
-    for _ in range(max_iter):
-        Mh, Mih = spd_sqrt(M), spd_power(M, -0.5)
-        G = torch.einsum("k,...kij->...ij", w, spd_log(Mih.unsqueeze(-3) @ X @ Mih.unsqueeze(-3)))
+def _ai_mean_info(
+    X: Tensor, w: Tensor, max_iter: int, tol: float, certify: bool = True
+) -> tuple[Tensor, int, float, bool]:
+    """Riemannian gradient descent; the gradient is evaluated at each iterate before updating.
+
+    Returns:
+        ``(M, iterations, gradient norm, whether the gradient norm was evaluated at M)``.
+    """
+    M = _exp(torch.einsum("k,...kij->...ij", w, _log(X)))
+    step, prev, gnorm, it = 1.0, float("inf"), float("nan"), 0
+    while True:
+        if it == max_iter and not certify:
+            return M, it, gnorm, False
+        Mh, Mih = _sqrt(M), _pow(M, -0.5)
+        G = torch.einsum("k,...kij->...ij", w, _log(Mih.unsqueeze(-3) @ X @ Mih.unsqueeze(-3)))
         gnorm = float(G.detach().norm(dim=(-2, -1)).amax())
-        if gnorm <= tol:
-            break
+        if gnorm <= tol or it == max_iter:
+            return M, it, gnorm, True
         if gnorm > prev:  # unit steps can oscillate for widely spread data: damp them
             step *= 0.5
         prev = gnorm
-        M = sym(Mh @ spd_exp(step * G) @ Mh)
-    return M
+        M = sym(Mh @ _exp(step * G) @ Mh)
+        it += 1
+
+
+def _ai_mean(X: Tensor, w: Tensor, max_iter: int, tol: float) -> Tensor:
+    """AI mean without validation or certificate (for the layers): at most ``max_iter`` updates.
+
+    Returns:
+        The mean.
+    """
+    return _ai_mean_info(X, w, max_iter, tol, certify=False)[0]

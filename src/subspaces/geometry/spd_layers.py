@@ -35,16 +35,11 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_finite, check_float_tensor, check_positive_int
-from .spd import (
-    _ai_mean,
-    _bw_barycenter,
-    _clamp_eig,
-    spd_exp,
-    spd_log,
-    spd_power,
-    spd_sqrt,
-    sym,
-)
+
+# The layers use the unvalidated matrix functions: their inputs are SPD by construction and a
+# validation (a host sync, and an error on rounding-level negative eigenvalues) per call would
+# change training; the public ``spd_*`` functions validate.
+from .spd import _ai_mean, _bw_barycenter, _clamp_eig, _exp, _log, _pow, _sqrt, sym
 
 __all__ = ["BiMap", "LogEig", "ReEig", "SPDBatchNorm"]
 
@@ -170,7 +165,7 @@ class LogEig(nn.Module):
             ``(..., n (n + 1) / 2)``.
         """
         X = _check_batch(X, self.n)
-        L = spd_log(X)
+        L = _log(X)
         v = L[..., self.rows, self.cols]
         scale = torch.full(v.shape[-1:], 2.0**0.5, dtype=v.dtype, device=v.device)
         scale[self.rows == self.cols] = 1.0
@@ -192,6 +187,7 @@ class SPDBatchNorm(nn.Module):
 
     Example:
         >>> X = torch.diag_embed(torch.tensor([[1.0, 4.0], [9.0, 16.0]], dtype=torch.float64))
+        >>> from subspaces.geometry import spd_sqrt
         >>> bn = SPDBatchNorm(2, metric="bw").double()
         >>> Y = bn(X)
         >>> torch.allclose(spd_sqrt(Y).mean(0), torch.eye(2, dtype=torch.float64))
@@ -230,11 +226,11 @@ class SPDBatchNorm(nn.Module):
         R = self.running_mean.to(M.dtype)
         a = self.momentum
         if self.metric == "ai":  # AI geodesic R #_a M
-            Rh, Rih = spd_sqrt(R), spd_power(R, -0.5)
-            new = Rh @ spd_power(sym(Rih @ M @ Rih), a) @ Rh
+            Rh, Rih = _sqrt(R), _pow(R, -0.5)
+            new = Rh @ _pow(sym(Rih @ M @ Rih), a) @ Rh
         else:  # BW geodesic ((1 - a) I + a T) R ((1 - a) I + a T), T the OT map R -> M
-            Rh, Rih = spd_sqrt(R), spd_power(R, -0.5)
-            T = Rih @ spd_sqrt(sym(Rh @ M @ Rh)) @ Rih
+            Rh, Rih = _sqrt(R), _pow(R, -0.5)
+            T = Rih @ _sqrt(sym(Rh @ M @ Rh)) @ Rih
             G = (1 - a) * torch.eye(self.n, dtype=M.dtype, device=M.device) + a * T
             new = G @ R @ G.mT
         self.running_mean.copy_(sym(new).to(self.running_mean.dtype))
@@ -254,21 +250,21 @@ class SPDBatchNorm(nn.Module):
         X = _check_batch(X, self.n)
         if X.ndim != 3:
             raise ValueError(f"X must have shape (k, {self.n}, {self.n}), got {tuple(X.shape)}")
-        Xd = spd_power(X, self.theta) if self.theta != 1.0 else X
+        Xd = _pow(X, self.theta) if self.theta != 1.0 else X
         if self.training:
             M = self._mean(Xd)
             with torch.no_grad():
                 self._update_running(M.detach())
         else:
             M = self.running_mean.to(X.dtype)
-        B = spd_exp(sym(self.bias_log.to(X.dtype)))
+        B = _exp(sym(self.bias_log.to(X.dtype)))
         if self.metric == "ai":
-            Mih = spd_power(M, -0.5)
-            Bh = spd_sqrt(B)
+            Mih = _pow(M, -0.5)
+            Bh = _sqrt(B)
             Y = Bh @ Mih @ Xd @ Mih @ Bh
         else:
-            Mh, Mih = spd_sqrt(M), spd_power(M, -0.5)
-            T = sym(Mih @ spd_sqrt(sym(Mh @ Xd @ Mh)) @ Mih)
+            Mh, Mih = _sqrt(M), _pow(M, -0.5)
+            T = sym(Mih @ _sqrt(sym(Mh @ Xd @ Mh)) @ Mih)
             Y = T @ B @ T
         Y = sym(Y)
-        return spd_power(Y, 1.0 / self.theta) if self.theta != 1.0 else Y
+        return _pow(Y, 1.0 / self.theta) if self.theta != 1.0 else Y
