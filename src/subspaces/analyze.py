@@ -7,7 +7,12 @@ overlap, mini-batch vs full-data sharpness), computes the final spectrum (top ei
 outliers vs bulk, SLQ density) and writes ``report.html``, ``summary.json`` and the figures.
 
 A checkpoint (model, optimizer, tracker, history, random states) is written atomically after
-every epoch; ``resume=True`` continues an interrupted run from it, keeping the finished work.
+every epoch, with a format version, a SHA-256 checksum and the hash of the run's settings
+(:func:`subspaces._io.write_checkpoint`); ``resume=True`` continues an interrupted run from it,
+keeping the finished work, and refuses a checkpoint that is damaged, truncated, of another
+format or from another run. A folder that holds another run (a checkpoint, ``summary.json`` or
+``report.html``) is never overwritten silently: ``resume=True`` continues it, ``force=True``
+starts over in it, anything else is an error.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import importlib
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,12 +32,19 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
-from ._io import atomic_write_bytes
+from ._io import CheckpointError, read_checkpoint, settings_hash, write_checkpoint
 from ._progress import Progress
 from .curvature import HessianOperator, bulk_outliers, density, top_eigen, trace
 from .dynamics import CurvatureTracker
 
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_KIND = "subspaces.analyze"
+CHECKPOINT_VERSION = 1
+"""Version of the analyze checkpoint payload (bump when its keys or their meaning change)."""
+RUN_FILES = (CHECKPOINT, "summary.json", "report.html")
+"""Files that mark a folder as holding a run (``force=True`` replaces them)."""
+_CHECKPOINT_KEYS = ("config", "model", "optimizer", "tracker", "shuffle", "curv_gen", "run")
+DEVICE_TYPES = ("cpu", "cuda", "mps")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LOSSES = ("cross_entropy", "mse")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -193,12 +207,119 @@ def _make_optimizer(config: AnalyzeConfig, model: nn.Module) -> torch.optim.Opti
     return torch.optim.AdamW(model.parameters(), lr=config.lr)
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    import io
+def _resolve_device(spec: str) -> torch.device:
+    """The device of ``spec``, checked to exist on this machine.
 
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    Returns:
+        The device.
+
+    Raises:
+        ValueError: naming ``spec`` for an unknown device string, an unsupported device type, or
+            a CUDA/MPS device this machine does not have.
+    """
+    expected = "expected 'cpu', 'cuda', 'cuda:N' or 'mps'"
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device (--device) {spec!r} is not a device: {expected}") from None
+    if device.type not in DEVICE_TYPES:
+        raise ValueError(f"device (--device) {spec!r} is not supported by analyze: {expected}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            built = "a CUDA build" if torch.version.cuda else "a CPU-only build of torch"
+            raise ValueError(
+                f"device (--device) {spec!r}: CUDA is not available on this machine "
+                f"({built}, torch {torch.__version__}); use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"device (--device) {spec!r}: this machine has {count} CUDA device(s), "
+                f"numbered 0 to {count - 1}"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device (--device) {spec!r}: MPS is not available on this machine")
+    return device
+
+
+def _previous_run_files(out: Path) -> list[str]:
+    """The files of :data:`RUN_FILES` that ``out`` holds."""
+    return [name for name in RUN_FILES if (out / name).exists()]
+
+
+def _check_out_dir(out: Path) -> None:
+    """Raise unless ``out`` is, or can be created as, a folder (no side effects)."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        what = "is a file" if existing == out else f"is under {existing}, which is a file"
+        raise ValueError(f"out_dir (--out) {out} {what}, not a folder; give a folder")
+
+
+def _make_out_dir(out: Path) -> None:
+    """Create ``out`` and check that files can be written in it.
+
+    Raises:
+        ValueError: naming ``out`` and the reason when it cannot be created or written.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out, prefix=".subspaces-write-test-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ValueError(f"out_dir (--out) {out} is not a writable folder: {reason}") from None
+
+
+def _read_analyze_checkpoint(path: Path, config: AnalyzeConfig) -> dict[str, Any]:
+    """The verified payload of the analyze checkpoint ``path`` for a run with ``config``.
+
+    Returns:
+        The payload (keys of ``_CHECKPOINT_KEYS``).
+
+    Raises:
+        CheckpointError: one line naming ``path``: unreadable, not a checkpoint, truncated,
+            damaged, of another kind or format version, or from a run with other settings.
+    """
+    hint = "; start over with --force (force=True)"
+    try:
+        checkpoint = read_checkpoint(path, kind=CHECKPOINT_KIND, version=CHECKPOINT_VERSION)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}{hint}") from None
+    state = checkpoint.payload
+    missing = [key for key in _CHECKPOINT_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}{hint}")
+    settings = dataclasses.asdict(config)
+    if checkpoint.identity != settings_hash(settings):
+        saved = state["config"] if isinstance(state["config"], dict) else {}
+        diff = "; ".join(
+            f"{key}: {saved.get(key)!r} in the checkpoint, {value!r} now"
+            for key, value in settings.items()
+            if saved.get(key) != value
+        )
+        diff = diff or "its settings hash differs"
+        raise CheckpointError(
+            f"checkpoint {path} was made with other settings ({diff}); resume with the same "
+            f"options{hint}"
+        )
+    return state
+
+
+def _restore(path: Path, state: dict[str, Any], parts: dict[str, Any]) -> None:
+    """Load each ``state[name]`` into ``parts[name]``; a mismatch is a one-line CheckpointError."""
+    for name, part in parts.items():
+        try:
+            if isinstance(part, torch.Generator):
+                part.set_state(state[name])
+            else:
+                part.load_state_dict(state[name])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise CheckpointError(
+                f"checkpoint {path}: its {name} state does not fit this run: {reason[:200]}"
+            ) from None
 
 
 @dataclass
@@ -219,15 +340,24 @@ def run_analyze(
     out_dir: str | Path,
     *,
     resume: bool = False,
+    force: bool = False,
     quiet: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train, track curvature, analyze the final spectrum, and write the report.
 
+    Everything that can be checked before training is checked first, without writing anything:
+    the settings, the device, the output folder, the checkpoint to resume from and the batch
+    size against the data set.
+
     Args:
         config: the settings.
-        out_dir: the output folder (created).
-        resume: continue from ``out_dir/checkpoint.pt`` if present (its settings must match).
+        out_dir: the output folder (created). If it holds another run (``checkpoint.pt``,
+            ``summary.json`` or ``report.html``), ``resume`` or ``force`` must say what to do.
+        resume: continue from ``out_dir/checkpoint.pt``, which must exist, be intact and come
+            from a run with the same settings.
+        force: start a new run in ``out_dir`` even if it holds another one (whose checkpoint,
+            ``summary.json`` and ``report.html`` are replaced).
         quiet: no progress output.
         log: where one-line messages go.
 
@@ -235,15 +365,58 @@ def run_analyze(
         The summary dict (also written as ``summary.json`` with ``report.html`` and figures).
 
     Raises:
-        ValueError: for bad settings, a checkpoint from different settings, or a diverged run.
+        ValueError: for bad settings (an unknown or missing device, a batch larger than the
+            training set), ``resume`` and ``force`` together, an ``out_dir`` that is not a
+            writable folder or holds another run, ``resume`` without a checkpoint, or a diverged
+            run. Every message is one line naming the argument or file.
+        CheckpointError: (a ``ValueError``) for a checkpoint that is damaged, truncated, of an
+            unknown format or from another run, naming the file.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> out = Path(tempfile.mkdtemp())
+        >>> _ = (out / "summary.json").write_text("{}")  # a previous run's result
+        >>> try:
+        ...     run_analyze(AnalyzeConfig(), out)
+        ... except ValueError as err:
+        ...     print("--resume" in str(err), "--force" in str(err))
+        True True
     """
     config.validate()
+    if resume and force:
+        raise ValueError(
+            "resume=True (--resume) continues the run in out_dir and force=True (--force) "
+            "discards it: give one, not both"
+        )
+    device = _resolve_device(config.device)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out_dir(out)
+    ckpt = out / CHECKPOINT
+    state: dict[str, Any] | None = None
+    if resume:
+        if not ckpt.exists():
+            raise ValueError(
+                f"nothing to resume: no checkpoint {ckpt} in out_dir (--out) {out}; "
+                "run without --resume to start a new run there"
+            )
+        state = _read_analyze_checkpoint(ckpt, config)
+    else:
+        previous = _previous_run_files(out)
+        if previous and not force:
+            raise ValueError(
+                f"out_dir (--out) {out} already holds another run ({', '.join(previous)}); "
+                "pass --resume (resume=True) to continue it or --force (force=True) to "
+                "overwrite it"
+            )
     dtype = DTYPES[config.dtype]
-    device = torch.device(config.device)
     torch.manual_seed(config.seed)
     Xtr, ytr, Xte, yte, data_name = _data(config, dtype)
+    if config.batch_size > len(ytr):
+        raise ValueError(
+            f"batch_size (--batch-size) {config.batch_size} is larger than the training set "
+            f"({len(ytr)} samples); use at most {len(ytr)}"
+        )
     num_classes = int(ytr.max()) + 1 if not ytr.is_floating_point() else ytr.shape[-1]
     Xtr, ytr, Xte, yte = (t.to(device) for t in (Xtr, ytr, Xte, yte))
     ttr, tte = (
@@ -276,24 +449,18 @@ def run_analyze(
         generator=curv_gen,
     )
     run = _Run()
-    ckpt = out / CHECKPOINT
-    if resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
-        saved = state["config"]
-        if saved != dataclasses.asdict(config):
-            diff = {
-                k: (saved.get(k), v)
-                for k, v in dataclasses.asdict(config).items()
-                if saved.get(k) != v
-            }
-            raise ValueError(f"the checkpoint in {out} was made with other settings: {diff}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        tracker.load_state_dict(state["tracker"])
-        shuffle.set_state(state["shuffle"])
-        curv_gen.set_state(state["curv_gen"])
-        run = _Run(**state["run"])
+    if state is not None:
+        parts = {"model": model, "optimizer": optimizer, "tracker": tracker}
+        _restore(ckpt, state, {**parts, "shuffle": shuffle, "curv_gen": curv_gen})
+        try:
+            run = _Run(**state["run"])
+        except TypeError as err:
+            raise CheckpointError(f"checkpoint {ckpt}: its run state does not fit: {err}") from None
         log(f"resuming from {ckpt}: epoch {run.epoch}/{config.epochs}, step {run.step}")
+    _make_out_dir(out)
+    if force and not resume:
+        for name in _previous_run_files(out):  # the old run's files go; its figures are redrawn
+            os.unlink(out / name)
 
     n = len(ytr)
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
@@ -349,7 +516,7 @@ def run_analyze(
         ):
             run.history[key].append(value)
         run.train_seconds += time.perf_counter() - t0
-        _save_checkpoint(
+        write_checkpoint(
             ckpt,
             {
                 "config": dataclasses.asdict(config),
@@ -360,6 +527,9 @@ def run_analyze(
                 "curv_gen": curv_gen.get_state(),
                 "run": dataclasses.asdict(run),
             },
+            kind=CHECKPOINT_KIND,
+            version=CHECKPOINT_VERSION,
+            identity=settings_hash(dataclasses.asdict(config)),
         )
     progress.close()
 

@@ -7,7 +7,8 @@ Usage::
     subspaces reproduce ID... [--fast] [--seed N] [--out DIR] [--quiet]
     subspaces reproduce --all [--fast] [--seed N] [--out DIR] [--quiet]
     subspaces demo [--n N] [--seed S]
-    subspaces analyze [--model M:F] [--data M:F] [--lr LR] [--epochs E] ... [--out DIR] [--resume]
+    subspaces analyze [--model M:F] [--data M:F] [--lr LR] [--epochs E] ... [--out DIR]
+                      [--resume | --force]
 
 Exit status: 0 on success (every reproduction passed), 1 if a reproduction failed its criterion,
 2 on an error (bad arguments, unknown id, an exception inside an experiment), 130 when
@@ -462,14 +463,37 @@ def _configure_analyze(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--out", default=None, help="output folder (default: a new folder under runs/)")
+    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or mps (default cpu)")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output folder (default: a new folder under runs/); a folder that holds another "
+        "run is refused unless --resume or --force is given",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue an interrupted run in --out from its last checkpoint",
+        help="continue the interrupted run in --out from its checkpoint (which must exist, be "
+        "intact and come from the same options)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="start a new run in --out even if it holds another run (its checkpoint, "
+        "summary.json and report.html are replaced)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+
+def _new_run_folder() -> Path:
+    """A folder name under ``runs/`` that does not exist yet (``analyze-<date>-<time>[-N]``)."""
+    base = Path("runs") / _dt.datetime.now().strftime("analyze-%Y%m%d-%H%M%S")
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -494,13 +518,11 @@ def _analyze(args: argparse.Namespace) -> int:
     )
     if args.resume and args.out is None:
         raise CommandError("--resume needs --out (the folder of the interrupted run)")
-    out = (
-        Path(args.out)
-        if args.out
-        else Path("runs") / _dt.datetime.now().strftime("analyze-%Y%m%d-%H%M%S")
-    )
+    out = Path(args.out) if args.out else _new_run_folder()
     try:
-        summary = run_analyze(config, out, resume=args.resume, quiet=args.quiet, log=_err)
+        summary = run_analyze(
+            config, out, resume=args.resume, force=args.force, quiet=args.quiet, log=_err
+        )
     except ValueError as error:
         raise CommandError(str(error)) from None
     print(text_summary(summary, out / "report.html"))

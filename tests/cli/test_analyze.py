@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import subspaces.analyze as analyze_mod
+from subspaces._io import read_checkpoint
 from subspaces.analyze import AnalyzeConfig, run_analyze
 from subspaces.cli import main
 
@@ -78,7 +79,9 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path, monkeypatch
     monkeypatch.setattr(analyze_mod, "_evaluate", interrupt_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         run_analyze(config(), tmp_path / "resumed", quiet=True, log=lambda m: None)
-    state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    state = read_checkpoint(
+        tmp_path / "resumed" / "checkpoint.pt", kind="subspaces.analyze", version=1
+    ).payload
     assert state["run"]["epoch"] == 1
     monkeypatch.setattr(analyze_mod, "_evaluate", real)
     messages = []
