@@ -17,7 +17,7 @@ from torch import nn
 
 from subspaces.optim import SubspaceAdamW
 from subspaces.optim.memory import model_bytes, tensor_bytes
-from subspaces.optim.quantization import Int8Linear, quantize_linear_layers
+from subspaces.optim.quantization import Int8Linear, int8_module_of, quantize_linear_layers
 
 EPS32 = torch.finfo(torch.float32).eps
 
@@ -170,3 +170,13 @@ def test_deepcopy_and_state_dict_keep_the_int8_format():
     bad["weight"] = torch.zeros(24, 12)
     with pytest.raises(RuntimeError, match="uint8"):
         other.load_state_dict(bad)
+
+
+def test_meta_round_trip_rebuilds_the_one_element_weight():
+    q, _ = _models()
+    q = q.to("meta").to_empty(device="cpu")
+    layer = q[0]
+    assert layer.weight.device.type == "cpu" and tensor_bytes(layer.weight) <= 8
+    assert int8_module_of(layer.weight) is layer
+    q(torch.randn(2, 12)).sum().backward()
+    assert layer.weight.grad.shape == (24, 12)

@@ -530,7 +530,9 @@ class Int8Linear(nn.Module):
 
     ``state_dict()`` stores the codes under ``weight`` (``uint8``) with ``weight_scale`` and
     ``weight_zero``; ``.half()``, ``.double()`` and ``.to(dtype)`` cast the bias and never the
-    codes or the quantization grid.
+    codes or the quantization grid. Under ``DistributedDataParallel`` the weight gradient is
+    averaged like any other, but DDP's initial broadcast cannot write into the one-element
+    ``weight``: build or load the model identically on every rank and pass ``init_sync=False``.
 
     Args:
         weight: ``(out_features, in_features)`` float weight to quantize (not modified).
@@ -655,8 +657,17 @@ class Int8Linear(nn.Module):
             dtype = torch.float64 if probe.dtype == torch.float64 else torch.float32
             if dtype != weight.dtype or probe.device != weight.device:
                 grad = weight.grad
-                weight.grad = None
-                weight.data = _holder_data(weight.shape, dtype, probe.device)
+                data = _holder_data(weight.shape, dtype, probe.device)
+                in_place = torch._has_compatible_shallow_copy_type(weight, data) and not (
+                    torch.__future__.get_overwrite_module_params_on_conversion()
+                )
+                if in_place:  # keep the Parameter object, as Module._apply does
+                    weight.grad = None
+                    weight.data = data
+                else:  # e.g. to or from the meta device: a new Parameter, as torch does
+                    weight = Int8Weight(data, weight.requires_grad)
+                    self._parameters["weight"] = weight
+                    _INT8_OWNERS[weight] = weakref.ref(self)
                 if grad is not None:
                     weight.grad = grad.to(device=probe.device, dtype=dtype)
         return self
