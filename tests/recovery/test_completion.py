@@ -231,3 +231,52 @@ def test_p19_fast_reproduces() -> None:
     assert m["soft_impute_relative_error"] > 1e-3
     assert len(m["sweep"]) == 4 and m["sweep_all_recovered"]
     assert result.passed, result.summary
+
+
+# --- issue 17: any scale, half precision ------------------------------------------------------
+def _scaled(obs: Observations, c: float, dtype: torch.dtype | None = None) -> Observations:
+    values = obs.values * c
+    return Observations(
+        obs.rows, obs.cols, values if dtype is None else values.to(dtype), obs.shape
+    )
+
+
+@pytest.mark.parametrize("fn", [soft_impute, altmin_complete])
+def test_completion_is_equivariant_to_the_scale_of_the_entries(fn) -> None:
+    # entries of 1e200 overflowed the norms (soft_impute: a NaN history reported as converged;
+    # altmin: an SVD failure) and entries of 1e-200 underflowed them (soft_impute: a division by
+    # zero; altmin: the zero matrix, "converged")
+    M = low_rank_matrix(40, 30, 2, generator=gen())
+    obs = sample_entries(M, 0.6, generator=gen(1))
+    base = fn(obs, 2, generator=gen(2))
+    assert all(torch.isfinite(torch.tensor(base.history)))
+    for c in (2.0**664, 2.0**-664, 1e200, 1e-200, 1e150):
+        res = fn(_scaled(obs, c), 2, generator=gen(2))
+        assert res.converged == base.converged and res.iterations == base.iterations
+        assert res.history == pytest.approx(base.history, rel=1e-9, abs=1e-14)
+        assert torch.allclose(res.to_dense() / c, base.to_dense(), rtol=1e-9, atol=1e-12)
+    # a user-given shrinkage scales with the entries too
+    if fn is soft_impute:
+        a = soft_impute(obs, 2, shrinkage=0.5, generator=gen(2))
+        b = soft_impute(_scaled(obs, 2.0**600), 2, shrinkage=0.5 * 2.0**600, generator=gen(2))
+        assert b.history == a.history
+        assert torch.equal(b.U, a.U * 2.0**600) and torch.equal(b.V, a.V)
+
+
+def test_soft_impute_zero_observations_give_zero_matrix() -> None:
+    obs = Observations(torch.tensor([0, 1]), torch.tensor([1, 0]), torch.zeros(2), (3, 3))
+    res = soft_impute(obs, 1)  # the old code divided by the zero norm
+    assert res.converged and float(res.to_dense().abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fn", [soft_impute, altmin_complete])
+def test_half_precision_entries_are_completed_in_float32(fn, dtype) -> None:
+    M = low_rank_matrix(40, 30, 2, generator=gen())
+    obs = sample_entries(M, 0.6, generator=gen(1))
+    res = fn(_scaled(obs, 1.0, dtype), 2, generator=gen(2))
+    assert res.U.dtype == res.V.dtype == dtype
+    ref = fn(obs, 2, generator=gen(2))  # float64
+    # rounding the entries to the dtype moves the completion by O(eps)
+    err = M.relative_error(res.U.double(), res.V.double())
+    assert err <= M.relative_error(ref.U, ref.V) + 4 * torch.finfo(dtype).eps

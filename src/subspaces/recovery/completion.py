@@ -223,6 +223,26 @@ def _sparse_operator(side_r: _Side, side_c: _Side, scale: float) -> MatmatOperat
     )
 
 
+def _scaled_values(values: Tensor) -> tuple[Tensor, float]:
+    """The entry values divided by a power of two near their largest magnitude, in float32+.
+
+    Both completions are equivariant to a scaling of ``M`` (the factors scale with it, the
+    relative errors do not change), so working with values of magnitude ~1 and scaling the
+    result back is exact (a power of two) and keeps squares and norms from overflowing
+    (entries of ``1e200``) or underflowing (``1e-200``). Half-precision values are completed in
+    float32 (no sparse CSR products in half precision on CPU).
+
+    Returns:
+        ``(values / c, c)``.
+    """
+    work = values if values.dtype in (torch.float32, torch.float64) else values.float()
+    maxabs = float(torch.linalg.vector_norm(work, ord=math.inf))
+    if maxabs == 0.0:
+        return work, 1.0
+    c = math.ldexp(1.0, max(-1000, min(1000, math.frexp(maxabs)[1])))
+    return work / c, c
+
+
 def _check_obs(obs: Observations, rank: int) -> tuple[int, int, int]:
     if not isinstance(obs, Observations):
         raise TypeError(f"obs must be an Observations, got {type(obs).__name__}")
@@ -273,10 +293,16 @@ def altmin_complete(
     Returns:
         A :class:`CompletionResult` with ``U (m, r)``, ``V (n, r)`` and the error history.
 
+    The entries are divided by a power of two near their largest magnitude before the
+    iteration and ``V`` is multiplied back (exact), so entries of any scale (``1e-200`` or
+    ``1e200``) complete as they would at scale 1; float16/bfloat16 entries are completed in
+    float32 and the factors returned in their dtype.
+
     Raises:
         TypeError: if ``obs`` is not :class:`~subspaces.recovery.problems.Observations` or an
             integer argument is not an int.
-        ValueError: if ``rank > min(m, n)`` or an option is out of range.
+        ValueError: if ``rank > min(m, n)``, an option is out of range, or the iteration
+            produced non-finite factors.
 
     Example:
         >>> from subspaces.recovery import low_rank_matrix, sample_entries
@@ -303,20 +329,21 @@ def altmin_complete(
         ridge = 1e-10 if dtype == torch.float64 else 1e-5
     ridge = check_positive_float(ridge, "ridge", allow_zero=True)
 
-    rows_side = _group(obs.rows, obs.cols, obs.values, m, n)
-    cols_side = _group(obs.cols, obs.rows, obs.values, n, m)
-    norm = float(torch.linalg.vector_norm(obs.values))
-    if norm == 0.0:
+    values, c = _scaled_values(obs.values)
+    if float(torch.linalg.vector_norm(values)) == 0.0:
         zeros_u = obs.values.new_zeros(m, rank)
         return CompletionResult(zeros_u, obs.values.new_zeros(n, rank), [0.0], 0, True)
+    rows_side = _group(obs.rows, obs.cols, values, m, n)
+    cols_side = _group(obs.cols, obs.rows, values, n, m)
+    norm = float(torch.linalg.vector_norm(values))
 
     if init == "spectral":
         op = _sparse_operator(rows_side, cols_side, 1.0 / obs.fraction)
         U = randomized_svd(op, rank, power_iters=3, generator=generator).U
     else:
-        G0 = torch.randn(m, rank, dtype=dtype, generator=generator).to(obs.values.device)
+        G0 = torch.randn(m, rank, dtype=values.dtype, generator=generator).to(values.device)
         U = torch.linalg.qr(G0).Q
-    V = obs.values.new_zeros(n, rank)
+    V = values.new_zeros(n, rank)
 
     history: list[float] = []
     for _ in range(iters):
@@ -330,10 +357,12 @@ def altmin_complete(
         U, V = Q, V @ R.T
         history.append(_observed_error(rows_side, U, V, norm))
         if not math.isfinite(history[-1]):
-            raise ValueError("the iteration produced non-finite factors (check the input scale)")
+            raise ValueError("the iteration produced non-finite factors")
         if history[-1] <= tol:
             break
-    return CompletionResult(U, V, history, len(history), history[-1] <= tol)
+    return CompletionResult(
+        U.to(dtype), (V * c).to(dtype), history, len(history), history[-1] <= tol
+    )
 
 
 def _filled_product(R: Tensor, U: Tensor, W: Tensor, X: Tensor) -> Tensor:
@@ -369,9 +398,15 @@ def soft_impute(
     Returns:
         A :class:`CompletionResult` with ``U = U_Z diag(s)`` and ``V = W``.
 
+    As in :func:`altmin_complete`, the entries (and a given ``shrinkage``) are divided by a
+    power of two near their largest magnitude and ``U`` is scaled back, so the history does not
+    overflow for huge entries nor divide by zero for tiny ones; half-precision entries are
+    completed in float32. All-zero revealed entries give the zero matrix.
+
     Raises:
         TypeError: if ``obs`` is not an :class:`~subspaces.recovery.problems.Observations`.
-        ValueError: if an argument is out of range.
+        ValueError: if an argument is out of range or the iteration produced non-finite
+            factors.
 
     Example:
         >>> from subspaces.recovery import low_rank_matrix, sample_entries
@@ -388,16 +423,23 @@ def soft_impute(
     m, n, max_rank = _check_obs(obs, max_rank)
     iters = check_positive_int(iters, "iters")
     tol = check_positive_float(tol, "tol", allow_zero=True)
-    rows_side = _group(obs.rows, obs.cols, obs.values, m, n)
-    cols_side = _group(obs.cols, obs.rows, obs.values, n, m)
-    norm = float(torch.linalg.vector_norm(obs.values))
+    if shrinkage is not None:
+        shrinkage = check_positive_float(shrinkage, "shrinkage", allow_zero=True)
+    values, c = _scaled_values(obs.values)  # values ~1: no overflow in norms and squares
+    if float(torch.linalg.vector_norm(values)) == 0.0:  # M = 0 on the revealed entries
+        zeros_u = obs.values.new_zeros(m, max_rank)
+        return CompletionResult(zeros_u, obs.values.new_zeros(n, max_rank), [0.0], 0, True)
+    rows_side = _group(obs.rows, obs.cols, values, m, n)
+    cols_side = _group(obs.cols, obs.rows, values, n, m)
+    norm = float(torch.linalg.vector_norm(values))
     if shrinkage is None:
         top = randomized_svd(_sparse_operator(rows_side, cols_side, 1.0), 1, generator=generator)
-        shrinkage = float(top.S[0]) / 50.0
-    lam = check_positive_float(shrinkage, "shrinkage", allow_zero=True)
-    dtype, device = obs.values.dtype, obs.values.device
-    U = obs.values.new_zeros(m, max_rank)  # U_Z diag(s)
-    W = obs.values.new_zeros(n, max_rank)
+        lam = float(top.S[0]) / 50.0
+    else:
+        lam = shrinkage / c  # the shrinkage scales with the values
+    dtype, device = values.dtype, values.device
+    U = values.new_zeros(m, max_rank)  # U_Z diag(s)
+    W = values.new_zeros(n, max_rank)
     history: list[float] = []
     converged = False
     for _ in range(iters):
@@ -422,7 +464,12 @@ def soft_impute(
         size = float(s.norm())
         U, W = U_new, W_new
         history.append(_observed_error(rows_side, U, W, norm))
+        if not (math.isfinite(history[-1]) and math.isfinite(change)):
+            raise ValueError("the iteration produced non-finite factors")
         if size == 0.0 or change <= tol * size:
             converged = True
             break
-    return CompletionResult(U, W, history, len(history), converged)
+    out_dtype = obs.values.dtype
+    return CompletionResult(
+        (U * c).to(out_dtype), W.to(out_dtype), history, len(history), converged
+    )
