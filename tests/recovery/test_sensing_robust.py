@@ -180,6 +180,50 @@ def test_bad_inputs_raise() -> None:
         meas.apply(torch.zeros(3, 3, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_targets_and_rebalancing(dtype: torch.dtype) -> None:
+    """float16/bfloat16 are accepted dtypes: the factorizations run in float32 (no CPU kernels)."""
+    X = psd_target(6, 2, condition=4.0, dtype=dtype, generator=gen())
+    assert X.dtype == dtype
+    lam = torch.linalg.eigvalsh(X.double() @ X.double().T)[-2:]
+    eps = torch.finfo(dtype).eps
+    assert torch.allclose(lam, torch.tensor([0.25, 1.0], dtype=torch.float64), atol=20 * eps)
+    meas = gaussian_measurements(60, 6, symmetric=False, dtype=dtype, generator=gen(1))
+    y = meas.apply(X @ X.T)
+    res = asymmetric_gd(meas, y, 3, steps=4, rebalance_at=1, generator=gen(2))
+    assert res.F.dtype == dtype and bool(torch.isfinite(res.errors).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, "float32"])
+def test_non_float_dtypes_rejected(dtype) -> None:
+    with pytest.raises(TypeError, match="dtype"):
+        gaussian_measurements(5, 3, dtype=dtype)
+    with pytest.raises(TypeError, match="dtype"):
+        psd_target(4, 2, dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda meas, y: symmetric_gd(meas, y, 2, lr=50.0, steps=30),
+        lambda meas, y: asymmetric_gd(meas, y, 2, lr=50.0, steps=30),
+        lambda meas, y: l2_gradient_descent(meas, y, 2, lr=50.0, steps=30),
+        lambda meas, y: subgradient_method(meas, y, 2, lr=1e30, steps=30),
+    ],
+)
+def test_divergence_raises_instead_of_nan_history(run) -> None:
+    """A step size that blows the iterate up is an error naming lr, not a history of inf/nan."""
+    M, meas = problem()
+    with pytest.raises(ValueError, match="lr"):
+        run(meas, meas.apply(M))
+
+
+def test_outlier_target_shape_named() -> None:
+    M, meas = problem()
+    with pytest.raises(ValueError, match="target"):
+        outlier_measurements(meas, M[:, :-1], 0.1)
+
+
 # --- reproductions ----------------------------------------------------------------------------
 
 

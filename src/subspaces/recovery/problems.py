@@ -188,7 +188,7 @@ def low_rank_matrix(
 
     Raises:
         ValueError: if ``rank`` exceeds ``min(m, n)`` or ``coherence`` is unknown.
-        TypeError: if a size is not an int.
+        TypeError: if a size is not an int or ``dtype`` is not a floating dtype.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -202,6 +202,8 @@ def low_rank_matrix(
     check_choice(coherence, "coherence", ("incoherent", "coherent"))
     if rank > min(m, n):
         raise ValueError(f"rank must be <= min(m, n) = {min(m, n)}, got {rank}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a real floating torch.dtype, got {dtype!r}")
     A = torch.randn(m, rank, dtype=dtype, generator=generator) / math.sqrt(rank)
     B = torch.randn(n, rank, dtype=dtype, generator=generator)
     if coherence == "coherent":

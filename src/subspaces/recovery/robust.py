@@ -22,7 +22,15 @@ import torch
 from torch import Tensor
 
 from .._checks import check_finite, check_float_tensor, check_positive_float
-from .sensing import FactoredResult, Measurements, _check_problem, _check_run, _error, symmetric_gd
+from .sensing import (
+    FactoredResult,
+    Measurements,
+    _check_diverged,
+    _check_problem,
+    _check_run,
+    _error,
+    symmetric_gd,
+)
 
 __all__ = ["l2_gradient_descent", "outlier_measurements", "subgradient_method"]
 
@@ -78,6 +86,10 @@ def outlier_measurements(
     fraction = _check_fraction(fraction)
     magnitude = check_positive_float(magnitude, "magnitude")
     target = check_float_tensor(target, "target", ndim=2)
+    if tuple(target.shape) != meas.shape:
+        raise ValueError(
+            f"target must have the measured shape {meas.shape}, got {tuple(target.shape)}"
+        )
     check_finite(target, "target")
     clean = meas.apply(target)
     m = meas.num_measurements
@@ -124,7 +136,8 @@ def subgradient_method(
 
     Raises:
         ValueError: if ``k > n``, ``decay`` is outside ``(0, 1]``, shapes do not match, ``y`` holds
-            NaN/Inf, or a parameter is not positive.
+            NaN/Inf, a parameter is not positive, or the iteration diverges (a non-finite iterate:
+            ``lr`` too large).
         TypeError: if an argument has the wrong type.
 
     Example:
@@ -147,11 +160,11 @@ def subgradient_method(
     U = init_scale * torch.randn(n, k, dtype=y.dtype, generator=generator) / math.sqrt(n)
     errors = [_error(U @ U.T, meas, y, target)]
     eta = lr
-    for _ in range(steps):
+    for t in range(steps):
         D = meas.adjoint(torch.sign(meas.apply(U @ U.T) - y)) / math.sqrt(m)
         U = U - eta * (D + D.T) @ U
         eta *= decay
-        errors.append(_error(U @ U.T, meas, y, target))
+        errors.append(_check_diverged(_error(U @ U.T, meas, y, target), t + 1, lr))
     return FactoredResult(U, U, torch.tensor(errors, dtype=torch.float64))
 
 

@@ -45,6 +45,18 @@ __all__ = [
 ]
 
 
+def _check_dtype(dtype: object) -> torch.dtype:
+    """Return ``dtype`` if it is a real floating torch dtype, else raise ``TypeError``."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a real floating torch.dtype, got {dtype!r}")
+    return dtype
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """QR and SVD run in at least float32 (no float16/bfloat16 CPU kernels)."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
 @dataclass(frozen=True)
 class Measurements:
     """The linear map ``A(M)_i = <A_i, M> / sqrt(m)`` given by ``m`` sensing matrices.
@@ -187,7 +199,7 @@ def gaussian_measurements(
         The :class:`Measurements`.
 
     Raises:
-        TypeError: if a size is not an int.
+        TypeError: if a size is not an int or ``dtype`` is not a floating dtype.
         ValueError: if a size is < 1, or ``symmetric`` with ``n2 != n``.
 
     Example:
@@ -202,6 +214,7 @@ def gaussian_measurements(
     n2 = n if n2 is None else check_positive_int(n2, "n2")
     if symmetric and n2 != n:
         raise ValueError(f"symmetric sensing matrices must be square, got n={n}, n2={n2}")
+    dtype = _check_dtype(dtype)
     B = torch.randn(m, n, n2, dtype=dtype, generator=generator)
     if symmetric:
         B = (B + B.transpose(1, 2)) / 2
@@ -219,7 +232,8 @@ def psd_target(
     """A factor ``X*`` of a random PSD target ``M* = X* X*^T`` with ``||M*||_2 = 1``.
 
     The eigenvalues of ``M*`` are spaced evenly from ``1`` down to ``1 / condition``; the
-    eigenvectors are a uniformly random orthonormal set.
+    eigenvectors are a uniformly random orthonormal set (drawn and orthonormalized in float32 for
+    float16/bfloat16, then rounded).
 
     Args:
         n: dimension.
@@ -233,7 +247,7 @@ def psd_target(
 
     Raises:
         ValueError: if ``rank > n`` or ``condition < 1``.
-        TypeError: if a size is not an int.
+        TypeError: if a size is not an int or ``dtype`` is not a floating dtype.
 
     Example:
         >>> X = psd_target(10, 2, condition=4.0, generator=torch.Generator().manual_seed(0))
@@ -247,9 +261,11 @@ def psd_target(
         raise ValueError(f"rank must be <= n = {n}, got {rank}")
     if condition < 1:
         raise ValueError(f"condition must be >= 1, got {condition}")
-    Q = torch.linalg.qr(torch.randn(n, rank, dtype=dtype, generator=generator)).Q
-    eig = torch.linspace(1.0, 1.0 / condition, rank, dtype=dtype) if rank > 1 else Q.new_ones(1)
-    return Q * eig.sqrt()
+    dtype = _check_dtype(dtype)
+    work = _work_dtype(dtype)
+    Q = torch.linalg.qr(torch.randn(n, rank, dtype=work, generator=generator)).Q
+    eig = torch.linspace(1.0, 1.0 / condition, rank, dtype=work) if rank > 1 else Q.new_ones(1)
+    return (Q * eig.sqrt()).to(dtype)
 
 
 @dataclass(frozen=True)
@@ -311,9 +327,31 @@ def _check_run(lr: float, steps: int, init_scale: float) -> tuple[float, int, fl
 
 
 def _error(est: Tensor, meas: Measurements, y: Tensor, target: Tensor | None) -> float:
+    """Relative error of ``est`` (against ``target``, else the relative residual), in float64.
+
+    Returns:
+        The error, a float.
+    """
     if target is not None:
-        return float(torch.linalg.matrix_norm(est - target) / torch.linalg.matrix_norm(target))
-    return float((meas.apply(est) - y).norm() / y.norm().clamp_min(1e-300))
+        t64 = target.to(torch.float64)
+        diff = est.to(torch.float64) - t64
+        return float(torch.linalg.matrix_norm(diff) / torch.linalg.matrix_norm(t64))
+    y64 = y.to(torch.float64)
+    return float((meas.apply(est).to(torch.float64) - y64).norm() / y64.norm().clamp_min(1e-300))
+
+
+def _check_diverged(error: float, step: int, lr: float) -> float:
+    """Return ``error``, or raise if the iterate became non-finite (the step size blew it up).
+
+    Raises:
+        ValueError: if ``error`` is NaN or Inf.
+    """
+    if not math.isfinite(error):
+        raise ValueError(
+            f"the iteration diverged at step {step} (non-finite iterate): lr = {lr} is too large "
+            "for this problem's scale; reduce lr"
+        )
+    return error
 
 
 def symmetric_gd(
@@ -347,8 +385,8 @@ def symmetric_gd(
         :class:`FactoredResult` with ``F = G = X`` and the error after each step.
 
     Raises:
-        ValueError: if ``k > n``, shapes do not match, ``y`` holds NaN/Inf, or a parameter is not
-            positive.
+        ValueError: if ``k > n``, shapes do not match, ``y`` holds NaN/Inf, a parameter is not
+            positive, or the iteration diverges (a non-finite iterate: ``lr`` too large).
         TypeError: if ``meas`` or ``y`` has the wrong type.
 
     Example:
@@ -365,11 +403,11 @@ def symmetric_gd(
     n = meas.shape[0]
     X = init_scale * torch.randn(n, k, dtype=y.dtype, generator=generator) / math.sqrt(n)
     errors = [_error(X @ X.T, meas, y, target)]
-    for _ in range(steps):
+    for t in range(steps):
         S = meas.adjoint(meas.apply(X @ X.T) - y)
         S = (S + S.T) / 2
         X = X - lr * S @ X
-        errors.append(_error(X @ X.T, meas, y, target))
+        errors.append(_check_diverged(_error(X @ X.T, meas, y, target), t + 1, lr))
     return FactoredResult(X, X, torch.tensor(errors, dtype=torch.float64))
 
 
@@ -414,7 +452,8 @@ def asymmetric_gd(
 
     Raises:
         ValueError: if ``k > min(n1, n2)``, ``rebalance_at`` is out of range, shapes do not
-            match, ``y`` holds NaN/Inf, or a parameter is not positive.
+            match, ``y`` holds NaN/Inf, a parameter is not positive, or the iteration diverges
+            (a non-finite iterate: ``lr`` too large).
         TypeError: if ``meas`` or ``y`` has the wrong type.
 
     Example:
@@ -440,11 +479,12 @@ def asymmetric_gd(
     errors = [_error(F @ G.T, meas, y, target)]
     for t in range(steps):
         if t == rebalance_at:
-            P, S, Qh = torch.linalg.svd(G, full_matrices=False)
-            F = F @ (Qh.T * S) @ Qh
-            G = P @ Qh
+            work = _work_dtype(G.dtype)
+            P, S, Qh = torch.linalg.svd(G.to(work), full_matrices=False)
+            F = (F.to(work) @ (Qh.T * S) @ Qh).to(G.dtype)
+            G = (P @ Qh).to(G.dtype)
         else:
             R = meas.adjoint(meas.apply(F @ G.T) - y)
             F, G = F - lr * R @ G, G - lr * R.T @ F
-        errors.append(_error(F @ G.T, meas, y, target))
+        errors.append(_check_diverged(_error(F @ G.T, meas, y, target), t + 1, lr))
     return FactoredResult(F, G, torch.tensor(errors, dtype=torch.float64), rebalance_at)
