@@ -230,3 +230,61 @@ def test_momentum_buffer_is_tangent_and_state_dict_round_trip() -> None:
     run(P, opt, 300)
     overlap = (target.T @ P.detach()).pow(2).sum((-2, -1)) / 2
     assert torch.allclose(overlap, torch.ones(2, dtype=DT), atol=1e-8)
+
+
+# --- regressions found by the property tests (tests/properties/test_props_geometry.py) ----------
+
+
+def test_orthonormalize_rejects_nonfinite_and_rank_deficient() -> None:
+    """A NaN or rank-deficient U used to give NaN columns or an arbitrary orthonormal basis."""
+    with pytest.raises(ValueError, match="non-finite"):
+        orthonormalize(torch.full((3, 2), float("nan")))
+    with pytest.raises(ValueError, match="full column rank"):
+        orthonormalize(torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="full column rank"):
+        orthonormalize(torch.tensor([[1.0, 2.0], [1.0, 2.0], [0.0, 0.0]], dtype=DT))
+
+
+def test_retract_rejects_nonfinite_and_exp_follows_the_tangent_part() -> None:
+    """NaN tangent vectors used to raise torch's LinAlgError; a V with a normal component made
+    "exp" return a non-orthonormal basis (error 0.8) without a word."""
+    U = torch.eye(3, dtype=DT)[:, :2]
+    for method in ("qr", "polar", "exp"):
+        with pytest.raises(ValueError, match="non-finite"):
+            grassmann_retract(U, torch.full((3, 2), float("nan"), dtype=DT), method)
+    W = torch.ones(3, 2, dtype=DT)
+    out = grassmann_retract(U, W, "exp")
+    assert orthonormality_error(out) < 1e-12
+    torch.testing.assert_close(out, grassmann_retract(U, project_tangent(U, W), "exp"))
+
+
+def test_mismatched_dtypes_named() -> None:
+    U = torch.eye(3)[:, :2]
+    with pytest.raises(TypeError, match="dtype"):
+        project_tangent(U, torch.ones(3, 2, dtype=DT))
+    head = GrassmannLinear(3, 2, 1)
+    with pytest.raises(TypeError, match="dtype"):
+        head(torch.ones(2, 3, dtype=DT))
+    with pytest.raises(TypeError, match="dtype"):
+        GrassmannLinear(3, 2, 1, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_head_trains(dtype: torch.dtype) -> None:
+    """A bfloat16 head is orthonormal to its rounding (2.7e-3 > the old fixed 1e-3 threshold),
+    so RiemannianSGD refused its own GrassmannLinear's weight."""
+    head = GrassmannLinear(16, 3, 4, dtype=dtype, generator=_gen(0))
+    opt = RiemannianSGD(head.parameters(), lr=0.1)
+    head(torch.randn(5, 16, generator=_gen(1)).to(dtype)).sum().backward()
+    opt.step()
+    assert orthonormality_error(head.weight) < 10 * torch.finfo(dtype).eps * 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_zero_feature_has_zero_logits_in_every_dtype(dtype: torch.dtype) -> None:
+    """eps = 1e-12 rounds to 0 in float16: a zero feature gave 0 / 0 = NaN logits."""
+    head = GrassmannLinear(3, 2, 1, dtype=dtype, generator=_gen(0))
+    x = torch.zeros(2, 3, dtype=dtype)
+    x[1, 0] = 1.0
+    out = head.projection_norms(x)
+    assert bool(torch.isfinite(out).all()) and bool((out[0] == 0).all())

@@ -76,6 +76,11 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
+def _check_same_dtype(V: Tensor, U: Tensor, name: str = "V") -> None:
+    if V.dtype != U.dtype:
+        raise TypeError(f"{name} has dtype {V.dtype} but U has dtype {U.dtype}; cast one of them")
+
+
 def orthonormality_error(U: Tensor) -> float:
     """Largest ``||U^T U - I||_F`` over the batch of bases ``U`` (``(..., n, k)``).
 
@@ -113,7 +118,10 @@ def orthonormalize(U: Tensor) -> Tensor:
         ``(..., n, k)`` with orthonormal columns, in ``U``'s dtype.
 
     Raises:
-        ValueError: if ``U`` is not ``(..., n, k)`` with ``k <= n``.
+        ValueError: if ``U`` is not ``(..., n, k)`` with ``k <= n``, holds NaN/Inf, or is
+            numerically rank deficient (a diagonal entry of ``R`` at most ``n eps`` of the
+            largest: its span has fewer than ``k`` dimensions, and no basis of it has ``k``
+            columns).
         TypeError: if ``U`` is not a floating tensor.
 
     Example:
@@ -121,10 +129,17 @@ def orthonormalize(U: Tensor) -> Tensor:
         >>> Q.tolist()
         [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]
     """
-    U = _check_stiefel_shape(U, "U")
+    U = check_finite(_check_stiefel_shape(U, "U"), "U")
     W = U.to(_work_dtype(U.dtype))
     Q, R = torch.linalg.qr(W)
     d = torch.diagonal(R, dim1=-2, dim2=-1)
+    size = d.abs().amax(-1, keepdim=True)
+    tol = U.shape[-2] * torch.finfo(W.dtype).eps
+    if U.numel() and bool((d.abs() <= tol * size).any()):
+        raise ValueError(
+            f"U must have full column rank {U.shape[-1]} (a diagonal entry of its R factor is "
+            f"<= {tol:.1e} of the largest): its columns span fewer than {U.shape[-1]} dimensions"
+        )
     sign = torch.where(d < 0, -torch.ones_like(d), torch.ones_like(d))
     return (Q * sign.unsqueeze(-2)).to(U.dtype)
 
@@ -144,7 +159,7 @@ def project_tangent(U: Tensor, V: Tensor) -> Tensor:
 
     Raises:
         ValueError: if the shapes differ or are not ``(..., n, k)`` with ``k <= n``.
-        TypeError: for non-floating tensors.
+        TypeError: for non-floating tensors or different dtypes.
 
     Example:
         >>> U = torch.eye(3)[:, :1]
@@ -153,6 +168,7 @@ def project_tangent(U: Tensor, V: Tensor) -> Tensor:
     """
     U = _check_stiefel_shape(U, "U")
     V = check_float_tensor(V, "V")
+    _check_same_dtype(V, U)
     if V.shape != U.shape:
         raise ValueError(f"V must have U's shape {tuple(U.shape)}, got {tuple(V.shape)}")
     return V - U @ (U.mT @ V)
@@ -163,7 +179,10 @@ def grassmann_retract(U: Tensor, V: Tensor, method: str = "qr") -> Tensor:
 
     Args:
         U: ``(..., n, k)`` orthonormal basis.
-        V: ``(..., n, k)`` tangent vector at ``U`` (``U^T V = 0``).
+        V: ``(..., n, k)`` tangent vector at ``U`` (``U^T V = 0``). ``"qr"`` and ``"polar"``
+            accept any ``V`` with ``U + V`` of full rank; ``"exp"`` follows the geodesic along
+            the tangent part ``V - U U^T V`` (the formula gives no orthonormal basis for a
+            normal component, which does not move the subspace to first order).
         method: ``"qr"`` (sign-fixed QR of ``U + V``), ``"polar"`` (orthonormal polar factor of
             ``U + V``, i.e. ``(U + V)(I + V^T V)^{-1/2}`` for tangent ``V``) or ``"exp"`` (the
             Grassmann geodesic of Edelman, Arias & Smith 1998).
@@ -172,8 +191,9 @@ def grassmann_retract(U: Tensor, V: Tensor, method: str = "qr") -> Tensor:
         The new ``(..., n, k)`` orthonormal basis, in ``U``'s dtype.
 
     Raises:
-        ValueError: for an unknown method or mismatched shapes.
-        TypeError: for non-floating tensors.
+        ValueError: for an unknown method, mismatched shapes, NaN/Inf in ``U`` or ``V``, or a
+            rank-deficient ``U + V`` (``"qr"``).
+        TypeError: for non-floating tensors or different dtypes.
 
     Example:
         >>> U = torch.tensor([[1.0], [0.0]], dtype=torch.float64)
@@ -181,8 +201,9 @@ def grassmann_retract(U: Tensor, V: Tensor, method: str = "qr") -> Tensor:
         >>> grassmann_retract(U, V, "exp").flatten().round(decimals=12).abs().tolist()
         [0.0, 1.0]
     """
-    U = _check_stiefel_shape(U, "U")
-    V = check_float_tensor(V, "V")
+    U = check_finite(_check_stiefel_shape(U, "U"), "U")
+    V = check_finite(check_float_tensor(V, "V"), "V")
+    _check_same_dtype(V, U)
     check_choice(method, "method", RETRACTIONS)
     if V.shape != U.shape:
         raise ValueError(f"V must have U's shape {tuple(U.shape)}, got {tuple(V.shape)}")
@@ -193,6 +214,9 @@ def grassmann_retract(U: Tensor, V: Tensor, method: str = "qr") -> Tensor:
     if method == "polar":
         A, _, Bh = torch.linalg.svd(Uw + Vw, full_matrices=False)
         return (A @ Bh).to(dtype)
+    # The geodesic formula needs U^T V = 0: the normal component U U^T V (rounding, for a
+    # projected gradient) does not move the subspace to first order and is dropped.
+    Vw = Vw - Uw @ (Uw.mT @ Vw)
     A, S, Bh = torch.linalg.svd(Vw, full_matrices=False)
     B = Bh.mT
     out = (Uw @ B) * torch.cos(S).unsqueeze(-2) @ Bh + A * torch.sin(S).unsqueeze(-2) @ Bh
@@ -200,8 +224,11 @@ def grassmann_retract(U: Tensor, V: Tensor, method: str = "qr") -> Tensor:
 
 
 def _check_init_basis(weight: Tensor) -> None:
+    # a basis rounded to a half-precision dtype is orthonormal only to its rounding
+    # (about 3e-3 for a bfloat16 GrassmannLinear head)
+    limit = max(1e-3, torch.finfo(weight.dtype).eps ** 0.5)
     err = orthonormality_error(weight)
-    if not err < 1e-3:
+    if not err < limit:
         raise ValueError(
             f"a Grassmann parameter must have orthonormal columns (||U^T U - I|| = {err:.3g}); "
             "initialize it with orthonormalize(...)"
@@ -223,17 +250,18 @@ class GrassmannLinear(nn.Module):
         num_classes: number of classes ``C``.
         subspace_dim: dimension ``k`` of each class subspace (``1 <= k <= n``).
         scale: the logit scale ``gamma`` (the paper uses 25).
-        eps: a feature with norm below ``eps`` is divided by ``eps`` instead of its norm.
+        eps: a feature with norm below ``eps`` is divided by ``eps`` instead of its norm (by the
+            dtype's smallest normal number where ``eps`` is below it, as 1e-12 is in float16).
         generator: seeds the initialization (QR of a Gaussian matrix); ``None`` uses the global
             random state.
-        dtype: parameter dtype.
+        dtype: parameter dtype (a real floating dtype); inputs must have the same dtype.
 
     Attributes:
         weight: the ``(C, n, k)`` bases, a parameter with orthonormal columns per class.
 
     Raises:
         ValueError: if ``k > in_features`` or a size or ``scale`` is not positive.
-        TypeError: if a size is not an int.
+        TypeError: if a size is not an int or ``dtype`` is not a floating dtype.
 
     Example:
         >>> head = GrassmannLinear(5, 3, 2, scale=1.0, generator=torch.Generator().manual_seed(0))
@@ -267,6 +295,8 @@ class GrassmannLinear(nn.Module):
             )
         self.scale = check_positive_float(scale, "scale")
         self.eps = check_positive_float(eps, "eps")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a real floating torch.dtype, got {dtype!r}")
         G = torch.randn(num_classes, in_features, subspace_dim, generator=generator)
         self.weight = nn.Parameter(orthonormalize(G.double()).to(dtype))
 
@@ -281,13 +311,20 @@ class GrassmannLinear(nn.Module):
 
         Raises:
             ValueError: for a wrong last dimension or non-finite features.
-            TypeError: if ``x`` is not a floating tensor.
+            TypeError: if ``x`` is not a floating tensor of the weight's dtype.
         """
         x = check_float_tensor(x, "x")
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have shape (..., {self.in_features}), got {tuple(x.shape)}")
+        if x.dtype != self.weight.dtype:
+            raise TypeError(
+                f"x has dtype {x.dtype} but the head's weight has dtype {self.weight.dtype}; "
+                "cast one of them"
+            )
         check_finite(x, "x")
-        x_hat = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(self.eps)
+        # eps may be below the dtype's smallest normal number (1e-12 rounds to 0 in float16)
+        floor = max(self.eps, torch.finfo(x.dtype).tiny)
+        x_hat = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(floor)
         C, n, k = self.weight.shape
         flat = self.weight.permute(1, 0, 2).reshape(n, C * k)
         coords = (x_hat @ flat).unflatten(-1, (C, k))
