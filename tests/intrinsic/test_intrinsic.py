@@ -117,6 +117,41 @@ def test_bad_inputs_raise() -> None:
         d_int90_search(_model, (X, y), [])
 
 
+# --- regressions found by the property tests (tests/properties/test_props_intrinsic.py) ---------
+
+
+def test_fwht_input_errors_are_named() -> None:
+    """A list gave AttributeError and a 0-d tensor IndexError."""
+    with pytest.raises(TypeError, match="x"):
+        fwht([1.0, 2.0])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="x"):
+        fwht(torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("cls", [DenseProjection, SparseProjection, FastfoodProjection])
+def test_projection_dtypes_are_checked(cls) -> None:
+    """z of another dtype gave torch's RuntimeError (dense, sparse) or a silently promoted
+    float64 result (Fastfood); an integer projection dtype was accepted until its first use."""
+    P = cls(2, 8, seed=0)
+    with pytest.raises(TypeError, match="dtype"):
+        P(torch.ones(2, dtype=torch.float64))
+    with pytest.raises(TypeError, match="dtype"):
+        cls(2, 8, seed=0, dtype=torch.int64)
+
+
+def test_sparse_density_type_named() -> None:
+    with pytest.raises(TypeError, match="density"):
+        SparseProjection(2, 8, density="dense")  # type: ignore[arg-type]
+
+
+def test_ready_projection_of_another_dtype_is_named() -> None:
+    model = _model()
+    D = sum(p.numel() for p in model.parameters())
+    P = DenseProjection(3, D, seed=0)  # float32, the model is float64
+    with pytest.raises(TypeError, match="projection has dtype"):
+        train_in_subspace(model, nn.functional.cross_entropy, _data(), 3, projection=P, epochs=1)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_identity_subspace_equals_ordinary_training(optimizer: str) -> None:
     X, y = _data()

@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._checks import check_float_tensor, check_positive_int
+from .._checks import check_float_tensor, check_positive_int, check_tensor
 
 __all__ = [
     "DenseProjection",
@@ -59,7 +59,8 @@ def fwht(x: Tensor) -> Tensor:
         The transform, same shape as ``x``.
 
     Raises:
-        ValueError: if the last dimension is not a power of two.
+        ValueError: if ``x`` is 0-d or its last dimension is not a power of two.
+        TypeError: if ``x`` is not a tensor.
 
     Example:
         >>> fwht(torch.tensor([1.0, 0.0, 0.0, 0.0]))
@@ -67,9 +68,14 @@ def fwht(x: Tensor) -> Tensor:
         >>> fwht(fwht(torch.tensor([1.0, 2.0]))) / 2
         tensor([1., 2.])
     """
+    x = check_tensor(x, "x")
+    if x.ndim == 0:
+        raise ValueError(
+            "x must have at least one dimension (the one transformed), got a 0-d tensor"
+        )
     n = x.shape[-1]
     if n < 1 or n & (n - 1):
-        raise ValueError(f"the last dimension must be a power of two, got {n}")
+        raise ValueError(f"the last dimension of x must be a power of two, got {n}")
     batch = x.shape[:-1]
     h = 1
     y = x
@@ -88,11 +94,11 @@ class Projection:
         d: subspace dimension (``1 <= d <= D``).
         D: dimension of the parameter space.
         seed: seeds the random matrix (the only state needed to rebuild it).
-        dtype: floating dtype of the matrix.
+        dtype: floating dtype of the matrix (inputs ``z`` must have it too).
         device: device of the matrix.
 
     Raises:
-        TypeError: for non-integer sizes or seed.
+        TypeError: for non-integer sizes or seed, or a dtype that is not floating.
         ValueError: if ``d < 1``, ``D < 1`` or ``d > D``.
     """
 
@@ -113,6 +119,8 @@ class Projection:
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         if d > D:
             raise ValueError(f"the subspace dimension d={d} exceeds the parameter count D={D}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a real floating torch.dtype, got {dtype!r}")
         self.seed = seed
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -124,10 +132,23 @@ class Projection:
         check_float_tensor(z, "z", ndim=(1, 2))
         if z.shape[0] != self.d:
             raise ValueError(f"z must have leading dimension d={self.d}, got {tuple(z.shape)}")
+        if z.dtype != self.dtype:
+            raise TypeError(
+                f"z has dtype {z.dtype} but the projection has dtype {self.dtype}; cast z or "
+                "build the projection with dtype=z.dtype"
+            )
         return (z if z.ndim == 2 else z[:, None]), z.ndim == 1
 
     def __call__(self, z: Tensor) -> Tensor:
-        """Apply ``P``: ``(d,) -> (D,)`` or ``(d, b) -> (D, b)``."""
+        """Apply ``P``: ``(d,) -> (D,)`` or ``(d, b) -> (D, b)``.
+
+        Returns:
+            ``P z``, in the projection's dtype.
+
+        Raises:
+            ValueError: if ``z`` is not 1-D or 2-D with leading dimension ``d``.
+            TypeError: if ``z`` is not a floating tensor of the projection's dtype.
+        """
         zz, vector = self._check_input(z)
         out = self._matmat(zz)
         return out[:, 0] if vector else out
@@ -249,6 +270,10 @@ class SparseProjection(Projection):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__(d, D, seed, dtype=dtype, device=device)
+        if density is not None and (
+            isinstance(density, bool) or not isinstance(density, (int, float))
+        ):
+            raise TypeError(f"density must be a number, got {type(density).__name__} ({density!r})")
         p = 1.0 / math.sqrt(D) if density is None else float(density)
         if not 0.0 < p <= 1.0:
             raise ValueError(f"density must be in (0, 1], got {density}")

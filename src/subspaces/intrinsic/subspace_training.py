@@ -209,6 +209,10 @@ def train_in_subspace(
         P = projection
         if P.D != D:
             raise ValueError(f"projection maps to D={P.D}, the model has {D} parameters")
+        if P.dtype != flat.dtype:
+            raise TypeError(
+                f"projection has dtype {P.dtype} but the model's parameters are {flat.dtype}"
+            )
         d = P.d
     else:
         check_choice(projection, "projection", PROJECTION_KINDS)
