@@ -291,3 +291,12 @@ def test_eigensolvers_reject_meta():
         lanczos(torch.eye(4, device="meta"), 2)
     with pytest.raises(ValueError, match="meta"):
         power_iteration(torch.eye(4, device="meta"), 2)
+
+
+@pytest.mark.parametrize(
+    ("budget", "error"), [(0, ValueError), (-5, ValueError), ("10", TypeError)]
+)
+def test_power_iteration_budget_validated(budget, error) -> None:
+    """max_matvecs=-5 used to return zero vectors flagged unconverged; "10" was int()-ed."""
+    with pytest.raises(error, match="max_matvecs"):
+        power_iteration(torch.eye(3, dtype=F64), 1, max_matvecs=budget)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._checks import check_positive_int
 from ..linops import LinearOperator
 from ._random import random_matrix
 from .eigen import EigenResult, checked_matmat, prepare_symmetric
@@ -40,7 +41,9 @@ def power_iteration(
         magnitude).
 
     Raises:
-        ValueError: for a non-square operator, ``k`` out of range or non-finite products.
+        ValueError: for a non-square operator, ``k`` or ``max_matvecs`` out of range, or
+            non-finite products.
+        TypeError: if ``k`` or ``max_matvecs`` is not an int.
 
     Example:
         >>> import torch
@@ -54,7 +57,7 @@ def power_iteration(
         networks through the lens of the Hessian", IEEE BigData 2020 (its top-k method).
     """
     op, n, tol = prepare_symmetric(A, k, tol)
-    budget = 5000 * k if max_matvecs is None else int(max_matvecs)
+    budget = 5000 * k if max_matvecs is None else check_positive_int(max_matvecs, "max_matvecs")
     dtype, device = op.dtype, op.device
     U = torch.zeros(n, k, dtype=dtype, device=device)
     vals = torch.zeros(k, dtype=dtype, device=device)
