@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/subspaces analyze --out runs/demo
+	$(BIN)/subspaces analyze --out runs/demo --force
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
