@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-all lint format typecheck bench reproduce clean
+.PHONY: venv demo test test-all lint format typecheck bench reproduce docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -50,8 +50,13 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/optim_lm.py
 	$(BIN)/python benchmarks/steering_extraction.py
 
+# The documentation site with the API reference generated from the docstrings (mkdocstrings).
+docs: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[docs]"
+	$(BIN)/mkdocs build -d site
+
 reproduce: $(STAMP)
 	$(BIN)/subspaces reproduce --all --out runs/reproduce
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist site .pytest_cache .mypy_cache .ruff_cache
