@@ -76,3 +76,5 @@ def test_p18_fast_run_reproduces():
     assert r.passed, r.summary
     assert r.measured["projection_bits_per_value"] <= 4.5
     assert r.measured["projection_bits_per_value_fp32"] == 32.0
+    # INT8 codes (1 B) plus group scales: the carrier of the gradient must not hide the codes
+    assert 1.0 <= r.measured["weight_bytes_per_value"] <= 1.1

@@ -96,9 +96,13 @@ def run(fast: bool, seed: int) -> ExperimentResult:
             projected_modules = [m for m in modules if any(m.weight is p for p in mats)]
             weight_bytes = 0
             for m in projected_modules:
-                weight_bytes += tensor_bytes(m.weight)
+                weight_bytes += tensor_bytes(m.weight)  # an Int8Linear's: its 4-byte carrier
                 if isinstance(m, Int8Linear):
-                    weight_bytes += tensor_bytes(m.weight_scale) + tensor_bytes(m.weight_zero)
+                    weight_bytes += (
+                        tensor_bytes(m.weight_codes)
+                        + tensor_bytes(m.weight_scale)
+                        + tensor_bytes(m.weight_zero)
+                    )
             numel = sum(int(m.weight.numel()) for m in projected_modules)
             basis_values = sum(
                 int(opt.state[p]["proj.basis_shape"].prod())
