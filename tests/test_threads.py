@@ -53,3 +53,28 @@ def test_bad_work():
         choose_threads(-1.0)
     with pytest.raises(ValueError, match="work"):
         choose_threads(float("nan"))
+
+
+def test_analyze_restores_the_callers_thread_count(tmp_path, two_threads):
+    from subspaces.analyze import AnalyzeConfig, run_analyze
+
+    config = AnalyzeConfig(
+        epochs=1, every=1000, width=8, final_k=2, density_runs=2, density_steps=4
+    )
+    summary = run_analyze(config, tmp_path / "run", quiet=True, log=lambda _: None)
+    assert summary["config"]["threads"] == 1  # a small model: one thread
+    assert torch.get_num_threads() == 2
+    summary = run_analyze(config, tmp_path / "run2", quiet=True, log=lambda _: None, threads=2)
+    assert summary["config"]["threads"] == 2 and torch.get_num_threads() == 2
+    with pytest.raises(ValueError, match="threads"):
+        run_analyze(config, tmp_path / "run3", quiet=True, threads=0)
+    assert torch.get_num_threads() == 2
+
+
+def test_cli_threads_option(two_threads, capsys, tmp_path):
+    from subspaces.cli import main
+
+    assert main(["analyze", "--threads", "0"]) == 2
+    assert "--threads" in capsys.readouterr().err
+    assert main(["reproduce", "C01", "--fast", "--threads", "1", "--out", str(tmp_path), "-q"]) == 0
+    assert torch.get_num_threads() == 2

@@ -17,9 +17,10 @@ import torch
 
 __all__ = ["SMALL_WORK", "choose_threads", "intra_op_threads"]
 
-SMALL_WORK = 2_000_000
-"""Multiply-adds per product below which one thread is used (a 1000 x 1000 matrix-vector product
-or a model of about a million parameters per sample)."""
+SMALL_WORK = 100_000_000
+"""Work per product (multiply-adds, or parameters x samples for a model) below which one thread
+is used: under it a second thread gains little on an idle machine and loses several-fold on a
+shared one (a 10k-parameter model on 10k samples, a 10,000 x 10,000 matrix-vector product)."""
 
 Threads = int | Literal["auto"] | None
 
@@ -42,7 +43,7 @@ def choose_threads(work: float, threads: Threads = "auto") -> int:
     Example:
         >>> choose_threads(1e4), choose_threads(1e4, threads=3)
         (1, 3)
-        >>> choose_threads(1e9) == torch.get_num_threads()
+        >>> choose_threads(1e10) == torch.get_num_threads()
         True
     """
     if isinstance(work, bool) or not isinstance(work, (int, float)) or not work >= 0:

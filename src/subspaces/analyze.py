@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from . import __version__
 from ._io import CheckpointError, read_checkpoint, settings_hash, write_checkpoint
 from ._progress import Progress
+from ._threads import choose_threads, intra_op_threads
 from .curvature import HessianOperator, bulk_outliers, density, top_eigen, trace
 from .dynamics import CurvatureTracker
 
@@ -343,6 +344,7 @@ def run_analyze(
     force: bool = False,
     quiet: bool = False,
     log: Callable[[str], None] = print,
+    threads: int | str | None = "auto",
 ) -> dict[str, Any]:
     """Train, track curvature, analyze the final spectrum, and write the report.
 
@@ -360,6 +362,10 @@ def run_analyze(
             ``summary.json`` and ``report.html`` are replaced).
         quiet: no progress output.
         log: where one-line messages go.
+        threads: torch intra-op threads for the run: ``"auto"`` (one thread unless a product
+            touches more than :data:`~subspaces._threads.SMALL_WORK` parameter-samples: the
+            many small products of a small model oversubscribe a shared machine), ``None``
+            (torch's setting) or a count. The caller's setting is restored afterwards.
 
     Returns:
         The summary dict (also written as ``summary.json`` with ``report.html`` and figures).
@@ -382,6 +388,29 @@ def run_analyze(
         ... except ValueError as err:
         ...     print("--resume" in str(err), "--force" in str(err))
         True True
+    """
+    choose_threads(0, threads)  # type: ignore[arg-type]  # validates
+    with intra_op_threads(None):  # whatever the run sets, the caller's count comes back
+        return _run_analyze(config, Path(out_dir), resume, force, quiet, log, threads)
+
+
+def _run_analyze(
+    config: AnalyzeConfig,
+    out_dir: Path,
+    resume: bool,
+    force: bool,
+    quiet: bool,
+    log: Callable[[str], None],
+    threads: int | str | None,
+) -> dict[str, Any]:
+    """The body of :func:`run_analyze` (which restores the thread count).
+
+    Returns:
+        The summary dict.
+
+    Raises:
+        ValueError: as :func:`run_analyze`.
+        CheckpointError: as :func:`run_analyze`.
     """
     config.validate()
     if resume and force:
@@ -466,11 +495,15 @@ def run_analyze(
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
     total_steps = steps_per_epoch * config.epochs
     num_params = sum(p.numel() for p in model.parameters())
+    # Curvature products run over the whole training set: that is the work that decides.
+    num_threads = choose_threads(num_params * n, threads)  # type: ignore[arg-type]
+    torch.set_num_threads(num_threads)
     if not quiet:
         log(
             f"analyze: {model_name} ({num_params} parameters) on {data_name} "
             f"({n} train / {len(yte)} test), {config.optimizer} lr={config.lr}, "
-            f"{config.epochs} epochs, curvature every {config.every} steps"
+            f"{config.epochs} epochs, curvature every {config.every} steps, "
+            f"{num_threads} thread{'s' if num_threads > 1 else ''}"
         )
     progress = Progress(total_steps, "training", quiet=quiet)
     progress.count = run.step
@@ -560,6 +593,7 @@ def run_analyze(
             "num_params": num_params,
             "num_train": n,
             "num_test": len(yte),
+            "threads": num_threads,
         },
         "history": run.history,
         "curvature": {

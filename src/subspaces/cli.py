@@ -85,6 +85,25 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _threads_arg(text: str) -> int | str:
+    """``--threads``: ``auto`` or a positive integer."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1, got {value}")
+    return value
+
+
+_THREADS_HELP = (
+    "torch intra-op threads: 'auto' (default: one thread for small work, where more threads "
+    "oversubscribe a shared machine) or a count; your setting is restored afterwards"
+)
+
+
 def _versions() -> dict[str, str]:
     import torch
 
@@ -123,6 +142,7 @@ def _configure_reproduce(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where ID.json, figures and summary.json are written (default runs/reproduce)",
     )
+    p.add_argument("--threads", type=_threads_arg, default="auto", help=_THREADS_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output on stderr")
 
 
@@ -313,7 +333,11 @@ def _reproduce(args: argparse.Namespace) -> int:
             setting = "fast" if args.fast else "full"
             position = f"[{i}/{len(experiments)}]"
             _err(f"{position} {experiment.id} {experiment.title} ({setting}, seed {args.seed})")
-        rows.append(_run_one(experiment, args, out, versions))
+        # The reproductions are small CPU experiments: "auto" means one thread.
+        from ._threads import intra_op_threads
+
+        with intra_op_threads(1 if args.threads == "auto" else args.threads):
+            rows.append(_run_one(experiment, args, out, versions))
     seconds = time.perf_counter() - start
     counts = {s: sum(r["status"] == s for r in rows) for s in ("passed", "failed", "error")}
     status = EXIT_ERROR if counts["error"] else EXIT_FAILED if counts["failed"] else EXIT_OK
@@ -483,6 +507,7 @@ def _configure_analyze(p: argparse.ArgumentParser) -> None:
         help="start a new run in --out even if it holds another run (its checkpoint, "
         "summary.json and report.html are replaced)",
     )
+    p.add_argument("--threads", type=_threads_arg, default="auto", help=_THREADS_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
@@ -521,7 +546,13 @@ def _analyze(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _new_run_folder()
     try:
         summary = run_analyze(
-            config, out, resume=args.resume, force=args.force, quiet=args.quiet, log=_err
+            config,
+            out,
+            resume=args.resume,
+            force=args.force,
+            quiet=args.quiet,
+            log=_err,
+            threads=args.threads,
         )
     except ValueError as error:
         raise CommandError(str(error)) from None
