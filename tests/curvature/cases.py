@@ -156,3 +156,21 @@ def per_batch_fd_hessian(model, loss, data):
         total = total + fd_hessian(f, x0) * len(b[1])
         n += len(b[1])
     return total / n
+
+
+def small_data_case():
+    """A 183-parameter tanh MLP on 12 samples of 3 classes, trained a little (float64).
+
+    The GGN has rank at most 12 * (3 - 1) = 24, far below 183: the "few samples" regime.
+    """
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(5, 20), nn.Tanh(), nn.Linear(20, 3)).double()
+    X = torch.randn(12, 5, generator=gen(30), dtype=F64)
+    y = torch.randint(0, 3, (12,), generator=gen(31))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(30):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(X), y).backward()
+        opt.step()
+    model.zero_grad()
+    return model, "cross_entropy", [(X[:8], y[:8]), (X[8:], y[8:])]

@@ -107,6 +107,21 @@ class FisherOperator(GGNOperator):
             return 1.0 if self.reduction == "sum" else float(batch.size)
         return super()._batch_weight(batch)
 
+    def _output_rank(self, out: Tensor, batch: Batch) -> int:
+        """Rank bound of the batch's output matrix: one term per sample (and draw).
+
+        Returns:
+            For the empirical Fisher the number of samples; for the Monte-Carlo Fisher the
+            smaller of the GGN's bound and ``mc_samples`` per unit (position or sample).
+        """
+        if self.kind == "empirical":
+            return batch.size
+        if self.likelihood == "cross_entropy" and self.loss.classes is not None:
+            units = self.loss.classes.positions(out).shape[0]
+        else:
+            units = batch.size
+        return min(super()._output_rank(out, batch), units * self.mc_samples)
+
     def _draws(self, out: Tensor, batch: Batch) -> tuple[Tensor, float]:
         """Sampled output gradients and the factor of their outer products.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._model import Batch, FunctionalModel, check_loss_finite
+from ._model import Batch, FunctionalModel, check_loss_finite, mode_policy_applied
 from .base import CurvatureOperator
 
 
@@ -38,6 +38,40 @@ class GGNOperator(CurvatureOperator):
         Neural Computation 2002; Martens, "New insights and perspectives on the natural gradient
         method", JMLR 2020.
     """
+
+    def _output_rank(self, out: Tensor, batch: Batch) -> int:
+        """An upper bound on the rank of the batch's output-space matrix.
+
+        Returns:
+            ``(C - 1)`` per counted position for cross-entropy on logits (the softmax Hessian
+            has rank ``C - 1``), otherwise the number of output entries.
+        """
+        classes = self.loss.classes
+        if classes is not None and not classes.log_probs:
+            logits = classes.positions(out)
+            mask = classes.position_mask(batch.targets, logits.shape[0])
+            counted = logits.shape[0] if mask is None else int(mask.sum())
+            return counted * (logits.shape[-1] - 1)
+        return out.numel()
+
+    def rank_bound(self) -> int:
+        """An upper bound on the operator's rank, from one forward pass over the data.
+
+        A GGN is a sum of ``J_i^T H_i J_i``, so its rank is at most the summed ranks of the
+        output-space matrices ``H_i``: with few samples it is far below the number of
+        parameters, and :func:`~subspaces.curvature.trace` uses that to get the trace exactly.
+
+        Returns:
+            ``min(P, sum over the data of the output-space ranks)``.
+        """
+        fm = self.functional_model()
+        n, total = self.shape[0], 0
+        with torch.no_grad(), mode_policy_applied(self.model, self.mode_policy):
+            for batch in self._batches():
+                total += self._output_rank(fm(fm.params, batch), batch)
+                if total >= n:
+                    return n
+        return total
 
     def _output_matmat(self, out: Tensor, batch: Batch, U: Tensor) -> Tensor:
         """``H_L @ U`` for output-space tangents ``U`` (leading column dimension).

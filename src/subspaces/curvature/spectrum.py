@@ -8,6 +8,7 @@ sharpness can overstate the full-data one by 2x.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,8 +27,12 @@ from ..linalg import (
 )
 from ..linops import LinearOperator
 
-TraceMethod = Literal["hutchinson", "hutch++", "xtrace"]
+TraceMethod = Literal["auto", "hutchinson", "hutch++", "xtrace"]
 _TRACE = {"hutchinson": hutchinson_trace, "hutch++": hutchpp_trace, "xtrace": xtrace}
+#: Sketch vectors beyond a known rank bound (so the sketch spans the range with probability 1).
+_OVERSAMPLE = 10
+#: Deflated probes per block when the sketch is expected to capture everything.
+_EXACT_PROBES = 8
 
 
 def _samples(op: Any) -> int | None:
@@ -94,20 +99,35 @@ def trace(
     op: LinearOperator | Tensor,
     rtol: float = 0.05,
     *,
-    method: TraceMethod = "hutchinson",
+    method: TraceMethod = "auto",
     max_matvecs: int = 500,
     generator: torch.Generator | None = None,
 ) -> TraceResult:
     """Trace with a standard error, stopping when ``stderr <= rtol * |trace|`` or at the budget.
 
-    Hutchinson is the default: curvature spectra of networks are bulk-dominated and indefinite, and
-    there sketching estimators (Hutch++, XTrace) gain little (measured in
-    ``benchmarks/linalg_trace.py``); pass ``method="xtrace"`` for fast-decaying spectra.
+    ``method="auto"`` (default) picks by what is known about the operator:
+
+    * an operator with a rank bound ``r`` (the GGN and the Fisher: at most ``C - 1`` per
+      sample for cross-entropy, one per sample for the empirical Fisher, so far below the
+      number of parameters when the data are few) whose sketch fits the budget
+      (``2 (r + 10) + 16 <= max_matvecs``): Hutch++ with ``r + 10`` sketch vectors, which spans
+      the whole range -- the trace is exact up to rounding and so is its standard error;
+    * otherwise Hutch++ with its default 32-vector sketch: the top of a curvature spectrum is
+      removed exactly and Hutchinson probes the rest. On the small-data Hessians and GGNs of
+      ``tests/curvature/test_trace.py`` it is 3-10x (Hessian) and orders of magnitude (GGN)
+      more accurate than plain Hutchinson at equal products, and never worse by more than the
+      sketch's ``64`` products on a flat, bulk-dominated spectrum.
+
+    Every method's ``stderr`` is the sample standard deviation of independent (Hutchinson,
+    Hutch++) samples over the square root of their number, and covers the truth at +-2 standard
+    errors about 95% of the time (tested over many seeds); ``method="xtrace"`` reports the
+    paper's leave-one-out error estimate, which is optimistic (its samples are correlated; 83-93%
+    coverage at +-2 standard errors measured), so it is never chosen by default.
 
     Args:
         op: a symmetric operator.
         rtol: target relative standard error.
-        method: ``"hutchinson"``, ``"hutch++"`` or ``"xtrace"``.
+        method: ``"auto"``, ``"hutchinson"``, ``"hutch++"`` or ``"xtrace"``.
         max_matvecs: budget.
         generator: randomness for the probes.
 
@@ -120,14 +140,51 @@ def trace(
     Example:
         >>> import torch
         >>> gen = torch.Generator().manual_seed(0)
-        >>> r = trace(torch.eye(100, dtype=torch.float64), generator=gen)
-        >>> round(r.estimate, 6)
-        100.0
+        >>> U = torch.randn(200, 5, dtype=torch.float64, generator=gen)
+        >>> r = trace(U @ U.T, generator=gen)  # rank 5: the 32-vector sketch captures it all
+        >>> abs(r.estimate - float((U * U).sum())) <= 2 * r.stderr, r.stderr < 1e-12 * r.estimate
+        (True, True)
     """
-    if method not in _TRACE:
-        raise ValueError(f"method must be one of {tuple(_TRACE)}, got {method!r}")
-    result = _TRACE[method](op, rtol=rtol, max_matvecs=max_matvecs, generator=generator)
-    return dataclasses.replace(result, num_samples=_samples(op))
+    if method != "auto" and method not in _TRACE:
+        raise ValueError(f"method must be one of {('auto', *_TRACE)}, got {method!r}")
+    n = op.shape[0]
+    bound = getattr(op, "rank_bound", None)
+    if method != "auto":
+        result = _TRACE[method](op, rtol=rtol, max_matvecs=max_matvecs, generator=generator)
+    elif callable(bound) and 2 * min(int(bound()) + _OVERSAMPLE, n) + 2 * _EXACT_PROBES <= (
+        max_matvecs
+    ):
+        result = hutchpp_trace(
+            op,
+            rtol=rtol,
+            max_matvecs=max_matvecs,
+            sketch_size=min(int(bound()) + _OVERSAMPLE, n),
+            batch_size=_EXACT_PROBES,
+            generator=generator,
+        )
+    else:
+        result = hutchpp_trace(op, rtol=rtol, max_matvecs=max_matvecs, generator=generator)
+    return dataclasses.replace(result, stderr=_with_rounding(result, op), num_samples=_samples(op))
+
+
+def _with_rounding(result: TraceResult, op: LinearOperator | Tensor) -> float:
+    """The standard error with a floor for rounding: ``sqrt(n) eps |scale|``.
+
+    An exact trace (a sketch that spans the range) has a sampling error of zero, but its
+    rounding error is not: ``n`` products and sums in the operator's dtype. Without the floor an
+    exact result reports a standard error below its own rounding error.
+
+    Returns:
+        ``hypot(stderr, sqrt(n) * eps * scale)`` with ``scale`` the largest of ``|estimate|``
+        and the mean absolute sample.
+    """
+    dtype = op.dtype if op.dtype.is_floating_point else torch.float64
+    scale = abs(result.estimate)
+    if result.samples is not None and result.samples.numel():
+        scale = max(scale, float(result.samples.abs().mean()))
+    floor = math.sqrt(op.shape[0]) * torch.finfo(dtype).eps * scale
+    err = result.stderr
+    return err if math.isnan(err) else math.hypot(err, floor)
 
 
 def density(
