@@ -24,6 +24,7 @@ from .grassmann import (
     split_grassmann_parameters,
 )
 from .spd import (
+    SPDMeanResult,
     ai_distance,
     ai_exp,
     ai_karcher_mean,
@@ -55,6 +56,7 @@ __all__ = [
     "ReEig",
     "RiemannianSGD",
     "SPDBatchNorm",
+    "SPDMeanResult",
     "ai_distance",
     "ai_exp",
     "ai_karcher_mean",

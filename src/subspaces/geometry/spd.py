@@ -58,6 +58,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_finite, check_float_tensor, check_positive_float, check_positive_int
+from ..linalg._precision import to_working_dtype, working_dtype
 
 __all__ = [
     "SPDMeanResult",
@@ -190,17 +191,6 @@ def _spectral(
 
 # --------------------------------------------------------------------------- validation
 
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def _work(X: Tensor) -> Tensor:
-    """``X`` in float32 if it is float16/bfloat16 (no CPU ``eigh`` there), else itself.
-
-    Returns:
-        ``X`` in its working dtype.
-    """
-    return X.float() if X.dtype in _HALF else X
-
 
 def _sym_tol(dtype: torch.dtype) -> float:
     """Default symmetry tolerance relative to the largest entry: ``min(1e3 eps, 1/16)``.
@@ -218,7 +208,7 @@ def _rel_asymmetry(X: Tensor) -> Tensor:
     Returns:
         A tensor of shape ``X.shape[:-2]``.
     """
-    Xw = _work(X)
+    Xw = to_working_dtype(X)
     scale = Xw.abs().amax((-2, -1)).clamp_min(torch.finfo(Xw.dtype).tiny)
     return (Xw - Xw.mT).abs().amax((-2, -1)) / scale
 
@@ -259,7 +249,7 @@ def _check_spd(X: Any, name: str) -> Tensor:
     X = _check_square(X, name)
     if X.numel() and not bool(is_spd(X).all()):
         asym = float(_rel_asymmetry(X).max())
-        smallest = float(torch.linalg.eigvalsh(sym(_work(X))).min())
+        smallest = float(torch.linalg.eigvalsh(sym(to_working_dtype(X))).min())
         raise ValueError(
             f"{name} must be symmetric positive definite; got a matrix with relative asymmetry "
             f"{asym:.3g} (tolerance {_sym_tol(X.dtype):.1e}) or an eigenvalue <= 0 (smallest "
@@ -277,7 +267,7 @@ def _common(*tensors: Tensor) -> tuple[torch.dtype, list[Tensor]]:
     dtype = tensors[0].dtype
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
-    work = torch.float32 if dtype in _HALF else dtype
+    work = working_dtype(dtype)
     return dtype, [t.to(work) for t in tensors]
 
 
@@ -339,7 +329,7 @@ def is_spd(X: Tensor, rtol: float | None = None) -> Tensor:
     Xf = torch.where(
         finite[..., None, None], X, torch.eye(X.shape[-1], dtype=X.dtype, device=X.device)
     )
-    Xf = _work(Xf)
+    Xf = to_working_dtype(Xf)
     scale = Xf.abs().amax((-2, -1)).clamp_min(torch.finfo(Xf.dtype).tiny)
     symmetric = (Xf - Xf.mT).abs().amax((-2, -1)) <= tol * scale
     positive = torch.linalg.eigvalsh(sym(Xf))[..., 0] > 0
@@ -366,7 +356,7 @@ def _exp(X: Tensor) -> Tensor:
 def _checked_function(X: Any, fn: str, p: float, name: str = "X") -> Tensor:
     """A validated matrix function, computed in at least float32, returned in ``X``'s dtype."""
     X = _check_symmetric(X, name)
-    out = _spectral(sym(_work(X)), fn, p, (name, torch.finfo(X.dtype).eps))
+    out = _spectral(sym(to_working_dtype(X)), fn, p, (name, torch.finfo(X.dtype).eps))
     return out.to(X.dtype)
 
 

@@ -26,6 +26,15 @@ def working_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in HALF_DTYPES else dtype
 
 
+def to_working_dtype(x: Tensor) -> Tensor:
+    """``x`` itself, or a float32 copy of a float16/bfloat16 tensor (CPU QR/SVD/eigh need it).
+
+    Returns:
+        ``x`` in :func:`working_dtype` ``(x.dtype)``.
+    """
+    return x.float() if x.dtype in HALF_DTYPES else x
+
+
 class _Upcast(LinearOperator):
     """``op`` seen in float32: inputs cast to ``op.dtype``, products cast back to float32."""
 

@@ -17,18 +17,10 @@ from .._checks import (
     check_positive_int,
 )
 from ..linops import LinearOperator, Projection
+from ._precision import to_working_dtype
 
 Metric = Literal["geodesic", "chordal", "projection"]
 METRICS: tuple[str, ...] = ("geodesic", "chordal", "projection")
-
-
-def _work(x: Tensor) -> Tensor:
-    """``x`` itself in float32/float64; float16/bfloat16 upcast to float32 (CPU SVD/QR need it).
-
-    Returns:
-        ``x`` in its working dtype.
-    """
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def _gram64(Q: Tensor) -> Tensor:
@@ -142,7 +134,7 @@ class Subspace:
             rtol = check_positive_float(rtol, "rtol", allow_zero=True)
             if rtol >= 1.0:
                 raise ValueError(f"rtol must be in [0, 1), got {rtol}")
-        work = _work(V)
+        work = to_working_dtype(V)
         U, s, _ = torch.linalg.svd(work, full_matrices=False)
         if rtol is None:
             tol = max(
@@ -224,7 +216,7 @@ class Subspace:
             )
         if k > min(M.shape):
             raise ValueError(f"k must be <= min(m, n) = {min(M.shape)}, got {k}")
-        U, _, Vh = torch.linalg.svd(_work(M), full_matrices=False)
+        U, _, Vh = torch.linalg.svd(to_working_dtype(M), full_matrices=False)
         Q = U[:, :k] if side == "left" else Vh[:k].T.contiguous()
         return cls(Q.to(M.dtype))
 
@@ -277,7 +269,7 @@ class Subspace:
         target = dtype or self.dtype
         Q = self._basis.to(dtype=target, device=device or self.device)
         if torch.finfo(target).eps < torch.finfo(self.dtype).eps:
-            Q, R = torch.linalg.qr(_work(Q))
+            Q, R = torch.linalg.qr(to_working_dtype(Q))
             Q = torch.where(torch.diagonal(R) < 0, -Q, Q).to(target)  # keep the columns' signs
         return Subspace(Q)
 
@@ -333,7 +325,8 @@ class Subspace:
             0.5
         """
         X, vec = self._as_columns(x)
-        X, Q = _work(X), _work(self._basis)  # no overflow or lost digits in half precision
+        # no overflow or lost digits in half precision
+        X, Q = to_working_dtype(X), to_working_dtype(self._basis)
         total = (X * X).sum(0)
         if bool((total == 0).any()):
             raise ValueError("captured_fraction of a zero vector is undefined")
@@ -369,7 +362,7 @@ class Subspace:
             >>> round(float(S1.principal_angles(S2)[0]), 12) == round(math.pi / 4, 12)
             True
         """
-        Q1, Q2 = _work(self._basis), _work(self._check_other(other))
+        Q1, Q2 = to_working_dtype(self._basis), to_working_dtype(self._check_other(other))
         if Q1.shape[1] < Q2.shape[1]:
             Q1, Q2 = Q2, Q1
         C = Q1.T @ Q2  # (k1, k2) with k1 >= k2
@@ -397,8 +390,8 @@ class Subspace:
             >>> Subspace(e[:, :2]).overlap(Subspace(e[:, 1:]))
             0.5
         """
-        Q2 = _work(self._check_other(other))
-        return float((_work(self._basis).T @ Q2).pow(2).sum()) / min(self.dim, other.dim)
+        Q2 = to_working_dtype(self._check_other(other))
+        return float((to_working_dtype(self._basis).T @ Q2).pow(2).sum()) / min(self.dim, other.dim)
 
     def distance(self, other: Subspace, metric: Metric = "geodesic") -> float:
         r"""Grassmann distance between two subspaces of the same dimension.
@@ -493,7 +486,7 @@ class Subspace:
             tol = check_positive_float(angle_tol, "angle_tol", allow_zero=True)
             if tol > math.pi / 2:
                 raise ValueError(f"angle_tol must be in [0, pi/2], got {tol}")
-        Q1w, Q2w = _work(self._basis), _work(Q2)
+        Q1w, Q2w = to_working_dtype(self._basis), to_working_dtype(Q2)
         _, sin, Vh = torch.linalg.svd(Q2w - Q1w @ (Q1w.T @ Q2w), full_matrices=False)
         keep = sin <= math.sin(tol)
         if not bool(keep.any()):
