@@ -557,10 +557,16 @@ class FunctionalModel:
         self.dtype, self.device = ref.dtype, ref.device
 
     def __call__(self, p: Mapping[str, Tensor], batch: Batch) -> Tensor:
-        out = functional_call(
-            self.model, {**self.fixed, **p}, batch.args, batch.kwargs, strict=False
+        out = output_tensor(
+            functional_call(self.model, {**self.fixed, **p}, batch.args, batch.kwargs, strict=False)
         )
-        return output_tensor(out)
+        # A parameter the forward pass never touches (an unused head, a module skipped for this
+        # input) has no derivative at all, which torch.func turns into an unmaterialized zero
+        # (a garbage expand under vmap) and autograd into "not used in the graph". An exact zero
+        # times every parameter makes each one part of the graph: its rows and columns of every
+        # curvature matrix are then exactly zero.
+        anchor = sum(v.sum() for v in p.values())
+        return out + 0 * anchor
 
 
 def check_loss(loss: Tensor) -> Tensor:
