@@ -8,7 +8,12 @@ model whose blocks live in one ``nn.ModuleList``) and returns, per layer:
 - ``"block"``: the decoder block output, i.e. the residual stream after the block;
 - ``"residual_pre"``: the block input, i.e. the residual stream before the block;
 - ``"attention"``: the attention sublayer output (before it is added to the residual stream);
-- ``"mlp"``: the MLP sublayer output (before it is added to the residual stream).
+- ``"mlp"``: the MLP (or mixture-of-experts layer) output (before it is added to the residual
+  stream).
+
+"Before the residual add" is what is added to the stream: in sandwich-norm blocks (Gemma 2/3,
+OLMo 2) the sublayer's output norm (``post_attention_layernorm``, ``post_feedforward_layernorm``);
+where the sublayer module adds the residual itself (Bloom, MPT's MLP) its output projection.
 
 Any other module can be addressed by a custom ``pattern`` such as ``"model.layers.{i}.mlp"`` or
 by its name (kind ``"module"``). Places that are not one hidden state per token are refused with
@@ -25,11 +30,14 @@ Transformer Latent-Subspace Activation", P01).
 from __future__ import annotations
 
 import difflib
+import inspect
+import operator
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -51,8 +59,19 @@ _LAYER_LISTS = (
     "decoder.layers",  # bare OPT base model
 )
 _ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
-_MLP_NAMES = ("mlp", "feed_forward", "ffn")
+# "block_sparse_moe": the MoE layer of Mixtral on transformers 4, GraniteMoE, PhiMoE, MiniMax
+_MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe")
 _MOE_PARTS = ("experts", "expert")
+# Sandwich-norm blocks (Gemma 2/3, OLMo 2/3, EXAONE 4): a block with a norm after its MLP also
+# normalizes its attention output, and the norms' outputs are what the residual add receives.
+_SANDWICH_MARK = "post_feedforward_layernorm"
+_POST_NORMS = {"attention": "post_attention_layernorm", "mlp": "post_feedforward_layernorm"}
+# Output projections of sublayers that add the residual themselves (``forward(h, residual)``:
+# Bloom's attention and MLP, MPT's MLP), in the order they are tried.
+_OUTPUT_PROJECTIONS = {
+    "attention": ("dense", "o_proj", "out_proj", "c_proj"),
+    "mlp": ("dense_4h_to_h", "down_proj", "fc2", "c_proj", "dense"),
+}
 
 
 @dataclass(frozen=True)
@@ -198,26 +217,63 @@ def hidden_size(model: nn.Module) -> int:
     )
 
 
+_LAYERS_EXPECTED = "layers must be ints (Python or NumPy integers, 0-d integer tensors), a sequence"
+
+
+def _as_layer_index(raw: Any) -> int | None:
+    """``raw`` as a Python int if it is an integer scalar (not a bool), else ``None``."""
+    if isinstance(raw, (bool, np.bool_)):
+        return None
+    if isinstance(raw, Tensor) and (raw.ndim != 0 or raw.dtype == torch.bool):
+        return None
+    if isinstance(raw, np.ndarray) and (raw.ndim != 0 or raw.dtype == np.bool_):
+        return None
+    try:
+        return operator.index(raw)
+    except TypeError:
+        return None
+
+
 def _normalize_layers(layers: int | Sequence[int] | None, n: int) -> list[int]:
     if layers is None:
         return list(range(n))
-    items: Iterable[Any] = [layers] if isinstance(layers, int) else layers
+    single = _as_layer_index(layers)
+    if single is not None:
+        items: Iterable[Any] = [single]
+    elif isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+        raise TypeError(
+            f"{_LAYERS_EXPECTED} of them or None, got {layers!r} ({type(layers).__name__})"
+        )
+    else:
+        items = layers
     out = []
     for raw in items:
-        if isinstance(raw, bool) or not isinstance(raw, int):
-            raise TypeError(f"layers must be ints, got {raw!r}")
-        i = raw + n if raw < 0 else raw
+        index = _as_layer_index(raw)
+        if index is None:
+            raise TypeError(
+                f"{_LAYERS_EXPECTED} of them or None, got {raw!r} ({type(raw).__name__}) in "
+                f"layers={layers!r}"
+            )
+        i = index + n if index < 0 else index
         if not 0 <= i < n:
-            raise ValueError(f"layer {raw} is out of range for a model with {n} layers")
+            raise ValueError(f"layer {index} is out of range for a model with {n} layers")
         out.append(i)
     if not out:
         raise ValueError("layers is empty; pass None for all layers")
     return out
 
 
-def _check_not_moe_expert(name: str) -> None:
+def _is_experts_class(module: nn.Module | None) -> bool:
+    """Experts fused into one module (``MixtralExperts``, ``GraniteMoeParallelExperts``, ...)."""
+    return module is not None and type(module).__name__.endswith(("Experts", "Expert"))
+
+
+def _check_not_moe_expert(name: str, modules: dict[str, nn.Module]) -> None:
     parts = name.split(".")
-    if any(p in _MOE_PARTS for p in parts):
+    ancestors = (".".join(parts[: j + 1]) for j in range(len(parts)))
+    if any(p in _MOE_PARTS for p in parts) or any(
+        _is_experts_class(modules.get(a)) for a in ancestors
+    ):
         raise ValueError(
             f"site {name!r} is inside a mixture-of-experts expert module; experts see only the "
             "tokens routed to them (flattened), so per-token reading and steering there is not "
@@ -232,6 +288,59 @@ def _child(modules: dict[str, nn.Module], block: str, names: tuple[str, ...]) ->
     return None
 
 
+def _adds_residual(module: nn.Module) -> bool:
+    """Whether ``module.forward`` takes the residual stream and adds it itself (Bloom, MPT)."""
+    try:
+        return "residual" in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _sublayer(model: nn.Module, modules: dict[str, nn.Module], block: str, kind: str) -> str:
+    """The module whose output is the ``kind`` sublayer's contribution before the residual add.
+
+    Returns:
+        Its ``named_modules()`` name.
+
+    Raises:
+        ValueError: if the block has no such module.
+    """
+    names = _ATTENTION_NAMES if kind == "attention" else _MLP_NAMES
+    child = _child(modules, block, names)
+    if child is None:
+        children = [c for c, _ in modules[block].named_children()]
+        raise ValueError(
+            f"{type(modules[block]).__name__} ({block}) has no {kind} sublayer module "
+            f"(looked for {names}; its children are {children}). Its {kind} output is not a "
+            f"module output here, so it is unsupported; use kind='block' or a pattern naming "
+            "the module you want"
+        )
+    post_norm = f"{block}.{_POST_NORMS[kind]}"
+    if f"{block}.{_SANDWICH_MARK}" in modules and post_norm in modules:
+        return post_norm
+    if not _adds_residual(modules[child]):
+        return child
+    projections = _OUTPUT_PROJECTIONS[kind]
+    proj = _child(modules, child, projections)
+    if proj is None:
+        raise ValueError(
+            f"{type(modules[child]).__name__} ({child}) adds the residual stream to its output "
+            f"itself and has no output projection module (looked for {projections}), so its "
+            f"{kind} output before the residual add is not a module output here; use "
+            "kind='block' or a pattern naming the module you want"
+        )
+    config = getattr(model, "config", None)
+    tp = getattr(config, "pretraining_tp", 1)
+    if getattr(config, "slow_but_exact", False) and isinstance(tp, int) and tp > 1:
+        raise ValueError(
+            f"with slow_but_exact=True and pretraining_tp={tp}, {type(modules[child]).__name__} "
+            f"({child}) computes its output projection from weight slices without calling "
+            f"{proj}, so a hook there would never run; use kind='block', or set "
+            "model.config.slow_but_exact = False"
+        )
+    return proj
+
+
 def find_sites(
     model: nn.Module,
     kind: str = "block",
@@ -244,13 +353,17 @@ def find_sites(
     The decoder-block list is found from ``named_modules()`` (templates for the common Hugging
     Face families, then a generic search for the shallowest ``nn.ModuleList`` of blocks); the
     attention and MLP sublayers are the block's child named ``self_attn`` / ``attn`` /
-    ``attention`` / ``self_attention`` and ``mlp`` / ``feed_forward`` / ``ffn``.
+    ``attention`` / ``self_attention`` and ``mlp`` / ``feed_forward`` / ``ffn`` /
+    ``block_sparse_moe``. Their sites are what the residual add receives: the sublayer's output
+    norm in sandwich-norm blocks (Gemma 2/3, OLMo 2), the output projection of a sublayer that
+    adds the residual itself (Bloom, MPT's MLP), else the sublayer's own output.
 
     Args:
         model: the model (not modified).
         kind: ``"block"`` (block output), ``"residual_pre"`` (block input), ``"attention"`` or
             ``"mlp"`` (sublayer outputs); with ``pattern`` any kind in :data:`SITE_KINDS`.
-        layers: an index or indices (negative counts from the end); ``None`` = all layers.
+        layers: an index or indices (negative counts from the end; Python or NumPy integers,
+            0-d integer tensors, or a sequence / 1-D array of them); ``None`` = all layers.
         pattern: a custom format string with ``{i}`` for the layer, such as
             ``"model.layers.{i}.mlp"``; its sites get ``kind`` (default ``"block"``) as label.
 
@@ -259,8 +372,10 @@ def find_sites(
 
     Raises:
         ValueError: for an unknown kind, a model without a block list, a layer out of range, a
-            sublayer the family does not have (e.g. OPT has no MLP module), a pattern without
+            sublayer the family does not have (e.g. OPT has no MLP module) or that a hook
+            cannot reach (Bloom with ``slow_but_exact`` tensor parallelism), a pattern without
             ``{i}`` or naming missing modules, or a mixture-of-experts expert module.
+        TypeError: for ``layers`` that are not integers.
 
     Example:
         >>> from torch import nn
@@ -298,7 +413,7 @@ def find_sites(
             name = pattern.format(i=i)
             if name not in modules:
                 raise ValueError(f"pattern {pattern!r} gives {name!r}, which is not a module")
-            _check_not_moe_expert(name)
+            _check_not_moe_expert(name, modules)
             sites.append(Site(name, i, kind))
         return sites
     if kind == "module":
@@ -311,17 +426,7 @@ def find_sites(
         if kind in ("block", "residual_pre"):
             sites.append(Site(block, i, kind))
             continue
-        names = _ATTENTION_NAMES if kind == "attention" else _MLP_NAMES
-        child = _child(modules, block, names)
-        if child is None:
-            children = [c for c, _ in modules[block].named_children()]
-            raise ValueError(
-                f"{type(modules[block]).__name__} ({block}) has no {kind} sublayer module "
-                f"(looked for {names}; its children are {children}). Its {kind} output is not a "
-                f"module output here, so it is unsupported; use kind='block' or a pattern naming "
-                "the module you want"
-            )
-        sites.append(Site(child, i, kind))
+        sites.append(Site(_sublayer(model, modules, block, kind), i, kind))
     return sites
 
 
@@ -329,7 +434,9 @@ def resolve_site(model: nn.Module, site: Site | str) -> Site:
     """Check a site against a model, turning a module name into a :class:`Site`.
 
     A name is classified as the ``"block"``, ``"attention"`` or ``"mlp"`` site of its layer when it
-    is one, else as kind ``"module"`` (its layer is the enclosing block's index, or ``-1``).
+    is the one :func:`find_sites` gives for that kind, else as kind ``"module"`` (its layer is the
+    enclosing block's index, or ``-1``): Bloom's ``self_attention`` returns attention plus
+    residual, so it is a ``"module"``, while its ``self_attention.dense`` is the attention site.
 
     Args:
         model: the model.
@@ -367,7 +474,7 @@ def resolve_site(model: nn.Module, site: Site | str) -> Site:
         close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
         hint = f"; did you mean {close}?" if close else ""
         raise ValueError(f"unknown site {name!r}: no such module in {type(model).__name__}{hint}")
-    _check_not_moe_expert(name)
+    _check_not_moe_expert(name, modules)
     if isinstance(site, Site):
         return site
     list_name = _layer_list(model, modules)
@@ -377,11 +484,12 @@ def resolve_site(model: nn.Module, site: Site | str) -> Site:
             i, rest = int(m.group(1)), m.group(2)
             if rest is None:
                 return Site(name, i, "block")
-            child = rest[1:]
-            if child in _ATTENTION_NAMES:
-                return Site(name, i, "attention")
-            if child in _MLP_NAMES:
-                return Site(name, i, "mlp")
+            for kind in ("attention", "mlp"):
+                try:
+                    if _sublayer(model, modules, f"{list_name}.{i}", kind) == name:
+                        return Site(name, i, kind)
+                except ValueError:
+                    continue
             return Site(name, i, "module")
     return Site(name, -1, "module")
 
