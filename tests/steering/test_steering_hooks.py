@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+
+import numpy as np
 import pytest
 import torch
 
@@ -141,15 +144,17 @@ def test_strength_zero_is_bitwise_noop(mode: str, kind: str) -> None:
 
 def step_by_step(model, prompt, n_new, intervention):
     """Greedy decode with the KV cache; then recompute the full sequence without it."""
+    # transformers renamed `past_key_values` to `cache` during 5.x: use whichever this one has
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     with torch.no_grad(), steer(model, intervention):
         out = model(prompt, use_cache=True)
-        logits, cache, seq = [out.logits[:, -1]], out.cache, prompt
+        logits, cache, seq = [out.logits[:, -1]], getattr(out, key), prompt
         for _ in range(n_new):
             nxt = logits[-1].argmax(-1, keepdim=True)
             seq = torch.cat([seq, nxt], 1)
-            out = model(nxt, cache=cache, use_cache=True)
+            out = model(nxt, **{key: cache}, use_cache=True)
             logits.append(out.logits[:, -1])
-            cache = out.cache
+            cache = getattr(out, key)
         full = model(seq, use_cache=False).logits
     return torch.stack(logits, 1), full[:, prompt.shape[1] - 1 :], seq
 
@@ -255,3 +260,106 @@ def test_bad_input_raises_clear_errors() -> None:
     with pytest.raises(ValueError, match="dimension 32 but the subspace"):
         Intervention("transformer.h.0", v, subspace=torch.eye(16)[:, :2], mode="ablate_add")
     assert all_hooks(model) == {n: ({}, {}, {}) for n, _ in model.named_modules()}
+
+
+def test_vector_overflowing_the_model_dtype_is_refused() -> None:
+    # the vector is finite in float32 but not in the float16 model: the check runs on the cast
+    model = gpt2(torch.float16)
+    site = find_sites(model, "block", 0)[0]
+    ids = torch.tensor([[1, 2, 3]])
+    big = torch.full((32,), 1e5)
+    with (
+        pytest.raises(ValueError, match=r"overflows.*float16"),
+        steer(model, Intervention(site, big)),
+    ):
+        model(ids)
+    # alpha * vector is what is added: finite vector, overflowing product
+    scaled = Intervention(site, torch.full((32,), 1e3), alpha=100.0)
+    with pytest.raises(ValueError, match=r"overflows.*float16"), steer(model, scaled):
+        model(ids)
+    # the clamp target is set in the model's dtype too
+    clamp = Intervention(site, torch.ones(32), mode="clamp", clamp_value=1e5)
+    with pytest.raises(ValueError, match=r"clamp_value.*overflows.*float16"), steer(model, clamp):
+        model(ids)
+    # a direction only (ablate) is normalised in float64 before the cast: a huge vector is fine
+    with torch.no_grad(), steer(model, Intervention(site, big, mode="ablate")):
+        assert bool(torch.isfinite(model(ids).logits).all())
+    with torch.no_grad(), steer(model, Intervention(site, torch.full((32,), 1e3))):
+        assert bool(torch.isfinite(model(ids).logits).all())
+
+
+def test_overflow_is_also_caught_when_the_model_dtype_changes_inside_the_block() -> None:
+    model = gpt2(torch.float32)
+    site = find_sites(model, "block", 0)[0]
+    with steer(model, Intervention(site, torch.full((32,), 1e5))):
+        model(torch.tensor([[1, 2]]))  # fine in float32
+        model.half()
+        with pytest.raises(ValueError, match=r"overflows.*float16"):
+            model(torch.tensor([[1, 2]]))
+
+
+@pytest.mark.parametrize(
+    "alpha", [torch.tensor(2.0), torch.tensor(2), np.float32(2.0), np.int64(2), np.array(2.0)]
+)
+def test_alpha_as_tensor_or_numpy_scalar_is_converted(alpha) -> None:
+    model = gpt2()
+    site = find_sites(model, "block", 0)[0]
+    v = torch.randn(32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    iv = Intervention(site, v, alpha=alpha)
+    assert type(iv.alpha) is float and iv.alpha == 2.0
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        with steer(model, iv):
+            got = model(ids).logits
+        with steer(model, Intervention(site, v, alpha=2.0)):
+            want = model(ids).logits
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("alpha", "shown"),
+    [("2", "'2'"), (True, "True"), (torch.ones(2), "tensor"), (1j, "1j"), (None, "None")],
+)
+def test_alpha_of_wrong_type_names_the_value(alpha, shown) -> None:
+    with pytest.raises(TypeError, match=rf"alpha must be a real number.*got {shown}"):
+        Intervention("transformer.h.0", torch.ones(32), alpha=alpha)
+
+
+def beam_generate(model, prompt, positions, v):
+    iv = Intervention(find_sites(model, "block", 0)[0], v, positions=positions)
+    with torch.no_grad(), steer(model, iv):
+        return model.generate(
+            prompt, max_new_tokens=4, num_beams=2, do_sample=False, pad_token_id=0,
+            return_dict_in_generate=True, output_scores=True,
+        )  # fmt: skip
+
+
+def test_per_row_mask_follows_the_rows_under_beam_search() -> None:
+    # generate(num_beams=2) runs the batch as 2 * B rows (each prompt's beams next to each
+    # other): row i of a (B, L) mask must steer the beams of prompt i
+    model = llama()
+    prompt = torch.tensor([[5, 6, 7, 8], [9, 8, 7, 6]])
+    v = 4 * torch.randn(32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[0, [1, 5]] = True
+    mask[1, [2, 4, 6]] = True
+    both = beam_generate(model, prompt, mask, v)
+    for i in range(2):
+        alone = beam_generate(model, prompt[i : i + 1], mask[i], v)
+        assert torch.equal(both.sequences[i], alone.sequences[0])
+        torch.testing.assert_close(
+            both.sequences_scores[i], alone.sequences_scores[0], rtol=0, atol=1e-10
+        )
+        plain = beam_generate(model, prompt[i : i + 1], torch.zeros(8, dtype=torch.bool), v)
+        assert float((plain.sequences_scores[0] - alone.sequences_scores[0]).abs()) > 1e-3
+
+
+def test_mask_rows_that_do_not_divide_the_batch_are_refused() -> None:
+    model = llama()
+    iv = Intervention(find_sites(model, "block", 0)[0], torch.ones(32, dtype=torch.float64),
+                      positions=torch.ones(3, 4, dtype=torch.bool))  # fmt: skip
+    with (
+        pytest.raises(ValueError, match=r"positions mask has 3 rows.*4 sequences"),
+        steer(model, iv),
+    ):
+        model(torch.ones(4, 4, dtype=torch.long))

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -45,6 +47,22 @@ POSITIONS: tuple[str, ...] = ("all", "prompt", "new")
 def _orthonormal(basis: Tensor) -> Tensor:
     """Orthonormal columns spanning ``basis`` (``(d,)`` or ``(d, k)``)."""
     return Subspace.from_vectors(basis).basis
+
+
+def _as_real(value: Any, name: str) -> float:
+    """``value`` as a Python float: a real number, NumPy scalar or 0-d real tensor / array."""
+    expected = f"{name} must be a real number (int, float, NumPy scalar or 0-d tensor)"
+    if isinstance(value, (Tensor, np.ndarray)):
+        is_bool = value.dtype == (torch.bool if isinstance(value, Tensor) else np.bool_)
+        is_complex = value.is_complex() if isinstance(value, Tensor) else np.iscomplexobj(value)
+        is_meta = isinstance(value, Tensor) and value.is_meta
+        if value.ndim != 0 or is_bool or is_complex or is_meta:
+            shape, dtype = tuple(value.shape), value.dtype
+            raise TypeError(f"{expected}, got {value!r:.80} (shape {shape}, dtype {dtype})")
+        return float(value.item())
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{expected}, got {value!r:.80} ({type(value).__name__})")
+    return float(value)
 
 
 def apply_operator(
@@ -124,14 +142,19 @@ class Intervention:
         subspace: a :class:`~subspaces.linalg.Subspace` or a ``(d, k)`` tensor whose columns
             span the subspace to ablate / clamp / replace.
         mode: ``"add"``, ``"ablate"``, ``"ablate_add"`` or ``"clamp"``.
-        alpha: strength (``0`` is an exact no-op; may be negative).
+        alpha: strength (``0`` is an exact no-op; may be negative). A NumPy scalar or a 0-d
+            tensor is converted to a Python float (detached: no gradient flows into it).
         positions: ``"all"``, ``"prompt"``, ``"new"`` or a bool mask ``(L,)`` / ``(B, L)`` over
-            absolute positions (positions beyond ``L`` are not steered).
+            absolute positions (positions beyond ``L`` are not steered). A call with ``k * B``
+            sequences, as ``generate(num_beams=k)`` or ``num_return_sequences=k`` runs, gives
+            row ``i`` of the mask to sequences ``i * k`` to ``i * k + k - 1`` (``generate``
+            repeats each prompt ``k`` times in place).
         clamp_value: the coordinate value(s) ``mode="clamp"`` sets.
 
     Raises:
         ValueError: for an unknown mode or positions, a missing vector / subspace / clamp value,
             a non-finite alpha or vector, or a vector and subspace of different dimensions.
+            (A vector that overflows the model's dtype is refused by :func:`steer`.)
         TypeError: for fields of the wrong type.
 
     Example:
@@ -156,8 +179,7 @@ class Intervention:
             raise TypeError(f"site must be a Site or a module name, got {type(self.site).__name__}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)):
-            raise TypeError(f"alpha must be a number, got {self.alpha!r}")
+        object.__setattr__(self, "alpha", _as_real(self.alpha, "alpha"))
         if not math.isfinite(self.alpha):
             raise ValueError(f"alpha must be finite, got {self.alpha}")
         if isinstance(self.positions, Tensor):
@@ -338,10 +360,71 @@ def _position_mask(iv: Intervention, state: _CallState, h: Tensor) -> Tensor | N
         L = mask.shape[-1]
         inside = pos < L
         picked = mask[..., pos.clamp(max=max(L - 1, 0))] & inside
-        return picked.reshape(-1, T) if picked.ndim == 2 else picked.unsqueeze(0)
+        if picked.ndim == 1:
+            return picked.unsqueeze(0)
+        rows, batch = picked.shape[0], h.shape[0]
+        if rows in (1, batch):
+            return picked
+        if rows > 0 and batch % rows == 0:
+            # generate(num_beams=k) / num_return_sequences=k: each prompt repeated k times in place
+            return picked.repeat_interleave(batch // rows, dim=0)
+        raise ValueError(
+            f"positions mask has {rows} rows but the forward call has {batch} sequences; "
+            f"expected 1 row, {batch} rows, or a divisor of {batch} (each row then covers "
+            "batch // rows consecutive sequences, as generate's num_beams / "
+            "num_return_sequences expansion lays them out)"
+        )
     prompt = state.prompt_length if state.prompt_length is not None else state.past + T
     sel = pos < prompt if iv.positions == "prompt" else pos >= prompt
     return sel.unsqueeze(0)
+
+
+def _cast(
+    iv: Intervention, site: Site, dtype: torch.dtype, device: torch.device | None
+) -> tuple[Tensor | None, Tensor | None]:
+    """The vector and projection basis of ``iv`` in the model's dtype, checked to be finite.
+
+    The basis of a vector-only projection is the unit vector, computed in float64 before the
+    cast, so only the direction has to fit the model's dtype.
+
+    Returns:
+        ``(vector, basis)`` on ``device`` in ``dtype`` (each ``None`` when ``iv`` has none).
+
+    Raises:
+        ValueError: if ``alpha * vector`` (what is added) or ``clamp_value`` overflows ``dtype``.
+    """
+    vector = None if iv.vector is None else iv.vector.to(device=device, dtype=dtype)
+    basis = iv.basis
+    if basis is None and iv.mode != "add" and iv.vector is not None:
+        v64 = iv.vector.double()
+        basis = (v64 / torch.linalg.vector_norm(v64)).unsqueeze(-1)
+    basis = None if basis is None else basis.to(device=device, dtype=dtype)
+    if dtype.is_floating_point and vector is not None and iv.mode in ("add", "ablate_add"):
+        added = iv.alpha * vector
+        if not bool(torch.isfinite(added).all()):
+            largest = abs(iv.alpha) * float(iv.vector.abs().max())  # type: ignore[union-attr]
+            raise ValueError(
+                f"the steering vector at site {site.name!r} overflows the model's dtype {dtype}: "
+                f"alpha * vector has entries up to {largest:.3g} but the largest finite {dtype} "
+                f"value is {torch.finfo(dtype).max:.3g}; scale the vector or alpha down, or run "
+                "the model in a wider dtype"
+            )
+    if dtype.is_floating_point and iv.mode == "clamp" and iv.clamp_value is not None:
+        target = torch.as_tensor(iv.clamp_value).to(dtype=dtype)
+        if not bool(torch.isfinite(target).all()):
+            raise ValueError(
+                f"clamp_value={iv.clamp_value!r} at site {site.name!r} overflows the model's "
+                f"dtype {dtype} (largest finite value {torch.finfo(dtype).max:.3g})"
+            )
+    return vector, basis
+
+
+def _param_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype of the first floating parameter of ``module`` (``None`` if it has none)."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None
 
 
 @contextmanager
@@ -370,8 +453,11 @@ def steer(
 
     Raises:
         ValueError: for an empty list, an unknown site, a vector or subspace whose dimension
-            does not match the model's hidden size, or (when the model runs) a site output that
-            is not ``(batch, seq, d)``.
+            does not match the model's hidden size, a vector that overflows the model's dtype
+            (``alpha * vector`` cast to the dtype of the site's parameters on entry, and to the
+            dtype of the hidden states when the model runs, must be finite), a positions mask
+            whose rows do not match the batch, or (when the model runs) a site output that is
+            not ``(batch, seq, d)``.
         TypeError: for interventions that are not :class:`Intervention`.
 
     Example:
@@ -407,12 +493,16 @@ def steer(
         width: int | None = hidden_size(model)
     except ValueError:
         width = None
+    modules = dict(model.named_modules())
     for iv, site in zip(items, sites, strict=True):
         if width is not None and site.kind != "module" and iv.dim != width:
             raise ValueError(
                 f"intervention at {site.name!r} has dimension {iv.dim} but the model's hidden "
                 f"size is {width}"
             )
+        dtype = _param_dtype(modules[site.name]) or _param_dtype(model)
+        if dtype is not None and iv.alpha != 0:
+            _cast(iv, site, dtype, None)  # refuse an overflowing vector before the model runs
     state = _CallState(prompt_length)
     handle = SteeringHandle(items, sites, state)
     try:
@@ -441,10 +531,7 @@ def steer(
                 )
             key = (h.dtype, h.device)
             if key not in cache:
-                cache[key] = (
-                    None if iv.vector is None else iv.vector.to(h.device, h.dtype),
-                    None if iv.basis is None else iv.basis.to(h.device, h.dtype),
-                )
+                cache[key] = _cast(iv, site, h.dtype, h.device)
             vector, basis = cache[key]
             mask = _position_mask(iv, state, h)
             if mask is not None and not bool(mask.any()):
