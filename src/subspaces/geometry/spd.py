@@ -736,6 +736,33 @@ def _bw_barycenter(X: Tensor, weights: Tensor | None, max_iter: int, tol: float)
     return _bw_barycenter_info(X, w, max_iter, tol, certify=False)[0]
 
 
+def _certified_mean(
+    name: str,
+    iterate: Callable[..., tuple[Tensor, int, float, bool]],
+    X: Tensor,
+    weights: Tensor | None,
+    max_iter: int,
+    tol: float | None,
+    return_info: bool,
+) -> Tensor | SPDMeanResult:
+    """Validate, run ``iterate`` in float64, certify on its residual at the returned point.
+
+    Returns:
+        The mean (warning if not converged), or the :class:`SPDMeanResult` with ``return_info``.
+    """
+    X, w, max_iter, tol_ = _check_mean_inputs(X, weights, max_iter, tol)
+    if X.numel() == 0:  # an empty batch: nothing to average
+        res = SPDMeanResult(X.new_zeros(X.shape[:-3] + X.shape[-2:]), True, 0, 0.0, tol_)
+    else:
+        M, it, residual, _ = iterate(X.double(), w, max_iter, tol_)
+        res = SPDMeanResult(M.to(X.dtype), residual <= tol_, it, residual, tol_)
+    if return_info:
+        return res
+    if not res.converged:
+        _warn_unconverged(name, res, max_iter)
+    return res.mean
+
+
 def bw_barycenter(
     X: Tensor,
     weights: Tensor | None = None,
@@ -780,17 +807,9 @@ def bw_barycenter(
         >>> res.converged, res.iterations, res.residual <= res.tol
         (True, 0, True)
     """
-    X, w, max_iter, tol_ = _check_mean_inputs(X, weights, max_iter, tol)
-    if X.numel() == 0:  # an empty batch: nothing to average
-        res = SPDMeanResult(X.new_zeros(X.shape[:-3] + X.shape[-2:]), True, 0, 0.0, tol_)
-    else:
-        S, it, residual, _ = _bw_barycenter_info(X.double(), w, max_iter, tol_)
-        res = SPDMeanResult(S.to(X.dtype), residual <= tol_, it, residual, tol_)
-    if return_info:
-        return res
-    if not res.converged:
-        _warn_unconverged("bw_barycenter", res, max_iter)
-    return res.mean
+    return _certified_mean(
+        "bw_barycenter", _bw_barycenter_info, X, weights, max_iter, tol, return_info
+    )
 
 
 # --------------------------------------------------------------------------- generalized BW
@@ -1065,17 +1084,7 @@ def ai_karcher_mean(
         >>> ai_karcher_mean(X, return_info=True).converged
         True
     """
-    X, w, max_iter, tol_ = _check_mean_inputs(X, weights, max_iter, tol)
-    if X.numel() == 0:  # an empty batch: nothing to average
-        res = SPDMeanResult(X.new_zeros(X.shape[:-3] + X.shape[-2:]), True, 0, 0.0, tol_)
-    else:
-        M, it, gnorm, _ = _ai_mean_info(X.double(), w, max_iter, tol_)
-        res = SPDMeanResult(M.to(X.dtype), gnorm <= tol_, it, gnorm, tol_)
-    if return_info:
-        return res
-    if not res.converged:
-        _warn_unconverged("ai_karcher_mean", res, max_iter)
-    return res.mean
+    return _certified_mean("ai_karcher_mean", _ai_mean_info, X, weights, max_iter, tol, return_info)
 
 
 def _ai_mean_info(
