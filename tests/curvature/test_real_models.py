@@ -86,3 +86,73 @@ def test_frozen_parameters_selectable_by_pattern():
     H = HessianOperator(model, "cross_entropy", data, params="body.*")
     assert H.param_names == ("body.weight", "body.bias")
     assert_matches_dense(H, dense_hessian(model, "cross_entropy", data, "body.*"))
+
+
+def _regression():
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    X = torch.randn(13, 4, generator=gen(42), dtype=F64)
+    y = torch.randn(13, 2, generator=gen(43), dtype=F64)
+    return model, [(X[:9], y[:9]), (X[9:], y[9:])]
+
+
+CALLABLES = {
+    # F.mse_loss's backward has no working forward-mode derivative ("ZeroTensors are immutable")
+    "mse_lambda": lambda o, t: torch.nn.functional.mse_loss(o, t),  # noqa: PLW0108
+    # huber_loss_backward has no forward AD at all
+    "huber_module": nn.HuberLoss(),
+    # linear in the last layer's bias: constant gradient entries
+    "linear_in_outputs": lambda o, t: (o * t).mean(),
+    "l1_module": nn.L1Loss(),
+}
+
+
+@pytest.mark.parametrize("loss", sorted(CALLABLES))
+@pytest.mark.parametrize("method", ["vmap", "double_backward"])
+def test_any_loss_callable_hessian(loss, method):
+    model, data = _regression()
+    if method == "double_backward":
+        data = data[:1]
+    fn = CALLABLES[loss]
+    H = HessianOperator(model, fn, data, method=method)
+    ref = dense_hessian(model, fn, data)
+    assert_matches_dense(H, ref, rtol=1e6 * EPS, atol=1e6 * EPS * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("loss", sorted(CALLABLES))
+def test_any_loss_callable_ggn(loss):
+    model, data = _regression()
+    fn = CALLABLES[loss]
+    ref = dense_ggn(model, fn, data)
+    G = GGNOperator(model, fn, data)
+    assert_matches_dense(G, ref, rtol=1e6 * EPS, atol=1e6 * EPS * max(float(ref.abs().max()), 1))
+
+
+@pytest.mark.parametrize("method", ["vmap", "double_backward"])
+def test_loss_linear_in_the_parameters_has_a_zero_hessian(method):
+    model = nn.Linear(4, 2).double()
+    X = torch.randn(6, 4, generator=gen(44), dtype=F64)
+    H = HessianOperator(model, lambda o, t: o.sum(), [(X, X[:, :2])], method=method)
+    assert torch.equal(
+        H @ torch.ones(H.shape[0], 3, dtype=F64), torch.zeros(H.shape[0], 3, dtype=F64)
+    )
+    assert torch.equal(H @ torch.ones(H.shape[0], dtype=F64), torch.zeros(H.shape[0], dtype=F64))
+
+
+@pytest.mark.parametrize("op", ["hessian", "ggn"])
+def test_sum_reduction_is_independent_of_batching(op):
+    """A callable that sums, stated once with reduction="sum": one batch or two, same matrix."""
+    model, data = _regression()
+    X = torch.cat([b[0] for b in data])
+    y = torch.cat([b[1] for b in data])
+
+    def total(o, t):
+        return ((o - t) ** 2).sum()
+
+    cls = HessianOperator if op == "hessian" else GGNOperator
+    split = cls(model, total, data, reduction="sum").to_dense()
+    whole = cls(model, total, [(X, y)], reduction="sum").to_dense()
+    ref = (dense_hessian if op == "hessian" else dense_ggn)(model, total, [(X, y)], reduction="sum")
+    scale = float(ref.abs().max())
+    assert float((split - ref).abs().max()) <= 1e6 * EPS * scale
+    assert float((whole - ref).abs().max()) <= 1e6 * EPS * scale

@@ -20,6 +20,9 @@ from ._model import (
 )
 from .base import CurvatureOperator, Progress
 
+#: Error messages of kernels without a (working) forward-mode derivative.
+_NO_FORWARD_MODE = ("forward AD", "ZeroTensors are immutable", "forward-mode")
+
 Method = Literal["auto", "vmap", "double_backward"]
 METHODS: tuple[str, ...] = ("auto", "vmap", "double_backward")
 
@@ -86,6 +89,7 @@ class HessianOperator(CurvatureOperator):
             reduction=reduction,
         )
         self.method = check_choice(method, "method", METHODS)
+        self._forward_mode = True  # False once a loss kernel turned out to lack forward AD
         self._graph: tuple[list[Tensor], tuple[Tensor, ...]] | None = None
 
     def _single_batch(self) -> bool:
@@ -108,10 +112,63 @@ class HessianOperator(CurvatureOperator):
             raise ValueError("method='double_backward' needs data with exactly one batch")
         return "double_backward" if single else "vmap"
 
+    def _hessian_loss(self, fm: FunctionalModel, p: dict[str, Tensor], batch: Batch) -> Tensor:
+        """The batch loss plus an exact zero quadratic in every parameter.
+
+        A gradient entry that does not depend on the parameters (a loss linear in some of them:
+        a last-layer bias under ``(o * t).mean()``, an L1 loss, a linear model) has an
+        unmaterialized zero derivative, which ``jvp`` under ``vmap`` turns into a garbage expand
+        and autograd into "does not require grad". With the zero quadratic its Hessian rows are
+        materialized zeros, as they should be.
+
+        Returns:
+            The loss, unchanged in value and gradient.
+        """
+        anchor = sum((v * v).sum() for v in p.values())
+        return self._loss(fm, p, batch) + 0 * anchor
+
     def _batch_matmat(
         self, fm: FunctionalModel, batch: Batch, V: dict[str, Tensor]
     ) -> dict[str, Tensor]:
-        grad_fn = torch.func.grad_and_value(lambda p: self._loss(fm, p, batch))
+        if not self._forward_mode:
+            return self._autograd_matmat(fm, batch, V)
+        try:
+            return self._vmap_matmat(fm, batch, V)
+        except (RuntimeError, NotImplementedError) as err:
+            # some loss kernels have no forward-mode derivative ("Trying to use forward AD with
+            # huber_loss_backward", F.mse_loss's "ZeroTensors are immutable"); reverse mode
+            # always works: fall back to double backward, column by column, for good
+            if not any(key in str(err) for key in _NO_FORWARD_MODE):
+                raise
+            self._forward_mode = False
+            return self._autograd_matmat(fm, batch, V)
+
+    def _autograd_matmat(
+        self, fm: FunctionalModel, batch: Batch, V: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """``H_b V`` by autograd double backward, one backward pass per column (no ``vmap``).
+
+        Returns:
+            The products, with a trailing column dimension.
+        """
+        leaves = {n: p.detach().requires_grad_(True) for n, p in fm.params.items()}
+        with torch.enable_grad():
+            loss = self._hessian_loss(fm, leaves, batch)
+            check_loss_finite(loss.detach())
+            grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
+            width = next(iter(V.values())).shape[-1]
+            cols = []
+            for j in range(width):
+                hv = torch.autograd.grad(
+                    grads, list(leaves.values()), [V[n][..., j] for n in leaves], retain_graph=True
+                )
+                cols.append(hv)
+        return {n: torch.stack([c[i].detach() for c in cols], dim=-1) for i, n in enumerate(leaves)}
+
+    def _vmap_matmat(
+        self, fm: FunctionalModel, batch: Batch, V: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        grad_fn = torch.func.grad_and_value(lambda p: self._hessian_loss(fm, p, batch))
 
         def hvp(v: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
             # without has_aux, jvp returns exactly (primals_out, tangents_out); its annotation
@@ -132,7 +189,7 @@ class HessianOperator(CurvatureOperator):
                 (batch,) = list(self._batches())
                 self._check_deterministic(fm, batch)
                 with torch.enable_grad():
-                    loss = self._loss(fm, leaves, batch)
+                    loss = self._hessian_loss(fm, leaves, batch)
                     check_loss_finite(loss.detach())
                     grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
             self.num_samples, self.num_batches = batch.size, 1
