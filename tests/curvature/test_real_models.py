@@ -156,3 +156,68 @@ def test_sum_reduction_is_independent_of_batching(op):
     scale = float(ref.abs().max())
     assert float((split - ref).abs().max()) <= 1e6 * EPS * scale
     assert float((whole - ref).abs().max()) <= 1e6 * EPS * scale
+
+
+def _loader(shuffle, drop_last, seed=0):
+    X = torch.randn(23, 5, generator=gen(50), dtype=F64)
+    y = torch.randint(0, 3, (23,), generator=gen(51))
+    ds = torch.utils.data.TensorDataset(X, y)
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size=5,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _mlp():
+    torch.manual_seed(8)
+    return nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+
+
+@pytest.mark.parametrize("op", ["hessian", "ggn", "fisher_empirical"])
+def test_a_loader_that_changes_between_passes_is_refused(op):
+    make = {
+        "hessian": lambda m, d: HessianOperator(m, "cross_entropy", d),
+        "ggn": lambda m, d: GGNOperator(m, "cross_entropy", d),
+        "fisher_empirical": lambda m, d: FisherOperator(m, "cross_entropy", d, kind="empirical"),
+    }[op]
+    A = make(_mlp(), _loader(shuffle=True, drop_last=True))  # a different 20 of 23 each pass
+    v = torch.ones(A.shape[0], dtype=F64)
+    with pytest.raises(ValueError, match="changed between two passes"):
+        for _ in range(6):  # the chance that 6 passes drop the same 3 samples is negligible
+            A @ v
+
+
+def test_a_shuffled_loader_without_drop_last_is_the_same_operator():
+    A = HessianOperator(_mlp(), "cross_entropy", _loader(shuffle=True, drop_last=False))
+    V = torch.randn(A.shape[0], 2, generator=gen(52), dtype=F64)
+    first = A @ V
+    for _ in range(3):
+        assert float((A @ V - first).abs().max()) <= 1e3 * EPS * float(first.abs().max())
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_mc_fisher_is_fixed_under_shuffling(loss):
+    """Labels come from a seed fixed per sample: the batch a sample lands in does not matter."""
+    model = _mlp()
+    if loss == "mse":
+        X = torch.randn(23, 5, generator=gen(50), dtype=F64)
+        ds = torch.utils.data.TensorDataset(X, torch.randn(23, 3, generator=gen(53), dtype=F64))
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(0)
+        )
+        fixed = [tuple(t for t in ds.tensors)]
+    else:
+        loader = _loader(shuffle=True, drop_last=False)
+        fixed = [tuple(loader.dataset.tensors)]
+    kw = {"mc_samples": 2}
+    F = FisherOperator(model, loss, loader, generator=torch.Generator().manual_seed(3), **kw)
+    V = torch.randn(F.shape[0], 2, generator=gen(54), dtype=F64)
+    first = F @ V
+    for _ in range(3):  # each pass shuffles the batches
+        assert float((F @ V - first).abs().max()) <= 1e3 * EPS * float(first.abs().max())
+    # and it is the operator of the same data in one fixed batch, with the same seed
+    one = FisherOperator(model, loss, fixed, generator=torch.Generator().manual_seed(3), **kw)
+    assert float((one @ V - first).abs().max()) <= 1e3 * EPS * float(first.abs().max())

@@ -7,12 +7,14 @@ lives here, so the operators themselves only write their per-batch product.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -439,6 +441,44 @@ class Batch:
     kwargs: dict[str, Any]
     targets: Any
     size: int
+    keys: list[int] | None = None
+    """One 64-bit key per sample, a hash of its data (see :func:`sample_keys`)."""
+
+
+def _tensors(obj: Any) -> Iterator[Tensor]:
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, Mapping):
+        for k in sorted(obj, key=str):
+            yield from _tensors(obj[k])
+    elif isinstance(obj, (tuple, list)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def sample_keys(raw: Any, n: int) -> list[int]:
+    """A 64-bit hash of each sample's data: the bytes of row ``i`` of every tensor of ``n`` rows.
+
+    The key of a sample does not depend on the batch it is in or on its position there, so it
+    identifies the sample across passes over a shuffled loader (the data-set fingerprint and the
+    Monte-Carlo Fisher's per-sample seeds are built from it).
+
+    Returns:
+        ``n`` integers in ``[0, 2**64)``.
+    """
+    hashes = [hashlib.blake2b(digest_size=8) for _ in range(n)]
+    for tensor in _tensors(raw):
+        if tensor.ndim == 0 or tensor.shape[0] != n:
+            continue
+        tag = f"{tensor.dtype}{tuple(tensor.shape[1:])}".encode()
+        t = tensor.detach()
+        if t.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16: hash the bits
+            t = t.view(torch.int16)
+        rows = t.cpu().contiguous().reshape(n, -1).numpy().view(np.uint8).reshape(n, -1)
+        for i, h in enumerate(hashes):
+            h.update(tag)
+            h.update(rows[i].tobytes())
+    return [int.from_bytes(h.digest(), "little") for h in hashes]
 
 
 def _first_tensor(obj: Any) -> Tensor | None:
@@ -511,6 +551,22 @@ def split_batch(
     if size <= 0:
         raise ValueError("empty batch (0 samples)")
     return Batch(args, kwargs, targets, size)
+
+
+def data_changed_error(first: tuple[int, int], now: tuple[int, int]) -> ValueError:
+    """The error for data that differ between two passes over them.
+
+    Returns:
+        A ``ValueError`` naming both sample counts and the usual causes.
+    """
+    return ValueError(
+        f"the data changed between two passes over it ({first[0]} samples on the first pass, "
+        f"{now[0]} now{', other samples' if first[0] == now[0] else ''}): every product is a "
+        "pass over the data, so the operator would change between products and Lanczos or a "
+        "trace estimate would be wrong. A DataLoader with shuffle=True and drop_last=True, "
+        "random augmentation or a sampler that draws a subset does this; pass a fixed list of "
+        "batches, or a DataLoader without drop_last and without random transforms"
+    )
 
 
 def output_tensor(out: Any) -> Tensor:

@@ -28,10 +28,12 @@ from ._model import (
     Reduction,
     check_deterministic,
     check_loss,
+    data_changed_error,
     iterate_batches,
     mode_policy_applied,
     num_params,
     resolve_loss,
+    sample_keys,
     select_params,
     split_batch,
 )
@@ -114,6 +116,7 @@ class CurvatureOperator(LinearOperator):
         )
         self._fm: FunctionalModel | None = None
         self._deterministic = False
+        self._fingerprint: tuple[int, int] | None = None
         self.num_samples: int | None = None
         self.num_batches: int | None = None
 
@@ -132,14 +135,24 @@ class CurvatureOperator(LinearOperator):
     def _batches(self) -> Any:
         fm = self.functional_model()
         total = len(self.data) if hasattr(self.data, "__len__") else None  # type: ignore[arg-type]
-        count = 0
+        count, samples, key_sum = 0, 0, 0
         for raw in self.data:
-            yield split_batch(raw, fm.device, self.dtype, self.batch_size_fn)
+            batch = split_batch(raw, fm.device, self.dtype, self.batch_size_fn)
+            batch.keys = sample_keys(raw, batch.size)
+            samples += batch.size
+            key_sum = (key_sum + sum(batch.keys)) % 2**64
+            yield batch
             count += 1
             if self.progress is not None:
                 self.progress(count, total)
         if count == 0:
             raise ValueError("data is empty: no batches")
+        # the data set as a multiset of samples: a shuffled loader passes, a changing one not
+        fingerprint = (samples, key_sum)
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint
+        elif fingerprint != self._fingerprint:
+            raise data_changed_error(self._fingerprint, fingerprint)
 
     def _loss(self, fm: FunctionalModel, p: dict[str, Tensor], batch: Batch) -> Tensor:
         return check_loss(self.loss_fn(fm(p, batch), batch.targets))

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_positive_int
-from ._model import Batch, FunctionalModel, LossFn, ModePolicy, ParamSpec, Reduction
+from ._model import Batch, LossFn, ModePolicy, ParamSpec, Reduction
 from .base import Progress
 from .ggn import GGNOperator
 
@@ -24,8 +24,9 @@ class FisherOperator(GGNOperator):
     * ``kind="mc"`` (the true Fisher, Monte-Carlo): labels are sampled from the model's own
       predictive distribution (``mc_samples`` per sample) — categorical for
       ``"cross_entropy"``, Gaussian for ``"mse"`` (variance matching the loss, so that the
-      expectation equals the GGN exactly). Samples are drawn once per batch from ``generator``
-      and reused, so the operator is a fixed symmetric matrix.
+      expectation equals the GGN exactly). The labels of each sample are drawn from a generator
+      seeded by one draw from ``generator`` and a hash of the sample's data, so the operator is
+      a fixed symmetric matrix, whatever batch a sample lands in (a shuffled loader included).
     * ``kind="empirical"``: the observed labels (the "empirical Fisher", a sum of outer products of
       per-sample gradients); works with any loss that is a mean over samples.
 
@@ -99,8 +100,7 @@ class FisherOperator(GGNOperator):
                 "use GGNOperator or kind='mc' with an unweighted loss"
             )
         self.generator = generator
-        self._sampled: dict[int, Tensor] = {}
-        self._batch_index = 0
+        self._seed: int | None = None
 
     def _batch_weight(self, batch: Batch) -> float:
         if self.kind == "empirical":  # a mean over samples of per-sample outer products
@@ -137,18 +137,39 @@ class FisherOperator(GGNOperator):
             # per-sample losses l_i: the batch loss is their mean (or sum)
             s = (g * n if mean else g).reshape(1, n, -1)
             return s, (1.0 / n if mean else 1.0)
-        key = self._batch_index
-        if key not in self._sampled:
-            self._sampled[key] = self._sample(out, batch)
-        S = self._sampled[key]
+        S = self._sample(out, batch)
         if self.likelihood == "cross_entropy":
             kappa = 1.0 / self._batch_weight(batch) if mean else 1.0
         else:  # squared error: the mean runs over every entry
             kappa = 1.0 / out.numel() if mean else 1.0
         return S, kappa
 
+    def _base_seed(self) -> int:
+        """One integer drawn from ``generator`` at the first product, kept for good.
+
+        Returns:
+            The operator's seed.
+        """
+        if self._seed is None:
+            self._seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        return self._seed
+
+    def _sample_generators(self, batch: Batch) -> list[torch.Generator]:
+        """One generator per sample, seeded by the operator's seed and the sample's data.
+
+        Returns:
+            ``batch.size`` CPU generators.
+        """
+        assert batch.keys is not None  # set by the data loop
+        base = self._base_seed()
+        return [torch.Generator().manual_seed((key ^ base) % 2**63) for key in batch.keys]
+
     def _sample(self, out: Tensor, batch: Batch) -> Tensor:
         """Output gradients of the per-unit negative log-likelihood at sampled labels.
+
+        The labels of a sample are drawn from a generator seeded by the operator's seed and a
+        hash of the sample's data, so they do not depend on which batch the sample is in: a
+        shuffled loader gives the same operator on every pass.
 
         Returns:
             ``(m, units, k)``: for cross-entropy ``p_t - onehot(c)`` with ``c ~ p_t`` per
@@ -156,29 +177,28 @@ class FisherOperator(GGNOperator):
             sample, whose outer product has the expectation ``2 I``, the output Hessian of
             ``sum (o - y)^2``.
         """
-        m, gen = self.mc_samples, self.generator
+        m, n = self.mc_samples, batch.size
+        gens = self._sample_generators(batch)
         if self.likelihood == "cross_entropy":
             classes = self.loss.classes
             assert classes is not None
-            logits = classes.positions(out)  # (P, C)
+            logits = classes.positions(out)  # (P, C), sample-major
+            P, C = logits.shape
+            per = P // n
+            u = torch.stack([torch.rand(m, per, generator=g, dtype=torch.float64) for g in gens], 1)
             probs = torch.softmax(logits.to(torch.float64), dim=-1)
-            idx = torch.multinomial(probs.cpu(), m, replacement=True, generator=gen).T
-            onehot = torch.nn.functional.one_hot(idx.to(out.device), logits.shape[-1])
+            cdf = probs.cumsum(-1)
+            cdf[:, -1] = 1.0  # rounding: the last class takes what the cumulative sum misses
+            cdf = cdf.unsqueeze(0).expand(m, P, C).contiguous()
+            u = u.reshape(m, P, 1).to(cdf.device)
+            idx = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(C - 1)
+            onehot = torch.nn.functional.one_hot(idx, C)
             s = probs.to(out.dtype).unsqueeze(0) - onehot.to(out.dtype)  # (m, P, C)
-            mask = classes.position_mask(batch.targets, logits.shape[0])
+            mask = classes.position_mask(batch.targets, P)
             return s if mask is None else s * mask.to(s).reshape(1, -1, 1)
-        eps = torch.randn((m, *out.shape), generator=gen, dtype=torch.float64).to(out)
-        return (2.0**0.5 * eps).reshape(m, batch.size, -1)
-
-    def _accumulate(self, per_batch: Any) -> Tensor:
-        counter = {"i": 0}
-
-        def indexed(fm: FunctionalModel, batch: Batch) -> Tensor:
-            self._batch_index = counter["i"]
-            counter["i"] += 1
-            return per_batch(fm, batch)
-
-        return super()._accumulate(indexed)
+        d = out[0].numel()
+        eps = torch.stack([torch.randn(m, d, generator=g, dtype=torch.float64) for g in gens], 1)
+        return (2.0**0.5 * eps).to(out)  # (m, n, d)
 
     def _output_matmat(self, out: Tensor, batch: Batch, U: Tensor) -> Tensor:
         """``E[s s^T] @ U`` per unit, averaged over the draws: the Fisher's output matrix.
