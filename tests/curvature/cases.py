@@ -174,3 +174,127 @@ def small_data_case():
         opt.step()
     model.zero_grad()
     return model, "cross_entropy", [(X[:8], y[:8]), (X[8:], y[8:])]
+
+
+def inplace_fd_hessian(model, loss, data, rel_step=1e-5):
+    """Central differences of ``model``'s own autograd gradient, perturbing its parameters in place.
+
+    Shares nothing with the library (no functional_call, no torch.func): the most independent
+    reference. Batches are weighted by their number of samples (mean losses).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grad():
+        total, n = None, 0
+        for X, y in data:
+            model.zero_grad()
+            loss(model(X), y).backward()
+            g = torch.cat([p.grad.flatten() for p in params]) * len(y)
+            total = g if total is None else total + g
+            n += len(y)
+        return total / n
+
+    flat = torch.cat([p.detach().flatten() for p in params])
+    h = rel_step * max(1.0, float(flat.abs().max()))
+    cols = []
+    for j in range(flat.numel()):
+        e = torch.zeros_like(flat)
+        e[j] = h
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(flat + e, params)
+        gp = grad()
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(flat - e, params)
+        gm = grad()
+        cols.append((gp - gm) / (2 * h))
+    with torch.no_grad():
+        torch.nn.utils.vector_to_parameters(flat, params)
+    model.zero_grad()
+    return torch.stack(cols, 1)
+
+
+class ResidualLNCNN(nn.Module):
+    """conv - [x + conv(GELU(LayerNorm(x)))] - pool - linear: the residual CNN of issue 21."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 3, 3, padding=1)
+        self.norm = nn.LayerNorm([3, 5, 5])
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = h + self.conv(torch.nn.functional.gelu(self.norm(h)))
+        return self.fc(h.mean((2, 3)))
+
+
+class ResidualBN(nn.Module):
+    """Linear - [x + Linear(GELU(BatchNorm(x)))] - Linear, used in train mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(4, 6)
+        self.bn = nn.BatchNorm1d(6)
+        self.mid = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(h + self.mid(torch.nn.functional.gelu(self.bn(h))))
+
+
+class TiedLM(nn.Module):
+    """Embedding tied to the output layer, LayerNorm, residual GELU MLP: (n, T) ids -> logits."""
+
+    def __init__(self, vocab=7, dim=4):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.emb.weight  # tied
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        h = h + self.mlp(torch.nn.functional.gelu(self.norm(h)))
+        return self.head(h)
+
+
+def lm_loss(logits, targets):
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    )
+
+
+def residual_models():
+    """name -> (model, loss, data, mode_policy) for the finite-difference regression tests."""
+    torch.manual_seed(9)
+    cnn = ResidualLNCNN().double()
+    Xc = torch.randn(6, 1, 5, 5, generator=gen(60), dtype=F64)
+    yc = torch.randint(0, 4, (6,), generator=gen(61))
+    bn = ResidualBN().double().train()
+    Xb = torch.randn(10, 4, generator=gen(62), dtype=F64)
+    yb = torch.randint(0, 3, (10,), generator=gen(63))
+    lm = TiedLM().double()
+    ids = torch.randint(0, 7, (5, 4), generator=gen(64))
+    return {
+        "residual_layernorm_gelu_cnn": (
+            cnn,
+            torch.nn.functional.cross_entropy,
+            [(Xc[:4], yc[:4]), (Xc[4:], yc[4:])],
+            "error",
+        ),
+        "residual_train_mode_batchnorm": (
+            bn,
+            torch.nn.functional.cross_entropy,
+            [(Xb[:6], yb[:6]), (Xb[6:], yb[6:])],
+            "as_is",
+        ),
+        "tied_weights_lm": (
+            lm,
+            lm_loss,
+            [(ids[:3, :-1], ids[:3, 1:]), (ids[3:, :-1], ids[3:, 1:])],
+            "error",
+        ),
+    }
