@@ -214,7 +214,8 @@ def test_bad_input_errors() -> None:
         find_sites(model, layers=1.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"layers must be ints.*got '1' \(str\)"):
         find_sites(model, layers="1")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"layers must be ints.*got np\.True_"):
+    # NumPy 2 writes np.True_ (bool), NumPy 1 True (bool_)
+    with pytest.raises(TypeError, match=r"layers must be ints.*got (np\.True_|True) \(bool_?\)"):
         find_sites(model, layers=[np.bool_(True)])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="kind"):
         Site("x", 0, "resid")
