@@ -3,8 +3,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# A second environment with every direct dependency at its declared floor (constraints-lowest.txt).
+LOWVENV := .venv-lowest
+LOWBIN := $(LOWVENV)/bin
+LOWSTAMP := $(LOWVENV)/.installed
 
-.PHONY: venv demo test test-all lint format typecheck bench reproduce docs clean
+.PHONY: venv demo test test-lowest test-all lint format typecheck bench reproduce docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -13,6 +17,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[all,dev]"
 	touch $(STAMP)
 
+$(LOWSTAMP): pyproject.toml constraints-lowest.txt
+	$(PY) -m venv $(LOWVENV)
+	$(LOWBIN)/python -m pip install --quiet --upgrade pip
+	$(LOWBIN)/python -m pip install --quiet torch==2.13.0 -c constraints-lowest.txt
+	$(LOWBIN)/python -m pip install --quiet -c constraints-lowest.txt -e ".[all,dev,hf]"
+	touch $(LOWSTAMP)
+
 venv: $(STAMP)
 
 demo: $(STAMP)
@@ -20,6 +31,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The test suite on the lowest versions that pyproject.toml declares.
+test-lowest: $(LOWSTAMP)
+	$(LOWBIN)/python -m pytest -q
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"
@@ -59,4 +74,4 @@ reproduce: $(STAMP)
 	$(BIN)/subspaces reproduce --all --out runs/reproduce
 
 clean:
-	rm -rf $(VENV) build dist site .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOWVENV) build dist site .pytest_cache .mypy_cache .ruff_cache
