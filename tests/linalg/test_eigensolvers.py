@@ -300,3 +300,17 @@ def test_power_iteration_budget_validated(budget, error) -> None:
     """max_matvecs=-5 used to return zero vectors flagged unconverged; "10" was int()-ed."""
     with pytest.raises(error, match="max_matvecs"):
         power_iteration(torch.eye(3, dtype=F64), 1, max_matvecs=budget)
+
+
+def test_clearly_non_symmetric_dense_input_is_refused():
+    # Found by the property tests: a visibly non-symmetric tensor ran silently.
+    A = torch.randn(6, 6, generator=gen(0), dtype=F64)
+    with pytest.raises(ValueError, match="symmetric"):
+        lanczos(A, 2)
+    with pytest.raises(ValueError, match="symmetric"):
+        power_iteration(A, 2)
+    # rounding-level asymmetry (a float32 Gram matrix) is accepted
+    X = torch.randn(300, 40, generator=gen(1))
+    G = X.T @ X
+    G[0, 1] += 1e-6 * float(G.abs().max())
+    assert lanczos(G, 2, generator=gen(2)).all_converged

@@ -622,10 +622,6 @@ def test_slq_quadrature(case, runs, steps, seed):
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cg(rtol=0) on a solved system blames an absent preconditioner; see closing note",
-)
 def test_cg_rtol_zero_without_preconditioner():
     """Found by test_cg (slow profile): once the residual is exactly 0, r^T r = 0 is not a
     preconditioner breakdown."""

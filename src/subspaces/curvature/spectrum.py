@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from .._checks import default_tol
 from ..linalg import (
     DensityResult,
     EigenResult,
@@ -42,7 +43,7 @@ def _samples(op: Any) -> int | None:
 def top_eigen(
     op: LinearOperator | Tensor,
     k: int = 5,
-    rtol: float = 1e-3,
+    rtol: float | None = None,
     *,
     guard: int = 2,
     **lanczos_kwargs: Any,
@@ -59,7 +60,9 @@ def top_eigen(
         op: a curvature operator (or any symmetric operator / tensor).
         k: number of eigenpairs.
         rtol: relative residual tolerance (``||H x - theta x|| <= rtol * ||H||``); the eigenvalue
-            error is at most the residual, and typically its square over the gap.
+            error is at most the residual, and typically its square over the gap. Default
+            ``1e-3``, or for a half-precision model the larger tolerance its products can
+            certify (:func:`~subspaces._checks.default_tol`: 1e-2 float16, 5e-2 bfloat16).
         guard: extra pairs converged but not returned (capped so that ``k + guard <= n``).
         **lanczos_kwargs: ``which``, ``block_size``, ``v0`` (warm start), ``max_matvecs``,
             ``generator`` ... (see :func:`~subspaces.linalg.lanczos`).
@@ -83,6 +86,8 @@ def top_eigen(
     if lanczos_kwargs.get("which", "largest") == "both_ends":
         guard = 0  # the returned pairs come from both ends; no single "next" pair to guard
     total = k + max(0, min(guard, n - k)) if isinstance(k, int) and 0 < k <= n else k
+    if rtol is None:
+        rtol = max(1e-3, default_tol(op.dtype))
     result = lanczos(op, total, tol=rtol, **lanczos_kwargs)
     if total != k:
         result = dataclasses.replace(

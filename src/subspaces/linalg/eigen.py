@@ -85,8 +85,8 @@ def prepare_symmetric(
         when ``None`` was given).
 
     Raises:
-        ValueError: if ``A`` is not square, ``k`` is out of range, ``tol`` is not positive or
-            ``A`` is on the meta device.
+        ValueError: if ``A`` is not square, a dense ``A`` is clearly not symmetric, ``k`` is out
+            of range, ``tol`` is not positive or ``A`` is on the meta device.
     """
     op = as_operator(A)
     m, n = op.shape
@@ -98,6 +98,18 @@ def prepare_symmetric(
     if k > n:
         raise ValueError(f"k must be <= n = {n} (the dimension of A), got k = {k}")
     tol = default_tol(op.dtype) if tol is None else check_positive_float(tol, "tol")
+    if isinstance(A, Tensor) and A.device.type != "meta":
+        # A dense matrix is cheap to check: refuse one that is clearly not symmetric (rounding
+        # asymmetry, far below sqrt(eps), is fine: the projected problem is symmetrized).
+        W = A if A.dtype in (torch.float32, torch.float64) else A.float()
+        norm = float(torch.linalg.matrix_norm(W))
+        asym = float(torch.linalg.matrix_norm(W - W.T))
+        limit = torch.finfo(A.dtype).eps ** 0.5
+        if asym > limit * norm:
+            raise ValueError(
+                f"A must be symmetric: ||A - A^T||_F / ||A||_F = {asym / norm:.3g} > {limit:.1e} "
+                f"(sqrt(eps) of {A.dtype}); eigensolvers here are for symmetric matrices"
+            )
     return in_working_precision(op), n, tol
 
 

@@ -300,8 +300,10 @@ def _cg_cycle(
     P = Z.clone()
     rz = (R * Z).sum(dim=0)
     res = R.norm(dim=0)
-    active = (res > thresh) & ~frozen
-    bad_precond = ((rz <= 0) & active).any() | ~torch.isfinite(rz).all()
+    # r^T M r < 0: M is not positive definite. r^T M r = 0 with r != 0 is underflow (r at the
+    # bottom of the dtype's range): that column cannot move any more and stops.
+    active = (res > thresh) & ~frozen & (rz > 0)
+    bad_precond = (rz < 0).any() | ~torch.isfinite(rz).all()
     bad_op = torch.zeros((), dtype=torch.bool, device=X.device)
     bad_curv = torch.zeros((), dtype=torch.bool, device=X.device)
     iterations, num_matvecs, r = 0, 0, X.shape[1]
@@ -318,7 +320,7 @@ def _cg_cycle(
                 f"{offset + iterations}; use minres for symmetric indefinite systems"
             )
         if status[2]:
-            raise ValueError("the preconditioner M is not positive definite: r^T M r <= 0")
+            raise ValueError("the preconditioner M is not positive definite: r^T M r < 0")
         cols = [j for j, a in enumerate(status[3:]) if a]
         if not cols or iterations >= max_iters:
             break
@@ -338,7 +340,7 @@ def _cg_cycle(
         Za = precondition(Ra)
         rz_new = (Ra * Za).sum(dim=0)
         res_a = Ra.norm(dim=0)
-        bad_precond = ((rz_new <= 0) & (res_a > 0)).any()
+        bad_precond = (rz_new < 0).any()
         beta = rz_new / rza
         if idx is None:
             X = X + alpha * Pa
@@ -349,7 +351,7 @@ def _cg_cycle(
             P[:, idx] = Za + beta * Pa
             rz[idx] = rz_new
             res[idx] = res_a
-        active = (res > thresh) & ~frozen
+        active = (res > thresh) & ~frozen & (rz > 0)
         iterations += 1
     return X, R, iterations, num_matvecs
 
