@@ -8,7 +8,6 @@ sharpness can overstate the full-data one by 2x.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -169,27 +168,8 @@ def trace(
         )
     else:
         result = hutchpp_trace(op, rtol=rtol, max_matvecs=max_matvecs, generator=generator)
-    return dataclasses.replace(result, stderr=_with_rounding(result, op), num_samples=_samples(op))
-
-
-def _with_rounding(result: TraceResult, op: LinearOperator | Tensor) -> float:
-    """The standard error with a floor for rounding: ``sqrt(n) eps |scale|``.
-
-    An exact trace (a sketch that spans the range) has a sampling error of zero, but its
-    rounding error is not: ``n`` products and sums in the operator's dtype. Without the floor an
-    exact result reports a standard error below its own rounding error.
-
-    Returns:
-        ``hypot(stderr, sqrt(n) * eps * scale)`` with ``scale`` the largest of ``|estimate|``
-        and the mean absolute sample.
-    """
-    dtype = op.dtype if op.dtype.is_floating_point else torch.float64
-    scale = abs(result.estimate)
-    if result.samples is not None and result.samples.numel():
-        scale = max(scale, float(result.samples.abs().mean()))
-    floor = math.sqrt(op.shape[0]) * torch.finfo(dtype).eps * scale
-    err = result.stderr
-    return err if math.isnan(err) else math.hypot(err, floor)
+    # (the linalg estimators floor the standard error at the estimate's rounding)
+    return dataclasses.replace(result, num_samples=_samples(op))
 
 
 def density(

@@ -19,6 +19,7 @@ unbiased for a non-symmetric ``A``); symmetry is not checked (that would cost pr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable
@@ -63,7 +64,8 @@ class TraceResult:
     Attributes:
         estimate: the estimate of ``tr(A)``.
         stderr: its estimated standard error (``nan`` when fewer than two samples make it
-            undefined; ``0`` when the estimate is exact).
+            undefined), floored at the estimate's rounding ``sqrt(n) eps |scale|``: an exact
+            estimate reports that floor, not 0.
         num_matvecs: products with ``A`` spent (columns multiplied).
         method: ``"hutchinson"``, ``"hutch++"`` or ``"xtrace"``.
         samples: per-sample estimates of the whole trace whose mean is ``estimate`` (Hutchinson:
@@ -390,20 +392,40 @@ def hutchinson_trace(
         >>> import torch
         >>> A = torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64))
         >>> r = hutchinson_trace(A, 10, generator=torch.Generator().manual_seed(0))
-        >>> r.estimate, r.stderr, r.num_matvecs  # Rademacher probes are exact on a diagonal
-        (5050.0, 0.0, 10)
-        >>> print(r)
-        trace 5050 ± 0 (10 matvecs, hutchinson)
+        >>> r.estimate, r.num_matvecs  # Rademacher probes are exact on a diagonal
+        (5050.0, 10)
+        >>> r.stderr < 1e-10  # exact: only the rounding floor sqrt(n) eps |trace|
+        True
     """
     budget, tol = _parse_mode(num_matvecs, rtol, max_matvecs, batch_size, 1, "hutchinson_trace")
     prod = _Products(A, distribution, generator)
     bs = _block_size(batch_size, prod.n, tol is not None)
     samples = _sample_until(lambda b: _quadratic_forms(prod, b, None), budget, bs, tol)
     est, err = _mean_stderr(samples)
-    res = TraceResult(est, err, prod.count, "hutchinson", samples)
+    res = _with_rounding(TraceResult(est, err, prod.count, "hutchinson", samples), prod)
     if tol is not None and not _converged(est, err, tol):
         _warn_unconverged("hutchinson_trace", res, tol, budget)
     return res
+
+
+def _with_rounding(res: TraceResult, prod: _Products) -> TraceResult:
+    """``res`` with its standard error floored at the rounding of the estimate.
+
+    An exact trace (identical samples, or a sketch that spans the range) has zero sampling error
+    but not zero rounding error: ``n`` products and sums in the operator's dtype. Without the
+    floor it would report a standard error below its own rounding error.
+
+    Returns:
+        ``res`` with ``stderr = hypot(stderr, sqrt(n) eps scale)``, ``scale`` the largest of
+        ``|estimate|`` and the mean absolute sample (``nan`` stays ``nan``).
+    """
+    if math.isnan(res.stderr):
+        return res
+    scale = abs(res.estimate)
+    if res.samples is not None and res.samples.numel():
+        scale = max(scale, float(res.samples.abs().mean()))
+    floor = math.sqrt(prod.n) * torch.finfo(prod.op.dtype).eps * scale
+    return dataclasses.replace(res, stderr=math.hypot(res.stderr, floor))
 
 
 # ----- Hutch++ ---------------------------------------------------------------------------------
@@ -482,12 +504,13 @@ def hutchpp_trace(
     AQ = prod(Q)
     exact = float((Q.double() * AQ.double()).sum())
     if Q.shape[1] >= prod.n:  # the sketch spans R^n: tr(Q^T A Q) is the trace
-        return TraceResult(exact, 0.0, prod.count, "hutch++", None)
+        return _with_rounding(TraceResult(exact, 0.0, prod.count, "hutch++", None), prod)
     samples = _sample_until(
         lambda b: _quadratic_forms(prod, b, Q), budget - prod.count, bs, tol, exact
     )
     est, err = _mean_stderr(samples)
     res = TraceResult(exact + est, err, prod.count, "hutch++", exact + samples)
+    res = _with_rounding(res, prod)
     if tol is not None and not _converged(res.estimate, err, tol):
         _warn_unconverged("hutchpp_trace", res, tol, budget)
     return res
@@ -713,7 +736,7 @@ def xtrace(
     est, err = _mean_stderr(samples)
     if state.Q.shape[1] >= n:  # exact: Q spans R^n
         err = 0.0
-    res = TraceResult(est, err, prod.count, "xtrace", samples)
+    res = _with_rounding(TraceResult(est, err, prod.count, "xtrace", samples), prod)
     if tol is not None and not _converged(est, err, tol) and state.size < n:
         _warn_unconverged("xtrace", res, tol, budget)
     return res
