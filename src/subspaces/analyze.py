@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import importlib
+import importlib.util
 import os
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from ._io import CheckpointError, read_checkpoint, settings_hash, write_checkpoint
-from ._progress import Progress
+from ._progress import Progress, format_seconds
 from ._threads import choose_threads, intra_op_threads
 from .curvature import HessianOperator, bulk_outliers, density, top_eigen, trace
 from .dynamics import CurvatureTracker
@@ -76,6 +79,11 @@ class AnalyzeConfig:
         density_runs: SLQ probe vectors for the final density.
         density_steps: Lanczos steps per SLQ run.
         trace_rtol: target relative standard error of the tracked trace.
+        curvature_samples: measure curvature (tracked and final) on a seeded random subset of
+            this many training samples (``None``: all of them); the subset's seed and size are
+            recorded in the summary.
+        curvature_batch_size: samples per batch of the curvature products; each product is
+            accumulated over the batches of the subset, exactly (never one giant batch).
     """
 
     model: str | None = None
@@ -96,6 +104,8 @@ class AnalyzeConfig:
     density_runs: int = 8
     density_steps: int = 60
     trace_rtol: float = 0.1
+    curvature_samples: int | None = None
+    curvature_batch_size: int = 2048
 
     def validate(self) -> None:
         """Check every field.
@@ -118,10 +128,18 @@ class AnalyzeConfig:
             "final_k",
             "density_runs",
             "density_steps",
+            "curvature_batch_size",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.curvature_samples is not None and (
+            not isinstance(self.curvature_samples, int) or self.curvature_samples < 1
+        ):
+            raise ValueError(
+                "curvature_samples (--curvature-samples) must be a positive integer or None, "
+                f"got {self.curvature_samples!r}"
+            )
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
@@ -130,16 +148,59 @@ class AnalyzeConfig:
             spec = getattr(self, spec_name)
             if spec is not None and (":" not in spec or spec.startswith(":") or spec.endswith(":")):
                 raise ValueError(
-                    f"{spec_name} must look like 'package.module:factory', got {spec!r}"
+                    f"{spec_name} must look like 'package.module:factory' or "
+                    f"'path/to/file.py:factory', got {spec!r}"
                 )
 
 
 def _load_factory(spec: str) -> Callable[..., Any]:
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"cannot import module {module_name!r} of {spec!r}: {err}") from None
+    """The callable named by ``"package.module:factory"`` or ``"path/to/file.py:factory"``.
+
+    A module is imported with the current directory on ``sys.path`` (so a module next to where
+    the command runs is found without ``PYTHONPATH``); a ``.py`` path is loaded from that file
+    (relative to the current directory).
+
+    Returns:
+        The callable.
+
+    Raises:
+        ValueError: naming ``spec`` when the module or file cannot be imported or has no such
+            callable.
+    """
+    module_name, _, attr = spec.rpartition(":")
+    if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
+        path = Path(module_name).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"cannot import {spec!r}: no file {path}")
+        name = "_subspaces_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+        loader_spec = importlib.util.spec_from_file_location(name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise ValueError(f"cannot import {spec!r}: {path} is not a Python file")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module
+        added = str(path.parent) not in sys.path
+        if added:  # the file's own imports of its neighbours
+            sys.path.insert(0, str(path.parent))
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as err:
+            del sys.modules[name]
+            raise ValueError(f"cannot import {spec!r}: {type(err).__name__}: {err}") from None
+        finally:
+            if added:
+                sys.path.remove(str(path.parent))
+    else:
+        cwd = os.getcwd()
+        added = cwd not in sys.path and "" not in sys.path
+        if added:
+            sys.path.insert(0, cwd)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise ValueError(f"cannot import module {module_name!r} of {spec!r}: {err}") from None
+        finally:
+            if added:
+                sys.path.remove(cwd)
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ValueError(f"{spec!r}: {module_name} has no callable {attr!r}")
@@ -184,20 +245,32 @@ def _targets(y: Tensor, loss: str, num_classes: int, dtype: torch.dtype) -> Tens
 
 
 def _evaluate(
-    model: nn.Module, loss_name: str, X: Tensor, y: Tensor, yt: Tensor
+    model: nn.Module,
+    loss_name: str,
+    X: Tensor,
+    y: Tensor,
+    yt: Tensor,
+    batch_size: int = 2048,
 ) -> tuple[float, float]:
+    """Mean loss and accuracy (NaN for float targets), in batches of ``batch_size``."""
+    n = len(y)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=X.device)
+    correct = torch.zeros((), dtype=torch.float64, device=X.device)
+    entries = 0
     with torch.no_grad():
-        out = model(X)
-        if loss_name == "cross_entropy":
-            loss = nn.functional.cross_entropy(out, y)
-        else:
-            loss = ((out - yt) ** 2).mean()
-        acc = (
-            (out.argmax(1) == y).double().mean()
-            if not y.is_floating_point()
-            else torch.tensor(float("nan"))
-        )
-    return float(loss), float(acc)
+        for i in range(0, n, batch_size):
+            out = model(X[i : i + batch_size])
+            yb, tb = y[i : i + batch_size], yt[i : i + batch_size]
+            if loss_name == "cross_entropy":
+                loss_sum += nn.functional.cross_entropy(out, yb, reduction="sum").double()
+                entries += len(yb)
+            else:
+                loss_sum += ((out - tb.reshape(out.shape)) ** 2).sum().double()
+                entries += out.numel()
+            if not y.is_floating_point():
+                correct += (out.argmax(1) == yb).double().sum()
+    acc = float(correct) / n if not y.is_floating_point() else float("nan")
+    return float(loss_sum) / max(entries, 1), acc
 
 
 def _make_optimizer(config: AnalyzeConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -323,6 +396,379 @@ def _restore(path: Path, state: dict[str, Any], parts: dict[str, Any]) -> None:
             ) from None
 
 
+# ----- curvature data: a seeded subset in mini-batches -----------------------------------------
+def subset_indices(n: int, samples: int | None, seed: int) -> Tensor:
+    """The sorted indices of a seeded random subset of ``samples`` out of ``n`` (all if ``None``).
+
+    Args:
+        n: the number of samples.
+        samples: the subset size (``None`` or ``>= n``: every index).
+        seed: the seed of the draw (``torch.randperm`` on a CPU generator).
+
+    Returns:
+        A sorted int64 tensor of distinct indices in ``[0, n)``.
+
+    Raises:
+        ValueError: for a ``samples`` that is not a positive integer.
+
+    Example:
+        >>> idx = subset_indices(10, 4, seed=0)
+        >>> len(idx), bool((idx[1:] > idx[:-1]).all()), subset_indices(3, None, 0).tolist()
+        (4, True, [0, 1, 2])
+    """
+    if samples is None or samples >= n:
+        return torch.arange(n)
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise ValueError(f"curvature_samples must be a positive integer, got {samples!r}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[:samples].sort().values
+
+
+def _batch_len(batch: Any) -> int:
+    from .curvature._model import _first_tensor
+
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        first = _first_tensor(batch[0])
+    else:
+        first = _first_tensor(batch)
+    if first is None or first.ndim == 0:
+        raise TypeError(
+            "cannot tell the number of samples of a batch: expected (inputs, targets), a dict of "
+            f"tensors or a tensor, got {type(batch).__name__}"
+        )
+    return int(first.shape[0])
+
+
+def _take(obj: Any, idx: Tensor, n: int) -> Any:
+    """Rows ``idx`` of every tensor with ``n`` rows in ``obj`` (others as they are)."""
+    if isinstance(obj, Tensor):
+        return obj[idx.to(obj.device)] if obj.ndim > 0 and obj.shape[0] == n else obj
+    if isinstance(obj, Mapping):
+        return {k: _take(v, idx, n) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_take(v, idx, n) for v in obj)
+    return obj
+
+
+def _cat(parts: list[Any]) -> Any:
+    """Concatenate batches of one structure along their samples."""
+    first = parts[0]
+    if isinstance(first, Tensor):
+        return torch.cat(parts) if first.ndim > 0 else first
+    if isinstance(first, Mapping):
+        return {k: _cat([p[k] for p in parts]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_cat([p[i] for p in parts]) for i in range(len(first)))
+    return first
+
+
+class MappedBatches:
+    """A re-iterable view of ``loader`` with ``fn`` applied to every batch (``batch_to_inputs``).
+
+    Args:
+        loader: any re-iterable of batches.
+        fn: turns one of its batches into what the model and loss take: ``(inputs, targets)``
+            (``model(inputs)``, or ``model(**inputs)`` for a dict) or a dict of model inputs
+            (``model(**batch)``; the loss gets the whole dict as its targets).
+
+    Example:
+        >>> import torch
+        >>> rows = [{"image": torch.zeros(2, 3), "label": torch.tensor([0, 1])}]
+        >>> view = MappedBatches(rows, lambda b: (b["image"], b["label"]))
+        >>> [y.tolist() for _, y in view], len(view)
+        ([[0, 1]], 1)
+    """
+
+    def __init__(self, loader: Iterable[Any], fn: Callable[[Any], Any]) -> None:
+        if not callable(fn):
+            raise TypeError(f"batch_to_inputs must be callable, got {type(fn).__name__}")
+        self.loader, self.fn = loader, fn
+
+    def __iter__(self) -> Any:
+        return (self.fn(batch) for batch in self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+
+def curvature_batches(
+    data: Iterable[Any],
+    samples: int | None = None,
+    *,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> list[Any]:
+    """A seeded subset of ``data``'s samples as a list of mini-batches, for curvature products.
+
+    One pass over ``data`` counts the samples ``n``; :func:`subset_indices` draws ``samples`` of
+    them with ``seed`` (positions in ``data``'s order; with a shuffled loader the subset also
+    depends on its order, so prefer an unshuffled one); a second pass keeps those rows of every
+    batch (tensors with the batch's number of rows; tuples, lists and dicts of them), regrouped
+    into batches of ``batch_size`` samples (default: the first batch's size). A curvature
+    operator on the result sums its products over the batches, so every product is exact over
+    the subset and memory holds one batch at a time.
+
+    Args:
+        data: a re-iterable of batches (a DataLoader, a list): ``(inputs, targets)``, dicts of
+            tensors (Hugging Face style) or tensors.
+        samples: the subset size (``None``: every sample).
+        seed: the seed of the subset.
+        batch_size: samples per returned batch.
+
+    Returns:
+        The list of batches (copies of the chosen rows).
+
+    Raises:
+        ValueError: for bad ``samples``/``batch_size`` or empty data.
+        TypeError: for batches whose number of samples cannot be told.
+
+    Example:
+        >>> import torch
+        >>> X, y = torch.arange(10.0)[:, None], torch.arange(10)
+        >>> loader = [(X[:6], y[:6]), (X[6:], y[6:])]
+        >>> parts = curvature_batches(loader, 5, seed=0, batch_size=2)
+        >>> [len(b[1]) for b in parts], torch.cat([b[1] for b in parts]).tolist() == (
+        ...     subset_indices(10, 5, seed=0).tolist())
+        ([2, 2, 1], True)
+    """
+    if batch_size is not None and (
+        not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
+    ):
+        raise ValueError(f"curvature_batch_size must be a positive integer, got {batch_size!r}")
+    sizes = [_batch_len(b) for b in data]
+    n = sum(sizes)
+    if n == 0:
+        raise ValueError("the training data is empty: no batches")
+    idx = subset_indices(n, samples, seed)
+    size = batch_size or sizes[0]
+    out: list[Any] = []
+    pending: list[Any] = []
+    pending_n, start = 0, 0
+    for batch in data:
+        m = _batch_len(batch)
+        local = idx[(idx >= start) & (idx < start + m)] - start
+        start += m
+        if len(local) == 0:
+            continue
+        pending.append(batch if len(local) == m else _take(batch, local, m))
+        pending_n += len(local)
+        while pending_n >= size:
+            whole = _cat(pending) if len(pending) > 1 else pending[0]
+            out.append(_take(whole, torch.arange(size), pending_n))
+            rest = torch.arange(size, pending_n)
+            pending = [_take(whole, rest, pending_n)] if len(rest) else []
+            pending_n -= size
+    if start != n:
+        raise ValueError(f"the data changed between two passes over it ({n} samples, then {start})")
+    if pending_n:
+        out.append(_cat(pending) if len(pending) > 1 else pending[0])
+    return out
+
+
+def causal_lm_loss(logits: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+    """The loss a Hugging Face causal LM computes from its own ``labels``, as a loss function.
+
+    ``model(**batch)`` with ``batch["labels"]`` returns ``.loss``: the mean cross-entropy of the
+    logits at positions ``0..T-2`` against the labels at ``1..T-1``, positions with label
+    ``-100`` ignored. Curvature operators and :func:`analyze` call ``loss_fn(logits, batch)``
+    (for a dict batch the targets are the whole dict), so this is the loss to pass for
+    batches that include ``labels``.
+
+    Args:
+        logits: ``(n, T, V)``.
+        batch: the batch dict, with ``labels`` ``(n, T)``.
+
+    Returns:
+        The scalar mean loss.
+
+    Raises:
+        ValueError: if ``batch`` has no ``labels``.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.zeros(1, 3, 5)
+        >>> round(float(causal_lm_loss(logits, {"labels": torch.tensor([[1, 2, 3]])})), 4)
+        1.6094
+    """
+    labels = batch.get("labels") if isinstance(batch, Mapping) else None
+    if labels is None:
+        raise ValueError(
+            "causal_lm_loss needs batches that are dicts with 'labels' (e.g. labels = input_ids)"
+        )
+    from .curvature._model import ClassLoss
+
+    shifted = logits[:, :-1, :]
+    return ClassLoss(ignore_index=-100)(shifted, labels[:, 1:])
+
+
+def _measure_product_seconds(op: Any, generator: torch.Generator) -> float:
+    """Seconds of one curvature product (measured on a random vector)."""
+    v = torch.randn(op.shape[0], generator=generator, dtype=torch.float64)
+    v = v.to(device=op.device, dtype=op.dtype)
+    op @ v  # the first product builds and checks what later ones reuse
+    t0 = time.perf_counter()
+    op @ v
+    return time.perf_counter() - t0
+
+
+def _cost_line(phase: str, parts: list[tuple[str, int]], seconds_per_product: float) -> str:
+    total = sum(p for _, p in parts)
+    detail = ", ".join(f"{name} {p}" for name, p in parts)
+    return (
+        f"{phase}: about {total} products ({detail}) x {seconds_per_product * 1e3:.3g} ms "
+        f"per product (measured) = about {format_seconds(total * seconds_per_product)}"
+    )
+
+
+@dataclass
+class _Final:
+    top: Any
+    split: Any
+    tr: Any
+    dens: Any
+    seconds: float
+    k: int
+
+
+def _final_spectrum(
+    model: nn.Module,
+    loss_fn: Any,
+    data: Any,
+    *,
+    final_k: int,
+    density_runs: int,
+    density_steps: int,
+    generator: torch.Generator,
+    quiet: bool,
+    log: Callable[[str], None],
+    what: str,
+    dtype: torch.dtype | None = None,
+) -> _Final:
+    """Top eigenpairs, trace and SLQ density of the Hessian on ``data`` (summed over its batches).
+
+    The predicted cost (products x measured seconds per product) is logged before it starts, and
+    each part's progress while it runs.
+
+    Returns:
+        The results and the seconds they took.
+    """
+    model.eval()
+    t0 = time.perf_counter()
+    H = HessianOperator(model, loss_fn, data, mode_policy="eval", dtype=dtype)
+    k_final = min(final_k, H.shape[0])
+    steps = min(density_steps, H.shape[0])
+    trace_budget = 600
+    if not quiet:
+        per = _measure_product_seconds(H, torch.Generator().manual_seed(0))
+        batches = H.num_batches or 1
+        log(
+            _cost_line(
+                f"final spectrum on {what} ({batches} batch{'es' if batches > 1 else ''})",
+                [
+                    (f"top-{k_final} eigenpairs", 3 * (k_final + 2) + 10),
+                    (f"trace (at most {trace_budget})", trace_budget),
+                    (f"density {density_runs}x{steps}", density_runs * steps),
+                ],
+                per,
+            )
+        )
+    progress = Progress(3, "final spectrum", quiet=quiet)
+    progress.note = "top eigenpairs"
+    top = top_eigen(H, k_final, rtol=1e-4, generator=generator)
+    progress.update()
+    split = bulk_outliers(top) if int((top.eigenvalues > 0).sum()) >= 2 else None
+    progress.note = "trace"
+    tr = trace(H, rtol=0.03, max_matvecs=trace_budget, generator=generator)
+    progress.update()
+    progress.note = "density"
+    dens = density(H, density_runs, steps, generator=generator)
+    progress.update()
+    progress.close()
+    return _Final(top, split, tr, dens, time.perf_counter() - t0, k_final)
+
+
+def _curvature_section(tracker: CurvatureTracker, batch_size: int | None) -> dict[str, Any]:
+    recs = tracker.records
+    return {
+        "step": [r["step"] for r in recs],
+        "eigenvalues": [r["eigenvalues"] for r in recs],
+        "residuals": [r["residuals"] for r in recs],
+        "trace": [r.get("trace") for r in recs],
+        "trace_stderr": [r.get("trace_stderr") for r in recs],
+        "grad_fraction": [r["grad_fraction"] for r in recs],
+        "overlap_prev": [r["overlap_prev"] for r in recs],
+        "batch_lambda_max": [r.get("batch_lambda_max") for r in recs],
+        "matvecs": [r["matvecs"] for r in recs],
+        "num_samples": recs[0]["num_samples"] if recs else None,
+        "batch_size": batch_size,
+    }
+
+
+def _final_sections(
+    final: _Final, lr: float | None, batch_size: int | None
+) -> dict[str, dict[str, Any]]:
+    top, split, tr, dens = final.top, final.split, final.tr, final.dens
+    lam = float(top.eigenvalues[0])
+    out: dict[str, dict[str, Any]] = {
+        "final": {
+            "eigenvalues": top.eigenvalues.tolist(),
+            "residuals": top.residuals.tolist(),
+            "converged": top.converged.tolist(),
+            "num_outliers": split.num_outliers if split else 0,
+            "bulk_edge": split.bulk_edge if split else None,
+            "gap_ratio": split.gap_ratio if split else None,
+            "trace": tr.estimate,
+            "trace_stderr": tr.stderr,
+            "num_samples": top.num_samples,
+            "matvecs": top.num_matvecs + tr.num_matvecs + dens.num_matvecs,
+            "density": {
+                "grid": dens.grid.tolist(),
+                "density": dens.density.tolist(),
+                "nodes": dens.nodes.tolist(),
+                "weights": dens.weights.tolist(),
+            },
+        }
+    }
+    if lr is not None:
+        out["stability"] = {
+            "lr": lr,
+            "gd_threshold": 2 / lr,
+            "final_lambda_max": lam,
+            "final_trace": tr.estimate,
+            "eta_lambda_over_2": lr * lam / 2,
+            "eta_trace_over_2": lr * tr.estimate / 2,
+        }
+        if batch_size is not None:
+            out["stability"]["sgd_trace_threshold"] = 2 * batch_size / lr
+    return out
+
+
+def _has_stochastic(model: nn.Module) -> bool:
+    from .curvature._model import _STOCHASTIC
+
+    return any(isinstance(m, _STOCHASTIC) for m in model.modules())
+
+
+def _subset_note(n: int, samples: int | None, seed: int, used: int | None) -> str:
+    if samples is None or samples >= n:
+        return (
+            f"Curvature is measured on the full training set ({used if used else n} samples), "
+            "never on one mini-batch; the mini-batch sharpness is shown separately."
+        )
+    return (
+        f"Curvature is measured on a random subset of {samples} of the {n} training samples "
+        f"(seed {seed}), the same subset at every checkpoint, never on one mini-batch; each "
+        "product is summed over its mini-batches, exactly."
+    )
+
+
+BATCHNORM_NOTE = (
+    "BatchNorm and Dropout are evaluated in eval mode for every curvature measurement "
+    "(BatchNorm with its running statistics), so the Hessian is that of the deterministic "
+    "eval-mode loss; the training modes are restored afterwards."
+)
+
+
 @dataclass
 class _Run:
     history: dict[str, list[float]] = field(
@@ -446,6 +892,13 @@ def _run_analyze(
             f"batch_size (--batch-size) {config.batch_size} is larger than the training set "
             f"({len(ytr)} samples); use at most {len(ytr)}"
         )
+    if ytr.is_floating_point() and ytr.ndim == 1:  # regression: one output per sample
+        if config.loss != "mse":
+            raise ValueError(
+                f"loss (--loss) {config.loss!r} needs integer class targets, but {data_name} "
+                "returned 1-D float targets (regression); pass --loss mse (loss='mse')"
+            )
+        ytr, yte = ytr[:, None], yte[:, None]
     num_classes = int(ytr.max()) + 1 if not ytr.is_floating_point() else ytr.shape[-1]
     Xtr, ytr, Xte, yte = (t.to(device) for t in (Xtr, ytr, Xte, yte))
     ttr, tte = (
@@ -466,7 +919,14 @@ def _run_analyze(
     optimizer = _make_optimizer(config, model)
     shuffle = torch.Generator().manual_seed(config.seed)
     curv_gen = torch.Generator().manual_seed(config.seed + 1)
-    full_data = [(Xtr, ttr)]
+    n = len(ytr)
+    idx = subset_indices(n, config.curvature_samples, config.seed)
+    cbs = config.curvature_batch_size
+    full_data = (
+        [(Xtr[i : i + cbs], ttr[i : i + cbs]) for i in range(0, n, cbs)]
+        if len(idx) == n
+        else [(Xtr[c], ttr[c]) for c in idx.to(device).split(cbs)]
+    )
     tracker = CurvatureTracker(
         model,
         config.loss,
@@ -491,20 +951,37 @@ def _run_analyze(
         for name in _previous_run_files(out):  # the old run's files go; its figures are redrawn
             os.unlink(out / name)
 
-    n = len(ytr)
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
     total_steps = steps_per_epoch * config.epochs
     num_params = sum(p.numel() for p in model.parameters())
     # Curvature products run over the whole training set: that is the work that decides.
-    num_threads = choose_threads(num_params * n, threads)  # type: ignore[arg-type]
+    num_threads = choose_threads(num_params * len(idx), threads)  # type: ignore[arg-type]
     torch.set_num_threads(num_threads)
+    subset = f"{len(idx)} of {n} samples (seed {config.seed})" if len(idx) < n else f"{n} samples"
     if not quiet:
         log(
             f"analyze: {model_name} ({num_params} parameters) on {data_name} "
             f"({n} train / {len(yte)} test), {config.optimizer} lr={config.lr}, "
-            f"{config.epochs} epochs, curvature every {config.every} steps, "
+            f"{config.epochs} epochs, curvature every {config.every} steps on {subset} "
+            f"in {len(full_data)} batch{'es' if len(full_data) > 1 else ''}, "
             f"{num_threads} thread{'s' if num_threads > 1 else ''}"
         )
+        checkpoints = sum(1 for s in range(run.step, total_steps) if s % config.every == 0)
+        if checkpoints:
+            per = _measure_product_seconds(tracker._op(full_data), torch.Generator())
+            log(
+                _cost_line(
+                    "tracking",
+                    [
+                        (
+                            f"{checkpoints} checkpoints x {tracker.products_per_measure()}",
+                            checkpoints * tracker.products_per_measure(),
+                        )
+                    ],
+                    per,
+                )
+                + f", plus {total_steps - run.step} training steps"
+            )
     progress = Progress(total_steps, "training", quiet=quiet)
     progress.count = run.step
     while run.epoch < config.epochs:
@@ -537,8 +1014,8 @@ def _run_analyze(
             progress.update()
         run.epoch += 1
         model.eval()
-        tr_loss, tr_acc = _evaluate(model, config.loss, Xtr, ytr, ttr)
-        te_loss, te_acc = _evaluate(model, config.loss, Xte, yte, tte)
+        tr_loss, tr_acc = _evaluate(model, config.loss, Xtr, ytr, ttr, cbs)
+        te_loss, te_acc = _evaluate(model, config.loss, Xte, yte, tte, cbs)
         for key, value in (
             ("step", run.step),
             ("epoch", run.epoch),
@@ -567,21 +1044,19 @@ def _run_analyze(
     progress.close()
 
     # ----- the final spectrum ------------------------------------------------------------------
-    model.eval()
-    t0 = time.perf_counter()
-    if not quiet:
-        log("final spectrum: top eigenvalues, trace, density (full training set)")
-    H = HessianOperator(model, config.loss, full_data)
-    k_final = min(config.final_k, H.shape[0])
-    top = top_eigen(H, k_final, rtol=1e-4, generator=curv_gen)
-    split = bulk_outliers(top) if int((top.eigenvalues > 0).sum()) >= 2 else None
-    tr = trace(H, rtol=0.03, max_matvecs=600, generator=curv_gen)
-    dens = density(
-        H, config.density_runs, min(config.density_steps, H.shape[0]), generator=curv_gen
+    final = _final_spectrum(
+        model,
+        config.loss,
+        full_data,
+        final_k=config.final_k,
+        density_runs=config.density_runs,
+        density_steps=config.density_steps,
+        generator=curv_gen,
+        quiet=quiet,
+        log=log,
+        what=subset,
     )
-    final_seconds = time.perf_counter() - t0
     lr_now = float(optimizer.param_groups[0]["lr"])
-    recs = tracker.records
     summary: dict[str, Any] = {
         "title": f"subspaces analyze: {model_name} on {data_name}",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -594,61 +1069,26 @@ def _run_analyze(
             "num_train": n,
             "num_test": len(yte),
             "threads": num_threads,
+            "curvature_samples": len(idx),
+            "curvature_seed": config.seed,
+            "curvature_batches": len(full_data),
         },
         "history": run.history,
-        "curvature": {
-            "step": [r["step"] for r in recs],
-            "eigenvalues": [r["eigenvalues"] for r in recs],
-            "residuals": [r["residuals"] for r in recs],
-            "trace": [r.get("trace") for r in recs],
-            "trace_stderr": [r.get("trace_stderr") for r in recs],
-            "grad_fraction": [r["grad_fraction"] for r in recs],
-            "overlap_prev": [r["overlap_prev"] for r in recs],
-            "batch_lambda_max": [r.get("batch_lambda_max") for r in recs],
-            "matvecs": [r["matvecs"] for r in recs],
-            "num_samples": recs[0]["num_samples"] if recs else None,
-            "batch_size": config.batch_size,
-        },
-        "stability": {
-            "lr": lr_now,
-            "gd_threshold": 2 / lr_now,
-            "sgd_trace_threshold": 2 * config.batch_size / lr_now,
-            "final_lambda_max": float(top.eigenvalues[0]),
-            "final_trace": tr.estimate,
-            "eta_lambda_over_2": lr_now * float(top.eigenvalues[0]) / 2,
-            "eta_trace_over_2": lr_now * tr.estimate / 2,
-        },
-        "final": {
-            "eigenvalues": top.eigenvalues.tolist(),
-            "residuals": top.residuals.tolist(),
-            "converged": top.converged.tolist(),
-            "num_outliers": split.num_outliers if split else 0,
-            "bulk_edge": split.bulk_edge if split else None,
-            "gap_ratio": split.gap_ratio if split else None,
-            "trace": tr.estimate,
-            "trace_stderr": tr.stderr,
-            "num_samples": top.num_samples,
-            "matvecs": top.num_matvecs + tr.num_matvecs + dens.num_matvecs,
-            "density": {
-                "grid": dens.grid.tolist(),
-                "density": dens.density.tolist(),
-                "nodes": dens.nodes.tolist(),
-                "weights": dens.weights.tolist(),
-            },
-        },
+        "curvature": _curvature_section(tracker, config.batch_size),
+        **_final_sections(final, lr_now, config.batch_size),
         "timing": {
-            "total_seconds": run.train_seconds + final_seconds,
+            "total_seconds": run.train_seconds + final.seconds,
             "train_seconds": run.train_seconds - run.curvature_seconds,
-            "curvature_seconds": run.curvature_seconds + final_seconds,
+            "curvature_seconds": run.curvature_seconds + final.seconds,
         },
         "notes": [
-            f"Curvature is measured on the full training set ({n} samples), "
-            "never on one mini-batch; the mini-batch sharpness is shown separately.",
+            _subset_note(n, config.curvature_samples, config.seed, len(idx)),
             "SGD threshold for the trace: 2B/η for batch size B with a mean-reduced loss "
             "(Wu & Su 2023).",
-            f"Final top-{k_final} eigenpairs certified to relative residual 1e-4: "
-            f"{int(top.converged.sum())}/{k_final} converged.",
-        ],
+            f"Final top-{final.k} eigenpairs certified to relative residual 1e-4: "
+            f"{int(final.top.converged.sum())}/{final.k} converged.",
+        ]
+        + ([BATCHNORM_NOTE] if _has_stochastic(model) else []),
     }
     from .report import write_report
 

@@ -18,7 +18,15 @@ OPERATORS = {"hessian": HessianOperator, "ggn": GGNOperator}
 
 
 class CurvatureTracker:
-    r"""Measure curvature every ``every`` steps of any training loop.
+    r"""Measure curvature every ``every`` steps of any training loop -- yours included.
+
+    This is the one way to analyse a model trained by your own loop: build a tracker, call
+    :meth:`step` with the step number at the top of every iteration (it measures when
+    ``step % every == 0`` and returns at once otherwise), optionally :meth:`log` your losses,
+    then pass it to :func:`subspaces.analyze` (``tracker=...``), which computes the final spectrum
+    and writes the same ``report.html`` / ``summary.json`` as ``subspaces analyze``. The ``data``
+    it measures on can be any re-iterable of batches; :func:`subspaces.analyze.curvature_batches`
+    picks a seeded subset in mini-batches (products are summed over the batches, exactly).
 
     At each checkpoint it computes, on the full ``data`` (not one mini-batch):
 
@@ -109,6 +117,40 @@ class CurvatureTracker:
         self.generator = generator
         self.subspace: Subspace | None = None
         self.records: list[dict[str, Any]] = []
+        self.history: list[dict[str, float]] = []
+
+    def log(self, step: int, **metrics: float) -> None:
+        """Record your own numbers at ``step`` (e.g. ``train_loss=...``, ``test_acc=...``).
+
+        :func:`subspaces.analyze` draws them in the report's loss/accuracy figure (keys
+        ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, ``epoch``; others are kept in
+        ``summary.json``).
+
+        Raises:
+            TypeError: if a value is not a real number.
+        """
+        row: dict[str, float] = {"step": int(step)}
+        for key, raw in metrics.items():
+            value = float(raw.detach()) if isinstance(raw, Tensor) and raw.numel() == 1 else raw
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise TypeError(f"log: {key} must be a number, got {type(raw).__name__}")
+            row[key] = float(value)
+        self.history.append(row)
+
+    def products_per_measure(self) -> int:
+        """The curvature products one measurement is expected to take.
+
+        The last measurement's count once there is one; before that an estimate: about
+        ``3 (k + 2) + 10`` Lanczos products (cold start) plus the trace budget, plus
+        ``25`` for the mini-batch ``lambda_max``.
+
+        Returns:
+            The number of products (Hessian-vector products).
+        """
+        if self.records:
+            return int(self.records[-1]["matvecs"])
+        trace_budget = self.trace_max_matvecs if self.trace_rtol is not None else 0
+        return 3 * (self.k + 2) + 10 + trace_budget + 25
 
     def current_lr(self) -> float:
         """The learning rate in force (from ``optimizer`` if given)."""
@@ -215,12 +257,14 @@ class CurvatureTracker:
         """
         return {
             "records": [dict(r) for r in self.records],
+            "history": [dict(r) for r in self.history],
             "basis": None if self.subspace is None else self.subspace.basis.detach().cpu(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict` (e.g. when resuming an interrupted run)."""
         self.records = [dict(r) for r in state.get("records", [])]
+        self.history = [dict(r) for r in state.get("history", [])]
         basis: Tensor | None = state.get("basis")
         device = next(self.model.parameters()).device
         dtype = self.dtype or next(self.model.parameters()).dtype
