@@ -31,10 +31,22 @@ from .linops import LinearOperator
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # ``subspaces.analyze`` (imported on first use: it pulls in the report and curvature code) is
+    # the module of the main job, and callable: ``subspaces.analyze(model, loader, loss_fn, ...)``
+    if name == "analyze":
+        import importlib
+
+        return importlib.import_module(".analyze", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "LinearOperator",
     "Subspace",
     "__version__",
+    "analyze",  # noqa: F822 (imported on first use by __getattr__)
     "cg",
     "diagonal",
     "hutchinson_trace",
