@@ -296,3 +296,119 @@ def test_zero_matrix():
     Z = torch.zeros(12, 12, dtype=F64)
     assert torch.equal(nystrom(Z, 3, generator=gen(30)).eigenvalues, torch.zeros(3, dtype=F64))
     assert torch.equal(randomized_svd(Z, 3, generator=gen(30)).S, torch.zeros(3, dtype=F64))
+
+
+# ----- issue 20: automatic power iterations, cheap normalization, float32 kept ------------------
+class _Record(torch.overrides.TorchFunctionMode):
+    """Records the names of torch functions called and the dtypes/sizes of their tensor outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.outputs: list[tuple[str, torch.dtype, int]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", str(func))
+        self.calls.append(name)
+        for t in out if isinstance(out, tuple) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.outputs.append((name, t.dtype, t.numel()))
+        return out
+
+
+def test_default_power_iters_follow_the_rank():
+    # scikit-learn's n_iter="auto": 7 when rank < 0.1 min(m, n), else 4 (was: always 2).
+    M = torch.randn(300, 200, dtype=F64, generator=gen(40))
+    k, p = 5, 10  # 5 < 20: q = 7
+    assert randomized_svd(M, k, generator=gen(41)).num_matvecs == (k + p) * (2 + 2 * 7)
+    assert randomized_range_finder(M, k, generator=gen(41)).num_matvecs == (k + p) * (1 + 2 * 7)
+    k = 20  # 20 = 0.1 * 200: q = 4
+    assert randomized_svd(M, k, generator=gen(41)).num_matvecs == (k + p) * (2 + 2 * 4)
+    S = M.T @ M
+    assert randomized_eigh(S, 3, generator=gen(42)).num_matvecs == 13 * (2 + 2 * 7)
+    assert randomized_eigh(S, 30, generator=gen(42)).num_matvecs == 40 * (2 + 2 * 4)
+
+
+def test_default_is_accurate_on_slow_decay():
+    # sigma_i = i^-0.5, rank 10 of 400 x 300. The default (q = 7) stays within the HMT deviation
+    # bound for q = 7 (1.25 sigma_{k+1} for the range, plus sigma_{k+1} for the truncation), and
+    # its excess over the optimum sigma_{k+1} is below a tenth of q = 2's (the old default): each
+    # extra iteration shrinks the excess by about (sigma_{l+1} / sigma_k)^2 = 10 / 21, so five
+    # more give < 0.03 in theory (observed on this draw: 1.5e-4 -> 1.2e-10 relative).
+    m, n, k = 400, 300, 10
+    s = (torch.arange(n, dtype=F64) + 1) ** -0.5
+    A = with_singular_values(m, n, s, seed=43)
+    opt = float(s[k])
+    res = randomized_svd(A, k, generator=gen(44))
+    err = spec_norm(A - res.operator().to_dense())
+    assert err <= hmt_deviation_bound(s, k, 10, 7) + opt
+    old = randomized_svd(A, k, power_iters=2, generator=gen(44))
+    err_old = spec_norm(A - old.operator().to_dense())
+    assert err - opt <= 0.1 * (err_old - opt)
+
+
+def test_power_iterations_orthonormalize_only_at_the_end():
+    # Between products the block is rescaled by LU (getrf + trsm), not orthonormalized: one QR
+    # per call whatever q is (it was 1 + 2 q).
+    A = with_singular_values(120, 80, geometric_spectrum(80, 0.8), seed=45)
+    for q in (0, 3):
+        rec = _Record()
+        with rec:
+            Q = randomized_range_finder(A, 6, power_iters=q, generator=gen(46)).basis
+        assert rec.calls.count("linalg_qr") + rec.calls.count("qr") == 1
+        torch.testing.assert_close(Q.T @ Q, torch.eye(Q.shape[1], dtype=F64), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("fn", ["svd", "eigh", "range"])
+def test_float32_input_is_not_promoted(fn):
+    # No tall (n x l or larger) float64 block is formed from a float32 input (the Rayleigh-Ritz
+    # core of randomized_eigh was built from float64 copies of Q and A Q).
+    n, k = 150, 4
+    lam = geometric_spectrum(n, 0.7)
+    A = matrix_with_spectrum(lam, generator=gen(47)).float()
+    A = (A + A.T) / 2
+    rec = _Record()
+    with rec:
+        if fn == "svd":
+            res = randomized_svd(A, k, generator=gen(48))
+            vals = res.S
+        elif fn == "eigh":
+            res = randomized_eigh(A, k, generator=gen(48))
+            vals = res.eigenvalues
+        else:
+            vals = randomized_range_finder(A, k, generator=gen(48)).basis
+    products = {
+        "matmul",
+        "__matmul__",
+        "mm",
+        "linalg_qr",
+        "qr",
+        "linalg_svd",
+        "svd",
+        "linalg_solve_triangular",
+        "solve_triangular",
+        "linalg_lu_factor_ex",
+        "to",
+    }
+    big64 = [
+        (name, numel)
+        for name, dt, numel in rec.outputs
+        if dt == torch.float64 and numel >= n * (k + 10) and name in products  # (n, l) or larger
+    ]
+    assert big64 == []
+    assert vals.dtype == torch.float32
+    if fn != "range":
+        # float32 accuracy: rank-4 values of a fast-decaying spectrum to ~100 eps_32 relative
+        tol = 100 * torch.finfo(torch.float32).eps
+        torch.testing.assert_close(vals.double(), lam[:k], rtol=tol, atol=tol * float(lam[0]))
+
+
+def test_lu_normalization_survives_a_rank_deficient_block():
+    # rank 3 < l = 13: the trailing LU pivots are rounding noise or exact zeros; still finite
+    # and exact on the range.
+    A = torch.zeros(40, 30, dtype=F64)
+    A[:3, :3] = torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=F64))
+    res = randomized_svd(A, 3, power_iters=3, generator=gen(49))
+    torch.testing.assert_close(res.S, torch.tensor([3.0, 2.0, 1.0], dtype=F64))
+    assert bool(torch.isfinite(res.U).all() and torch.isfinite(res.V).all())
