@@ -921,12 +921,12 @@ def _run_analyze(
     shuffle = torch.Generator().manual_seed(config.seed)
     curv_gen = torch.Generator().manual_seed(config.seed + 1)
     n = len(ytr)
-    idx = subset_indices(n, config.curvature_samples, config.seed)
+    curv_idx = subset_indices(n, config.curvature_samples, config.seed)
     cbs = config.curvature_batch_size
     full_data = (
         [(Xtr[i : i + cbs], ttr[i : i + cbs]) for i in range(0, n, cbs)]
-        if len(idx) == n
-        else [(Xtr[c], ttr[c]) for c in idx.to(device).split(cbs)]
+        if len(curv_idx) == n
+        else [(Xtr[c], ttr[c]) for c in curv_idx.to(device).split(cbs)]
     )
     tracker = CurvatureTracker(
         model,
@@ -956,9 +956,13 @@ def _run_analyze(
     total_steps = steps_per_epoch * config.epochs
     num_params = sum(p.numel() for p in model.parameters())
     # Curvature products run over the whole training set: that is the work that decides.
-    num_threads = choose_threads(num_params * len(idx), threads)  # type: ignore[arg-type]
+    num_threads = choose_threads(num_params * len(curv_idx), threads)  # type: ignore[arg-type]
     torch.set_num_threads(num_threads)
-    subset = f"{len(idx)} of {n} samples (seed {config.seed})" if len(idx) < n else f"{n} samples"
+    subset = (
+        f"{len(curv_idx)} of {n} samples (seed {config.seed})"
+        if len(curv_idx) < n
+        else f"{n} samples"
+    )
     if not quiet:
         log(
             f"analyze: {model_name} ({num_params} parameters) on {data_name} "
@@ -1070,7 +1074,7 @@ def _run_analyze(
             "num_train": n,
             "num_test": len(yte),
             "threads": num_threads,
-            "curvature_samples": len(idx),
+            "curvature_samples": len(curv_idx),
             "curvature_seed": config.seed,
             "curvature_batches": len(full_data),
         },
@@ -1083,7 +1087,7 @@ def _run_analyze(
             "curvature_seconds": run.curvature_seconds + final.seconds,
         },
         "notes": [
-            _subset_note(n, config.curvature_samples, config.seed, len(idx)),
+            _subset_note(n, config.curvature_samples, config.seed, len(curv_idx)),
             "SGD threshold for the trace: 2B/η for batch size B with a mean-reduced loss "
             "(Wu & Su 2023).",
             f"Final top-{final.k} eigenpairs certified to relative residual 1e-4: "

@@ -464,13 +464,16 @@ def _configure_analyze(p: argparse.ArgumentParser) -> None:
         "--model",
         default=None,
         metavar="MODULE:FACTORY",
-        help="factory(in_dim, out_dim) -> nn.Module (default: an MLP)",
+        help="factory(in_dim, out_dim) -> nn.Module, as pkg.module:factory (imported with the "
+        "current directory on the path) or path/to/file.py:factory (default: an MLP)",
     )
     p.add_argument(
         "--data",
         default=None,
         metavar="MODULE:FACTORY",
-        help="factory() -> (X_train, y_train, X_test, y_test) (default: bundled digits)",
+        help="factory() -> (X_train, y_train, X_test, y_test), as pkg.module:factory or "
+        "path/to/file.py:factory; 1-D float targets are regression (use --loss mse) "
+        "(default: bundled digits)",
     )
     p.add_argument("--loss", default=d.loss, choices=["cross_entropy", "mse"])
     p.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "adam", "adamw"])
@@ -484,6 +487,22 @@ def _configure_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=_int_at_least(1), default=d.k, help="tracked eigenspace dimension")
     p.add_argument(
         "--width", type=_int_at_least(1), default=d.width, help="hidden width of the default MLP"
+    )
+    p.add_argument(
+        "--curvature-samples",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="measure curvature on a random subset of N training samples drawn with --seed "
+        "(recorded in the report; default: all)",
+    )
+    p.add_argument(
+        "--curvature-batch-size",
+        type=_int_at_least(1),
+        default=d.curvature_batch_size,
+        metavar="B",
+        help="samples per batch of each curvature product, summed over batches exactly "
+        f"(default {d.curvature_batch_size})",
     )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
@@ -540,6 +559,8 @@ def _analyze(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         device=args.device,
         width=args.width,
+        curvature_samples=args.curvature_samples,
+        curvature_batch_size=args.curvature_batch_size,
     )
     if args.resume and args.out is None:
         raise CommandError("--resume needs --out (the folder of the interrupted run)")
