@@ -150,3 +150,35 @@ def test_model_mode_is_restored_and_bad_arguments():
         CurvatureTracker(model, "cross_entropy", [(X, y)], lr=0.1, every=0)
     with pytest.raises(ValueError, match="operator"):
         CurvatureTracker(model, "cross_entropy", [(X, y)], lr=0.1, operator="fisher")
+
+
+def test_log_history_and_products_per_measure():
+    X, y = digits_like(64)
+    model = nn.Sequential(nn.Linear(16, 6), nn.Tanh(), nn.Linear(6, 4)).double()
+    tr = CurvatureTracker(
+        model,
+        "cross_entropy",
+        [(X[:32], y[:32]), (X[32:], y[32:])],
+        lr=0.1,
+        every=2,
+        k=2,
+        trace_max_matvecs=40,
+        generator=gen(0),
+    )
+    assert tr.products_per_measure() == 3 * (2 + 2) + 10 + 40 + 25  # the estimate before any
+    rec = tr.step(0, batch=(X[:8], y[:8]))
+    assert tr.products_per_measure() == rec["matvecs"]  # then the last measurement's count
+    tr.log(0, train_loss=torch.tensor(1.5, dtype=F64), test_acc=0.25)
+    tr.log(1, train_loss=1.25)
+    assert tr.history == [
+        {"step": 0, "train_loss": 1.5, "test_acc": 0.25},
+        {"step": 1, "train_loss": 1.25},
+    ]
+    with pytest.raises(TypeError, match="train_loss must be a number"):
+        tr.log(2, train_loss="low")
+    buf = io.BytesIO()
+    torch.save(tr.state_dict(), buf)
+    buf.seek(0)
+    other = CurvatureTracker(model, "cross_entropy", [(X, y)], lr=0.1, every=2, k=2)
+    other.load_state_dict(torch.load(buf, weights_only=True))
+    assert other.history == tr.history and len(other.records) == 1

@@ -45,7 +45,10 @@ class CurvatureTracker:
         model: the model being trained (never modified; evaluated in its current mode under
             ``mode_policy``).
         loss_fn: ``"cross_entropy"``, ``"mse"`` or a callable (mean loss over a batch).
-        data: the batches the full-data curvature is measured on (a list of ``(X, y)``).
+        data: the batches the curvature is measured on: any re-iterable of batches (a list, a
+            DataLoader, :func:`subspaces.analyze.curvature_batches` of a seeded subset);
+            ``(X, y)`` tuples, dicts (Hugging Face style) or tensors. Every product is summed
+            over its batches, exactly.
         lr: the learning rate ``eta``, or ``None`` to read it from ``optimizer``.
         optimizer: read ``param_groups[0]["lr"]`` at each checkpoint (follows schedulers).
         every: measure when ``step % every == 0``.
