@@ -248,3 +248,89 @@ def test_p13_fast_reproduction_passes() -> None:
     worst = result.measured["worst"]
     assert worst["lewis"]["20d"][0] >= 0.92 and worst["lewis"]["20d"][1] <= 1.08
     assert max(1 - worst["uniform"]["20d"][0], worst["uniform"]["20d"][1] - 1) > 0.25
+
+
+# ----- issue 20: unbiased sketched leverage scores, JL width from the accuracy, fast SRHT -------
+@pytest.mark.parametrize("sketch", ["countsketch", "srht", "gaussian"])
+def test_sketched_leverage_unbiased_and_at_most_one(sketch: SketchKind) -> None:
+    # A sketch with m rows inflates the estimates: E (Q^T S^T S Q)^{-1} = m / (m - d - 1) I for a
+    # Gaussian S (1.055 at the default m = 20 d = 400), about 1 + d / m for SRHT/CountSketch;
+    # the scores summed 3-11% above d on this matrix. Exact scores sum to d, so the estimates
+    # are rescaled to sum to d (exactly, unless a row is clipped at 1, which only lowers the sum).
+    # For the Gaussian sketch the inflation is the same for every row, so afterwards the mean of
+    # estimate / exact over the 20000 rows is 1 within its sampling error (per-row standard
+    # deviation sqrt(2 / (m - d)) = 0.07, correlated through the one sketch: 1% allowed). For
+    # SRHT/CountSketch the inflation varies from row to row by O(d / m); the mean stays within
+    # d / m = 5% of 1 (it was 1.098 with CountSketch). Exact scores are <= 1; so are the
+    # estimates (heavy rows were estimated up to 1.33).
+    d = 20
+    A = _heavy_tailed(20000, d, 21)
+    tau = leverage_scores(A)
+    approx = leverage_scores(A, method="sketched", sketch=sketch, generator=_gen(22))
+    assert float(approx.max()) <= 1.0
+    total = float(approx.sum())
+    assert total <= d * (1 + 1e-12)
+    if float(approx.max()) < 1.0:  # nothing clipped: the sum is d
+        assert total == pytest.approx(d, rel=1e-12)
+    mean = float((approx / tau).mean())
+    m = 20 * d
+    assert abs(mean - 1) <= (0.01 if sketch == "gaussian" else d / m)
+
+
+@pytest.mark.parametrize("sketch", ["countsketch", "srht"])
+def test_default_jl_width_keeps_rows_within_25_percent_for_d_over_64(sketch: SketchKind) -> None:
+    # d = 100 > 64 (the old fixed default JL width, which left ~20% of the rows more than 25%
+    # off: chi^2_64 / 64 has standard deviation 0.18). The automatic width for accuracy 0.25 is
+    # 407 >= d, so no JL step is taken and only the sketch's error remains: about
+    # sqrt(2 / (m - d)) <= 0.033 per row (m >= 2000), i.e. 0.25 is > 7 standard deviations;
+    # we allow the JL failure budget of 1% of the rows.
+    A = _heavy_tailed(6000, 100, 23)
+    tau = leverage_scores(A)
+    approx = leverage_scores(A, method="sketched", sketch=sketch, generator=_gen(24))
+    off = ((approx / tau - 1).abs() > 0.25).double().mean()
+    assert float(off) <= 0.01
+
+
+def test_jl_width_from_accuracy_is_used_and_meets_it() -> None:
+    from subspaces.linalg.sketch import JL_FAILURE, _jl_dim_for
+
+    for e in (0.1, 0.25, 0.5):
+        k = _jl_dim_for(e)
+        # Dasgupta-Gupta tails at this k are both <= failure / 2
+        assert math.exp(-k * e**2 / 4) <= JL_FAILURE / 2
+        assert math.exp(-k * (e**2 / 2 - e**3 / 3) / 2) <= JL_FAILURE / 2
+        assert math.exp(-(k - 1) * (e**2 / 2 - e**3 / 3) / 2) > JL_FAILURE / 2  # smallest such
+    # d = 200, accuracy 0.5: k = 128 < d, the JL step is taken. Each row is within 1 +- 0.5 of
+    # the un-projected estimate except with probability 1%; the SRHT sketch (m = 20 d) adds
+    # about sqrt(2 / (m - d)) = 0.023 per row: at most 1% of the rows beyond 0.5 + 3 * 0.023.
+    d, e = 200, 0.5
+    A = _heavy_tailed(8000, d, 25)
+    tau = leverage_scores(A)
+    approx = leverage_scores(A, method="sketched", sketch="srht", accuracy=e, generator=_gen(26))
+    sigma = math.sqrt(2 / (20 * d - d))
+    off = ((approx / tau - 1).abs() > e + 3 * sigma).double().mean()
+    assert float(off) <= JL_FAILURE
+    assert abs(float(approx.sum()) - d) <= 0.01 * d
+    with pytest.raises(ValueError, match="accuracy"):
+        leverage_scores(A, method="sketched", accuracy=1.5)
+
+
+def test_srht_equals_dense_hadamard() -> None:
+    # The subsampled Kronecker transform returns exactly the kept rows of sqrt(N/m) H D A.
+    from subspaces.linalg.sketch import _fwht, _hadamard, _subsampled_hadamard
+
+    A = random_matrix(300, 5, dtype=DT, generator=_gen(27))
+    H = _hadamard(512, DT, A.device)
+    X = torch.cat((A, torch.zeros(212, 5, dtype=DT)))
+    scale = float(A.abs().max()) * 512  # |H X| entries are bounded by N max|a|
+    tol = 50 * torch.finfo(DT).eps * scale
+    torch.testing.assert_close(_fwht(X), H @ X, rtol=0, atol=tol)
+    for m in (1, 7, 100, 400, 512):
+        keep = torch.randperm(512, generator=_gen(m))[:m]
+        torch.testing.assert_close(_subsampled_hadamard(X, keep), (H @ X)[keep], rtol=0, atol=tol)
+    # srht draws signs then rows from the generator: the same S A as the dense formula
+    g = _gen(28)
+    signs = (torch.randint(0, 2, (300,), generator=g) * 2 - 1).to(DT)
+    keep = torch.randperm(512, generator=g)[:64]
+    dense = (H @ torch.cat((A * signs[:, None], torch.zeros(212, 5, dtype=DT))))[keep] / 8
+    torch.testing.assert_close(srht(A, 64, _gen(28)), dense, rtol=0, atol=tol / 8)

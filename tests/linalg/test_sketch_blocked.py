@@ -40,9 +40,11 @@ def _reference(A: torch.Tensor, m: int, k: int | None, seed: int) -> torch.Tenso
     d = A.shape[1]
     if k is None:
         Z = torch.linalg.solve_triangular(R, torch.eye(d, dtype=DT), upper=True)
-        return (A @ Z).square().sum(1)
-    G = random_matrix(d, k, dtype=DT, generator=g)
-    return (A @ torch.linalg.solve_triangular(R, G, upper=True)).square().sum(1) / k
+        raw = (A @ Z).square().sum(1)
+    else:  # orthonormal JL columns scaled by sqrt(d / k)
+        G = torch.linalg.qr(random_matrix(d, k, dtype=DT, generator=g)).Q
+        raw = (A @ torch.linalg.solve_triangular(R, G, upper=True)).square().sum(1) * (d / k)
+    return (raw * (d / raw.sum())).clamp(max=1.0)  # rescaled to sum to d, clipped at 1
 
 
 def test_row_norms_blocks_match_dense_at_odd_sizes() -> None:

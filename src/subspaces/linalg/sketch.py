@@ -57,6 +57,7 @@ SketchKind = Literal["countsketch", "srht", "gaussian"]
 SKETCHES: tuple[str, ...] = ("countsketch", "srht", "gaussian")
 LeverageMethod = Literal["exact", "sketched"]
 LEVERAGE_METHODS: tuple[str, ...] = ("exact", "sketched")
+JL_FAILURE = 0.01  # per-row failure probability the automatic JL width is sized for
 
 
 class LewisResult(NamedTuple):
@@ -187,26 +188,106 @@ def _countsketch(A: Tensor, m: int, generator: torch.Generator | None) -> Tensor
     return S @ A
 
 
-def _fwht(X: Tensor) -> Tensor:
-    """Unnormalized fast Walsh-Hadamard transform along dim 0 (length a power of two)."""
+def _hadamard(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The ``size x size`` Sylvester Hadamard matrix (entries ``+-1``), ``size`` a power of two.
+
+    Returns:
+        ``H`` with ``H[i, j] = (-1)^{popcount(i & j)}``.
+    """
+    H = torch.ones(1, 1, dtype=dtype, device=device)
+    h2 = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=dtype, device=device)
+    while H.shape[0] < size:
+        H = torch.kron(H, h2)
+    return H
+
+
+def _hadamard_rows(rows: Tensor, size: int, dtype: torch.dtype) -> Tensor:
+    """Rows ``rows`` of the ``size x size`` Sylvester Hadamard matrix, without forming it.
+
+    ``H_size = H_a (x) H_b`` (Kronecker, ``a b = size``), so row ``i = i_a b + i_b`` is
+    ``H_a[i_a] (x) H_b[i_b]``: two small tables and one outer product per row.
+
+    Returns:
+        ``(len(rows), size)`` matrix of ``+-1``.
+    """
+    k = size.bit_length() - 1
+    a, b = 1 << (k // 2), 1 << (k - k // 2)
+    Ha, Hb = _hadamard(a, dtype, rows.device), _hadamard(b, dtype, rows.device)
+    hi = torch.div(rows, b, rounding_mode="floor")
+    return (Ha[hi][:, :, None] * Hb[rows % b][:, None, :]).reshape(rows.shape[0], size)
+
+
+def _fwht(X: Tensor, radix: int = 64) -> Tensor:
+    """Unnormalized fast Walsh-Hadamard transform ``H_N X`` along dim 0 (``N`` a power of two).
+
+    ``H_N`` is the Kronecker product of small Hadamard factors (``<= radix``); each factor is
+    applied to its axis of ``X`` viewed as ``(pre, s, post)`` by one dense GEMM, so the
+    ``O(N log N)`` butterfly runs as ``log_radix N`` BLAS passes instead of ``log2 N``
+    memory-bound ones.
+
+    Returns:
+        ``H_N X``, same shape as ``X``.
+    """
     N = X.shape[0]
     rest = X.shape[1:]
-    h = 1
-    while h < N:
-        Y = X.reshape(N // (2 * h), 2, h, *rest)
-        a, b = Y[:, 0], Y[:, 1]
-        X = torch.stack((a + b, a - b), dim=1).reshape(N, *rest)
-        h *= 2
-    return X
+    Y = X.reshape(N, -1)
+    cols = Y.shape[1]
+    k, post = N.bit_length() - 1, 1
+    step = radix.bit_length() - 1
+    while k > 0:
+        s = 1 << min(step, k)
+        k -= min(step, k)
+        H = _hadamard(s, X.dtype, X.device)
+        Y = torch.matmul(H, Y.reshape(N // (s * post), s, post * cols)).reshape(N, cols)
+        post *= s
+    return Y.reshape(N, *rest)
+
+
+def _subsampled_hadamard(X: Tensor, keep: Tensor) -> Tensor:
+    """Rows ``keep`` of ``H_N X`` (unnormalized), ``X`` of shape ``(N, d)``, ``N`` a power of two.
+
+    With ``H_N = H_B (x) H_C`` and ``X`` viewed as ``(B, C d)``: ``Y = H_B X`` is one GEMM over
+    all rows (``2 B N d`` flops), then each kept row ``i = i_B C + i_C`` needs only
+    ``H_C[i_C] Y[i_B]`` (``2 m C d`` flops in ``B`` GEMMs). ``B ~ sqrt(m)`` balances the two:
+    ``O(N d sqrt(m))`` flops in BLAS, against ``O(N d log N)`` in ``log2 N`` memory-bound passes
+    for the full butterfly; the full transform (:func:`_fwht`) is used when it is cheaper.
+
+    Returns:
+        ``(len(keep), d)`` rows of the transform.
+    """
+    N, d = X.shape
+    m = keep.shape[0]
+    B = 1 << min(N.bit_length() - 1, max(0, round(math.log2(max(m, 1)) / 2)))
+    C = N // B
+    full = 64 * math.ceil(math.log2(max(N, 2)) / 6)  # flops per entry of the radix-64 transform
+    if B + m / B >= full:
+        return _fwht(X)[keep]
+    Y = (_hadamard(B, X.dtype, X.device) @ X.reshape(B, C * d)).reshape(B, C, d)
+    i_b = torch.div(keep, C, rounding_mode="floor")
+    i_c = keep % C
+    H = _hadamard_rows(i_c, C, X.dtype)  # (m, C)
+    out = torch.empty(m, d, dtype=X.dtype, device=X.device)
+    order = torch.argsort(i_b)
+    counts = torch.bincount(i_b, minlength=B).tolist()
+    start = 0
+    for b, count in enumerate(counts):
+        if count:
+            idx = order[start : start + count]
+            out[idx] = H[idx] @ Y[b]
+            start += count
+    return out
 
 
 def srht(A: Tensor, m: int, generator: torch.Generator | None = None) -> Tensor:
     """Subsampled randomized Hadamard transform ``sqrt(N / m) P H D A`` (``N`` = padded rows).
 
     The rows of ``A`` are zero-padded to ``N = 2^ceil(log2 n)``, multiplied by random signs
-    ``D``, mixed by the orthonormal Walsh-Hadamard matrix ``H`` (a fast transform, ``O(N d log
-    N)``) and ``m`` of them are kept uniformly without replacement. ``m = O(d log d / eps^2)``
-    gives a ``(1 +- eps)`` subspace embedding (Woodruff 2014, Sec. 2.1).
+    ``D``, mixed by the orthonormal Walsh-Hadamard matrix ``H`` and ``m`` of them are kept
+    uniformly without replacement. Only the kept rows of ``H D A`` are computed: with
+    ``H_N = H_B (x) H_C`` and ``B ~ sqrt(m)``, one GEMM applies ``H_B`` to all rows and the
+    kept rows of ``H_C`` finish (``O(N d sqrt(m))`` flops, all in BLAS; the full fast transform
+    when ``m`` is close to ``N``). ``m = O(d log d / eps^2)`` gives a ``(1 +- eps)`` subspace
+    embedding (Woodruff 2014, Sec. 2.1).
 
     Args:
         A: ``(n, d)`` matrix.
@@ -235,9 +316,10 @@ def srht(A: Tensor, m: int, generator: torch.Generator | None = None) -> Tensor:
     dev = _gen_device(generator)
     signs = (torch.randint(0, 2, (n,), generator=generator, device=dev) * 2 - 1).to(A.device)
     keep = torch.randperm(N, generator=generator, device=dev)[:m].to(A.device)
-    X = torch.zeros(N, d, dtype=A.dtype, device=A.device)
-    X[:n] = A * signs.to(A.dtype)[:, None]
-    return _fwht(X)[keep] / math.sqrt(m)
+    X = torch.empty(N, d, dtype=A.dtype, device=A.device)
+    torch.mul(A, signs.to(A.dtype)[:, None], out=X[:n])  # D A written into the padded buffer
+    X[n:].zero_()
+    return _subsampled_hadamard(X, keep) / math.sqrt(m)
 
 
 def gaussian_sketch(A: Tensor, m: int, generator: torch.Generator | None = None) -> Tensor:
@@ -289,23 +371,69 @@ def _full_rank_r(A: Tensor, name: str) -> Tensor:
     return R
 
 
+def _jl_dim_for(accuracy: float, failure: float = JL_FAILURE) -> int:
+    """Columns ``k`` of an orthonormal JL step that keeps one row within ``1 +- accuracy``.
+
+    With ``G`` a random ``(d, k)`` matrix with orthonormal columns, ``(d / k) ||v^T G||^2`` is
+    the Dasgupta-Gupta projection estimate of ``||v||^2``: it falls below ``1 - e`` with
+    probability ``<= exp(-k e^2 / 4)`` and above ``1 + e`` with probability
+    ``<= exp(-k (e^2 / 2 - e^3 / 3) / 2)`` (Dasgupta & Gupta 2003, Lemma 2.2). Both are at most
+    ``failure / 2`` for the returned ``k``, independently of ``d``.
+
+    Args:
+        accuracy: relative error ``e`` in ``(0, 1)``.
+        failure: probability, per row, of a larger error.
+
+    Returns:
+        ``k``.
+
+    Raises:
+        ValueError: for ``accuracy`` or ``failure`` outside ``(0, 1)``.
+
+    Example:
+        >>> _jl_dim_for(0.25), _jl_dim_for(0.5)
+        (407, 128)
+    """
+    e = check_positive_float(accuracy, "accuracy")
+    if not e < 1:
+        raise ValueError(f"accuracy must be in (0, 1), got {accuracy}")
+    failure = check_positive_float(failure, "failure")
+    if not failure < 1:
+        raise ValueError(f"failure must be in (0, 1), got {failure}")
+    log = math.log(2 / failure)
+    return math.ceil(max(4 * log / e**2, 2 * log / (e**2 / 2 - e**3 / 3)))
+
+
 def leverage_scores(
     A: Tensor,
     *,
     method: LeverageMethod = "exact",
     sketch: SketchKind = "countsketch",
     sketch_size: int | None = None,
-    jl_dim: int | None = 64,
+    jl_dim: int | Literal["auto"] | None = "auto",
+    accuracy: float = 0.25,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """l_2 leverage scores ``tau_i = a_i^T (A^T A)^{-1} a_i`` of a full-column-rank ``A``.
 
     ``exact``: squared row norms of ``Q`` from a thin QR of ``A`` (``O(n d^2)``). ``sketched``
     (Drineas, Magdon-Ismail, Mahoney & Woodruff 2012): ``R`` from a QR of a sketch ``S A``, then
-    the squared row norms of ``A R^{-1} G / sqrt(k)`` with a ``(d, k)`` Gaussian ``G``
-    (``O(nnz(A) k + poly(d))``); when ``k >= d``, ``G`` is skipped and ``A R^{-1}`` is formed.
-    The final product is computed in blocks of rows fused with the row norms, in float32 when
-    ``cond(R) <= 1e4`` (its rounding error is then below 1e-3, far under the sketch's).
+    the squared row norms of ``A R^{-1}`` or, when a Johnson-Lindenstrauss step is cheaper,
+    ``(d / k) ||a_i^T R^{-1} G||^2`` with a random ``(d, k)`` ``G`` with orthonormal columns
+    (``O(nnz(A) k + poly(d))``). Two corrections make the estimate unbiased and feasible:
+
+    * the sketch inflates every score by the same factor (``E (Q^T S^T S Q)^{-1} =
+      m / (m - d - 1) I`` for a Gaussian ``S`` with ``m`` rows, about ``1 + d / m`` for
+      CountSketch and SRHT: 3-6% at ``m = 20 d``); since exact scores sum to ``d``, the
+      estimates are rescaled to sum to ``d``;
+    * exact scores are at most 1, so estimates are clipped at 1 (always closer to the truth).
+
+    ``jl_dim="auto"`` sizes ``k`` from ``accuracy`` (:func:`_jl_dim_for`: each row within
+    ``1 +- accuracy`` of the un-projected estimate except with probability 1%) and skips the
+    step when ``k >= d``; the sketch itself adds a relative error of about
+    ``sqrt(2 / (m - d))`` per row. The final product is computed in blocks of rows fused with
+    the row norms, in float32 when ``cond(R) <= 1e4`` (its rounding error is then below 1e-3,
+    far under the sketch's).
 
     Args:
         A: ``(n, d)`` matrix of full column rank.
@@ -313,11 +441,14 @@ def leverage_scores(
         sketch: ``"countsketch"``, ``"srht"`` or ``"gaussian"`` (``sketched`` only).
         sketch_size: rows of the sketch; default ``min(n, 20 d)`` (``max(20 d, d^2 / 2)``
             capped at ``n`` for CountSketch).
-        jl_dim: columns ``k`` of the Johnson-Lindenstrauss matrix ``G``; ``None`` for none.
+        jl_dim: columns ``k`` of the JL matrix: ``"auto"`` (from ``accuracy``), an int, or
+            ``None`` for no JL step.
+        accuracy: relative per-row error allowed to the JL step (``"auto"`` only), in ``(0, 1)``.
         generator: source of randomness (``sketched`` only).
 
     Returns:
-        ``(n,)`` scores in ``A``'s dtype (at least float32); exact scores sum to ``d``.
+        ``(n,)`` scores in ``A``'s dtype (at least float32); exact scores sum to ``d``, sketched
+        ones to ``d`` up to the clipping at 1.
 
     Raises:
         TypeError: for a non-float ``A``.
@@ -331,6 +462,11 @@ def leverage_scores(
         >>> H = A @ torch.linalg.solve(A.T @ A, A.T)
         >>> bool(torch.allclose(tau, H.diagonal()))
         True
+        >>> g = torch.Generator().manual_seed(1)
+        >>> approx = leverage_scores(A, method="sketched", sketch="gaussian", sketch_size=200,
+        ...                          generator=g)
+        >>> round(float(approx.sum()), 10), bool(((approx / tau - 1).abs() < 0.25).all())
+        (4.0, True)
     """
     A = _check_matrix(A)
     check_choice(method, "method", LEVERAGE_METHODS)
@@ -341,20 +477,35 @@ def leverage_scores(
         _full_rank_r(A, "A")
         Q = torch.linalg.qr(A, mode="reduced").Q
         return Q.square().sum(dim=1)
+    if jl_dim == "auto":
+        k = _jl_dim_for(accuracy)
+    elif jl_dim is None:
+        k = d
+    else:
+        k = check_positive_int(jl_dim, "jl_dim")
     if sketch_size is None:
         want = max(20 * d, d * d // 2) if sketch == "countsketch" else 20 * d
         sketch_size = min(n, want)
     sketch_size = check_positive_int(sketch_size, "sketch_size")
     R = _full_rank_r(_sketch(A, sketch, sketch_size, generator), "the sketch S A")
-    if jl_dim is None or jl_dim >= d:
+    if k >= d:
         eye = torch.eye(d, dtype=A.dtype, device=A.device)
         Z = torch.linalg.solve_triangular(R, eye, upper=True)  # d x d: one GEMM beats trsm
-        k = 1
     else:
-        k = check_positive_int(jl_dim, "jl_dim")
         G = random_matrix(d, k, dtype=A.dtype, device=A.device, generator=generator)
+        G = torch.linalg.qr(G).Q * math.sqrt(d / k)  # orthonormal columns: Dasgupta-Gupta
         Z = torch.linalg.solve_triangular(R, G, upper=True)
-    return _row_norms_squared(A, Z, _fast_dtype(A, R)) / k
+    return _unbias(_row_norms_squared(A, Z, _fast_dtype(A, R)), d)
+
+
+def _unbias(scores: Tensor, d: int) -> Tensor:
+    """Rescale sketched leverage estimates to sum to ``d`` and clip them at 1.
+
+    Returns:
+        The corrected scores.
+    """
+    total = scores.sum()
+    return (scores * (d / total)).clamp_max_(1.0)
 
 
 def _fast_dtype(A: Tensor, R: Tensor) -> torch.dtype:
