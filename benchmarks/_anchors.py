@@ -13,7 +13,15 @@ Problems (float32, at initialization, cross-entropy with mean reduction):
 * ``cnn``: a small CNN (conv 1->8, conv 8->16, 2x2 max-pool, 256-48-10 head; 14,074
   parameters) on the first 256 images of scikit-learn's 8x8 ``load_digits`` (pixels / 16,
   standardized, the real labels); if scikit-learn is missing, 8x8 N(0, 1) images with random
-  labels (``params`` of every result says which).
+  labels (``params`` of every result says which);
+* ``transformer``: a tiny pre-LayerNorm transformer (linear token embedding 8->16, learned
+  positions, one block of single-head self-attention and a 16-32-16 GELU MLP, each behind an
+  ``nn.LayerNorm`` and a residual connection, a final LayerNorm, mean pooling, a 16->4 head;
+  2,596 parameters) on 64 generated sequences of 8 tokens x 8 N(0, 1) features whose label is
+  the argmax of a fixed random linear map of the token mean. Its reference is NOT our operator
+  nor ``torch.func.hessian`` (torch 2.13's forward-over-reverse rule for LayerNorm is 2.3%
+  off on its products here) but central finite differences of plain-autograd gradients in float64
+  (``reference_fd_eigenvalues``).
 
 Anchors (installed by ``benchmarks/setup_anchors.sh``): PyHessian 0.1, curvlinops-for-pytorch
 3.0.1, hessian-eigenthings 1.0.0a5. A missing anchor never stops a benchmark: its rows say
@@ -277,7 +285,70 @@ def cnn_problem() -> Problem:
     return p
 
 
-PROBLEMS: dict[str, Callable[[], Problem]] = {"mlp": mlp_problem, "cnn": cnn_problem}
+class _Block(nn.Module):
+    """Pre-LayerNorm transformer block: single-head self-attention and a GELU MLP, each behind a
+    LayerNorm and a residual connection (attention written out, no fused kernels)."""
+
+    def __init__(self, d: int, hidden: int) -> None:
+        super().__init__()
+        self.ln1, self.qkv, self.proj = nn.LayerNorm(d), nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.ln2, self.fc1, self.fc2 = nn.LayerNorm(d), nn.Linear(d, hidden), nn.Linear(hidden, d)
+        self.act = nn.GELU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.qkv(self.ln1(x)).chunk(3, dim=-1)
+        att = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+        x = x + self.proj(att @ v)
+        return x + self.fc2(self.act(self.fc1(self.ln2(x))))
+
+
+class TinyTransformer(nn.Module):
+    """Linear embedding + learned positions, one ``_Block``, final LayerNorm, mean pool, head."""
+
+    def __init__(
+        self, d_in: int = 8, d: int = 16, hidden: int = 32, seq: int = 8, classes: int = 4
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Linear(d_in, d)
+        self.pos = nn.Parameter(0.1 * torch.randn(seq, d))
+        self.block = _Block(d, hidden)
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.ln_f(self.block(self.embed(x) + self.pos))
+        return self.head(z.mean(dim=1))
+
+
+def transformer_problem() -> Problem:
+    """A 2,596-parameter transformer with LayerNorm, GELU and residuals on generated sequences.
+
+    Returns:
+        The problem (``info["reference"] == "fd"``: scored against finite differences).
+    """
+    torch.manual_seed(0)
+    model = TinyTransformer()
+    n, seq, d_in, classes = 64, 8, 8, 4
+    X = torch.randn(n, seq, d_in)
+    y = (X.mean(dim=1) @ torch.randn(d_in, classes)).argmax(dim=1)
+    data = (
+        f"{n} sequences of {seq} tokens x {d_in} N(0,1) features, label = argmax of a fixed "
+        "random linear map of the token mean, seed 0"
+    )
+    p = Problem("transformer", model, X, y, "", {"batch": n, "data": data, "reference": "fd"})
+    p.description = (
+        "tiny transformer: embed 8-16 + positions, pre-LN block (1-head attention, "
+        f"16-32-16 GELU MLP, residuals), final LayerNorm, mean pool, head 16-4; "
+        f"{p.num_params:,} params, batch {n}: {data}"
+    )
+    return p
+
+
+PROBLEMS: dict[str, Callable[[], Problem]] = {
+    "mlp": mlp_problem,
+    "cnn": cnn_problem,
+    "transformer": transformer_problem,
+}
 
 
 # ----- counting wrappers -----------------------------------------------------------------------
@@ -434,6 +505,176 @@ def reference_eigenvalues(
         info["all_converged"] = info["all_converged"] and rs.all_converged
         info["seconds"] = time.perf_counter() - t
     return r.eigenvalues.double(), info
+
+
+def _flat_loss64(p: Problem) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """The problem's mean loss as a function of the flat float64 parameter vector (a float64
+    copy of the float32 weights and inputs, ``torch.func.functional_call``).
+
+    Returns:
+        ``(theta, loss)``.
+    """
+    model = copy.deepcopy(p.model).double()
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [q.shape for q in model.parameters()]
+    theta = torch.cat([q.detach().reshape(-1) for q in model.parameters()])
+    X = p.X.double() if p.X.is_floating_point() else p.X
+
+    def loss(t: Tensor) -> Tensor:
+        params, i = {}, 0
+        for name, shape in zip(names, shapes, strict=True):
+            params[name] = t[i : i + shape.numel()].view(shape)
+            i += shape.numel()
+        out = torch.func.functional_call(model, params, (X,))
+        return nn.functional.cross_entropy(out, p.y)
+
+    return theta, loss
+
+
+def fd_hessian(p: Problem, rel_step: float = 1e-5) -> tuple[Tensor, dict[str, Any]]:
+    """Dense float64 Hessian by central differences of plain-autograd gradients (reverse mode
+    only, no second-order rule involved): column ``i`` is ``(g(theta + h e_i) - g(theta - h e_i))
+    / (2 h)`` with ``h = rel_step * max(1, |theta_i|)``. Step accuracy is measured on 64 random
+    columns against the step ``2 h`` (truncation error ~h^2, rounding ~eps/h).
+
+    Returns:
+        ``(H, info)``: ``H`` not symmetrised; ``info["asymmetry"]`` is
+        ``||H - H^T||_F / ||H||_F``.
+    """
+    theta, loss = _flat_loss64(p)
+    n = theta.numel()
+
+    def grad(t: Tensor) -> Tensor:
+        t = t.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(loss(t), t)
+        return g
+
+    def column(i: int, scale: float) -> Tensor:
+        h = scale * rel_step * max(1.0, abs(float(theta[i])))
+        e = torch.zeros_like(theta)
+        e[i] = h
+        return (grad(theta + e) - grad(theta - e)) / (2 * h)
+
+    t0 = time.perf_counter()
+    H = torch.stack([column(i, 1.0) for i in range(n)], dim=1)
+    seconds = time.perf_counter() - t0
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(3))[:64].tolist()
+    H2 = torch.stack([column(i, 2.0) for i in idx], dim=1)
+    info = {
+        "method": f"central differences of float64 autograd gradients, step {rel_step:g} "
+        "* max(1, |theta_i|), symmetrised",
+        "gradients": 2 * n,
+        "seconds": seconds,
+        "asymmetry": float(torch.linalg.norm(H - H.T) / torch.linalg.norm(H)),
+        "step_check_rel_diff_h_vs_2h": float(
+            torch.linalg.norm(H[:, idx] - H2) / torch.linalg.norm(H[:, idx])
+        ),
+    }
+    return H, info
+
+
+def func_hessian(p: Problem) -> Tensor:
+    """``torch.func.hessian`` (forward-over-reverse) of the float64 loss, dense, unsymmetrised.
+
+    Returns:
+        ``(n, n)``.
+    """
+    theta, loss = _flat_loss64(p)
+    return torch.func.hessian(loss)(theta).detach()
+
+
+def spectrum_summary(H: Tensor, k: int) -> dict[str, Any]:
+    """Eigenvalues of ``(H + H^T) / 2``: the top ``k`` (largest algebraic), the ``k`` largest in
+    magnitude and the ``k`` smallest, plus the asymmetry ``||H - H^T||_F / ||H||_F``.
+
+    Returns:
+        A dict of lists and the asymmetry.
+    """
+    w = torch.linalg.eigvalsh((H + H.T) / 2)
+    return {
+        "eigenvalues": w.flip(0)[:k].tolist(),
+        "largest_magnitude": w[w.abs().argsort(descending=True)][:k].tolist(),
+        "smallest_eigenvalues": w[:k].tolist(),
+        "asymmetry": float(torch.linalg.norm(H - H.T) / torch.linalg.norm(H)),
+    }
+
+
+def reference_fd_eigenvalues(p: Problem, k: int = 10) -> tuple[Tensor, dict[str, Any], Tensor]:
+    """Top-``k`` eigenvalues of the symmetrised dense finite-difference Hessian (``fd_hessian``),
+    and, for comparison only, the same from our float64 operator (vmap engine, Lanczos at tol
+    1e-10) -- the reference for models where second-order autodiff rules are suspect.
+
+    Returns:
+        ``(eigenvalues descending, info, H)``: ``info`` has ``largest_magnitude`` and
+        ``smallest_eigenvalues``; ``H`` is the dense FD Hessian (not symmetrised).
+    """
+    H, info = fd_hessian(p)
+    spec = spectrum_summary(H, k)
+    info.update({key: v for key, v in spec.items() if key != "asymmetry"})
+    info["num_params"] = p.num_params
+    ours = p.ours(method="vmap", dtype=torch.float64)
+    r = lanczos(ours, k, tol=1e-10, generator=torch.Generator().manual_seed(12345))
+    ref = torch.tensor(spec["eigenvalues"], dtype=torch.float64)
+    info["ours_fp64_lanczos_max_rel_diff"] = float(
+        ((r.eigenvalues.double() - ref).abs() / ref.abs()).max()
+    )
+    return ref, info, H
+
+
+def hvp_errors(p: Problem, H_ref: Tensor, num_vectors: int = 3) -> dict[str, float]:
+    """Max over ``num_vectors`` N(0, 1) vectors (seeds 0, 1, ...) of ``||H_tool v - H_ref v|| /
+    ||H_ref v||`` for one product of each tool that is installed (float32, as in the eigenvalue
+    runs): ours (``method="auto"`` and ``"vmap"``), PyHessian's ``hessian_vector_product``,
+    curvlinops' ``HessianLinearOperator @ v`` and eigenthings' ``matvec``.
+
+    Returns:
+        method key of ``curvature_eigs.METHODS`` -> relative error (``"ours"``: the auto engine
+        on single vectors, ``"ours_b4"``: auto on a block of the vectors, ``"ours_b4_vmap"``:
+        the vmap engine; eigenthings' two rows share one product).
+    """
+    n = p.num_params
+    V = torch.randn(num_vectors, n, generator=torch.Generator().manual_seed(0))
+    products: dict[str, Callable[[Tensor], Tensor]] = {
+        "ours": lambda v: p.ours() @ v,
+        "ours_b4_vmap": lambda v: p.ours(method="vmap") @ v,
+    }
+    if anchor_status("pyhessian") is None:
+
+        def pyh(v: Tensor) -> Tensor:
+            from pyhessian.utils import hessian_vector_product
+
+            ph = pyhessian_hessian(p)
+            vs = list(v.split([q.numel() for q in ph.params]))
+            vs = [x.view_as(q) for x, q in zip(vs, ph.params, strict=True)]
+            out = torch.cat(
+                [h.reshape(-1) for h in hessian_vector_product(ph.gradsH, ph.params, vs)]
+            )
+            p.clear_grads()
+            return out.detach()
+
+        products["pyhessian"] = pyh
+    if anchor_status("curvlinops") is None:
+        products["curvlinops"] = lambda v: curvlinops_hessian(p) @ v
+    if anchor_status("eigenthings") is None:
+        products["eigenthings"] = lambda v: eigenthings_hessian(p).matvec(v)
+        products["eigenthings40"] = products["eigenthings"]
+    out = {}
+    # block of all vectors at once: "auto" multiplies a block on the vmap engine
+    got_block = (p.ours() @ V.T.contiguous()).detach().double()
+    ref_block = H_ref @ V.T.double()
+    out["ours_b4"] = float(
+        (
+            torch.linalg.norm(got_block - ref_block, dim=0) / torch.linalg.norm(ref_block, dim=0)
+        ).max()
+    )
+    for key, prod in products.items():
+        errs = []
+        for v in V:
+            ref = H_ref @ v.double()
+            got = prod(v.clone()).detach().reshape(-1).double()
+            errs.append(float(torch.linalg.norm(got - ref) / torch.linalg.norm(ref)))
+        out[key] = max(errs)
+    return out
 
 
 def reference_trace(p: Problem, num_checks: int = 8) -> tuple[float | None, dict[str, Any]]:

@@ -1,11 +1,15 @@
 """Top-5 Hessian eigenvalues: ours (Lanczos) vs PyHessian, curvlinops + ARPACK, hessian-eigenthings.
 
-Run: ``.venv/bin/python benchmarks/curvature_eigs.py [--quick]`` after
-``bash benchmarks/setup_anchors.sh`` (full: 1.5-3 minutes on 2 shared CPU cores; ``--quick``:
-the MLP only, one seed, a shorter float64 reference).
+Run: ``.venv/bin/python benchmarks/curvature_eigs.py [--quick] [--problems transformer]``
+after ``bash benchmarks/setup_anchors.sh`` (MLP and CNN: 1.5-3 minutes on 2 shared CPU cores;
+the transformer adds 2-4 minutes, most of it its two dense Hessians; ``--quick``: the MLP only,
+one seed, a shorter float64 reference). ``--problems`` picks problems (comma-separated); a run of
+a chosen subset writes ``curvature_eigs_<problems>.json`` so the full run's file is kept.
 
 Same model, same batch, same float32 weights for every tool (``benchmarks/_anchors.py``: the
-85k-parameter MLP of ``shared/research/curvature.md`` and a 14k-parameter CNN on 8x8 digits).
+85k-parameter MLP of ``shared/research/curvature.md``, a 14k-parameter CNN on 8x8 digits, and
+a 2.6k-parameter transformer with LayerNorm, GELU and residual connections on generated
+sequences).
 Each tool is asked for the top 5 eigenvalues:
 
 * ours: ``top_eigen(H, 5, rtol=1e-3)`` with ``HessianOperator(method="auto")`` (one batch:
@@ -32,7 +36,18 @@ a rotating order) so all see the same machine load; the table shows medians over
 worst error. ``torch.set_num_threads(1)`` for everything: on this shared 2-core machine
 multi-threading mostly adds contention noise.
 
-Writes ``benchmarks/results/curvature_eigs.json`` atomically.
+The transformer's reference is not our operator: torch 2.13's forward-over-reverse rule for
+LayerNorm is 2.3% off on its products, and every tool built on ``torch.func`` second
+derivatives inherits that. It is the spectrum of the dense float64 Hessian from central finite
+differences of plain autograd gradients (``_anchors.fd_hessian``: relative step 1e-5,
+symmetrised; its asymmetry and the agreement of steps h and 2h are reported), and its table has
+a column ``HVP err vs FD``: ``||H_tool v - H_FD v|| / ||H_FD v||`` for one product of each tool,
+max over 3 N(0, 1) vectors. On that problem one more row is ``torch.func.hessian`` of the float64
+loss, dense (``eigvalsh`` of its symmetric part, computed once, deterministic; HVPs = n, one
+forward-over-reverse product per column).
+
+Writes ``benchmarks/results/curvature_eigs.json`` (``--problems``: ``curvature_eigs_<p>.json``)
+atomically.
 """
 
 from __future__ import annotations
@@ -146,6 +161,30 @@ METHODS: dict[str, tuple[str, str | None, Any, str]] = {
 }
 
 
+def _func_hessian(p: A.Problem, H_ref: torch.Tensor) -> dict[str, Any]:
+    t = time.perf_counter()
+    H = A.func_hessian(p)
+    wall = time.perf_counter() - t
+    spec = A.spectrum_summary(H, K)
+    V = torch.randn(3, p.num_params, generator=torch.Generator().manual_seed(0)).double()
+    return {
+        "hvp_rel_error": float(
+            max(torch.linalg.norm(H @ v - H_ref @ v) / torch.linalg.norm(H_ref @ v) for v in V)
+        ),
+        "eigenvalues": spec["eigenvalues"],
+        "hvps": p.num_params,
+        "seconds": wall,
+        "product_seconds": wall,
+        "asymmetry": spec["asymmetry"],
+    }
+
+
+#: dense tools, run once (deterministic) on problems scored against finite differences
+DENSE: dict[str, tuple[str, Any, str]] = {
+    "func_hessian": ("torch.func.hessian dense fp64", _func_hessian, "LA"),
+}
+
+
 def _score(run: dict[str, Any], ref: torch.Tensor, target: str) -> dict[str, Any]:
     """Errors against the tool's own target: the largest algebraic eigenvalues ("LA"), or the
     largest in magnitude ("LM": power iteration, eigenthings' default ``which``)."""
@@ -166,6 +205,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="MLP only, one seed")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
+        "--problems",
+        default=None,
+        help=f"comma-separated subset of {','.join(A.PROBLEMS)} (default: all; --quick: mlp); "
+        "a subset writes curvature_eigs_<problems>.json",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -176,7 +221,17 @@ def main() -> None:
     A.set_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
     seeds = list(range(1 if args.quick else args.seeds))
-    problems = ["mlp"] if args.quick else ["mlp", "cnn"]
+    if args.problems is None:
+        problems = ["mlp"] if args.quick else list(A.PROBLEMS)
+        results = RESULTS
+    else:
+        problems = [q.strip() for q in args.problems.split(",") if q.strip()]
+        bad = [q for q in problems if q not in A.PROBLEMS]
+        if bad or not problems:
+            parser.error(
+                f"--problems: got {args.problems!r}, expected names from {list(A.PROBLEMS)}"
+            )
+        results = RESULTS.replace(".json", f"_{'_'.join(problems)}.json")
     status = {key: (A.anchor_status(a) if a else None) for key, (_, a, _, _) in METHODS.items()}
 
     rows: list[dict[str, Any]] = []
@@ -185,16 +240,32 @@ def main() -> None:
     for pname in problems:
         p = A.PROBLEMS[pname]()
         print(f"\n== {p.description}")
-        ref, info = A.reference_eigenvalues(p, k=8 if args.quick else 10, smallest=K)
-        low = torch.tensor(info["smallest_eigenvalues"], dtype=torch.float64)
-        both = torch.cat([ref, low])
-        ref_lm = both[both.abs().argsort(descending=True)][:K]
-        info["largest_magnitude"] = ref_lm.tolist()
+        fd = p.info.get("reference") == "fd"
+        if fd:
+            ref, info, H_fd = A.reference_fd_eigenvalues(p, k=10)
+            hvp_err = A.hvp_errors(p, H_fd)
+            info["hvp_rel_errors"] = hvp_err
+            low = torch.tensor(info["smallest_eigenvalues"][:K], dtype=torch.float64)
+            ref_lm = torch.tensor(info["largest_magnitude"][:K], dtype=torch.float64)
+            print(
+                f"reference (dense float64 central-difference Hessian, {info['gradients']} "
+                f"gradients, {info['seconds']:.1f} s; asymmetry {info['asymmetry']:.1e}, "
+                f"step h vs 2h {info['step_check_rel_diff_h_vs_2h']:.1e}; our float64 Lanczos "
+                f"within {info['ours_fp64_lanczos_max_rel_diff']:.1e}): largest "
+                + ", ".join(f"{v:.6f}" for v in ref.tolist())
+            )
+        else:
+            hvp_err = {}
+            ref, info = A.reference_eigenvalues(p, k=8 if args.quick else 10, smallest=K)
+            low = torch.tensor(info["smallest_eigenvalues"], dtype=torch.float64)
+            both = torch.cat([ref, low])
+            ref_lm = both[both.abs().argsort(descending=True)][:K]
+            info["largest_magnitude"] = ref_lm.tolist()
+            print(
+                f"reference (float64 Lanczos, tol 1e-10, {info['num_matvecs']} HVPs, "
+                f"{info['seconds']:.1f} s): largest " + ", ".join(f"{v:.6f}" for v in ref.tolist())
+            )
         references[pname] = info
-        print(
-            f"reference (float64 Lanczos, tol 1e-10, {info['num_matvecs']} HVPs, "
-            f"{info['seconds']:.1f} s): largest " + ", ".join(f"{v:.6f}" for v in ref.tolist())
-        )
         print(
             "  smallest "
             + ", ".join(f"{v:.6f}" for v in low.tolist())
@@ -241,8 +312,37 @@ def main() -> None:
                     if "converged" in rs[0]
                     else None,
                     "meets_1e-3": max(r["max_rel_error"] for r in rs) <= RTOL,
+                    "hvp_rel_error": hvp_err.get(m),
                 }
             )
+        for m, (label, runner, target) in DENSE.items() if fd else ():
+            run = _score(runner(p, H_fd), refs[target], target)
+            run.update(problem=pname, method=m, seed=None)
+            runs.append(run)
+            prod = run["product_seconds"]
+            rows.append(
+                {
+                    "problem": pname,
+                    "method": m,
+                    "label": label,
+                    "status": "ok",
+                    "target": target,
+                    "hvps": run["hvps"],
+                    "hvps_per_seed": [run["hvps"]],
+                    "seconds": run["seconds"],
+                    "seconds_per_seed": [run["seconds"]],
+                    "product_seconds": prod,
+                    "solver_seconds": run["seconds"] - prod,
+                    "ms_per_hvp": 1e3 * prod / run["hvps"],
+                    "max_rel_error": run["max_rel_error"],
+                    "all_sorted": run["sorted"],
+                    "converged": None,
+                    "meets_1e-3": run["max_rel_error"] <= RTOL,
+                    "asymmetry": run["asymmetry"],
+                    "hvp_rel_error": run["hvp_rel_error"],
+                }
+            )
+            print(f"{label}: asymmetry ||H - H^T||_F / ||H||_F = {run['asymmetry']:.1e}")
         print(
             A.table(
                 [r for r in rows if r["problem"] == pname],
@@ -254,6 +354,7 @@ def main() -> None:
                     ("ms_per_hvp", "ms/HVP", ".1f", 8),
                     ("target", "target", "", 8),
                     ("max_rel_error", "max rel err", ".1e", 13),
+                    *([("hvp_rel_error", "HVP err vs FD", ".1e", 15)] if fd else []),
                     ("all_sorted", "sorted", "", 8),
                     ("status", "status", "", 15),
                 ],
@@ -298,19 +399,18 @@ def main() -> None:
             f"{s['targets']['time_le_half_pyhessian']})"
         )
 
-    mlp_py = (
-        get("mlp", "pyhessian", "seconds") if get("mlp", "pyhessian", "status") == "ok" else None
-    )
-    ours_mlp = get("mlp", "ours", "seconds")
+    head = "mlp" if "mlp" in problems else problems[0]
+    mlp_py = get(head, "pyhessian", "seconds") if get(head, "pyhessian", "status") == "ok" else None
+    ours_mlp = get(head, "ours", "seconds")
     write_json(
-        RESULTS,
+        results,
         {
-            "name": "curvature_eigs",
+            "name": "curvature_eigs" if results == RESULTS else os.path.basename(results)[:-5],
             "ours": ours_mlp,
             "anchor": mlp_py,
             "ratio": None if mlp_py is None else mlp_py / ours_mlp,
             "unit": (
-                "seconds to the top-5 Hessian eigenvalues at rtol 1e-3 on the 85k-param MLP "
+                f"seconds to the top-5 Hessian eigenvalues at rtol 1e-3 on problem {head!r} "
                 "(median over seeds, 1 thread); anchor: PyHessian eigenvalues(top_n=5); "
                 "ratio = anchor / ours"
             ),
@@ -334,7 +434,7 @@ def main() -> None:
             "machine": A.machine(),
         },
     )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {results}")
 
 
 if __name__ == "__main__":
