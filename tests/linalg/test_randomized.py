@@ -412,3 +412,24 @@ def test_lu_normalization_survives_a_rank_deficient_block():
     res = randomized_svd(A, 3, power_iters=3, generator=gen(49))
     torch.testing.assert_close(res.S, torch.tensor([3.0, 2.0, 1.0], dtype=F64))
     assert bool(torch.isfinite(res.U).all() and torch.isfinite(res.V).all())
+
+
+def test_non_finite_dense_input_is_refused():
+    # Tensors are no longer scanned up front (the scan cost as much as several products on a
+    # 3000 x 2000 matrix); a NaN or Inf entry still makes the Gaussian products non-finite.
+    for bad in (float("nan"), float("inf")):
+        A = torch.randn(30, 20, dtype=F64, generator=gen(50))
+        A[7, 3] = bad
+        for fn in (randomized_range_finder, randomized_svd):
+            with pytest.raises(ValueError, match="non-finite"):
+                fn(A, 2, generator=gen(51))
+        S = torch.randn(20, 20, dtype=F64, generator=gen(52))
+        S = S + S.T
+        S[4, 4] = bad
+        for fn in (randomized_eigh, nystrom):
+            with pytest.raises(ValueError, match="non-finite"):
+                fn(S, 2, generator=gen(53))
+    with pytest.raises(TypeError, match="floating"):
+        randomized_svd(torch.ones(5, 4, dtype=torch.int64), 2)
+    with pytest.raises(ValueError, match="dimensions"):
+        randomized_svd(torch.ones(5, 4, 3, dtype=F64), 2)
