@@ -613,11 +613,19 @@ def _measure_product_seconds(op: Any, generator: torch.Generator) -> float:
 
 
 def _cost_line(phase: str, parts: list[tuple[str, int]], seconds_per_product: float) -> str:
+    """``phase: up to N products (parts) x T ms per product (measured) = up to S``.
+
+    The counts are budgets and estimates (a trace stops early when accurate enough, Lanczos when
+    converged), so the time is an upper estimate.
+
+    Returns:
+        The line.
+    """
     total = sum(p for _, p in parts)
     detail = ", ".join(f"{name} {p}" for name, p in parts)
     return (
-        f"{phase}: about {total} products ({detail}) x {seconds_per_product * 1e3:.3g} ms "
-        f"per product (measured) = about {format_seconds(total * seconds_per_product)}"
+        f"{phase}: up to {total} products ({detail}) x {seconds_per_product * 1e3:.3g} ms "
+        f"per product (measured) = up to {format_seconds(total * seconds_per_product)}"
     )
 
 
@@ -645,6 +653,7 @@ def _final_spectrum(
     log: Callable[[str], None],
     what: str,
     dtype: torch.dtype | None = None,
+    trace_budget: int = 600,
 ) -> _Final:
     """Top eigenpairs, trace and SLQ density of the Hessian on ``data`` (summed over its batches).
 
@@ -658,7 +667,6 @@ def _final_spectrum(
     H = HessianOperator(model, loss_fn, data, mode_policy="eval", dtype=dtype)
     k_final = min(final_k, H.shape[0])
     steps = min(density_steps, H.shape[0])
-    trace_budget = 600
     if not quiet:
         per = _measure_product_seconds(H, torch.Generator().manual_seed(0))
         batches = H.num_batches or 1
@@ -1177,6 +1185,7 @@ def analyze(
     density_runs: int = 8,
     density_steps: int = 60,
     trace_rtol: float = 0.1,
+    final_trace_matvecs: int = 600,
     dtype: torch.dtype | None = None,
     force: bool = False,
     quiet: bool = False,
@@ -1236,6 +1245,8 @@ def analyze(
         density_runs: SLQ probes of the final density.
         density_steps: Lanczos steps per probe.
         trace_rtol: target relative standard error of the tracked trace.
+        final_trace_matvecs: product budget of the final trace (it stops earlier at a 3%
+            standard error).
         dtype: compute curvature in this dtype (e.g. ``torch.float64``).
         force: write into an ``out`` that holds another run.
         quiet: no progress output.
@@ -1282,6 +1293,7 @@ def analyze(
         ("final_k", final_k),
         ("density_runs", density_runs),
         ("density_steps", density_steps),
+        ("final_trace_matvecs", final_trace_matvecs),
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -1323,6 +1335,8 @@ def analyze(
     else:
         curv_data = train
     used = min(curvature_samples, n) if curvature_samples is not None else n
+    if curv_data is not train and curvature_samples is None:
+        used = _count_samples(iterate_batches(curv_data))
     gen = torch.Generator().manual_seed(seed + 1)
     if tracker is None and optimizer is not None:
         tracker = CurvatureTracker(
@@ -1423,8 +1437,9 @@ def analyze(
         generator=gen,
         quiet=quiet,
         log=log,
-        what=f"{used} of {n} samples (seed {seed})" if used < n else f"{n} samples",
+        what=f"{used} of {n} samples" if used < n else f"{n} samples",
         dtype=dtype,
+        trace_budget=final_trace_matvecs,
     )
     if optimizer is not None:
         lr_now: float | None = float(optimizer.param_groups[0]["lr"])
@@ -1456,7 +1471,7 @@ def analyze(
             "num_train": n,
             "num_test": _count_samples(test) if test is not None else 0,
             "curvature_samples": used,
-            "curvature_seed": seed,
+            "curvature_seed": seed if curvature_samples is not None else None,
             "curvature_batches": final.top_batches,
         },
         "history": history,
@@ -1468,7 +1483,11 @@ def analyze(
             "curvature_seconds": curvature_seconds + final.seconds,
         },
         "notes": [
-            _subset_note(n, curvature_samples, seed, used),
+            _subset_note(n, curvature_samples, seed, used)
+            if curv_data is not getattr(tracker, "data", None) or optimizer is not None
+            else f"Curvature is measured on the data given to the tracker ({used} of the {n} "
+            "training samples, the same at every checkpoint and for the final spectrum), "
+            "each product summed over its mini-batches, exactly.",
             f"Final top-{final.k} eigenpairs certified to relative residual 1e-4: "
             f"{int(final.top.converged.sum())}/{final.k} converged.",
         ]
