@@ -1083,7 +1083,7 @@ def _run_analyze(
             "num_test": len(yte),
             "threads": num_threads,
             "curvature_samples": len(curv_idx),
-            "curvature_seed": config.seed,
+            "curvature_seed": config.seed if len(curv_idx) < n else None,
             "curvature_batches": len(full_data),
         },
         "history": run.history,
@@ -1113,7 +1113,7 @@ def _run_analyze(
 # ----- the Python entry point: your own model, data and loss -----------------------------------
 def _count_samples(data: Any) -> int:
     dataset = getattr(data, "dataset", None)
-    if dataset is not None and hasattr(dataset, "__len__") and not hasattr(data, "fn"):
+    if dataset is not None and hasattr(dataset, "__len__") and not getattr(data, "drop_last", 0):
         return len(dataset)
     return sum(_batch_len(b) for b in data)
 

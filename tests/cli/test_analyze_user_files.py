@@ -164,7 +164,7 @@ def test_predicted_costs_are_printed_before_each_phase(user_project, capsys):
     err = capsys.readouterr().err
     assert code == 0
     lines = err.splitlines()
-    tracking = next(i for i, line in enumerate(lines) if line.startswith("tracking: about"))
+    tracking = next(i for i, line in enumerate(lines) if line.startswith("tracking: up to"))
     final = next(i for i, line in enumerate(lines) if line.startswith("final spectrum on"))
     assert tracking < final
     assert "ms per product (measured)" in lines[tracking] and "products" in lines[final]
