@@ -47,7 +47,13 @@ def loader_of(X, y, batch):
     return [(X[i : i + batch], y[i : i + batch]) for i in range(0, len(y), batch)]
 
 
-QUIET = {"quiet": True, "final_k": 4, "density_runs": 2, "density_steps": 10}
+QUIET = {
+    "quiet": True,
+    "final_k": 4,
+    "final_trace_matvecs": 40,
+    "density_runs": 2,
+    "density_steps": 10,
+}
 
 
 def test_user_loop_cnn_with_batchnorm_writes_the_report(tmp_path):
