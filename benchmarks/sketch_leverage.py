@@ -17,6 +17,17 @@ rows in the window (a JL width ``k = 40 < d`` cannot: ``chi^2_40 / 40`` alone le
 rows outside). Times are medians of 5, interleaved. Also times l_1 Lewis weights to a ``1e-6``
 relative change and checks the fixed-point residual independently.
 
+Issue 20 additions (same run):
+
+* SRHT vs the exact QR it replaces, ``100000 x 40`` float64, 800 sketch rows (``20 d``): ours
+  ``srht``; ``torch.linalg.qr`` (reduced, and R only); scipy ``clarkson_woodruff_transform``
+  (CountSketch) of the same size; medians of 5.
+* Bias and spread of sketched leverage scores at ``d = 20`` (``n = 20000``) and ``d = 100``
+  (``n = 20000``, above the old fixed JL width 64): ``sum / d``, the mean and the maximum of
+  ``approx / exact``, the largest estimate, and the fraction of rows more than 25% off, for ours
+  (defaults; CountSketch and SRHT) and the scipy CountSketch pipeline (``A R^-1``, and with the
+  old fixed JL width ``k = 64``).
+
 Writes ``benchmarks/results/sketch_leverage.json`` (keys name, ours, anchor, ratio, unit,
 params, rows).
 """
@@ -39,7 +50,7 @@ import scipy.linalg
 import torch
 
 from subspaces._io import write_json
-from subspaces.linalg.sketch import leverage_scores, lewis_weights
+from subspaces.linalg.sketch import leverage_scores, lewis_weights, srht
 
 N, D, K, REPEATS = 200_000, 50, 40, 5
 SIZES = (500, 1000, 1250)
@@ -71,6 +82,104 @@ def anchor_scores(A: np.ndarray, m: int, k: int | None, seed: int) -> np.ndarray
 def within(approx: np.ndarray, exact: np.ndarray) -> float:
     r = approx / exact
     return float(np.mean((r >= 0.6) & (r <= 1.7)))
+
+
+def srht_vs_qr() -> list[dict[str, object]]:
+    """Time SRHT, exact QR and scipy's CountSketch on a ``100000 x 40`` matrix.
+
+    Returns:
+        One row per method.
+    """
+    rng = np.random.default_rng(1)
+    A_np = rng.standard_normal((100_000, 40))
+    A = torch.from_numpy(A_np)
+    m = 800
+    methods: dict[str, Callable[[int], object]] = {
+        f"ours srht (m = {m})": lambda s: srht(A, m, torch.Generator().manual_seed(s)),
+        "exact QR (torch, reduced Q and R)": lambda s: torch.linalg.qr(A),
+        "exact QR (torch, R only)": lambda s: torch.linalg.qr(A, mode="r"),
+        f"scipy clarkson_woodruff_transform (m = {m})": lambda s: (
+            scipy.linalg.clarkson_woodruff_transform(A_np, m, seed=s)
+        ),
+    }
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    for rep in range(REPEATS):
+        for name, fn in methods.items():
+            t0 = time.perf_counter()
+            fn(rep)
+            times[name].append(time.perf_counter() - t0)
+    return [
+        {"method": k, "shape": "100000 x 40", "seconds_median": statistics.median(v)}
+        for k, v in times.items()
+    ]
+
+
+def leverage_bias() -> list[dict[str, object]]:
+    """Bias and spread of sketched leverage scores against the exact ones (d = 20 and 100).
+
+    Returns:
+        One row per (d, method).
+    """
+    out: list[dict[str, object]] = []
+    for d in (20, 100):
+        rng = np.random.default_rng(2)
+        A_np = rng.standard_normal((20_000, d)) * np.abs(rng.standard_t(2.0, size=(20_000, 1)))
+        A = torch.from_numpy(A_np)
+        exact = leverage_scores(A).numpy()
+        m_cs = max(20 * d, d * d // 2)
+        methods: dict[str, Callable[[int], np.ndarray]] = {
+            "ours default (CountSketch)": lambda s, A=A: leverage_scores(
+                A, method="sketched", generator=torch.Generator().manual_seed(s)
+            ).numpy(),
+            "ours default (SRHT)": lambda s, A=A: leverage_scores(
+                A, method="sketched", sketch="srht", generator=torch.Generator().manual_seed(s)
+            ).numpy(),
+            f"scipy CW {m_cs} rows + QR, A R^-1": lambda s, A_np=A_np, m=m_cs: _anchor_d(
+                A_np, m, None, s
+            ),
+            f"scipy CW {m_cs} rows + QR + JL k=64": lambda s, A_np=A_np, m=m_cs: _anchor_d(
+                A_np, m, 64, s
+            ),
+        }
+        for name, fn in methods.items():
+            sums, means, maxr, top, off = [], [], [], [], []
+            for rep in range(3):
+                approx = fn(rep)
+                r = approx / exact
+                sums.append(float(approx.sum()) / d)
+                means.append(float(r.mean()))
+                maxr.append(float(r.max()))
+                top.append(float(approx.max()))
+                off.append(float(np.mean(np.abs(r - 1) > 0.25)))
+            out.append(
+                {
+                    "method": name,
+                    "d": d,
+                    "n": 20_000,
+                    "sum_over_d_mean": statistics.mean(sums),
+                    "ratio_mean": statistics.mean(means),
+                    "ratio_max": max(maxr),
+                    "largest_estimate": max(top),
+                    "fraction_off_by_25pct_worst": max(off),
+                }
+            )
+    return out
+
+
+def _anchor_d(A: np.ndarray, m: int, k: int | None, seed: int) -> np.ndarray:
+    """The scipy pipeline of :func:`anchor_scores` for any ``d``.
+
+    Returns:
+        The approximate leverage scores.
+    """
+    d = A.shape[1]
+    R = np.linalg.qr(scipy.linalg.clarkson_woodruff_transform(A, m, seed=seed), mode="r")
+    if k is None or k >= d:
+        X = A @ scipy.linalg.solve_triangular(R, np.eye(d))
+        return np.einsum("ij,ij->i", X, X)
+    G = np.random.default_rng(seed).standard_normal((d, k))
+    X = A @ scipy.linalg.solve_triangular(R, G)
+    return np.einsum("ij,ij->i", X, X) / k
 
 
 def main() -> None:
@@ -148,7 +257,9 @@ def main() -> None:
             "fixed_point_residual": residual,
         }
     )
-    for r in rows:
+    srht_rows = srht_vs_qr()
+    bias_rows = leverage_bias()
+    for r in rows + srht_rows + bias_rows:
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
     # The fastest configuration of each side that meets the accuracy window.
     ok = [r for r in rows if r.get("meets_98_percent")]
@@ -183,6 +294,8 @@ def main() -> None:
             "loadavg_end": os.getloadavg(),
             "date": time.strftime("%Y-%m-%d"),
             "rows": rows,
+            "srht_vs_qr": srht_rows,
+            "leverage_bias": bias_rows,
         },
     )
 

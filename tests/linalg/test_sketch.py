@@ -325,9 +325,12 @@ def test_srht_equals_dense_hadamard() -> None:
     scale = float(A.abs().max()) * 512  # |H X| entries are bounded by N max|a|
     tol = 50 * torch.finfo(DT).eps * scale
     torch.testing.assert_close(_fwht(X), H @ X, rtol=0, atol=tol)
-    for m in (1, 7, 100, 400, 512):
-        keep = torch.randperm(512, generator=_gen(m))[:m]
-        torch.testing.assert_close(_subsampled_hadamard(X, keep), (H @ X)[keep], rtol=0, atol=tol)
+    for rows in (300, 256, 1):  # a partly filled block, whole blocks only, one row
+        Xr = torch.cat((A[:rows], torch.zeros(512 - rows, 5, dtype=DT)))
+        for m in (1, 7, 100, 400, 512):
+            keep = torch.randperm(512, generator=_gen(m))[:m]
+            got = _subsampled_hadamard(A[:rows], 512, keep)
+            torch.testing.assert_close(got, (H @ Xr)[keep], rtol=0, atol=tol)
     # srht draws signs then rows from the generator: the same S A as the dense formula
     g = _gen(28)
     signs = (torch.randint(0, 2, (300,), generator=g) * 2 - 1).to(DT)

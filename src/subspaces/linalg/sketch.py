@@ -243,29 +243,38 @@ def _fwht(X: Tensor, radix: int = 64) -> Tensor:
     return Y.reshape(N, *rest)
 
 
-def _subsampled_hadamard(X: Tensor, keep: Tensor) -> Tensor:
-    """Rows ``keep`` of ``H_N X`` (unnormalized), ``X`` of shape ``(N, d)``, ``N`` a power of two.
+def _subsampled_hadamard(X: Tensor, N: int, keep: Tensor) -> Tensor:
+    """Rows ``keep`` of ``H_N [X; 0]`` (unnormalized): ``X`` is ``(n, d)``, zero-padded to ``N``.
 
-    With ``H_N = H_B (x) H_C`` and ``X`` viewed as ``(B, C d)``: ``Y = H_B X`` is one GEMM over
-    all rows (``2 B N d`` flops), then each kept row ``i = i_B C + i_C`` needs only
-    ``H_C[i_C] Y[i_B]`` (``2 m C d`` flops in ``B`` GEMMs). ``B ~ sqrt(m)`` balances the two:
-    ``O(N d sqrt(m))`` flops in BLAS, against ``O(N d log N)`` in ``log2 N`` memory-bound passes
-    for the full butterfly; the full transform (:func:`_fwht`) is used when it is cheaper.
+    With ``H_N = H_B (x) H_C`` and the padded ``X`` viewed as ``(B, C d)``: ``Y = H_B X`` is one
+    GEMM over the nonzero rows only (``2 B n d`` flops), then each kept row
+    ``i = i_B C + i_C`` needs only ``H_C[i_C] Y[i_B]`` (``2 m C d`` flops in ``B`` GEMMs).
+    ``B ~ sqrt(m N / n)`` balances the two: ``O(d sqrt(m n N))`` flops in BLAS, against
+    ``O(N d log N)`` in ``log2 N`` memory-bound passes for the butterfly; the full transform
+    (:func:`_fwht`) is used when it is cheaper (``m`` close to ``N``).
 
     Returns:
         ``(len(keep), d)`` rows of the transform.
     """
-    N, d = X.shape
+    n, d = X.shape
     m = keep.shape[0]
-    B = 1 << min(N.bit_length() - 1, max(0, round(math.log2(max(m, 1)) / 2)))
+    k = N.bit_length() - 1
+    B = 1 << min(k, max(0, round(math.log2(max(m * N / n, 1)) / 2)))
     C = N // B
-    full = 64 * math.ceil(math.log2(max(N, 2)) / 6)  # flops per entry of the radix-64 transform
-    if B + m / B >= full:
-        return _fwht(X)[keep]
-    Y = (_hadamard(B, X.dtype, X.device) @ X.reshape(B, C * d)).reshape(B, C, d)
+    full = 64 * math.ceil(max(k, 1) / 6)  # flops per padded entry of the radix-64 transform
+    if B * n / N + m / B >= full:
+        pad = torch.zeros(N - n, d, dtype=X.dtype, device=X.device)
+        return _fwht(torch.cat((X, pad)))[keep]
+    HB = _hadamard(B, X.dtype, X.device)
+    full_blocks, rest = divmod(n, C)
+    Y = HB[:, :full_blocks] @ X[: full_blocks * C].reshape(full_blocks, C * d)
+    if rest:  # the partly filled block: a rank-one update with its zero-padded rows
+        last = torch.zeros(C, d, dtype=X.dtype, device=X.device)
+        last[:rest] = X[full_blocks * C :]
+        Y.addr_(HB[:, full_blocks], last.reshape(-1))
+    Y = Y.reshape(B, C, d)
     i_b = torch.div(keep, C, rounding_mode="floor")
-    i_c = keep % C
-    H = _hadamard_rows(i_c, C, X.dtype)  # (m, C)
+    H = _hadamard_rows(keep % C, C, X.dtype)  # (m, C)
     out = torch.empty(m, d, dtype=X.dtype, device=X.device)
     order = torch.argsort(i_b)
     counts = torch.bincount(i_b, minlength=B).tolist()
@@ -284,9 +293,9 @@ def srht(A: Tensor, m: int, generator: torch.Generator | None = None) -> Tensor:
     The rows of ``A`` are zero-padded to ``N = 2^ceil(log2 n)``, multiplied by random signs
     ``D``, mixed by the orthonormal Walsh-Hadamard matrix ``H`` and ``m`` of them are kept
     uniformly without replacement. Only the kept rows of ``H D A`` are computed: with
-    ``H_N = H_B (x) H_C`` and ``B ~ sqrt(m)``, one GEMM applies ``H_B`` to all rows and the
-    kept rows of ``H_C`` finish (``O(N d sqrt(m))`` flops, all in BLAS; the full fast transform
-    when ``m`` is close to ``N``). ``m = O(d log d / eps^2)`` gives a ``(1 +- eps)`` subspace
+    ``H_N = H_B (x) H_C`` and ``B ~ sqrt(m N / n)``, one GEMM applies ``H_B`` to the nonzero rows
+    and the kept rows of ``H_C`` finish (``O(d sqrt(m n N))`` flops, all in BLAS, the padding
+    never formed; the full fast transform when ``m`` is close to ``N``). ``m = O(d log d / eps^2)`` gives a ``(1 +- eps)`` subspace
     embedding (Woodruff 2014, Sec. 2.1).
 
     Args:
@@ -316,10 +325,8 @@ def srht(A: Tensor, m: int, generator: torch.Generator | None = None) -> Tensor:
     dev = _gen_device(generator)
     signs = (torch.randint(0, 2, (n,), generator=generator, device=dev) * 2 - 1).to(A.device)
     keep = torch.randperm(N, generator=generator, device=dev)[:m].to(A.device)
-    X = torch.empty(N, d, dtype=A.dtype, device=A.device)
-    torch.mul(A, signs.to(A.dtype)[:, None], out=X[:n])  # D A written into the padded buffer
-    X[n:].zero_()
-    return _subsampled_hadamard(X, keep) / math.sqrt(m)
+    DA = A * signs.to(A.dtype)[:, None]
+    return _subsampled_hadamard(DA, N, keep) / math.sqrt(m)
 
 
 def gaussian_sketch(A: Tensor, m: int, generator: torch.Generator | None = None) -> Tensor:
