@@ -295,8 +295,9 @@ def srht(A: Tensor, m: int, generator: torch.Generator | None = None) -> Tensor:
     uniformly without replacement. Only the kept rows of ``H D A`` are computed: with
     ``H_N = H_B (x) H_C`` and ``B ~ sqrt(m N / n)``, one GEMM applies ``H_B`` to the nonzero rows
     and the kept rows of ``H_C`` finish (``O(d sqrt(m n N))`` flops, all in BLAS, the padding
-    never formed; the full fast transform when ``m`` is close to ``N``). ``m = O(d log d / eps^2)`` gives a ``(1 +- eps)`` subspace
-    embedding (Woodruff 2014, Sec. 2.1).
+    never formed; the full fast transform when ``m`` is close to ``N``).
+    ``m = O(d log d / eps^2)`` gives a ``(1 +- eps)`` subspace embedding (Woodruff 2014,
+    Sec. 2.1).
 
     Args:
         A: ``(n, d)`` matrix.
@@ -318,7 +319,7 @@ def srht(A: Tensor, m: int, generator: torch.Generator | None = None) -> Tensor:
     """
     A = _check_matrix(A)
     m = check_positive_int(m, "m")
-    n, d = A.shape
+    n = A.shape[0]
     N = 1 << max(0, (n - 1).bit_length())
     if m > N:
         raise ValueError(f"m must be <= {N} (rows of A padded to a power of two), got {m}")
