@@ -485,7 +485,9 @@ def leverage_scores(
         _full_rank_r(A, "A")
         Q = torch.linalg.qr(A, mode="reduced").Q
         return Q.square().sum(dim=1)
-    if jl_dim == "auto":
+    if isinstance(jl_dim, str):
+        if jl_dim != "auto":
+            raise ValueError(f"jl_dim must be 'auto', a positive int or None, got {jl_dim!r}")
         k = _jl_dim_for(accuracy)
     elif jl_dim is None:
         k = d
