@@ -59,7 +59,12 @@ class Dense(LinearOperator):
         return self.matrix @ X
 
     def _adjoint(self) -> LinearOperator:
-        return Dense(self.matrix.T)
+        # The transpose of a validated matrix needs no second scan for NaN/Inf or symmetry.
+        T = Dense.__new__(Dense)
+        LinearOperator.__init__(T, (self.shape[1], self.shape[0]), self.dtype, self.device)
+        T.matrix = self.matrix.T
+        T.SELF_ADJOINT = False  # (a symmetric Dense is its own adjoint and never gets here)
+        return T
 
     def to_dense(self) -> Tensor:
         """Return the stored matrix (no products needed)."""
