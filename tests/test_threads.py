@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from subspaces._threads import SMALL_WORK, choose_threads, intra_op_threads
+import subspaces._threads as threads_mod
+from subspaces._threads import SMALL_WORK, choose_threads, idle_cores, intra_op_threads
 from subspaces.experiments._common import single_thread
 
 
@@ -33,9 +34,17 @@ def test_intra_op_threads_sets_and_restores(two_threads):
     assert torch.get_num_threads() == 2
 
 
-def test_choose_threads(two_threads):
+def test_choose_threads(two_threads, monkeypatch):
     assert choose_threads(SMALL_WORK - 1) == 1
+    # "auto" uses the cores idle now: both on an idle machine, one when another process is busy
+    monkeypatch.setattr(threads_mod, "idle_cores", lambda: 2.0)
     assert choose_threads(SMALL_WORK) == 2
+    monkeypatch.setattr(threads_mod, "idle_cores", lambda: 0.9)
+    assert choose_threads(SMALL_WORK) == 1
+    monkeypatch.setattr(threads_mod, "idle_cores", lambda: 0.0)
+    assert choose_threads(1e12) == 1  # never zero
+    monkeypatch.setattr(threads_mod, "idle_cores", lambda: 7.0)
+    assert choose_threads(1e12) == 2  # never more than torch's count
     assert choose_threads(10, None) == 2
     assert choose_threads(10, 3) == 3
 
@@ -55,14 +64,21 @@ def test_bad_work():
         choose_threads(float("nan"))
 
 
-def test_analyze_restores_the_callers_thread_count(tmp_path, two_threads):
+def test_idle_cores_is_a_plausible_count():
+    import os
+
+    assert 0.0 <= idle_cores(0.05) <= (os.cpu_count() or 1) + 1e-9
+
+
+def test_analyze_restores_the_callers_thread_count(tmp_path, two_threads, monkeypatch):
+    monkeypatch.setattr(threads_mod, "idle_cores", lambda: 0.5)  # a busy machine
     from subspaces.analyze import AnalyzeConfig, run_analyze
 
     config = AnalyzeConfig(
         epochs=1, every=1000, width=8, final_k=2, density_runs=2, density_steps=4
     )
     summary = run_analyze(config, tmp_path / "run", quiet=True, log=lambda _: None)
-    assert summary["config"]["threads"] == 1  # a small model: one thread
+    assert summary["config"]["threads"] == 1  # busy machine: one thread
     assert torch.get_num_threads() == 2
     summary = run_analyze(config, tmp_path / "run2", quiet=True, log=lambda _: None, threads=2)
     assert summary["config"]["threads"] == 2 and torch.get_num_threads() == 2

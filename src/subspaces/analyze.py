@@ -817,10 +817,10 @@ def run_analyze(
             ``summary.json`` and ``report.html`` are replaced).
         quiet: no progress output.
         log: where one-line messages go.
-        threads: torch intra-op threads for the run: ``"auto"`` (one thread unless a product
-            touches more than :data:`~subspaces._threads.SMALL_WORK` parameter-samples: the
-            many small products of a small model oversubscribe a shared machine), ``None``
-            (torch's setting) or a count. The caller's setting is restored afterwards.
+        threads: torch intra-op threads for the run: ``"auto"`` (the cores idle when the run
+            starts, at most torch's count: threads on busy cores oversubscribe a shared machine;
+            one thread for tiny models), ``None`` (torch's setting) or a count. The caller's
+            setting is restored afterwards.
 
     Returns:
         The summary dict (also written as ``summary.json`` with ``report.html`` and figures).

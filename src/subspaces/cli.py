@@ -99,8 +99,8 @@ def _threads_arg(text: str) -> int | str:
 
 
 _THREADS_HELP = (
-    "torch intra-op threads: 'auto' (default: one thread for small work, where more threads "
-    "oversubscribe a shared machine) or a count; your setting is restored afterwards"
+    "torch intra-op threads: 'auto' (default: the cores idle when the run starts; threads on "
+    "busy cores oversubscribe a shared machine) or a count; your setting is restored afterwards"
 )
 
 
@@ -142,7 +142,13 @@ def _configure_reproduce(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where ID.json, figures and summary.json are written (default runs/reproduce)",
     )
-    p.add_argument("--threads", type=_threads_arg, default="auto", help=_THREADS_HELP)
+    p.add_argument(
+        "--threads",
+        type=_threads_arg,
+        default="auto",
+        help="torch intra-op threads per reproduction: 'auto' (default: one; they are small CPU "
+        "experiments, and timings stay stable under load) or a count",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output on stderr")
 
 
