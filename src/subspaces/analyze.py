@@ -612,6 +612,18 @@ def _measure_product_seconds(op: Any, generator: torch.Generator) -> float:
     return time.perf_counter() - t0
 
 
+def _log_tracking_cost(
+    log: Callable[[str], None], tracker: CurvatureTracker, data: Any, checks: int, steps: int
+) -> None:
+    """Print the predicted cost of tracking: checkpoints x products x measured time per product."""
+    per = _measure_product_seconds(tracker._op(data), torch.Generator())
+    products = tracker.products_per_measure()
+    log(
+        _cost_line("tracking", [(f"{checks} checkpoints x {products}", checks * products)], per)
+        + f", plus {steps} training steps"
+    )
+
+
 def _cost_line(phase: str, parts: list[tuple[str, int]], seconds_per_product: float) -> str:
     """``phase: up to N products (parts) x T ms per product (measured) = up to S``.
 
@@ -981,20 +993,7 @@ def _run_analyze(
         )
         checkpoints = sum(1 for s in range(run.step, total_steps) if s % config.every == 0)
         if checkpoints:
-            per = _measure_product_seconds(tracker._op(full_data), torch.Generator())
-            log(
-                _cost_line(
-                    "tracking",
-                    [
-                        (
-                            f"{checkpoints} checkpoints x {tracker.products_per_measure()}",
-                            checkpoints * tracker.products_per_measure(),
-                        )
-                    ],
-                    per,
-                )
-                + f", plus {total_steps - run.step} training steps"
-            )
+            _log_tracking_cost(log, tracker, full_data, checkpoints, total_steps - run.step)
     progress = Progress(total_steps, "training", quiet=quiet)
     progress.count = run.step
     while run.epoch < config.epochs:
@@ -1372,20 +1371,7 @@ def analyze(
             )
             if total is not None:
                 checks = (total + every - 1) // every
-                per = _measure_product_seconds(tracker._op(tracker.data), torch.Generator())
-                log(
-                    _cost_line(
-                        "tracking",
-                        [
-                            (
-                                f"{checks} checkpoints x {tracker.products_per_measure()}",
-                                checks * tracker.products_per_measure(),
-                            )
-                        ],
-                        per,
-                    )
-                    + f", plus {total} training steps"
-                )
+                _log_tracking_cost(log, tracker, tracker.data, checks, total)
         progress = Progress(total, "training", quiet=quiet)
         for epoch in range(epochs):
             model.train()
