@@ -200,6 +200,110 @@ def _lr(summary: Mapping[str, Any]) -> float:
     return math.nan
 
 
+def _last_train_step(summary: Mapping[str, Any]) -> float:
+    """The last training step of the run (``history.step``), NaN if unknown."""
+    steps = _series(_section(summary, "history"), "step")
+    if steps is None:
+        return math.nan
+    return float(np.nanmax(steps))
+
+
+def _append_final(summary: Mapping[str, Any], x: np.ndarray, has_step: bool) -> float | None:
+    """The step to append the final measurement at, or ``None``.
+
+    The tracked curvature is measured every ``every`` steps, so the last training step is often
+    not among them; the final spectrum and trace are measured after training, at that step.
+
+    Returns:
+        The last training step when it lies after every tracked step, else ``None``.
+    """
+    last = _last_train_step(summary)
+    if not has_step or not math.isfinite(last) or not np.any(np.isfinite(x)):
+        return None
+    return last if last > float(np.nanmax(x)) else None
+
+
+def _tracked_eigenvalues(
+    summary: Mapping[str, Any],
+) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """Steps and top-k eigenvalues, the final spectrum appended at the last training step.
+
+    Returns:
+        ``(x, eigenvalues, has_step)`` (rows are steps), or ``None`` without tracked eigenvalues.
+        The final row is ``final.eigenvalues[:k]`` (else ``stability.final_lambda_max`` as
+        ``λ_1``, NaN for the others) when the run trained past the last checkpoint.
+
+    Raises:
+        ValueError: if the eigenvalue rows have different lengths or do not match ``step``.
+    """
+    curvature = _section(summary, "curvature")
+    eig = _matrix(curvature, "eigenvalues")
+    if curvature is None or eig is None:
+        return None
+    x, has_step = _x_axis(curvature, "step", eig.shape[0], "curvature.eigenvalues")
+    at = _append_final(summary, x, has_step)
+    if at is None:
+        return x, eig, has_step
+    row = _series(_section(summary, "final"), "eigenvalues")
+    if row is None:
+        stability = _section(summary, "stability")
+        lam = _to_float(stability.get("final_lambda_max")) if stability else math.nan
+        row = np.array([lam]) if math.isfinite(lam) else None
+    if row is None:
+        return x, eig, has_step
+    new = np.full(eig.shape[1], np.nan)
+    m = min(len(row), eig.shape[1])
+    new[:m] = row[:m]
+    return np.append(x, at), np.vstack([eig, new]), has_step
+
+
+def _tracked_trace(
+    summary: Mapping[str, Any],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bool] | None:
+    """Steps, trace and its standard error, the final trace appended at the last step.
+
+    Returns:
+        ``(x, trace, stderr or None, has_step)``, or ``None`` without a trace series.
+
+    Raises:
+        ValueError: if the series do not match ``step`` in length.
+    """
+    curvature = _section(summary, "curvature")
+    tr = _series(curvature, "trace")
+    if curvature is None or tr is None:
+        return None
+    x, has_step = _x_axis(curvature, "step", len(tr), "curvature.trace")
+    stderr = _series(curvature, "trace_stderr")
+    if stderr is not None:
+        _check_length(stderr, len(tr), "trace_stderr")
+    at = _append_final(summary, x, has_step)
+    final = _section(summary, "final")
+    value = _to_float(final.get("trace")) if final else math.nan
+    if at is None or not math.isfinite(value):
+        return x, tr, stderr, has_step
+    if stderr is not None:
+        stderr = np.append(stderr, _to_float(final.get("trace_stderr")) if final else math.nan)
+    return np.append(x, at), np.append(tr, value), stderr, has_step
+
+
+def _note_far_threshold(ax: Axes, values: np.ndarray, threshold: float) -> None:
+    """Say on the axes that ``2/η`` is far above the curves when a log axis is impossible."""
+    finite = values[np.isfinite(values)]
+    if not math.isfinite(threshold) or finite.size == 0:
+        return
+    top = float(np.max(np.abs(finite)))
+    if top > 0 and threshold > 10.0 * top:
+        ax.text(
+            0.02,
+            0.55,
+            f"2/η = {_fmt(threshold)} is far above (×{threshold / top:.0f} the largest value);\n"
+            "linear axis: some values are not positive",
+            transform=ax.transAxes,
+            fontsize=9,
+            color=_THRESHOLD_COLOR,
+        )
+
+
 def _fmt(value: float) -> str:
     """Compact number for labels: 4 significant digits."""
     if not math.isfinite(value):
@@ -359,7 +463,10 @@ def top_eigenvalues(summary: Mapping[str, Any]) -> bytes | None:
     ``λ_1`` is drawn thick, the others thinner in a sequential palette; a dashed line marks
     ``2/η``, the largest sharpness at which gradient descent on a quadratic is stable (Cohen et
     al. 2021, *Gradient descent on neural networks typically occurs at the edge of stability*).
-    The y axis is logarithmic when the values are positive and span more than a factor of 30.
+    The y axis is logarithmic when the values (and ``2/η``) are positive and span more than a
+    factor of 10; when some are not positive and ``2/η`` is more than 10 times above them, the
+    figure says so. The final spectrum is drawn at the last training step when the run trained
+    past its last checkpoint.
 
     Args:
         summary: the report summary (see :mod:`subspaces.report.html`).
@@ -370,11 +477,10 @@ def top_eigenvalues(summary: Mapping[str, Any]) -> bytes | None:
     Raises:
         ValueError: if the eigenvalue rows have different lengths or do not match ``step``.
     """
-    curvature = _section(summary, "curvature")
-    eig = _matrix(curvature, "eigenvalues")
-    if curvature is None or eig is None:
+    tracked = _tracked_eigenvalues(summary)
+    if tracked is None:
         return None
-    x, has_step = _x_axis(curvature, "step", eig.shape[0], "curvature.eigenvalues")
+    x, eig, has_step = tracked
     threshold = _threshold(summary, "gd_threshold")
     matplotlib = _require_matplotlib()
     with _figure() as (fig, ax):
@@ -395,11 +501,12 @@ def top_eigenvalues(summary: Mapping[str, Any]) -> bytes | None:
             )
         _hline(ax, threshold, rf"$2/\eta$ (GD stability) = {_fmt(threshold)}")
         values = np.concatenate([eig.ravel(), [threshold]])
-        if _use_log_scale(values, 100.0):
+        if _use_log_scale(values, 10.0):
             _log_y(ax)
             ax.set_ylabel("eigenvalue (log scale)")
         else:
             ax.set_ylabel("eigenvalue")
+            _note_far_threshold(ax, eig.ravel(), threshold)
         ax.set_xlabel(_step_label(has_step))
         ax.set_title(f"Top-{k} Hessian eigenvalues during training")
         handles, labels = ax.get_legend_handles_labels()
@@ -431,14 +538,10 @@ def trace(summary: Mapping[str, Any]) -> bytes | None:
     Raises:
         ValueError: if the series do not match ``step`` in length.
     """
-    curvature = _section(summary, "curvature")
-    tr = _series(curvature, "trace")
-    if curvature is None or tr is None:
+    tracked = _tracked_trace(summary)
+    if tracked is None:
         return None
-    x, has_step = _x_axis(curvature, "step", len(tr), "curvature.trace")
-    stderr = _series(curvature, "trace_stderr")
-    if stderr is not None:
-        _check_length(stderr, len(tr), "trace_stderr")
+    x, tr, stderr, has_step = tracked
     threshold = _threshold(summary, "sgd_trace_threshold")
     with _figure() as (fig, ax):
         mask = np.isfinite(tr)
@@ -698,14 +801,18 @@ def batch_vs_full(summary: Mapping[str, Any]) -> bytes | None:
     eig = _matrix(curvature, "eigenvalues")
     if curvature is None or batch is None or eig is None:
         return None
-    full = eig[:, 0]
-    _check_length(batch, len(full), "batch_lambda_max")
-    x, has_step = _x_axis(curvature, "step", len(full), "curvature.eigenvalues")
+    _check_length(batch, eig.shape[0], "batch_lambda_max")
+    tracked = _tracked_eigenvalues(summary)
+    if tracked is None:
+        return None
+    x_full, full_eig, has_step = tracked
+    full = full_eig[:, 0]
+    x_batch = x_full[: len(batch)]
     threshold = _threshold(summary, "gd_threshold")
     with _figure(height=3.9) as (fig, ax):
-        for values, color, label in (
-            (full, "#111111", r"full data $\lambda_{\max}$"),
-            (batch, "#ff7f0e", r"mini-batch $\lambda_{\max}$"),
+        for x, values, color, label in (
+            (x_full, full, "#111111", r"full data $\lambda_{\max}$"),
+            (x_batch, batch, "#ff7f0e", r"mini-batch $\lambda_{\max}$"),
         ):
             mask = np.isfinite(values)
             ax.plot(
@@ -717,11 +824,12 @@ def batch_vs_full(summary: Mapping[str, Any]) -> bytes | None:
                 label=label,
             )
         _hline(ax, threshold, rf"$2/\eta$ (GD stability) = {_fmt(threshold)}")
-        if _use_log_scale(np.concatenate([full, batch, [threshold]]), 100.0):
+        if _use_log_scale(np.concatenate([full, batch, [threshold]]), 10.0):
             _log_y(ax)
             ax.set_ylabel(r"$\lambda_{\max}$ (log scale)")
         else:
             ax.set_ylabel(r"$\lambda_{\max}$")
+            _note_far_threshold(ax, np.concatenate([full, batch]), threshold)
         ax.set_xlabel(_step_label(has_step))
         ax.set_title("Top eigenvalue: one mini-batch vs the full data")
         ax.legend(loc="best")

@@ -79,7 +79,9 @@ CAPTIONS: dict[str, tuple[str, str]] = {
         "Top Hessian eigenvalues against 2/η",
         "The k largest Hessian eigenvalues at each checkpoint (Lanczos). GD is stable while "
         "λ_max < 2/η (Cohen et al. 2021; Wu & Su 2023): under full-batch GD λ_max typically "
-        "rises until it hovers at 2/η (the edge of stability), while SGD tends to stay below it.",
+        "rises until it hovers at 2/η (the edge of stability), while SGD tends to stay below it. "
+        "The y axis is logarithmic when 2/η is far above the eigenvalues (a span over a factor "
+        "of 10); the point at the last training step is the final spectrum.",
     ),
     "trace": (
         "Hessian trace against the SGD threshold",
