@@ -9,6 +9,7 @@ Usage::
     subspaces demo [--n N] [--seed S]
     subspaces analyze [--model M:F] [--data M:F] [--lr LR] [--epochs E] ... [--out DIR]
                       [--resume | --force]
+    subspaces compare RUN1 RUN2 [RUN...] --out DIR
 
 Exit status: 0 on success (every reproduction passed), 1 if a reproduction failed its criterion,
 2 on an error (bad arguments, unknown id, an exception inside an experiment), 130 when
@@ -587,6 +588,37 @@ def _analyze(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ----- compare ------------------------------------------------------------------------------------
+def _configure_compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="run folders written by 'subspaces analyze' (each with its summary.json)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder for compare.html (created if missing; other files there are left alone)",
+    )
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .report.compare import write_compare
+
+    if len(args.runs) < 2:
+        raise CommandError(f"give at least two run folders to compare, got {len(args.runs)}")
+    try:
+        path = write_compare(args.runs, args.out)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    except OSError as error:
+        raise CommandError(f"cannot write --out {args.out!r}: {error}") from None
+    print(f"report: {path}")
+    return EXIT_OK
+
+
 COMMANDS: list[Command] = [
     Command(
         "reproduce",
@@ -605,6 +637,12 @@ COMMANDS: list[Command] = [
         "train a model while tracking its Hessian; write report.html, summary.json and figures",
         _configure_analyze,
         _analyze,
+    ),
+    Command(
+        "compare",
+        "overlay the curves of two or more analyze runs in one report (compare.html)",
+        _configure_compare,
+        _compare,
     ),
 ]
 

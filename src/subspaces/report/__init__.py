@@ -4,7 +4,8 @@
 :mod:`subspaces.report.html`); this package turns it into PNG figures
 (:func:`all_figures`), an HTML report with the figures embedded (:func:`render_html`), the
 files on disk (:func:`write_report`: ``report.html``, ``summary.json``, ``<figure>.png``) and
-the few lines printed at the end (:func:`text_summary`). Drawing needs matplotlib
+the few lines printed at the end (:func:`text_summary`); :mod:`subspaces.report.compare`
+overlays several runs in one page (``subspaces compare``). Drawing needs matplotlib
 (``pip install 'subspaces[report]'``).
 
 Example:
