@@ -39,7 +39,7 @@ from .figures import (
     _tracked_trace,
     _use_log_scale,
 )
-from .html import _CSS, _esc, _figure_html, _last_finite, _num
+from .html import _esc, _figure_html, _last_finite, _num, page_head
 
 __all__ = [
     "compare_figures",
@@ -369,21 +369,7 @@ def render_compare_html(runs: Sequence[Run], figures: Mapping[str, bytes]) -> st
     _check_runs(runs)
     labels = [label for label, _ in runs]
     title = "Comparison of " + ", ".join(labels)
-    out = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        '<meta http-equiv="Content-Security-Policy" '
-        "content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">",
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_esc(title)}</title>",
-        f"<style>{_CSS}</style>",
-        "</head>",
-        "<body>",
-        "<main>",
-        f"<header><h1>{_esc(title)}</h1></header>",
-    ]
+    out = [*page_head(title), f"<header><h1>{_esc(title)}</h1></header>"]
     finals = [_final_rows(summary) for _, summary in runs]
     rows = {name: [f[name] for f in finals] for name in finals[0]}
     out += ['<section id="final">', "<h2>Final numbers</h2>", _table(labels, rows), "</section>"]

@@ -476,6 +476,31 @@ def _figure_html(name: str, png: bytes) -> str:
     )
 
 
+def page_head(title: str) -> list[str]:
+    """The opening lines of a self-contained report page, up to ``<main>``.
+
+    The page allows no external resources (a Content-Security-Policy that permits only inline
+    styles and ``data:`` images), so it can be opened and mailed as one file.
+
+    Returns:
+        HTML lines; ``title`` is escaped.
+    """
+    return [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta http-equiv="Content-Security-Policy" '
+        "content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_esc(title)}</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        "<main>",
+    ]
+
+
 def render_html(summary: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
     """Render the report as one self-contained HTML page.
 
@@ -513,22 +538,7 @@ def render_html(summary: Mapping[str, Any], figures: Mapping[str, bytes]) -> str
     if summary.get("version"):
         meta_parts.append(f"subspaces {summary['version']}")
 
-    out: list[str] = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        '<meta http-equiv="Content-Security-Policy" '
-        "content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">",
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_esc(title)}</title>",
-        f"<style>{_CSS}</style>",
-        "</head>",
-        "<body>",
-        "<main>",
-        "<header>",
-        f"<h1>{_esc(title)}</h1>",
-    ]
+    out: list[str] = [*page_head(title), "<header>", f"<h1>{_esc(title)}</h1>"]
     if meta_parts:
         out.append(f'<p class="meta">{_esc(" · ".join(meta_parts))}</p>')
     out.append("</header>")
