@@ -9,6 +9,8 @@ products are taken in its own dtype (that is what the model computes) and the al
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -33,6 +35,24 @@ def to_working_dtype(x: Tensor) -> Tensor:
         ``x`` in :func:`working_dtype` ``(x.dtype)``.
     """
     return x.float() if x.dtype in HALF_DTYPES else x
+
+
+def pow2_exponent(maxabs: float) -> int:
+    """``e`` with ``maxabs / 2**e`` in ``[0.5, 1)`` (0 for 0 or non-finite), kept in +-1000.
+
+    Dividing by ``2**e`` is exact, so scale-invariant (or -equivariant) computations can work on
+    values of magnitude ~1, where squares and products neither overflow nor underflow.
+
+    Returns:
+        The exponent.
+
+    Example:
+        >>> pow2_exponent(1e200) == math.frexp(1e200)[1], pow2_exponent(0.0)
+        (True, 0)
+    """
+    if maxabs == 0.0 or not math.isfinite(maxabs):
+        return 0
+    return max(-1000, min(1000, math.frexp(maxabs)[1]))
 
 
 class _Upcast(LinearOperator):

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .._checks import check_finite, check_positive_float, check_positive_int, default_tol
 from ..linops import LinearOperator, as_operator
+from ..linops.structured import relative_asymmetry
 from ._precision import in_working_precision
 
 if TYPE_CHECKING:
@@ -101,13 +102,11 @@ def prepare_symmetric(
     if isinstance(A, Tensor) and A.device.type != "meta":
         # A dense matrix is cheap to check: refuse one that is clearly not symmetric (rounding
         # asymmetry, far below sqrt(eps), is fine: the projected problem is symmetrized).
-        W = A if A.dtype in (torch.float32, torch.float64) else A.float()
-        norm = float(torch.linalg.matrix_norm(W))
-        asym = float(torch.linalg.matrix_norm(W - W.T))
+        asym = relative_asymmetry(A)
         limit = torch.finfo(A.dtype).eps ** 0.5
-        if asym > limit * norm:
+        if asym > limit:
             raise ValueError(
-                f"A must be symmetric: ||A - A^T||_F / ||A||_F = {asym / norm:.3g} > {limit:.1e} "
+                f"A must be symmetric: ||A - A^T||_F / ||A||_F = {asym:.3g} > {limit:.1e} "
                 f"(sqrt(eps) of {A.dtype}); eigensolvers here are for symmetric matrices"
             )
     return in_working_precision(op), n, tol

@@ -47,7 +47,7 @@ class Dense(LinearOperator):
                 raise ValueError(
                     f"matrix was declared symmetric but is not square: shape {tuple(matrix.shape)}"
                 )
-            asym, tol = _asymmetry(matrix), 10 * torch.finfo(matrix.dtype).eps
+            asym, tol = relative_asymmetry(matrix), 10 * torch.finfo(matrix.dtype).eps
             if asym > tol:
                 raise ValueError(
                     "matrix was declared symmetric but is not: ||M - M^T||_F / ||M||_F = "
@@ -71,11 +71,19 @@ class Dense(LinearOperator):
         return self.matrix
 
 
-def _asymmetry(M: Tensor) -> float:
+def relative_asymmetry(M: Tensor) -> float:
     """``||M - M^T||_F / ||M||_F`` in at least float32 (0 for a zero or empty matrix).
+
+    The matrix is divided by its largest magnitude first, so the squares cannot overflow.
 
     Returns:
         The relative asymmetry, a float.
+
+    Example:
+        >>> relative_asymmetry(torch.tensor([[1.0, 2.0], [2.0, 1.0]]))
+        0.0
+        >>> round(relative_asymmetry(torch.tensor([[0.0, 1.0], [0.0, 0.0]])), 6)  # sqrt(2) / 1
+        1.414214
     """
     work = torch.float64 if M.dtype == torch.float64 else torch.float32
     Mw = M.to(work)

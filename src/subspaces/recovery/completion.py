@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_choice, check_positive_float, check_positive_int
+from ..linalg._precision import pow2_exponent
 from ..linalg.randomized import randomized_svd
 from ..linops import MatmatOperator
 from .problems import Observations
@@ -239,7 +240,7 @@ def _scaled_values(values: Tensor) -> tuple[Tensor, float]:
     maxabs = float(torch.linalg.vector_norm(work, ord=math.inf))
     if maxabs == 0.0:
         return work, 1.0
-    c = math.ldexp(1.0, max(-1000, min(1000, math.frexp(maxabs)[1])))
+    c = math.ldexp(1.0, pow2_exponent(maxabs))
     return work / c, c
 
 

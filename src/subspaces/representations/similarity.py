@@ -26,6 +26,7 @@ from .._checks import (
     check_positive_float,
     check_positive_int,
 )
+from ..linalg._precision import pow2_exponent
 from ..linalg.subspace import Subspace
 
 __all__ = [
@@ -84,13 +85,6 @@ def _center(X: Tensor) -> Tensor:
     return X - X.mean(dim=0, keepdim=True)
 
 
-def _pow2_exponent(maxabs: float) -> int:
-    """``e`` with ``maxabs / 2**e`` in ``[0.5, 1)`` (0 for 0 or non-finite), kept in +-1000."""
-    if maxabs == 0.0 or not math.isfinite(maxabs):
-        return 0
-    return max(-1000, min(1000, math.frexp(maxabs)[1]))
-
-
 def _unit_scale(X: Tensor) -> Tensor:
     """``X`` divided by a power of two so that its largest magnitude is in ``[0.5, 1)``.
 
@@ -101,7 +95,7 @@ def _unit_scale(X: Tensor) -> Tensor:
     Returns:
         The rescaled ``X`` (``X`` itself when no rescaling is needed).
     """
-    e = _pow2_exponent(float(torch.linalg.vector_norm(X, ord=math.inf))) if X.numel() else 0
+    e = pow2_exponent(float(torch.linalg.vector_norm(X, ord=math.inf))) if X.numel() else 0
     return X if e == 0 else X * math.ldexp(1.0, -e)
 
 
@@ -113,7 +107,7 @@ def _ratio(scaled: Tensor, original: Tensor) -> float:
     """
     if scaled is original:
         return 1.0
-    e = _pow2_exponent(float(torch.linalg.vector_norm(original, ord=math.inf)))
+    e = pow2_exponent(float(torch.linalg.vector_norm(original, ord=math.inf)))
     return math.ldexp(1.0, -e)
 
 
@@ -127,7 +121,7 @@ def _inv_pow2_scales(reps: list[Tensor]) -> list[float]:
     maxabs = torch.stack(
         [torch.linalg.vector_norm(R, ord=math.inf).to(device, torch.float64) for R in reps]
     ).tolist()
-    return [math.ldexp(1.0, -_pow2_exponent(v)) for v in maxabs]
+    return [math.ldexp(1.0, -pow2_exponent(v)) for v in maxabs]
 
 
 # ----- HSIC and CKA on Gram matrices -----------------------------------------------------------
