@@ -417,6 +417,14 @@ def write_compare(
         ValueError: if ``folders`` is empty, a folder is missing or has no ``summary.json``, or
             ``out_dir`` is a file.
         ImportError: if matplotlib is not installed.
+
+    Example:
+        >>> import tempfile
+        >>> try:  # a folder that holds no run
+        ...     write_compare([tempfile.mkdtemp()], tempfile.mkdtemp())
+        ... except ValueError as err:
+        ...     print("summary.json" in str(err))
+        True
     """
     if isinstance(folders, (str, os.PathLike)) or len(folders) == 0:
         raise ValueError(f"folders must be a non-empty list of run folders, got {folders!r}")

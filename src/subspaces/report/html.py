@@ -484,6 +484,11 @@ def page_head(title: str) -> list[str]:
 
     Returns:
         HTML lines; ``title`` is escaped.
+
+    Example:
+        >>> head = page_head("a < b")
+        >>> "<title>a &lt; b</title>" in head, head[-1]
+        (True, '<main>')
     """
     return [
         "<!DOCTYPE html>",
