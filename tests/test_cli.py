@@ -249,3 +249,27 @@ def test_heartbeat_on_a_terminal_erases_its_line():
     text = term.getvalue()
     assert "solving ... " in text and "\n" not in text
     assert text.endswith("\r") and text.rsplit("\r", 2)[-2].strip() == ""
+
+
+def _with_interval(fast: bool, seed: int) -> ExperimentResult:
+    from subspaces.experiments._stats import paired_summary
+
+    gap = paired_summary([0.93, 0.95, 0.96], [0.90, 0.91, 0.95])
+    return ExperimentResult({"gap": gap}, passed=True, summary="A beats B", headline=("gap",))
+
+
+def test_reproduce_prints_the_seed_interval_beside_the_verdict(tmp_path, capsys):
+    with temporarily_registered("X87", _with_interval):
+        assert main(["reproduce", "X87", "--quiet", "--out", str(tmp_path)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("PASS  X87") and "A beats B" in line
+    assert "| gap 0.02667 [" in line and "(95%, 3 seeds)" in line
+    record = _read(tmp_path / "X87.json")
+    assert record["headline"] == ["gap"] and record["measured"]["gap"]["n"] == 3
+
+
+def test_headline_must_name_a_seed_summary():
+    with pytest.raises(ValueError, match="headline key 'x'"):
+        ExperimentResult({"x": 1.0}, passed=True, headline=("x",))
+    with pytest.raises(ValueError, match="headline key 'missing'"):
+        ExperimentResult({"x": 1.0}, passed=True, headline="missing")

@@ -243,7 +243,7 @@ def _run_one(
     import torch
 
     from ._io import atomic_write_bytes, to_jsonable, write_json
-    from .experiments.registry import ExperimentResult
+    from .experiments.registry import ExperimentResult, format_interval
 
     record: dict[str, Any] = {
         "id": experiment.id,
@@ -285,6 +285,10 @@ def _run_one(
         )
         verdict = "PASS" if result.passed else "FAIL"
         detail = result.summary or _key_numbers(measured)
+        intervals = [format_interval(key, measured[key]) for key in result.headline]
+        record["headline"] = list(result.headline)
+        if intervals:
+            detail = f"{detail}  | " + "; ".join(intervals)
         print(f"{verdict}  {experiment.id}  [{format_seconds(seconds)}]  {detail}", flush=True)
     except Exception as error:
         seconds = time.perf_counter() - start

@@ -36,6 +36,7 @@ __all__ = [
     "RunFunction",
     "UnknownExperimentError",
     "all_experiments",
+    "format_interval",
     "get",
     "import_errors",
     "register",
@@ -57,11 +58,16 @@ class ExperimentResult:
         passed: whether the criterion held.
         summary: one human sentence with the key numbers, printed next to the verdict.
         figures: PNG images by name (letters, digits, ``_``, ``-``); written as ``ID_<name>.png``.
+        headline: keys of ``measured`` whose values are seed summaries (from
+            :func:`subspaces.experiments._stats.seed_summary` or ``paired_summary``: a mapping with
+            ``mean``, ``n`` and ``ci95`` or ``ci``); ``subspaces reproduce`` prints their mean and
+            interval beside the verdict, so a verdict is read with its spread over seeds.
 
     Raises:
         TypeError: if ``measured`` is not a mapping, ``passed`` is not a bool, ``summary`` is not
             a string, or a figure is not bytes.
-        ValueError: for a figure name that is not a plain file-name stem.
+        ValueError: for a figure name that is not a plain file-name stem, or a ``headline`` key
+            that is not in ``measured`` or whose value is not a seed summary.
 
     Example:
         >>> r = ExperimentResult({"error": 1e-9}, passed=True, summary="error 1e-9")
@@ -73,6 +79,7 @@ class ExperimentResult:
     passed: bool
     summary: str = ""
     figures: dict[str, bytes] = field(default_factory=dict)
+    headline: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.measured, Mapping):
@@ -94,8 +101,50 @@ class ExperimentResult:
                 )
             if not isinstance(data, (bytes, bytearray)):
                 raise TypeError(f"figure {name!r} must be PNG bytes, got {type(data).__name__}")
+        headline = (self.headline,) if isinstance(self.headline, str) else tuple(self.headline)
+        for key in headline:
+            value = self.measured.get(key) if isinstance(key, str) else None
+            if not (
+                isinstance(value, Mapping)
+                and "mean" in value
+                and "n" in value
+                and ("ci95" in value or "ci" in value)
+            ):
+                raise ValueError(
+                    f"headline key {key!r} must name a seed summary in measured (a mapping with "
+                    f"'mean', 'n' and 'ci95' or 'ci'), got {type(value).__name__}"
+                )
         object.__setattr__(self, "measured", dict(self.measured))
         object.__setattr__(self, "passed", passed)
+        object.__setattr__(self, "headline", headline)
+
+
+def format_interval(name: str, summary: Mapping[str, Any]) -> str:
+    """One line for a seed summary: ``name mean [low, high] (n seeds)``.
+
+    Args:
+        name: the quantity's name.
+        summary: a seed summary (``mean``, ``n``, and ``ci95`` or ``ci`` with ``level``).
+
+    Returns:
+        The formatted text.
+
+    Example:
+        >>> format_interval("gap", {"mean": 0.031, "ci95": [0.01, 0.05], "n": 3})
+        'gap 0.031 [0.01, 0.05] (95%, 3 seeds)'
+    """
+    if "ci95" in summary:
+        low, high = summary["ci95"]
+        level = 0.95
+    else:
+        low, high = summary["ci"]
+        level = float(summary.get("level", 0.95))
+    n = int(summary["n"])
+    seeds = "1 seed" if n == 1 else f"{n} seeds"
+    return (
+        f"{name} {float(summary['mean']):.4g} [{float(low):.4g}, {float(high):.4g}] "
+        f"({100 * level:g}%, {seeds})"
+    )
 
 
 RunFunction = Callable[[bool, int], ExperimentResult]
