@@ -1,0 +1,129 @@
+"""The common shell of the clustering estimators (scikit-learn habits without depending on it).
+
+A :class:`ClusterEstimator` stores its constructor arguments as attributes of the same names and
+nothing else (so ``get_params``/``set_params``/``repr`` and ``sklearn.base.clone`` work), learns
+in ``fit(X)`` (returning ``self``) and sets learned attributes ending in ``_`` (always
+``labels_``). ``fit_predict(X)`` is ``fit(X).labels_``.
+
+Example:
+    >>> import torch
+    >>> class FirstColumnSign(ClusterEstimator):
+    ...     def __init__(self, n_clusters: int = 2, shift: float = 0.0) -> None:
+    ...         self.n_clusters, self.shift = n_clusters, shift
+    ...     def fit(self, X, y=None):
+    ...         self.labels_ = (torch.as_tensor(X)[:, 0] > self.shift).long()
+    ...         return self
+    >>> est = FirstColumnSign(shift=0.5)
+    >>> est.get_params()
+    {'n_clusters': 2, 'shift': 0.5}
+    >>> est.set_params(shift=0.0).fit_predict(torch.tensor([[1.0], [-1.0]])).tolist()
+    [1, 0]
+    >>> est
+    FirstColumnSign(n_clusters=2, shift=0.0)
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from ._checks import check_fitted
+
+__all__ = ["ClusterEstimator"]
+
+
+class ClusterEstimator:
+    """Base class: parameter handling, ``fit_predict`` and a readable ``repr``.
+
+    Subclasses implement ``fit(X) -> self`` setting ``labels_`` (a ``torch.long`` tensor).
+    """
+
+    labels_: Tensor
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [
+            p.name
+            for p in sig.parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor arguments, by name.
+
+        Args:
+            deep: accepted for scikit-learn compatibility (no nested estimators here).
+
+        Returns:
+            ``{name: value}``.
+        """
+        del deep
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> ClusterEstimator:
+        """Set constructor arguments (validated again at the next ``fit``).
+
+        Args:
+            **params: new values by name.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: for a name that is not a constructor argument.
+        """
+        valid = self._param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(
+                    f"invalid parameter {name!r} for {type(self).__name__}; valid: {valid}"
+                )
+            setattr(self, name, value)
+        return self
+
+    def fit(self, X: Any, y: Any = None) -> ClusterEstimator:  # pragma: no cover - abstract
+        """Learn the clusters of ``X``; subclasses implement it.
+
+        Args:
+            X: data ``(n_samples, n_features)``.
+            y: ignored.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            NotImplementedError: always, in the base class.
+        """
+        raise NotImplementedError
+
+    def fit_predict(self, X: Any, y: Any = None) -> Tensor:
+        """Fit on ``X`` and return its cluster labels.
+
+        Args:
+            X: data ``(n_samples, n_features)``.
+            y: ignored (scikit-learn signature).
+
+        Returns:
+            ``labels_``: ``(n_samples,)`` ``torch.long`` labels in ``0 .. n_clusters - 1``.
+        """
+        del y
+        self.fit(X)
+        return self.labels_
+
+    def _check_fitted(self, attribute: str = "labels_") -> None:
+        check_fitted(self, attribute)
+
+    def __repr__(self) -> str:
+        parts = []
+        for name in self._param_names():
+            value = getattr(self, name, None)
+            if isinstance(value, (Tensor, np.ndarray)):
+                value = f"<{type(value).__name__} {tuple(value.shape)}>"
+                parts.append(f"{name}={value}")
+            else:
+                parts.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
