@@ -16,10 +16,12 @@ from subspaces.experiments._common import (
     single_thread,
     train,
 )
+from subspaces.experiments._stats import paired_summary, seed_summary
 from subspaces.experiments.P08_hessian_outliers import gaussian_mixture, train_and_measure
 from subspaces.experiments.P24_batch_size_learning_rate import (
     batch_lambda_max,
     is_stable,
+    lr_slope_criterion,
     max_stable_lr,
 )
 
@@ -146,6 +148,22 @@ def test_p24_stability_search() -> None:
         is_stable(make, X, y, optimizer="lbfgs", lr=1.0, batch_size=8)
 
 
+def test_p24_slope_criterion_separates_linear_from_square_root() -> None:
+    def verdict(sgd: list[float], adam: list[float]) -> dict[str, bool]:
+        return lr_slope_criterion(seed_summary(sgd), seed_summary(adam), paired_summary(sgd, adam))
+
+    assert all(verdict([1.0, 0.9, 1.1], [0.5, 0.45, 0.55]).values())
+    # a slope of 0.7 for both: it would have passed the old windows for both optimizers
+    same = verdict([0.7, 0.72, 0.68], [0.7, 0.69, 0.71])
+    assert not same["differ"] and not same["sgd_above_midpoint"]
+    assert not same["adam_brackets_half"] and not same["sgd_brackets_1"]
+    # SGD above Adam on average but not on every seed: the paired interval reaches below 0
+    assert not verdict([0.9, 1.0, 0.4], [0.5, 0.45, 0.6])["differ"]
+    # consistently different, but Adam at ~1 and SGD at ~2: neither brackets its exponent
+    far = verdict([2.0, 2.05, 1.95], [1.0, 1.02, 0.98])
+    assert far["differ"] and not far["sgd_brackets_1"] and not far["adam_brackets_half"]
+
+
 # ----- the reproductions (fast settings) ---------------------------------------------------------
 def _check_result(result: ExperimentResult, figures: set[str]) -> None:
     assert isinstance(result, ExperimentResult)
@@ -175,6 +193,15 @@ def test_p24_fast_reproduces() -> None:
     m = result.measured
     assert -1.3 <= m["excess_slope"] <= -0.7
     assert m["mean_lambda_max_above_full_for_every_B"]
-    assert 0.6 <= m["sgd_lr_slope"] <= 1.3 and 0.25 <= m["adam_lr_slope"] <= 0.8
-    assert m["adam_lr_slope"] < m["sgd_lr_slope"]
-    assert result.passed, result.summary
+    # per-seed slopes, paired by seed; the verdict is the new criterion, the old one is kept
+    sgd, adam = m["sgd_lr_slope_seeds"], m["adam_lr_slope_seeds"]
+    assert sgd["n"] == adam["n"] == m["lr_slope_difference"]["n"] >= 3
+    diffs = [a - b for a, b in zip(sgd["per_seed"], adam["per_seed"], strict=True)]
+    assert m["lr_slope_difference"]["per_seed"] == pytest.approx(diffs)
+    assert set(result.headline) == {
+        "lr_slope_difference",
+        "sgd_lr_slope_seeds",
+        "adam_lr_slope_seeds",
+    }
+    assert {"passed", "sgd_median_slope", "adam_median_slope"} <= set(m["old_criterion"])
+    assert result.passed == (m["excess_ok"] and all(m["lr_criterion"].values()))

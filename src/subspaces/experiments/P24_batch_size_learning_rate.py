@@ -26,8 +26,28 @@ Part 2: for SGD (no momentum) and Adam (default betas) the largest learning rate
 0.3 % to 4.5 %, the range of the paper's CIFAR experiments). Divergence, fixed before measuring: a
 non-finite mini-batch loss, a full-data loss above twice the initial one at any check (every 10
 steps), or a final full-data loss not below the initial one. The threshold is found by doubling
-from a starting guess and bisecting in log scale; the median over seeds (different
-initializations and batch sequences) is fitted against ``B`` in log-log.
+from a starting guess and bisecting in log scale. Each seed (its own initialization and batch
+sequence, shared by SGD and Adam, so the two optimizers are paired by seed) gives one log-log
+slope of its largest stable learning rate against ``B``.
+
+Criterion (changed in issue 18, fixed before the first run with it). The old criterion required
+the slope of the median over seeds in ``[0.6, 1.3]`` for SGD and ``[0.25, 0.8]`` for Adam with
+Adam's below SGD's: the two windows overlap on ``[0.6, 0.8]``, so one slope of 0.7 could count as
+"linear" and as "square root" at once, and a median says nothing about the spread over seeds.
+The new criterion for part 2, all of:
+
+* the two slopes differ: the 95 % bootstrap interval of the mean per-seed difference
+  ``slope_SGD - slope_Adam`` (paired by seed, :func:`~subspaces.experiments._stats.paired_summary`)
+  lies above 0;
+* bracketing rule: the 95 % interval of the mean per-seed SGD slope, widened by
+  ``SLOPE_TOLERANCE = 0.15`` on each side, contains 1, and that of Adam contains 1/2 (the theory
+  gives the exponents only where the batch noise dominates; 0.15 is the allowance for that); and
+  each mean lies on its own side of 3/4, the midpoint of 1/2 and 1 (SGD's above, Adam's below),
+  so that no slope can count for both rules.
+
+Part 1 keeps its criterion (the mean excess is non-negative for every ``B``; its control-variate
+log-log slope over the perturbative ``B`` lies in ``[-1.3, -0.7]``). The old criterion's verdict
+is kept in ``measured["old_criterion"]``.
 """
 
 from __future__ import annotations
@@ -41,6 +61,7 @@ import torch
 from torch import Tensor, nn
 
 from ._common import figure_png, load_digits_tensors, loglog_fit, mlp, single_thread, train
+from ._stats import paired_summary, seed_summary
 from .registry import ExperimentResult, register
 
 WIDTH = 64
@@ -65,8 +86,12 @@ BISECTIONS_FAST = 5
 BISECTIONS_FULL = 7
 
 EXCESS_SLOPE_RANGE = (-1.3, -0.7)
-SGD_SLOPE_RANGE = (0.6, 1.3)
+SGD_SLOPE_RANGE = (0.6, 1.3)  # the old criterion's windows, kept for measured["old_criterion"]
 ADAM_SLOPE_RANGE = (0.25, 0.8)
+SGD_TARGET = 1.0
+ADAM_TARGET = 0.5
+SLOPE_TOLERANCE = 0.15
+SLOPE_MIDPOINT = 0.75
 MIN_FIT_POINTS = 3
 
 
@@ -389,8 +414,10 @@ def _in(value: float, bounds: tuple[float, float]) -> bool:
     criterion=(
         "mean lambda_max(H_B) >= lambda_max(H) for every B; log-log slope of the excess vs B "
         "(control-variate estimate, over the B whose excess is below lambda_max(H), >= 3 points) "
-        "in [-1.3, -0.7]; log-log slope of the median largest stable LR vs B (4..64) in "
-        "[0.6, 1.3] for SGD and in [0.25, 0.8] for Adam, and Adam's slope < SGD's"
+        "in [-1.3, -0.7]; per-seed log-log slopes of the largest stable LR vs B (4..64), SGD and "
+        "Adam paired by seed: the 95% bootstrap interval of the mean difference SGD - Adam lies "
+        "above 0; the 95% interval of the mean SGD slope widened by 0.15 contains 1 and Adam's "
+        "contains 1/2; mean SGD slope > 3/4 > mean Adam slope"
     ),
 )
 def run(fast: bool, seed: int) -> ExperimentResult:
@@ -517,11 +544,16 @@ def run(fast: bool, seed: int) -> ExperimentResult:
     above_full = all(e >= 0 for e in p1["excess"])
     excess_ok = len(fit_idx) >= MIN_FIT_POINTS and _in(ex_slope, EXCESS_SLOPE_RANGE)
     sgd_slope, adam_slope = p2["sgd"]["slope"], p2["adam"]["slope"]
-    lr_ok = (
+    old_lr_ok = (
         _in(sgd_slope, SGD_SLOPE_RANGE)
         and _in(adam_slope, ADAM_SLOPE_RANGE)
         and adam_slope < sgd_slope
     )
+    sgd_seeds = seed_summary(p2["sgd"]["per_seed_slopes"])
+    adam_seeds = seed_summary(p2["adam"]["per_seed_slopes"])
+    difference = paired_summary(p2["sgd"]["per_seed_slopes"], p2["adam"]["per_seed_slopes"])
+    lr_check = lr_slope_criterion(sgd_seeds, adam_seeds, difference)
+    lr_ok = all(lr_check.values())
     passed = bool(above_full and excess_ok and lr_ok)
     p1["fit_batch_sizes"] = [batches[i] for i in fit_idx]
     p1["slope"] = ex_slope
@@ -537,8 +569,22 @@ def run(fast: bool, seed: int) -> ExperimentResult:
         "mean_lambda_max_above_full_for_every_B": above_full,
         "sgd_lr_slope": sgd_slope,
         "adam_lr_slope": adam_slope,
+        "sgd_lr_slope_seeds": sgd_seeds,
+        "adam_lr_slope_seeds": adam_seeds,
+        "lr_slope_difference": difference,
+        "lr_criterion": lr_check,
         "excess_ok": excess_ok,
         "lr_scaling_ok": lr_ok,
+        "old_criterion": {
+            "rule": (
+                "slope of the median largest stable LR in [0.6, 1.3] (SGD) and [0.25, 0.8] "
+                "(Adam), Adam's < SGD's; and the same part-1 conditions"
+            ),
+            "sgd_median_slope": sgd_slope,
+            "adam_median_slope": adam_slope,
+            "lr_ok": old_lr_ok,
+            "passed": bool(above_full and excess_ok and old_lr_ok),
+        },
         "seconds": time.perf_counter() - start,
     }
     figures = {
@@ -550,9 +596,59 @@ def run(fast: bool, seed: int) -> ExperimentResult:
         f"lambda_max(H)={p1['full']:.3f}; excess over B={fit_b[0] if fit_b else '-'}.."
         f"{fit_b[-1] if fit_b else '-'} falls as B^{ex_slope:.2f} (plain estimate "
         f"B^{plain_slope:.2f}; smaller B: B^{small_slope:.2f}); mean lambda_max(H_B) >= full for "
-        f"every B: {above_full}; largest stable LR ~ B^{sgd_slope:.2f} for SGD, "
-        f"B^{adam_slope:.2f} for Adam (B=4..64, median of {lr_seeds} seeds; single seeds: SGD "
-        f"{min(p2['sgd']['per_seed_slopes']):.2f}..{max(p2['sgd']['per_seed_slopes']):.2f}, "
-        f"Adam {min(p2['adam']['per_seed_slopes']):.2f}..{max(p2['adam']['per_seed_slopes']):.2f})"
+        f"every B: {above_full}; largest stable LR ~ B^slope, per-seed slope (B=4..64, "
+        f"{lr_seeds} seeds) SGD {_ci(sgd_seeds)}, Adam {_ci(adam_seeds)}, SGD - Adam "
+        f"{_ci(difference)}; failed: {[k for k, ok in lr_check.items() if not ok] or 'none'}"
     )
-    return ExperimentResult(measured=measured, passed=passed, summary=summary, figures=figures)
+    return ExperimentResult(
+        measured=measured,
+        passed=passed,
+        summary=summary,
+        figures=figures,
+        headline=("lr_slope_difference", "sgd_lr_slope_seeds", "adam_lr_slope_seeds"),
+    )
+
+
+def _ci(summary: dict[str, Any]) -> str:
+    low, high = summary["ci95"]
+    return f"{summary['mean']:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def lr_slope_criterion(
+    sgd: dict[str, Any], adam: dict[str, Any], difference: dict[str, Any]
+) -> dict[str, bool]:
+    """The part-2 conditions on per-seed learning-rate slopes (see the module docstring).
+
+    Args:
+        sgd: seed summary of the SGD slopes.
+        adam: seed summary of the Adam slopes (same seeds).
+        difference: paired summary of SGD minus Adam slopes.
+
+    Returns:
+        Each condition by name: ``differ`` (the difference's interval lies above 0),
+        ``sgd_brackets_1`` and ``adam_brackets_half`` (the interval widened by
+        ``SLOPE_TOLERANCE`` contains the predicted exponent), ``sgd_above_midpoint`` and
+        ``adam_below_midpoint`` (each mean on its own side of 3/4).
+
+    Example:
+        >>> from subspaces.experiments._stats import paired_summary, seed_summary
+        >>> s, a = [0.95, 1.05, 0.9], [0.5, 0.45, 0.6]
+        >>> all(lr_slope_criterion(seed_summary(s), seed_summary(a), paired_summary(s, a)).values())
+        True
+        >>> s = [0.7, 0.72, 0.71]  # a slope of 0.7 is no longer "linear"
+        >>> check = lr_slope_criterion(seed_summary(s), seed_summary(a), paired_summary(s, a))
+        >>> check["sgd_brackets_1"], check["sgd_above_midpoint"]
+        (False, False)
+    """
+
+    def brackets(summary: dict[str, Any], target: float) -> bool:
+        low, high = summary["ci95"]
+        return low - SLOPE_TOLERANCE <= target <= high + SLOPE_TOLERANCE
+
+    return {
+        "differ": difference["ci95"][0] > 0,
+        "sgd_brackets_1": brackets(sgd, SGD_TARGET),
+        "adam_brackets_half": brackets(adam, ADAM_TARGET),
+        "sgd_above_midpoint": sgd["mean"] > SLOPE_MIDPOINT,
+        "adam_below_midpoint": adam["mean"] < SLOPE_MIDPOINT,
+    }
