@@ -10,6 +10,7 @@ Usage::
     subspaces analyze [--model M:F] [--data M:F] [--lr LR] [--epochs E] ... [--out DIR]
                       [--resume | --force]
     subspaces compare RUN1 RUN2 [RUN...] --out DIR
+    subspaces merge RECIPE --out FILE.safetensors [--quiet]
 
 Exit status: 0 on success (every reproduction passed), 1 if a reproduction failed its criterion,
 2 on an error (bad arguments, unknown id, an exception inside an experiment), 130 when
@@ -623,6 +624,38 @@ def _compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ----- merge --------------------------------------------------------------------------------------
+def _configure_merge(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "recipe",
+        metavar="RECIPE",
+        help="a JSON or YAML recipe: method, base, models, weights, parameters (docs/merging.md)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="the merged model, a .safetensors file (written atomically when the merge is done)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from .merging.recipe import load_recipe, run_recipe
+
+    try:
+        recipe = load_recipe(args.recipe)
+        start = time.perf_counter()
+        path = run_recipe(recipe, args.out, progress=not args.quiet)
+    except (ValueError, TypeError, ImportError) as error:
+        raise CommandError(str(error)) from None
+    except OSError as error:
+        raise CommandError(f"cannot write --out {args.out!r}: {error}") from None
+    elapsed = format_seconds(time.perf_counter() - start)
+    print(f"merged {len(recipe.models)} models ({recipe.method}) in {elapsed}: {path}")
+    return EXIT_OK
+
+
 COMMANDS: list[Command] = [
     Command(
         "reproduce",
@@ -647,6 +680,12 @@ COMMANDS: list[Command] = [
         "overlay the curves of two or more analyze runs in one report (compare.html)",
         _configure_compare,
         _compare,
+    ),
+    Command(
+        "merge",
+        "merge models by a JSON/YAML recipe (TA, TIES, DARE, breadcrumbs, SLERP) into .safetensors",
+        _configure_merge,
+        _merge,
     ),
 ]
 
