@@ -5,6 +5,9 @@
 - :mod:`~subspaces.clustering.sinkhorn`: log-domain Sinkhorn iterations for doubly stochastic
   memberships.
 - :mod:`~subspaces.clustering.metrics`: clustering accuracy (Hungarian matching), NMI, ARI.
+- Baselines: :class:`KSubspaces`, :class:`EnSC` (elastic-net self-expression by accelerated
+  proximal gradient, then spectral clustering), :func:`spectral_clustering` on an affinity, and
+  scikit-learn's k-means and spectral clustering as :class:`KMeans`, :class:`SpectralClustering`.
 - Estimators with the scikit-learn API (``fit``, ``predict``, ``fit_predict``, ``labels_``,
   ``random_state``); input validation shared through :mod:`~subspaces.clustering._checks`.
 
@@ -19,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from .base import ClusterEstimator
+from .base import ClusterEstimator, mean_principal_cosines, pairwise_principal_angles
 from .coding_rate import (
     class_conditional_rate,
     coding_rate,
@@ -27,6 +30,8 @@ from .coding_rate import (
     rate_reduction,
     rate_reduction_grad,
 )
+from .ensc import EnSC, elastic_net_self_expression, ensc_affinity
+from .ksubspaces import KSubspaces
 from .metrics import (
     adjusted_rand_index,
     clustering_accuracy,
@@ -35,19 +40,31 @@ from .metrics import (
     normalized_mutual_info,
 )
 from .sinkhorn import sinkhorn, sinkhorn_log
+from .spectral import KMeans, SpectralClustering, kmeans, spectral_clustering, spectral_embedding
 
 __all__ = [
     "ClusterEstimator",
+    "EnSC",
+    "KMeans",
+    "KSubspaces",
+    "SpectralClustering",
     "adjusted_rand_index",
     "class_conditional_rate",
     "clustering_accuracy",
     "coding_rate",
     "contingency_matrix",
+    "elastic_net_self_expression",
+    "ensc_affinity",
+    "kmeans",
     "match_labels",
     "mcr2_loss",
+    "mean_principal_cosines",
     "normalized_mutual_info",
+    "pairwise_principal_angles",
     "rate_reduction",
     "rate_reduction_grad",
     "sinkhorn",
     "sinkhorn_log",
+    "spectral_clustering",
+    "spectral_embedding",
 ]

@@ -185,6 +185,8 @@ def check_labels(labels: Any, n_samples: int, name: str = "labels") -> Tensor:
         T = labels.detach().cpu()
     else:
         T = torch.from_numpy(np.ascontiguousarray(np.asarray(labels)))
+    if T.numel() == 0 and T.is_floating_point():
+        T = T.long()  # numpy makes an empty list float64
     if T.is_floating_point() or T.is_complex() or T.dtype == torch.bool:
         if T.is_floating_point() and T.numel() and bool((T.round() == T).all()):
             T = T.long()

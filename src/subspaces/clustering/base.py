@@ -25,14 +25,17 @@ Example:
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
+from ..linalg.subspace import Subspace
 from ._checks import check_fitted
 
-__all__ = ["ClusterEstimator"]
+__all__ = ["ClusterEstimator", "mean_principal_cosines", "pairwise_principal_angles"]
 
 
 class ClusterEstimator:
@@ -127,3 +130,55 @@ class ClusterEstimator:
             else:
                 parts.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def pairwise_principal_angles(subspaces: Sequence[Subspace]) -> dict[tuple[int, int], Tensor]:
+    """Principal angles (radians, ascending) between every pair ``i < j`` of subspaces.
+
+    Args:
+        subspaces: subspaces of one ambient space.
+
+    Returns:
+        ``{(i, j): angles}`` with ``min(dim_i, dim_j)`` angles each.
+
+    Raises:
+        TypeError: if an element is not a :class:`~subspaces.linalg.subspace.Subspace`.
+
+    Example:
+        >>> import torch
+        >>> e = torch.eye(3, dtype=torch.float64)
+        >>> angles = pairwise_principal_angles([Subspace(e[:, :1]), Subspace(e[:, 1:])])
+        >>> [round(a, 4) for a in angles[(0, 1)].tolist()]
+        [1.5708]
+    """
+    out: dict[tuple[int, int], Tensor] = {}
+    for i, a in enumerate(subspaces):
+        if not isinstance(a, Subspace):
+            raise TypeError(f"subspaces[{i}] must be a Subspace, got {type(a).__name__}")
+        for j in range(i + 1, len(subspaces)):
+            out[(i, j)] = a.principal_angles(subspaces[j])
+    return out
+
+
+def mean_principal_cosines(subspaces: Sequence[Subspace]) -> Tensor:
+    """``(k, k)`` matrix of the mean cosine of the principal angles between subspaces ``i, j``.
+
+    0 for orthogonal subspaces, 1 on the diagonal (and for nested subspaces).
+
+    Args:
+        subspaces: subspaces of one ambient space.
+
+    Returns:
+        The float64 matrix.
+
+    Example:
+        >>> import torch
+        >>> e = torch.eye(4, dtype=torch.float64)
+        >>> mean_principal_cosines([Subspace(e[:, :2]), Subspace(e[:, 2:])]).tolist()
+        [[1.0, 0.0], [0.0, 1.0]]
+    """
+    k = len(subspaces)
+    M = torch.eye(k, dtype=torch.float64)
+    for (i, j), ang in pairwise_principal_angles(subspaces).items():
+        M[i, j] = M[j, i] = float(torch.cos(ang.double()).mean())
+    return M

@@ -200,7 +200,7 @@ def class_conditional_rate(
     n, d = Z.shape[-2], Z.shape[-1]
     W = membership_matrix(membership, n, num_classes, dtype=Z.dtype)  # (..., n, k)
     t = W.sum(-2)  # (..., k)
-    safe = t.clamp_min(torch.finfo(Z.dtype).tiny)
+    safe = torch.where(t > 0, t, torch.ones_like(t))  # an empty group: G = 0 and weight 0
     alpha = d / (safe * eps * eps)  # (..., k)
     Wt = W.mT.unsqueeze(-1)  # (..., k, n, 1)
     if d <= n:
@@ -341,7 +341,7 @@ def rate_reduction_grad(
     W = membership_matrix(membership, n, num_classes, dtype=Z.dtype)
     grad = _rate_grad(Z, d / (n * eps * eps))
     t = W.sum(-2)  # (..., k)
-    alpha = d / (t.clamp_min(torch.finfo(Z.dtype).tiny) * eps * eps)
+    alpha = d / (torch.where(t > 0, t, torch.ones_like(t)) * eps * eps)
     DZ = W.mT.unsqueeze(-1) * Z.unsqueeze(-3)  # (..., k, n, d) = D_j Z
     M = alpha[..., None, None] * (Z.unsqueeze(-3).mT @ DZ) + torch.eye(
         d, dtype=Z.dtype, device=Z.device
