@@ -27,8 +27,22 @@ take the right singular vectors of ``G^T``, the same subspace with possibly diff
 which under ``moment_transfer="none"`` changes how carried-over first moments are read after a
 refresh; it casts a half-precision basis back to half; and it decays the already-updated weight.
 
-Groups without ``rank``, 1-D parameters, and ranks ``>= min(m, n)`` take the plain AdamW path,
-computed by ``torch.optim.adamw.adamw`` itself, so they match ``torch.optim.AdamW`` bit for bit.
+Groups without ``rank``, 1-D parameters, ranks ``>= min(m, n)`` and ranks whose projected state
+would not be smaller than AdamW's (the break-even rule below) take the plain AdamW path, computed
+by ``torch.optim.adamw.adamw`` itself, so they match ``torch.optim.AdamW`` bit for bit.
+
+Break-even rule (``full_rank="adamw"``, the default): a weight is projected only if its two
+``a x r`` moments plus the stored basis take fewer bytes than AdamW's two ``a x b`` moments. For
+float32 moments and a float32 basis (``svd``, ``rsvd``) of a square weight that is ``r < 2 b / 3``;
+a 4-bit basis, bfloat16 moments or a basis stored as indices or a seed (``dct``, ``random``) save
+memory up to nearly ``r = b``. Compute gives no break-even on CPU: the two ``a x b x r`` products
+of a projected step cost more than AdamW's elementwise update for every ``r`` above a few dozen,
+so the projection is a memory saving, not a speed-up.
+
+A step runs same-shaped layers of a group together: their gradients are projected with one
+``torch.bmm`` when they are small (one ``torch.mm`` each otherwise), the moments updated with
+``torch._foreach_*``, and each update added to its weight by one fused ``addmm_`` (no ``m x n``
+temporary); a layer stepped alone (:meth:`SubspaceAdamW.step_param`) runs the same kernels.
 
 The optimizer state holds only tensors (moments, ``step``, the projector's basis / indices / seed,
 the refresh schedule), so ``state_dict()`` loads with ``torch.load(weights_only=True)``, keeps every
@@ -78,6 +92,12 @@ _NONFINITE = ("error", "skip")
 _PREFIX = "proj."
 _CUSTOM = "custom:"
 _MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+#: same-shaped layers are projected with one ``bmm`` when each gradient has at most this many
+#: entries (measured on CPU: a stack of larger gradients costs more than the per-layer ``mm``
+#: calls it replaces, see ``docs/optim.md``)
+_BMM_MAX_NUMEL = 128 * 128
+#: layers per bucket processed together (bounds the bases and coordinates held at once)
+_CHUNK = 16
 
 
 class NonFiniteGradientError(ValueError):
@@ -127,9 +147,11 @@ class SubspaceAdamW(Optimizer):
         proj_group_size: group size of the 4-bit quantization.
         state_dtype: dtype of the moments (``None``: float32, or the parameter's dtype if wider);
             ``torch.bfloat16`` halves the state.
-        full_rank: what ranks ``>= min(m, n)`` do: ``"adamw"`` (plain AdamW) or ``"project"``
-            (project anyway with ``r = min(m, n)``; with the ``coordinate`` projector that is
-            exactly AdamW, the reference the conformance suite checks).
+        full_rank: what ranks that save no memory do: ``"adamw"`` (plain AdamW for ranks
+            ``>= min(m, n)`` and for ranks whose projected state would be at least AdamW's, see
+            the break-even rule in the module docstring) or ``"project"`` (project every rank,
+            as GaLore does, with ``r = min(m, n)`` at most; with the ``coordinate`` projector at
+            full rank that is exactly AdamW, the reference the conformance suite checks).
         nonfinite: ``"error"`` raises :class:`NonFiniteGradientError` before changing anything;
             ``"skip"`` skips the whole step (counted in :attr:`skipped_steps`).
         seed: seed of the randomized projectors' generators.
@@ -368,7 +390,36 @@ class SubspaceAdamW(Optimizer):
             if group["full_rank"] == "adamw":
                 return False, 0
             return True, small
+        if group["full_rank"] == "adamw" and not self._saves_memory(p, group, (m, n), rank):
+            return False, 0
         return True, rank
+
+    def _saves_memory(
+        self, p: Tensor, group: dict[str, Any], shape2: tuple[int, int], rank: int
+    ) -> bool:
+        """The break-even rule: project only if the layer's state is smaller than AdamW's.
+
+        The gradient oriented to ``(a, b)`` (``b`` compressed) keeps two ``a x r`` moments in
+        the state dtype plus the stored basis: ``b x r`` floats (``svd``, ``rsvd``), ``b r / 2``
+        bytes and two float32 numbers per quantization group with ``proj_bits=4``, or ``r``
+        int64 indices / a seed for the other projectors. Plain AdamW keeps two ``a x b``
+        moments in the parameter's dtype. With float32 moments and a float32 basis of a square
+        weight the projection saves memory only for ``r < 2 b / 3``.
+
+        Returns:
+            Whether projecting ``p`` at ``rank`` keeps less state than plain AdamW.
+        """
+        m, n = shape2
+        a, b = (n, m) if self._transpose(shape2, group["proj_type"]) else (m, n)
+        state_size = torch.empty((), dtype=self._state_dtype(p, group)).element_size()
+        proj = self._projector(group)
+        if not proj.STORES_BASIS:
+            basis = 8 * rank
+        elif group["proj_bits"] == 4:
+            basis = (b * rank + 1) // 2 + 8 * -(-(b * rank) // group["proj_group_size"])
+        else:
+            basis = b * rank * max(4, p.element_size())
+        return 2 * a * rank * state_size + basis < 2 * a * b * p.element_size()
 
     @staticmethod
     def _transpose(shape2: tuple[int, int], proj_type: str) -> bool:
@@ -500,23 +551,25 @@ class SubspaceAdamW(Optimizer):
             self.skipped_steps += 1
             return loss
         for group in self.param_groups:
-            floats, others = [], []
+            floats: list[Tensor] = []
+            int8s: list[Tensor] = []
+            projected: list[tuple[Tensor, int]] = []
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                projected, rank = self._plan(p, group)
-                if not projected and int8_module_of(p) is None:
+                is_projected, rank = self._plan(p, group)
+                if is_projected:
+                    projected.append((p, rank))
+                elif int8_module_of(p) is None:
                     floats.append(p)
                 else:
-                    others.append((p, projected, rank))
+                    int8s.append(p)
             if floats:
                 self._plain_adamw(floats, group)
-            for p, projected, rank in others:
-                position = cast(tuple[int, int], self._locate(p))[0]
-                if projected:
-                    self._projected_step(p, group, rank, position)
-                else:
-                    self._int8_dense_step(p, group, position)
+            for p in int8s:
+                self._int8_dense_step(p, group, cast(tuple[int, int], self._locate(p))[0])
+            if projected:
+                self._projected_group_step(group, projected)
         return loss
 
     @torch.no_grad()
@@ -745,36 +798,148 @@ class SubspaceAdamW(Optimizer):
         state = self.state[p]
         if len(state) == 0:
             state = self._init_projected_state(p, group, (R.shape[0], b), rank)
-        step = int(state["step"])
         if prepared.new is not None:
-            self._install(state, group, rank, prepared.new, step, b)
-        proj = self._projector(group)
-        proj_state = _unpacked(self._proj_state(state))
-        beta1, beta2 = group["betas"]
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        cdtype = torch.promote_types(exp_avg.dtype, R.dtype)
-        m1 = exp_avg.to(cdtype).lerp_(R.to(cdtype), 1 - beta1)
-        m2 = exp_avg_sq.to(cdtype).mul_(beta2).addcmul_(R, R, value=1 - beta2)
-        if m1.dtype != exp_avg.dtype or m1.data_ptr() != exp_avg.data_ptr():
-            exp_avg.copy_(m1)
-            exp_avg_sq.copy_(m2)
-        state["step"] += 1
-        t = float(state["step"])
-        bias1 = 1 - beta1**t
-        bias2_sqrt = math.sqrt(1 - beta2**t)
-        denom = (m2.sqrt() / bias2_sqrt).add_(group["eps"])
-        N = m1 / denom
-        U = proj.project_back(N, proj_state, b)
-        if prepared.transpose:
-            U = U.T
-        U = U.reshape(p.shape)
-        self._apply(p, U, group, group["scale"] / bias1, prepared.index, int(state["step"]))
+            self._install(state, group, rank, prepared.new, int(state["step"]), b)
+        self._adam_projected(group, [_Item(p, state, R, prepared.transpose, b, prepared.index)])
 
     def _projected_step(self, p: Tensor, group: dict[str, Any], rank: int, index: int) -> None:
         R, new, transpose, b = self._projected_prepare(p, group, rank, index)
         where = cast(tuple[int, int], self._locate(p))
         prepared = _Prepared("projected", where[1], index, rank, R, new, transpose, b)
         self._projected_commit(p, group, prepared)
+
+    def _projected_group_step(self, group: dict[str, Any], items: list[tuple[Tensor, int]]) -> None:
+        """Step the projected weights of one group, same-shaped non-refresh layers together.
+
+        Layers that refresh their basis this step, and layers the grouped kernel does not cover
+        (INT8 weights, half-precision weights, projectors with their own ``project`` /
+        ``project_back``), take the per-layer path. The others are bucketed by the shape of
+        their oriented gradient and rank: a bucket of small matrices is projected with one
+        ``torch.bmm``, larger ones with one ``torch.mm`` each (batching them only adds the copy
+        of the gradients into a stack, see ``docs/optim.md``); the moments of a bucket are
+        updated with ``torch._foreach_*`` and the update is added to the weight by one
+        ``addmm_`` per layer. Every layer runs the same kernels in the same order as
+        :meth:`step_param`, so the two paths agree bit for bit (unbatched) or to rounding
+        (``bmm``).
+        """
+        proj = self._projector(group)
+        groupable = _uses_basis_products(proj) and group["refresh"] in _REFRESH
+        buckets: dict[tuple[Any, ...], list[tuple[Tensor, dict[str, Any], int]]] = {}
+        for p, rank in items:
+            index = cast(tuple[int, int], self._locate(p))[0]
+            state = self.state.get(p)
+            if (
+                not groupable
+                or not state
+                or int(state["step"]) >= int(state["next_refresh"])
+                or p.dtype not in (torch.float32, torch.float64)
+                or not p.is_contiguous()
+                or int8_module_of(p) is not None
+            ):
+                self._projected_step(p, group, rank, index)
+                continue
+            m = p.shape[0]
+            shape2 = (m, p.numel() // m)
+            key = (shape2, rank, p.dtype, p.device)
+            buckets.setdefault(key, []).append((p, state, index))
+        for (shape2, _rank, _dtype, _device), members in buckets.items():
+            transpose = self._transpose(shape2, group["proj_type"])
+            b = shape2[0] if transpose else shape2[1]
+            for start in range(0, len(members), _CHUNK):
+                chunk = members[start : start + _CHUNK]
+                grads = []
+                for p, _, _ in chunk:
+                    G = cast(Tensor, p.grad).reshape(shape2)
+                    grads.append(G.T if transpose else G)
+                Qs = [_basis_of(proj, self._proj_state(state), b, p.dtype) for p, state, _ in chunk]
+                a = grads[0].shape[0]
+                if len(chunk) > 1 and a * b <= _BMM_MAX_NUMEL:
+                    Rs = list(torch.bmm(torch.stack(grads), torch.stack(Qs)).unbind(0))
+                else:
+                    Rs = [torch.mm(G, Q) for G, Q in zip(grads, Qs, strict=True)]
+                if group["maximize"]:
+                    torch._foreach_neg_(Rs)  # exact: (-G) Q == -(G Q) bit for bit
+                self._adam_projected(
+                    group,
+                    [
+                        _Item(p, state, R, transpose, b, index, Q)
+                        for (p, state, index), R, Q in zip(chunk, Rs, Qs, strict=True)
+                    ],
+                )
+
+    def _adam_projected(self, group: dict[str, Any], items: list[_Item]) -> None:
+        """Adam on the coordinates ``R`` of ``items`` and the update mapped back into the weights.
+
+        Moments in the dtype of ``R`` are updated in place with ``torch._foreach_*`` over all
+        items; others (e.g. bfloat16 moments) in the promoted dtype, then stored back. The update
+        ``-lr * scale / bias1 * N Q^T`` and the decoupled weight decay are applied by one
+        ``addmm_`` into the weight when the basis is a dense matrix of the weight's dtype (no
+        ``a x b`` temporary); otherwise through the projector's ``project_back``.
+        """
+        beta1, beta2 = group["betas"]
+        direct = [
+            it
+            for it in items
+            if it.state["exp_avg"].dtype == it.R.dtype
+            and it.state["exp_avg_sq"].dtype == it.R.dtype
+        ]
+        if direct:
+            Rs = [it.R for it in direct]
+            m1s = [it.state["exp_avg"] for it in direct]
+            m2s = [it.state["exp_avg_sq"] for it in direct]
+            torch._foreach_lerp_(m1s, Rs, 1 - beta1)
+            torch._foreach_mul_(m2s, beta2)
+            torch._foreach_addcmul_(m2s, Rs, Rs, value=1 - beta2)
+            for it, m1, m2 in zip(direct, m1s, m2s, strict=True):
+                it.m1, it.m2 = m1, m2
+        for it in items:
+            if it.m1 is not None:
+                continue
+            exp_avg, exp_avg_sq = it.state["exp_avg"], it.state["exp_avg_sq"]
+            cdtype = torch.promote_types(exp_avg.dtype, it.R.dtype)
+            it.m1 = exp_avg.to(cdtype).lerp_(it.R.to(cdtype), 1 - beta1)
+            it.m2 = exp_avg_sq.to(cdtype).mul_(beta2).addcmul_(it.R, it.R, value=1 - beta2)
+            exp_avg.copy_(it.m1)
+            exp_avg_sq.copy_(it.m2)
+        bias1s, bias2_sqrts = [], []
+        for it in items:
+            it.state["step"] += 1
+            t = float(it.state["step"])
+            bias1s.append(1 - beta1**t)
+            bias2_sqrts.append(math.sqrt(1 - beta2**t))
+        denoms = torch._foreach_sqrt([cast(Tensor, it.m2) for it in items])
+        torch._foreach_div_(denoms, bias2_sqrts)
+        torch._foreach_add_(denoms, group["eps"])
+        Ns = torch._foreach_div([cast(Tensor, it.m1) for it in items], denoms)
+        del denoms
+        proj = self._projector(group)
+        fused = _uses_basis_products(proj)
+        lr = _as_float(group["lr"])
+        wd = group["weight_decay"]
+        for it, N, bias1 in zip(items, Ns, bias1s, strict=True):
+            p = it.p
+            factor = group["scale"] / bias1
+            if (
+                fused
+                and N.dtype == p.dtype
+                and p.is_contiguous()
+                and int8_module_of(p) is None
+                and p.numel() == N.shape[0] * it.b
+            ):
+                Q = it.Q
+                if Q is None or Q.dtype != N.dtype:
+                    Q = _basis_of(proj, self._proj_state(it.state), it.b, N.dtype)
+                W = p.view(-1, it.b) if not it.transpose else p.view(it.b, -1)
+                beta = 1 - lr * wd if wd else 1.0
+                if it.transpose:
+                    W.addmm_(Q, N.T, beta=beta, alpha=-lr * factor)
+                else:
+                    W.addmm_(N, Q.T, beta=beta, alpha=-lr * factor)
+                continue
+            U = proj.project_back(N, _unpacked(self._proj_state(it.state)), it.b)
+            if it.transpose:
+                U = U.T
+            self._apply(p, U.reshape(p.shape), group, factor, it.index, int(it.state["step"]))
 
     def _apply(
         self, p: Tensor, U: Tensor, group: dict[str, Any], factor: float, index: int, step: int
@@ -934,6 +1099,27 @@ def _basis_of(proj: Projector, state: dict[str, Tensor], b: int, dtype: torch.dt
 
 def _as_float(value: float | Tensor) -> float:
     return float(value)
+
+
+@dataclass(eq=False)
+class _Item:
+    """One projected layer inside a step: its coordinates ``R`` and (once computed) moments."""
+
+    p: Tensor
+    state: dict[str, Any]
+    R: Tensor
+    transpose: bool
+    b: int
+    index: int
+    Q: Tensor | None = None
+    m1: Tensor | None = None
+    m2: Tensor | None = None
+
+
+def _uses_basis_products(proj: Projector) -> bool:
+    """Whether ``proj`` projects by products with its dense basis (the base-class methods)."""
+    cls = type(proj)
+    return cls.project is Projector.project and cls.project_back is Projector.project_back
 
 
 @dataclass
