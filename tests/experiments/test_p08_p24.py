@@ -17,7 +17,11 @@ from subspaces.experiments._common import (
     train,
 )
 from subspaces.experiments._stats import paired_summary, seed_summary
-from subspaces.experiments.P08_hessian_outliers import gaussian_mixture, train_and_measure
+from subspaces.experiments.P08_hessian_outliers import (
+    gaussian_mixture,
+    separation_verdict,
+    train_and_measure,
+)
 from subspaces.experiments.P24_batch_size_learning_rate import (
     batch_lambda_max,
     is_stable,
@@ -115,6 +119,50 @@ def test_p08_outliers_on_a_small_mixture() -> None:
     assert m["bulk_edge"] == m["eigenvalues"][2]
 
 
+def _p08_run(classes: int, outliers: float, edge: float) -> dict:
+    lam = [outliers] * (classes - 1) + [edge] * 9
+    return {
+        "classes": classes,
+        "eigenvalues": lam,
+        "num_outliers": classes - 1,
+        "gap_after_c_minus_1": outliers / edge,
+        "bulk_edge": edge,
+        "outlier_mean": outliers,
+    }
+
+
+def _p08_seeds(data_bulk_factor: float) -> list[dict]:
+    # widening: bulk edge x0.4, outliers ~x0.95; separation: outliers x0.4, bulk edge as given
+    return [
+        {
+            "widths": [_p08_run(10, 10.0, 1.0), _p08_run(10, 9.4 + 0.1 * i, 0.4 + 0.01 * i)],
+            "subsets": [_p08_run(3, 5.0, 1.0), _p08_run(5, 6.0, 1.0)],
+            "separations": [
+                _p08_run(10, 10.0, 1.0),
+                _p08_run(10, 4.0 + 0.1 * i, data_bulk_factor * (1 + 0.01 * i)),
+            ],
+        }
+        for i in range(3)
+    ]
+
+
+def test_p08_separation_verdict_needs_the_data_change_to_spare_the_bulk() -> None:
+    ok = separation_verdict(_p08_seeds(0.9))
+    assert all(ok["checks"].values()), ok["checks"]
+    assert ok["measured"]["runs"] == ok["measured"]["runs_with_c_minus_1"] == 18
+    # the case: the separation moves the bulk edge as much as the outliers (x0.27 vs
+    # x0.33); the old criterion passed it, the separation criterion must not
+    moved = separation_verdict(_p08_seeds(0.27))
+    assert not moved["checks"]["data_moves_outliers_more_than_bulk"]
+    assert moved["checks"]["data_moves_outliers_by_1_25"]  # the old half-check still holds
+    diff = moved["measured"]["data_outliers_minus_bulk"]
+    assert diff["n"] == 3 and diff["ci95"][1] < 0
+    # one run with a wrong count fails the count check
+    seeds = _p08_seeds(0.9)
+    seeds[1]["subsets"][0]["num_outliers"] = 1
+    assert not separation_verdict(seeds)["checks"]["counts_c_minus_1_every_run"]
+
+
 def test_p24_batch_lambda_max_tiny() -> None:
     X, y = gaussian_mixture(3, 400, 8, 3.0, seed=1)
     net = mlp(8, 16, 3, seed=0).double()
@@ -179,11 +227,11 @@ def test_p08_fast_reproduces() -> None:
     m = result.measured
     assert [w["width"] for w in m["widths"]] == [32, 64, 128]
     assert [s["classes"] for s in m["subsets"]] == [3, 5]
-    assert all(
-        r["num_outliers"] == r["classes"] - 1 for r in m["widths"] + m["subsets"] + m["separations"]
-    )
-    assert m["bulk_edge_shrinks_with_width"] and m["outliers_move_with_separation"]
-    assert result.passed, result.summary
+    assert len(m["seeds"]) == 3 and [w["width"] for w in m["seeds"][1]["widths"]] == [32, 128]
+    assert set(result.headline) == {"width_bulk_minus_outliers", "data_outliers_minus_bulk"}
+    assert all(m[k]["n"] == 3 for k in result.headline)
+    assert "passed" in m["old_criterion"]
+    assert result.passed == all(m["checks"].values())
 
 
 @pytest.mark.slow
