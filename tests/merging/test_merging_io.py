@@ -69,7 +69,7 @@ def test_recipe_json_yaml_and_errors(tmp_path):
     out = run_recipe(load_recipe(tmp_path / "r.json"), tmp_path / "out.safetensors")
     merged = load_state_dict(out)
     expected = base["0.weight"] + 0.3 * sum(
-        w * (m["0.weight"] - base["0.weight"]) for w, m in zip([1, 1, 0.5], models)
+        w * (m["0.weight"] - base["0.weight"]) for w, m in zip([1, 1, 0.5], models, strict=False)
     )
     assert torch.allclose(merged["0.weight"], expected, atol=1e-6, rtol=0)
     assert torch.equal(merged["1.bias"], base["1.bias"])
@@ -127,7 +127,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_kill_9_leaves_no_output_file(tmp_path):
-    base, models, files = _models(tmp_path, size=(64, 64))
+    _base, models, files = _models(tmp_path, size=(64, 64))
     (tmp_path / "r.json").write_text(
         json.dumps(
             {"method": "ties", "base": "base.safetensors", "models": [f.name for f in files]}

@@ -57,12 +57,16 @@ def _ref_ties(base, models, weights, density, lam, consensus="sum"):
         flat_b = b.flatten().tolist()
         res = []
         for i in range(len(flat_b)):
-            vals = [w * t[i] for w, t in zip(weights, trimmed)]
+            vals = [w * t[i] for w, t in zip(weights, trimmed, strict=False)]
             if consensus == "sum":
                 s = 1 if sum(vals) >= 0 else -1
             else:
                 s = 1 if sum(math.copysign(1, v) if v else 0 for v in vals) >= 0 else -1
-            agree = [(v, w) for v, w in zip(vals, weights) if v != 0 and math.copysign(1, v) == s]
+            agree = [
+                (v, w)
+                for v, w in zip(vals, weights, strict=False)
+                if v != 0 and math.copysign(1, v) == s
+            ]
             num = sum(v for v, _ in agree)
             den = sum(w for _, w in agree) or 1.0
             res.append(flat_b[i] + lam * num / den)
@@ -173,8 +177,10 @@ def test_task_arithmetic_and_linear_match_dense_reference():
     ta = merge(models, method="task_arithmetic", base=base, weights=weights, lambda_=0.3)
     lin = merge(models, method="linear", weights=weights)
     for n in base:
-        ref_ta = base[n] + 0.3 * sum(w * (m[n] - base[n]) for w, m in zip(weights, models))
-        ref_lin = sum(w * m[n] for w, m in zip(weights, models)) / sum(weights)
+        ref_ta = base[n] + 0.3 * sum(
+            w * (m[n] - base[n]) for w, m in zip(weights, models, strict=False)
+        )
+        ref_lin = sum(w * m[n] for w, m in zip(weights, models, strict=False)) / sum(weights)
         assert torch.allclose(ta[n], ref_ta, atol=_tol(torch.float64, 10), rtol=0)
         assert torch.allclose(lin[n], ref_lin, atol=_tol(torch.float64, 10), rtol=0)
 
@@ -333,7 +339,7 @@ def test_equal_to_mergekit(method, options, monkeypatch):
         group = _mergekit_group(base, models, name)
         ids = [e.id for e in group.entries if not e.is_base]
         params = {
-            "weight": dict(zip(ids, weights)),
+            "weight": dict(zip(ids, weights, strict=False)),
             "density": {i: options.get("density", 1.0) for i in ids},
             "lambda": 0.7,
             "int8_mask": False,
