@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-import subspaces.analyze as analyze_mod
+import subspaces.analyze._train as analyze_train
 from subspaces._io import read_checkpoint
 from subspaces.analyze import AnalyzeConfig, run_analyze
 from subspaces.cli import main
@@ -68,7 +68,7 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path, monkeypatch
     full = run_analyze(config(), tmp_path / "full", quiet=True, log=lambda m: None)
 
     calls = {"n": 0}
-    real = analyze_mod._evaluate
+    real = analyze_train._evaluate
 
     def interrupt_in_epoch_2(*args, **kw):
         calls["n"] += 1
@@ -76,14 +76,14 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path, monkeypatch
             raise KeyboardInterrupt
         return real(*args, **kw)
 
-    monkeypatch.setattr(analyze_mod, "_evaluate", interrupt_in_epoch_2)
+    monkeypatch.setattr(analyze_train, "_evaluate", interrupt_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         run_analyze(config(), tmp_path / "resumed", quiet=True, log=lambda m: None)
     state = read_checkpoint(
         tmp_path / "resumed" / "checkpoint.pt", kind="subspaces.analyze", version=1
     ).payload
     assert state["run"]["epoch"] == 1
-    monkeypatch.setattr(analyze_mod, "_evaluate", real)
+    monkeypatch.setattr(analyze_train, "_evaluate", real)
     messages = []
     resumed = run_analyze(
         config(), tmp_path / "resumed", resume=True, quiet=True, log=messages.append

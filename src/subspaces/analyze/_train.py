@@ -1,0 +1,397 @@
+"""``run_analyze``: the command line's run, our training loop on tensors with checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import __version__
+from .._io import CheckpointError, settings_hash, write_checkpoint
+from .._progress import Progress
+from .._threads import choose_threads, intra_op_threads
+from ..dynamics import CurvatureTracker
+from ._batches import subset_indices
+from ._checkpoint import (
+    CHECKPOINT,
+    CHECKPOINT_KIND,
+    CHECKPOINT_VERSION,
+    _read_analyze_checkpoint,
+    _restore,
+)
+from ._config import DTYPES, AnalyzeConfig, _resolve_device
+from ._costs import _log_tracking_cost
+from ._final import _final_spectrum
+from ._outdir import _check_out_dir, _make_out_dir, _previous_run_files
+from ._summary import (
+    BATCHNORM_NOTE,
+    _curvature_section,
+    _final_sections,
+    _has_stochastic,
+    _subset_note,
+)
+from ._user_code import _data, _load_factory, _targets, default_mlp
+
+
+def _evaluate(
+    model: nn.Module,
+    loss_name: str,
+    X: Tensor,
+    y: Tensor,
+    yt: Tensor,
+    batch_size: int = 2048,
+) -> tuple[float, float]:
+    """Mean loss and accuracy (NaN for float targets), in batches of ``batch_size``."""
+    n = len(y)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=X.device)
+    correct = torch.zeros((), dtype=torch.float64, device=X.device)
+    entries = 0
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            out = model(X[i : i + batch_size])
+            yb, tb = y[i : i + batch_size], yt[i : i + batch_size]
+            if loss_name == "cross_entropy":
+                loss_sum += nn.functional.cross_entropy(out, yb, reduction="sum").double()
+                entries += len(yb)
+            else:
+                loss_sum += ((out - tb.reshape(out.shape)) ** 2).sum().double()
+                entries += out.numel()
+            if not y.is_floating_point():
+                correct += (out.argmax(1) == yb).double().sum()
+    acc = float(correct) / n if not y.is_floating_point() else float("nan")
+    return float(loss_sum) / max(entries, 1), acc
+
+
+def _make_optimizer(config: AnalyzeConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr)
+    return torch.optim.AdamW(model.parameters(), lr=config.lr)
+
+
+@dataclass
+class _Run:
+    history: dict[str, list[float]] = field(
+        default_factory=lambda: {
+            k: [] for k in ("step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+        }
+    )
+    epoch: int = 0
+    step: int = 0
+    train_seconds: float = 0.0
+    curvature_seconds: float = 0.0
+
+
+def run_analyze(
+    config: AnalyzeConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    quiet: bool = False,
+    log: Callable[[str], None] = print,
+    threads: int | str | None = "auto",
+) -> dict[str, Any]:
+    """Train, track curvature, analyze the final spectrum, and write the report.
+
+    Everything that can be checked before training is checked first, without writing anything:
+    the settings, the device, the output folder, the checkpoint to resume from and the batch
+    size against the data set.
+
+    Args:
+        config: the settings.
+        out_dir: the output folder (created). If it holds another run (``checkpoint.pt``,
+            ``summary.json`` or ``report.html``), ``resume`` or ``force`` must say what to do.
+        resume: continue from ``out_dir/checkpoint.pt``, which must exist, be intact and come
+            from a run with the same settings.
+        force: start a new run in ``out_dir`` even if it holds another one (whose checkpoint,
+            ``summary.json`` and ``report.html`` are replaced).
+        quiet: no progress output.
+        log: where one-line messages go.
+        threads: torch intra-op threads for the run: ``"auto"`` (the cores idle when the run
+            starts, at most torch's count: threads on busy cores oversubscribe a shared machine;
+            one thread for tiny models), ``None`` (torch's setting) or a count. The caller's
+            setting is restored afterwards.
+
+    Returns:
+        The summary dict (also written as ``summary.json`` with ``report.html`` and figures).
+
+    Raises:
+        ValueError: for bad settings (an unknown or missing device, a batch larger than the
+            training set), ``resume`` and ``force`` together, an ``out_dir`` that is not a
+            writable folder or holds another run, ``resume`` without a checkpoint, or a diverged
+            run. Every message is one line naming the argument or file.
+        CheckpointError: (a ``ValueError``) for a checkpoint that is damaged, truncated, of an
+            unknown format or from another run, naming the file.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> out = Path(tempfile.mkdtemp())
+        >>> _ = (out / "summary.json").write_text("{}")  # a previous run's result
+        >>> try:
+        ...     run_analyze(AnalyzeConfig(), out)
+        ... except ValueError as err:
+        ...     print("--resume" in str(err), "--force" in str(err))
+        True True
+    """
+    choose_threads(0, threads)  # type: ignore[arg-type]  # validates
+    with intra_op_threads(None):  # whatever the run sets, the caller's count comes back
+        return _run_analyze(config, Path(out_dir), resume, force, quiet, log, threads)
+
+
+def _run_analyze(
+    config: AnalyzeConfig,
+    out_dir: Path,
+    resume: bool,
+    force: bool,
+    quiet: bool,
+    log: Callable[[str], None],
+    threads: int | str | None,
+) -> dict[str, Any]:
+    """The body of :func:`run_analyze` (which restores the thread count).
+
+    Returns:
+        The summary dict.
+
+    Raises:
+        ValueError: as :func:`run_analyze`.
+        CheckpointError: as :func:`run_analyze`.
+    """
+    config.validate()
+    if resume and force:
+        raise ValueError(
+            "resume=True (--resume) continues the run in out_dir and force=True (--force) "
+            "discards it: give one, not both"
+        )
+    device = _resolve_device(config.device)
+    out = Path(out_dir)
+    _check_out_dir(out)
+    ckpt = out / CHECKPOINT
+    state: dict[str, Any] | None = None
+    if resume:
+        if not ckpt.exists():
+            raise ValueError(
+                f"nothing to resume: no checkpoint {ckpt} in out_dir (--out) {out}; "
+                "run without --resume to start a new run there"
+            )
+        state = _read_analyze_checkpoint(ckpt, config)
+    else:
+        previous = _previous_run_files(out)
+        if previous and not force:
+            raise ValueError(
+                f"out_dir (--out) {out} already holds another run ({', '.join(previous)}); "
+                "pass --resume (resume=True) to continue it or --force (force=True) to "
+                "overwrite it"
+            )
+    dtype = DTYPES[config.dtype]
+    torch.manual_seed(config.seed)
+    Xtr, ytr, Xte, yte, data_name = _data(config, dtype)
+    if config.batch_size > len(ytr):
+        raise ValueError(
+            f"batch_size (--batch-size) {config.batch_size} is larger than the training set "
+            f"({len(ytr)} samples); use at most {len(ytr)}"
+        )
+    if ytr.is_floating_point() and ytr.ndim == 1:  # regression: one output per sample
+        if config.loss != "mse":
+            raise ValueError(
+                f"loss (--loss) {config.loss!r} needs integer class targets, but {data_name} "
+                "returned 1-D float targets (regression); pass --loss mse (loss='mse')"
+            )
+        ytr, yte = ytr[:, None], yte[:, None]
+    num_classes = int(ytr.max()) + 1 if not ytr.is_floating_point() else ytr.shape[-1]
+    Xtr, ytr, Xte, yte = (t.to(device) for t in (Xtr, ytr, Xte, yte))
+    ttr, tte = (
+        _targets(ytr, config.loss, num_classes, dtype),
+        _targets(yte, config.loss, num_classes, dtype),
+    )
+    in_dim = int(Xtr[0].numel())
+    if config.model is None:
+        model, model_name = (
+            default_mlp(in_dim, num_classes, config.width),
+            f"MLP {in_dim}-{config.width}-{config.width}-{num_classes} (ReLU)",
+        )
+    else:
+        model, model_name = _load_factory(config.model)(in_dim, num_classes), config.model
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"{config.model} must return an nn.Module, got {type(model).__name__}")
+    model = model.to(device=device, dtype=dtype)
+    optimizer = _make_optimizer(config, model)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    curv_gen = torch.Generator().manual_seed(config.seed + 1)
+    n = len(ytr)
+    curv_idx = subset_indices(n, config.curvature_samples, config.seed)
+    cbs = config.curvature_batch_size
+    full_data = (
+        [(Xtr[i : i + cbs], ttr[i : i + cbs]) for i in range(0, n, cbs)]
+        if len(curv_idx) == n
+        else [(Xtr[c], ttr[c]) for c in curv_idx.to(device).split(cbs)]
+    )
+    tracker = CurvatureTracker(
+        model,
+        config.loss,
+        full_data,
+        optimizer=optimizer,
+        every=config.every,
+        k=config.k,
+        trace_rtol=config.trace_rtol,
+        generator=curv_gen,
+    )
+    run = _Run()
+    if state is not None:
+        parts = {"model": model, "optimizer": optimizer, "tracker": tracker}
+        _restore(ckpt, state, {**parts, "shuffle": shuffle, "curv_gen": curv_gen})
+        try:
+            run = _Run(**state["run"])
+        except TypeError as err:
+            raise CheckpointError(f"checkpoint {ckpt}: its run state does not fit: {err}") from None
+        log(f"resuming from {ckpt}: epoch {run.epoch}/{config.epochs}, step {run.step}")
+    _make_out_dir(out)
+    if force and not resume:
+        for name in _previous_run_files(out):  # the old run's files go; its figures are redrawn
+            os.unlink(out / name)
+
+    steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
+    total_steps = steps_per_epoch * config.epochs
+    num_params = sum(p.numel() for p in model.parameters())
+    # Curvature products run over the whole training set: that is the work that decides.
+    num_threads = choose_threads(num_params * len(curv_idx), threads)  # type: ignore[arg-type]
+    torch.set_num_threads(num_threads)
+    subset = (
+        f"{len(curv_idx)} of {n} samples (seed {config.seed})"
+        if len(curv_idx) < n
+        else f"{n} samples"
+    )
+    if not quiet:
+        log(
+            f"analyze: {model_name} ({num_params} parameters) on {data_name} "
+            f"({n} train / {len(yte)} test), {config.optimizer} lr={config.lr}, "
+            f"{config.epochs} epochs, curvature every {config.every} steps on {subset} "
+            f"in {len(full_data)} batch{'es' if len(full_data) > 1 else ''}, "
+            f"{num_threads} thread{'s' if num_threads > 1 else ''}"
+        )
+        checkpoints = sum(1 for s in range(run.step, total_steps) if s % config.every == 0)
+        if checkpoints:
+            _log_tracking_cost(log, tracker, full_data, checkpoints, total_steps - run.step)
+    progress = Progress(total_steps, "training", quiet=quiet)
+    progress.count = run.step
+    while run.epoch < config.epochs:
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=shuffle).to(device)
+        model.train()
+        for i in range(steps_per_epoch):
+            idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
+            xb, tb = Xtr[idx], ttr[idx]
+            if run.step % config.every == 0:
+                tc = time.perf_counter()
+                rec = tracker.step(run.step, batch=(xb, tb))
+                run.curvature_seconds += time.perf_counter() - tc
+                if rec is not None:
+                    progress.note = f"λmax {rec['lambda_max']:.3g} (2/η {2 / rec['lr']:.3g})"
+            optimizer.zero_grad()
+            out_b = model(xb)
+            loss = (
+                nn.functional.cross_entropy(out_b, tb)
+                if config.loss == "cross_entropy"
+                else ((out_b - tb) ** 2).mean()
+            )
+            if not torch.isfinite(loss):
+                raise ValueError(
+                    f"training diverged at step {run.step} (loss {float(loss)}); lower --lr"
+                )
+            loss.backward()
+            optimizer.step()
+            run.step += 1
+            progress.update()
+        run.epoch += 1
+        model.eval()
+        tr_loss, tr_acc = _evaluate(model, config.loss, Xtr, ytr, ttr, cbs)
+        te_loss, te_acc = _evaluate(model, config.loss, Xte, yte, tte, cbs)
+        for key, value in (
+            ("step", run.step),
+            ("epoch", run.epoch),
+            ("train_loss", tr_loss),
+            ("train_acc", tr_acc),
+            ("test_loss", te_loss),
+            ("test_acc", te_acc),
+        ):
+            run.history[key].append(value)
+        run.train_seconds += time.perf_counter() - t0
+        write_checkpoint(
+            ckpt,
+            {
+                "config": dataclasses.asdict(config),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "tracker": tracker.state_dict(),
+                "shuffle": shuffle.get_state(),
+                "curv_gen": curv_gen.get_state(),
+                "run": dataclasses.asdict(run),
+            },
+            kind=CHECKPOINT_KIND,
+            version=CHECKPOINT_VERSION,
+            identity=settings_hash(dataclasses.asdict(config)),
+        )
+    progress.close()
+
+    # ----- the final spectrum ------------------------------------------------------------------
+    final = _final_spectrum(
+        model,
+        config.loss,
+        full_data,
+        final_k=config.final_k,
+        density_runs=config.density_runs,
+        density_steps=config.density_steps,
+        generator=curv_gen,
+        quiet=quiet,
+        log=log,
+        what=subset,
+    )
+    lr_now = float(optimizer.param_groups[0]["lr"])
+    summary: dict[str, Any] = {
+        "title": f"subspaces analyze: {model_name} on {data_name}",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "version": __version__,
+        "config": {
+            **{k: v for k, v in dataclasses.asdict(config).items()},
+            "model": model_name,
+            "data": data_name,
+            "num_params": num_params,
+            "num_train": n,
+            "num_test": len(yte),
+            "threads": num_threads,
+            "curvature_samples": len(curv_idx),
+            "curvature_seed": config.seed if len(curv_idx) < n else None,
+            "curvature_batches": len(full_data),
+        },
+        "history": run.history,
+        "curvature": _curvature_section(tracker, config.batch_size),
+        **_final_sections(final, lr_now, config.batch_size),
+        "timing": {
+            "total_seconds": run.train_seconds + final.seconds,
+            "train_seconds": run.train_seconds - run.curvature_seconds,
+            "curvature_seconds": run.curvature_seconds + final.seconds,
+        },
+        "notes": [
+            _subset_note(n, config.curvature_samples, config.seed, len(curv_idx)),
+            "SGD threshold for the trace: 2B/η for batch size B with a mean-reduced loss "
+            "(Wu & Su 2023).",
+            f"Final top-{final.k} eigenpairs certified to relative residual 1e-4: "
+            f"{int(final.top.converged.sum())}/{final.k} converged.",
+        ]
+        + ([BATCHNORM_NOTE] if _has_stochastic(model) else []),
+    }
+    from ..report import write_report
+
+    paths = write_report(summary, out)
+    summary["files"] = {k: str(v) for k, v in paths.items()}
+    return summary
