@@ -11,6 +11,8 @@ Example:
     ([100.0, 99.0, 98.0], True)
 """
 
+from typing import TYPE_CHECKING
+
 from .linalg import (
     Subspace,
     cg,
@@ -31,6 +33,14 @@ from .linops import LinearOperator
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:
+    # At run time ``subspaces.analyze`` is the package of the main job, made callable (see
+    # ``__getattr__``); type checkers see the function it calls, so that
+    # ``subspaces.analyze(model, loader, loss_fn, ...)`` is checked against its signature.
+    # ``import subspaces.analyze as m`` and ``from subspaces.analyze import X`` still see the
+    # package.
+    from .analyze import analyze as analyze
+
 
 def __getattr__(name: str) -> object:
     # ``subspaces.analyze`` (imported on first use: it pulls in the report and curvature code) is
@@ -46,7 +56,7 @@ __all__ = [
     "LinearOperator",
     "Subspace",
     "__version__",
-    "analyze",  # noqa: F822 (imported on first use by __getattr__)
+    "analyze",  # the callable package, imported on first use by __getattr__
     "cg",
     "diagonal",
     "hutchinson_trace",
