@@ -127,7 +127,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_kill_9_leaves_no_output_file(tmp_path):
-    _base, _models_, files = _models(tmp_path, size=(64, 64))
+    _base, _unused, files = _models(tmp_path, size=(64, 64))
     (tmp_path / "r.json").write_text(
         json.dumps(
             {"method": "ties", "base": "base.safetensors", "models": [f.name for f in files]}

@@ -61,7 +61,7 @@ class ConcreteMask:
     Example:
         >>> mask = ConcreteMask({"w": (2, 3)})
         >>> m = mask.sample(0.5, generator=torch.Generator().manual_seed(0))
-        >>> m["w"].shape, bool(((m["w"] > 0) & (m["w"] < 1)).all()), mask.sparsity()
+        >>> m["w"].shape, bool(((m["w"] >= 0) & (m["w"] <= 1)).all()), mask.sparsity()
         (torch.Size([2, 3]), True, 0.0)
     """
 
@@ -92,7 +92,7 @@ class ConcreteMask:
             generator: the random generator for the uniform noise.
 
         Returns:
-            ``name -> mask`` with entries in ``(0, 1)``.
+            ``name -> mask`` with entries in ``[0, 1]`` (in ``(0, 1)`` but for rounding).
         """
         check_positive_float(temperature, "temperature")
         out = {}
