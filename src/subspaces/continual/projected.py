@@ -2,11 +2,16 @@
 
 For every layer the memory holds (an ``nn.Linear`` or ``nn.Conv2d`` of the model), the gradient
 of its weight, viewed as the matrix ``G`` (``out x d``) acting on the layer's inputs, becomes
-``G - (G M) M^T`` with ``M`` the memory basis (Saha et al. 2021, Eq. 7): the update no longer
-changes the layer's output on the stored inputs, whatever rule the wrapped optimizer applies to
-the projected gradient (for SGD without weight decay the update is exactly orthogonal; momentum,
-Adam and weight decay act on the projected gradients and on the weights, which the projection
-does not constrain). Layers without a stored direction and every other parameter (biases,
+``G - (G M) M^T`` with ``M`` the memory basis (Saha et al. 2021, Eq. 7). When the memory holds
+more than half of a layer's input space the wrapper computes the same matrix as ``G C C^T`` with
+``C`` an orthonormal basis of the orthogonal complement (``min(k, d - k)`` columns of work).
+
+What the wrapped optimizer then does decides whether the old outputs stay fixed: SGD, with or
+without momentum or Nesterov, moves the weights by a linear combination of projected gradients,
+so the outputs on the stored inputs do not change (GPM's setting). Adam, AdamW, RMSprop and
+Adagrad divide each coordinate by its own scale, which takes the update out of the projected
+subspace; weight decay shrinks the weights in every direction. They still work, with less
+protection. Layers without a stored direction and every other parameter (biases,
 normalization) are left to the optimizer untouched, so with an empty memory the wrapper is the
 bare optimizer, bit for bit.
 
@@ -100,7 +105,8 @@ class ProjectedOptimizer:
         self.memory = memory
         self._modules = dict(model.named_modules())
         self._overrides: dict[str, Tensor | None] = {}
-        self._cache: dict[str, tuple[Tensor, Tensor]] = {}  # layer -> (weight, basis)
+        # layer -> (weight, basis, is_complement)
+        self._cache: dict[str, tuple[Tensor, Tensor, bool]] = {}
         self._cached_version = -1
         self._check_layers(memory.layers)
 
@@ -137,13 +143,19 @@ class ProjectedOptimizer:
 
     def _refresh(self) -> None:
         self._check_layers(self.memory.layers)
-        cache: dict[str, tuple[Tensor, Tensor]] = {}
+        cache: dict[str, tuple[Tensor, Tensor, bool]] = {}
         for layer in dict.fromkeys([*self.memory.layers, *self._overrides]):
             basis = self._overrides[layer] if layer in self._overrides else self.memory.basis(layer)
             if basis is None or basis.shape[1] == 0:
                 continue
             weight = self._modules[layer].weight
-            cache[layer] = (weight, basis.to(weight.device, weight.dtype).contiguous())
+            M = basis.to(weight.device, weight.dtype)
+            d, k = M.shape
+            if 2 * k > d:  # G - G M M^T = G C C^T with C the complement: fewer flops
+                C = torch.linalg.qr(M, mode="complete").Q[:, k:]
+                cache[layer] = (weight, C.contiguous(), True)
+            else:
+                cache[layer] = (weight, M.contiguous(), False)
         self._cache = cache
         self._cached_version = self.memory.version
 
@@ -152,18 +164,19 @@ class ProjectedOptimizer:
         """Project the current weight gradients in place (what :meth:`step` does first)."""
         if self._cached_version != self.memory.version:
             self._refresh()
-        for weight, M in self._cache.values():
+        for weight, B, complement in self._cache.values():
             grad = weight.grad
             if grad is None:
                 continue
             if grad.is_sparse:
                 raise ValueError("sparse gradients cannot be projected")
-            if grad.is_contiguous():
-                G = grad.view(grad.shape[0], -1)
-                G.sub_((G @ M) @ M.T)
+            G = grad.reshape(grad.shape[0], -1)
+            if complement:
+                grad.copy_(((G @ B) @ B.T).view(grad.shape))
+            elif grad.is_contiguous():
+                G.sub_((G @ B) @ B.T)  # G is a view of grad
             else:  # e.g. channels_last: project a copy, write it back
-                G = grad.reshape(grad.shape[0], -1)
-                grad.copy_((G - (G @ M) @ M.T).view(grad.shape))
+                grad.copy_((G - (G @ B) @ B.T).view(grad.shape))
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Project the gradients, then take the wrapped optimizer's step.
