@@ -57,6 +57,31 @@ def test_file_sources_merge_like_in_memory(tmp_path):
         StateDictSource(tmp_path / "bad.pt")
 
 
+def test_safetensors_reader_and_writer_agree_with_the_safetensors_package(tmp_path):
+    st = pytest.importorskip("safetensors.torch")
+    g = torch.Generator().manual_seed(0)
+    state = {
+        "a": torch.randn(3, 4, generator=g),
+        "b": torch.randn(5, generator=g).to(torch.bfloat16),
+        "c": torch.arange(6, dtype=torch.int64).view(2, 3),
+        "empty": torch.zeros(0, 2),
+        "d": torch.randn(2, generator=g, dtype=torch.float64),
+    }
+    ours = save_safetensors(state, tmp_path / "ours.safetensors", metadata={"k": "v"})
+    theirs = st.load_file(str(ours))
+    assert set(theirs) == set(state) and all(torch.equal(theirs[n], state[n]) for n in state)
+    st.save_file(state, str(tmp_path / "theirs.safetensors"))
+    back = load_state_dict(tmp_path / "theirs.safetensors")
+    assert all(torch.equal(back[n], state[n]) and back[n].dtype == state[n].dtype for n in state)
+    data = (tmp_path / "theirs.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-8])
+    with pytest.raises(ValueError, match=r"cut\.safetensors: tensor '.*' lies outside the file"):
+        StateDictSource(tmp_path / "cut.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 16)
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        StateDictSource(tmp_path / "junk.safetensors")
+
+
 def test_recipe_json_yaml_and_errors(tmp_path):
     base, models, files = _models(tmp_path)
     recipe = {
@@ -158,4 +183,16 @@ def test_kill_9_leaves_no_output_file(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     time.sleep(0.05)
     assert not out.exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    if _anonymous_file_supported(tmp_path):  # Linux O_TMPFILE: not even a temporary file
+        assert leftovers == []
+
+
+def _anonymous_file_supported(directory):
+    from subspaces.merging._state_dict import _anonymous_file
+
+    fd = _anonymous_file(directory)
+    if fd is None:
+        return False
+    os.close(fd)
+    return True

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._state_dict import save_safetensors
+import torch
+
+from ._state_dict import SafetensorsWriter, StateDictSource
 from .methods import METHODS, iter_merge
 
 __all__ = ["Recipe", "load_recipe", "parse_recipe", "run_recipe"]
@@ -186,9 +188,10 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
 def run_recipe(recipe: Recipe, out: str | os.PathLike[str], *, progress: bool = False) -> Path:
     """Merge as the recipe says and write the result to ``out`` atomically (``.safetensors``).
 
-    The output is written only after every tensor is merged, through a temporary file renamed
-    over ``out``: an interrupted merge leaves no partial file at ``out``. The recipe is stored in
-    the file's metadata (key ``subspaces_recipe``).
+    Each tensor is written to a temporary file next to ``out`` as soon as it is merged (so the
+    output never sits in memory as a whole), and the finished file is renamed over ``out``: an
+    interrupted merge leaves no partial file at ``out``. The recipe is stored in the file's
+    metadata (key ``subspaces_recipe``).
 
     Args:
         recipe: the parsed recipe.
@@ -205,26 +208,40 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike[str], *, progress: bool = 
     out_path = Path(out)
     if out_path.suffix != ".safetensors":
         raise ValueError(f"--out must be a .safetensors file, got {str(out_path)!r}")
-    merged = dict(
-        iter_merge(
-            [str(m) for m in recipe.models],
-            method=recipe.method,  # type: ignore[arg-type]
-            base=str(recipe.base) if recipe.base is not None else None,
-            weights=list(recipe.weights) if recipe.weights is not None else None,
-            progress=progress,
-            **recipe.parameters,
-        )
+    models = [str(m) for m in recipe.models]
+    base = str(recipe.base) if recipe.base is not None else None
+    ref = StateDictSource(
+        models[0] if base is None else base, label="models[0]" if base is None else "base"
     )
+    layout = [(n, _out_dtype(ref, n), ref.shape(n)) for n in ref.names()]
     meta = {
         "subspaces_recipe": json.dumps(
             {
                 "method": recipe.method,
-                "models": [str(m) for m in recipe.models],
-                "base": str(recipe.base) if recipe.base else None,
+                "models": models,
+                "base": base,
                 "weights": recipe.weights,
                 "parameters": recipe.parameters,
             },
             default=repr,
         )
     }
-    return save_safetensors(merged, out_path, metadata=meta)
+    merged = iter_merge(
+        models,
+        method=recipe.method,  # type: ignore[arg-type]
+        base=base,
+        weights=list(recipe.weights) if recipe.weights is not None else None,
+        progress=progress,
+        **recipe.parameters,
+    )
+    with SafetensorsWriter(out_path, layout, meta) as writer:
+        for name, tensor in merged:
+            writer.write(name, tensor)
+        return writer.commit()
+
+
+def _out_dtype(ref: StateDictSource, name: str) -> torch.dtype:
+    dtype = ref.dtype(name)
+    if dtype is None:
+        raise TypeError(f"tensor {name!r} of {ref.label} has a dtype torch cannot read")
+    return dtype
