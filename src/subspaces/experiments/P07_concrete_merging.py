@@ -119,10 +119,17 @@ def _seeded(seed: int, *keys: int) -> int:
 
 
 def _train(
-    model: nn.Module, X: Tensor, y: Tensor, *, epochs: int, seed: int, trunk_only: bool
+    model: nn.Module,
+    X: Tensor,
+    y: Tensor,
+    *,
+    epochs: int,
+    seed: int,
+    trunk_only: bool,
+    lr: float = LR,
 ) -> None:
     params = [p for n, p in model.named_parameters() if not trunk_only or n in TRUNK]
-    opt = torch.optim.Adam(params, lr=LR)
+    opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
     n = X.shape[0]
     model.train()
@@ -172,17 +179,33 @@ class RandomBatches:
             yield self.X[torch.randperm(self.X.shape[0], generator=self.gen)[: self.batch]]
 
 
-def run_seed(s_seed: int, *, steps: int) -> dict[str, Any]:
+def run_seed(s_seed: int, *, steps: int, **overrides: Any) -> dict[str, Any]:
     """One seed of the protocol (see the module docstring).
 
     Args:
         s_seed: the seed (data split, initialisation, shuffling, mask noise).
         steps: AdaMerging and Concrete mask steps.
+        **overrides: protocol constants to change (``finetune_lr``, ``finetune_epochs``,
+            ``ada_lr``, ``mask_lr``, ``ada_init``), for studies outside the registered run.
 
     Returns:
         Mean test accuracy per method (and Concrete TA variants), the validated lambdas, and
         diagnostics.
+
+    Raises:
+        ValueError: for an unknown override.
     """
+    cfg = {
+        "finetune_lr": LR,
+        "finetune_epochs": FINETUNE_EPOCHS,
+        "ada_lr": ADA_LR,
+        "mask_lr": MASK_LR,
+        "ada_init": ADA_INIT,
+    }
+    unknown = set(overrides) - set(cfg)
+    if unknown:
+        raise ValueError(f"unknown override {sorted(unknown)[0]!r}; expected some of {sorted(cfg)}")
+    cfg.update(overrides)
     Xtr_all, ytr_all, Xte, yte = load_digits_tensors(dtype=torch.float32, seed=s_seed)
     gen = torch.Generator().manual_seed(_seeded(s_seed, 1))
     order = torch.randperm(Xtr_all.shape[0], generator=gen)
@@ -199,7 +222,13 @@ def run_seed(s_seed: int, *, steps: int) -> dict[str, Any]:
         m = mlp(64, WIDTH, 10, depth=2)
         m.load_state_dict(base)
         _train(
-            m, Xfit[:, p], yfit, epochs=FINETUNE_EPOCHS, seed=_seeded(s_seed, 4, t), trunk_only=True
+            m,
+            Xfit[:, p],
+            yfit,
+            epochs=int(cfg["finetune_epochs"]),
+            seed=_seeded(s_seed, 4, t),
+            trunk_only=True,
+            lr=cfg["finetune_lr"],
         )
         finetuned.append({k: v.detach().clone() for k, v in m.state_dict().items()})
     test = [(Xte[:, p], yte) for p in perms]
@@ -230,11 +259,18 @@ def run_seed(s_seed: int, *, steps: int) -> dict[str, Any]:
         RandomBatches(X, UNLABELED_BATCH, _seeded(s_seed, 5, t)) for t, (X, _) in enumerate(test)
     ]
     am = adamerging(
-        model, base, vectors, unlabeled, granularity="layer", init=ADA_INIT, steps=steps, lr=ADA_LR
+        model,
+        base,
+        vectors,
+        unlabeled,
+        granularity="layer",
+        init=cfg["ada_init"],
+        steps=steps,
+        lr=cfg["ada_lr"],
     )
     acc["adamerging_layer"] = _mean_accuracy(model, am.state_dict, test)
 
-    common = dict(steps=steps, lr=MASK_LR, temperature=TEMPERATURE)
+    common = dict(steps=steps, lr=cfg["mask_lr"], temperature=TEMPERATURE)
     cta = concrete_merging(
         model,
         base,
@@ -259,8 +295,8 @@ def run_seed(s_seed: int, *, steps: int) -> dict[str, Any]:
         unlabeled,
         inner="adamerging",
         granularity="layer",
-        scale=ADA_INIT,
-        inner_lr=ADA_LR,
+        scale=cfg["ada_init"],
+        inner_lr=cfg["ada_lr"],
         adamerging_steps=steps,
         generator=torch.Generator().manual_seed(_seeded(s_seed, 7)),
         **common,  # type: ignore[arg-type]
