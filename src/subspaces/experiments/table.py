@@ -1,0 +1,210 @@
+"""A Markdown table of reproduction verdicts from a ``subspaces reproduce`` output folder.
+
+``subspaces reproduce`` writes one ``ID.json`` per experiment (and ``summary.json``) into its
+``--out`` folder. This module turns such a folder into the page ``docs/reproductions.md``: one row
+per experiment with its id, title, verdict, the seed intervals its result names as headline
+(mean and bootstrap 95 % interval, see :mod:`subspaces.experiments._stats`), the wall time, and
+the setting (fast or full, seed). Regenerate the page with::
+
+    subspaces reproduce --all --out runs/repro
+    python -m subspaces.experiments.table runs/repro > docs/reproductions.md
+
+Example:
+    >>> import json, tempfile
+    >>> from pathlib import Path
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> record = {"id": "P99", "title": "A claim", "status": "passed", "passed": True,
+    ...           "seconds": 75.0, "fast": False, "seed": 0, "headline": ["gap"],
+    ...           "measured": {"gap": {"mean": 0.5, "ci95": [0.25, 0.75], "n": 5}}}
+    >>> _ = (folder / "P99.json").write_text(json.dumps(record))
+    >>> print(markdown_table(load_records(folder)))
+    | ID | Title | Verdict | Headline (mean [95% interval], seeds) | Wall time | Setting |
+    |---|---|---|---|---|---|
+    | P99 | A claim | PASS | gap 0.5 [0.25, 0.75] (95%, 5 seeds) | 1m15s | full, seed 0 |
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .._progress import format_seconds
+from .registry import format_interval
+
+__all__ = ["load_records", "main", "markdown_page", "markdown_table"]
+
+_VERDICTS = {"passed": "PASS", "failed": "FAIL", "error": "ERROR"}
+_HEADER = (
+    "| ID | Title | Verdict | Headline (mean [95% interval], seeds) | Wall time | Setting |\n"
+    "|---|---|---|---|---|---|"
+)
+
+
+def load_records(folder: str | Path) -> list[dict[str, Any]]:
+    """The ``ID.json`` records of a ``subspaces reproduce`` output folder, sorted by id.
+
+    Args:
+        folder: the ``--out`` folder of ``subspaces reproduce``.
+
+    Returns:
+        One record (the parsed JSON) per experiment; ``summary.json`` is not a record.
+
+    Raises:
+        ValueError: if ``folder`` is not a directory, holds no ``ID.json`` record, or a record
+            is not valid JSON or lacks ``id``.
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        raise ValueError(
+            f"folder must be a subspaces reproduce output directory, got {str(path)!r}"
+        )
+    records = []
+    for file in sorted(path.glob("*.json")):
+        if file.name == "summary.json":
+            continue
+        try:
+            record = json.loads(file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{file} is not valid JSON: {error}") from None
+        if not isinstance(record, dict) or "id" not in record:
+            raise ValueError(f"{file} is not an experiment record (no 'id')")
+        records.append(record)
+    if not records:
+        raise ValueError(
+            f"no ID.json records in {str(path)!r}: run 'subspaces reproduce --out {path}' first"
+        )
+    return sorted(records, key=lambda r: str(r["id"]))
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _headline(record: Mapping[str, Any]) -> str:
+    measured = record.get("measured") or {}
+    parts = []
+    for key in record.get("headline") or []:
+        summary = measured.get(key)
+        if isinstance(summary, Mapping) and "mean" in summary and "n" in summary:
+            try:
+                parts.append(format_interval(key, summary))
+            except (KeyError, TypeError, ValueError):
+                parts.append(f"{key}: (unreadable)")
+    return "; ".join(parts) if parts else "-"
+
+
+def _verdict(record: Mapping[str, Any]) -> str:
+    status = record.get("status")
+    if status in _VERDICTS:
+        return _VERDICTS[status]
+    return "PASS" if record.get("passed") else "FAIL"
+
+
+def _setting(record: Mapping[str, Any]) -> str:
+    fast = record.get("fast")
+    mode = "fast" if fast else "full" if fast is not None else "?"
+    return f"{mode}, seed {record.get('seed', '?')}"
+
+
+def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """The verdict table, one row per record.
+
+    Args:
+        records: records as :func:`load_records` returns them.
+
+    Returns:
+        A Markdown table (no trailing newline).
+    """
+    rows = [_HEADER]
+    for r in records:
+        seconds = r.get("seconds")
+        wall = format_seconds(float(seconds)) if isinstance(seconds, (int, float)) else "-"
+        rows.append(
+            "| "
+            + " | ".join(
+                _cell(x)
+                for x in (
+                    r.get("id", "?"),
+                    r.get("title", ""),
+                    _verdict(r),
+                    _headline(r),
+                    wall,
+                    _setting(r),
+                )
+            )
+            + " |"
+        )
+    return "\n".join(rows)
+
+
+def markdown_page(folder: str | Path) -> str:
+    """The whole ``docs/reproductions.md`` page for an output folder.
+
+    Args:
+        folder: the ``--out`` folder of ``subspaces reproduce``.
+
+    Returns:
+        The page: a title, how it was made, the table, and the totals.
+    """
+    records = load_records(folder)
+    summary_file = Path(folder) / "summary.json"
+    total = ""
+    if summary_file.is_file():
+        try:
+            summary = json.loads(summary_file.read_text(encoding="utf-8"))
+            total = (
+                f"Run of {summary.get('date', '?')}: {len(records)} experiments in "
+                f"{format_seconds(float(summary.get('seconds', 0.0)))}"
+                f" (subspaces {summary.get('subspaces_version', '?')}, "
+                f"torch {summary.get('torch_version', '?')}).\n\n"
+            )
+        except (json.JSONDecodeError, TypeError, ValueError):
+            total = ""
+    counts = {v: sum(_verdict(r) == v for r in records) for v in ("PASS", "FAIL", "ERROR")}
+    return (
+        "# Reproductions\n\n"
+        "Each reproduction states a paper's claim, a pass criterion fixed before its run, and "
+        "what it measured; a FAIL means the claim did not hold at this scale with the method as "
+        "implemented. The headline column gives the mean over seeds and its bootstrap 95 % "
+        "interval for the quantities the verdict rests on; per-seed values are in each `ID.json`."
+        "\n\nThis page is generated; regenerate it with\n\n"
+        "```bash\n"
+        "subspaces reproduce --all --out runs/repro\n"
+        "python -m subspaces.experiments.table runs/repro > docs/reproductions.md\n"
+        "```\n\n"
+        f"{total}"
+        f"{markdown_table(records)}\n\n"
+        f"{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['ERROR']} ERROR.\n"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m subspaces.experiments.table FOLDER``: print the page for FOLDER.
+
+    Args:
+        argv: the arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0, or 2 for a usage error (with a message on stderr).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1 or args[0] in ("-h", "--help"):
+        print(
+            "usage: python -m subspaces.experiments.table FOLDER\n"
+            "print docs/reproductions.md for a 'subspaces reproduce --out FOLDER' folder",
+            file=sys.stderr,
+        )
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    try:
+        sys.stdout.write(markdown_page(args[0]))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
