@@ -1,4 +1,5 @@
-"""A random forward (dropout, functional or module) is detected and refused (issue 22)."""
+"""Randomness in curvature: a random forward is refused (issue 22); the MC Fisher's labels are
+fixed per sample, counter-based, and converge to the true Fisher."""
 
 import pytest
 import torch
@@ -102,3 +103,142 @@ def test_a_forward_random_in_every_mode_is_refused(policy):
     H = HessianOperator(model, "cross_entropy", _data(), mode_policy=policy)
     with pytest.raises(ValueError, match="random"):
         H @ torch.ones(H.shape[0], dtype=F64)
+
+
+# ----- the Monte-Carlo Fisher's labels: counter-based, per sample, any batching, any device ------
+def _splitmix64_reference(state):
+    """The published splitmix64 (Steele, Lea & Flood 2014) in Python integers."""
+    mask = 2**64 - 1
+    z = (state + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+def test_splitmix64_in_int64_tensor_ops_matches_the_reference():
+    from subspaces.curvature._model import splitmix64
+
+    states = [0, 1, 2**63 - 1, 2**63, 2**64 - 1, 0x0123456789ABCDEF]
+    states += torch.randint(-(2**63), 2**63 - 1, (200,), generator=gen(5)).tolist()
+    states = [s % 2**64 for s in states]
+    signed = [s - 2**64 if s >= 2**63 else s for s in states]
+    got = splitmix64(torch.tensor(signed, dtype=torch.int64)).tolist()
+    assert [g % 2**64 for g in got] == [_splitmix64_reference(s) for s in states]
+
+
+def _mc_case(loss="cross_entropy", n=12):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    X = torch.randn(n, 5, generator=gen(30), dtype=F64)
+    if loss == "cross_entropy":
+        y = torch.randint(0, 3, (n,), generator=gen(31))
+    else:
+        y = torch.randn(n, 3, generator=gen(31), dtype=F64)
+    return model, X, y
+
+
+def _draws(F, X, y):
+    """The operator's sampled output gradients for the batch (X, y), shape (m, n, k)."""
+    from subspaces.curvature._model import sample_keys, split_batch
+
+    batch = split_batch((X, y), X.device, None)
+    batch.keys = sample_keys((X, y), len(X))
+    with torch.no_grad():
+        out = F.model(X)
+    return F._sample(out, batch)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_mc_labels_are_fixed_per_sample_whatever_the_batch(loss):
+    model, X, y = _mc_case(loss)
+    F = FisherOperator(model, loss, [(X, y)], mc_samples=5, generator=gen(7))
+    whole = _draws(F, X, y)
+    again = _draws(F, X, y)
+    assert torch.equal(whole, again)  # the same labels on every pass
+    perm = torch.randperm(len(X), generator=gen(8))
+    part = _draws(F, X[perm[:5]], y[perm[:5]])  # another batch, in another order
+    # the same labels; the probabilities may differ in the last bits (another batch's forward)
+    tol = 64 * torch.finfo(F64).eps
+    torch.testing.assert_close(part, whole[:, perm[:5]], rtol=0, atol=tol)
+    # draw j does not depend on mc_samples (more samples add draws) ...
+    F2 = FisherOperator(model, loss, [(X, y)], mc_samples=2, generator=gen(7))
+    torch.testing.assert_close(_draws(F2, X, y), whole[:2], rtol=0, atol=tol)
+    # ... and the draws of a sample are not copies of one another (more distinct rows than samples)
+    flat = whole.reshape(5 * len(X), -1)
+    assert len({tuple(r.tolist()) for r in flat}) > 2 * len(X)
+    other_seed = FisherOperator(model, loss, [(X, y)], mc_samples=5, generator=gen(9))
+    assert not torch.equal(_draws(other_seed, X, y), whole)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_mc_fisher_converges_to_the_true_fisher_at_the_monte_carlo_rate(loss):
+    """||F_m - F|| shrinks like the Monte-Carlo standard error sigma / sqrt(m), without bias.
+
+    The true Fisher of these likelihoods is the GGN. ``sigma^2 = E ||F_1 - F||_F^2`` is estimated
+    from 24 independent one-draw operators (other seeds); ``F_m`` averages ``m`` independent draws,
+    so ``E ||F_m - F||_F^2 = sigma^2 / m``. A biased sampler (a wrong label distribution) would
+    leave ``||F_m - F||`` at its bias as ``m`` grows and fail at ``m = 1024``.
+    """
+    model, X, y = _mc_case(loss)
+    data = [(X[:7], y[:7]), (X[7:], y[7:])]
+    G = GGNOperator(model, loss, data).to_dense()
+    ones = [
+        FisherOperator(model, loss, data, mc_samples=1, generator=gen(100 + r)).to_dense()
+        for r in range(24)
+    ]
+    sigma2 = float(torch.stack([(F1 - G).square().sum() for F1 in ones]).mean())
+    for m in (16, 1024):
+        Fm = FisherOperator(model, loss, data, mc_samples=m, generator=gen(m)).to_dense()
+        torch.testing.assert_close(Fm, Fm.T, rtol=0, atol=1e-12)
+        ratio = float((Fm - G).norm()) / (sigma2 / m) ** 0.5
+        # ||F_m - F||^2 m / sigma^2 is a sum of many squared errors: close to 1 (chi-square-like
+        # spread; 0.25 and 3 are far in its tails for 2 * 10^3 matrix entries)
+        assert 0.25 < ratio < 3.0, (m, ratio)
+
+
+def test_sample_keys_are_cached_but_follow_in_place_changes():
+    from subspaces.curvature._model import sample_key_tensor
+
+    X = torch.randn(6, 4, generator=gen(1))
+    keys = sample_key_tensor(X, 6)
+    assert torch.equal(sample_key_tensor(X.clone(), 6), keys)  # the data, not the object
+    X[2, 1] += 1.0  # an in-place change bumps the version: hashed again
+    changed = sample_key_tensor(X, 6)
+    assert torch.equal(changed != keys, torch.arange(6) == 2)
+    # dtype and row shape are part of the key; bfloat16 and bool hash too
+    assert not torch.equal(sample_key_tensor(X.double(), 6), changed)
+    assert not torch.equal(sample_key_tensor(X.reshape(6, 2, 2), 6), changed)
+    assert len(set(sample_key_tensor(X.bfloat16(), 6).tolist())) == 6
+    assert len(set(sample_key_tensor(torch.eye(6, dtype=torch.bool), 6).tolist())) == 6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_mc_labels_and_keys_are_the_same_on_cuda(loss):
+    from subspaces.curvature._model import sample_key_tensor
+
+    model, X, y = _mc_case(loss)
+    F = FisherOperator(model, loss, [(X, y)], mc_samples=3, generator=gen(7))
+    cpu = _draws(F, X, y)
+    Fc = FisherOperator(model.cuda(), loss, [(X.cuda(), y.cuda())], mc_samples=3, generator=gen(7))
+    assert torch.equal(
+        sample_key_tensor((X.cuda(), y.cuda()), len(X)).cpu(), sample_key_tensor((X, y), len(X))
+    )
+    torch.testing.assert_close(_draws(Fc, X.cuda(), y.cuda()).cpu(), cpu, rtol=1e-12, atol=1e-12)
+
+
+def test_mc_fisher_products_make_no_generator_per_sample(monkeypatch):
+    """The labels are a hash of (seed, sample, draw): no torch.Generator per sample and pass."""
+    model, X, y = _mc_case()
+    F = FisherOperator(model, "cross_entropy", [(X, y)], mc_samples=2, generator=gen(7))
+    F @ torch.ones(F.shape[0], dtype=F64)  # the first product draws the operator's seed
+    made = []
+
+    class Counting(torch.Generator):
+        def __init__(self, *args, **kwargs):
+            made.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "Generator", Counting)
+    F @ torch.ones(F.shape[0], 3, dtype=F64)
+    assert made == []

@@ -9,12 +9,12 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import math
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -456,29 +456,142 @@ def _tensors(obj: Any) -> Iterator[Tensor]:
             yield from _tensors(v)
 
 
-def sample_keys(raw: Any, n: int) -> list[int]:
-    """A 64-bit hash of each sample's data: the bytes of row ``i`` of every tensor of ``n`` rows.
+# ----- counter-based hashing with int64 tensor ops (the same bits on every device) --------------
+def _int64(x: int) -> int:
+    """``x`` modulo ``2**64`` as a signed 64-bit integer (the value an int64 tensor holds)."""
+    x %= 2**64
+    return x - 2**64 if x >= 2**63 else x
 
-    The key of a sample does not depend on the batch it is in or on its position there, so it
-    identifies the sample across passes over a shuffled loader (the data-set fingerprint and the
-    Monte-Carlo Fisher's per-sample seeds are built from it).
+
+_GOLDEN = _int64(0x9E3779B97F4A7C15)
+_MIX1 = _int64(0xBF58476D1CE4E5B9)
+_MIX2 = _int64(0x94D049BB133111EB)
+
+
+def _shift_right(x: Tensor, s: int) -> Tensor:
+    """Logical right shift of int64 ``x`` by ``s`` bits (torch's ``>>`` copies the sign bit)."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def splitmix64(x: Tensor) -> Tensor:
+    """The splitmix64 output for state ``x``: ``mix(x + 0x9E3779B97F4A7C15)``, elementwise.
+
+    Computed with int64 tensor operations that wrap modulo ``2**64``, so it gives the same bits
+    on every device and in any batch layout; a good 64-bit mixer (Steele, Lea & Flood 2014) and
+    the counter-based generator of the Monte-Carlo Fisher's labels.
+
+    Args:
+        x: an int64 tensor.
 
     Returns:
-        ``n`` integers in ``[0, 2**64)``.
+        An int64 tensor of ``x``'s shape (the 64 bits of the unsigned result).
+
+    Example:
+        >>> import torch
+        >>> hex(int(splitmix64(torch.tensor([0]))) % 2**64)  # the reference's first output
+        '0xe220a8397b1dcdaf'
     """
-    hashes = [hashlib.blake2b(digest_size=8) for _ in range(n)]
+    z = x + _GOLDEN
+    z = (z ^ _shift_right(z, 30)) * _MIX1
+    z = (z ^ _shift_right(z, 27)) * _MIX2
+    return z ^ _shift_right(z, 31)
+
+
+def uniform53(h: Tensor) -> Tensor:
+    """Float64 uniforms in ``[0, 1)`` from the top 53 bits of int64 hashes ``h``.
+
+    Returns:
+        A float64 tensor of ``h``'s shape (multiples of ``2**-53``).
+    """
+    return _shift_right(h, 11).to(torch.float64) * 2.0**-53
+
+
+def _tag(text: str) -> int:
+    return _int64(int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little"))
+
+
+_ROW_CACHE: dict[int, tuple[Any, int, int, Tensor]] = {}
+"""``id(tensor) -> (weakref, version, rows, row hashes)``: one hash of each data tensor's rows."""
+
+
+def _row_hashes(tensor: Tensor, n: int) -> Tensor:
+    """A 64-bit hash of each of the ``n`` rows of ``tensor`` (its bytes, dtype and row shape).
+
+    Computed on the tensor's device with int64 operations (every word mixed with its position,
+    summed modulo ``2**64``, mixed again) and cached per tensor while it lives and is unchanged
+    (its version counter), so a fixed list of batches is hashed once, not on every pass.
+
+    Returns:
+        An int64 tensor ``(n,)`` on ``tensor``'s device.
+    """
+    entry = _ROW_CACHE.get(id(tensor))
+    if entry is not None and entry[0]() is tensor and entry[1] == tensor._version and entry[2] == n:
+        return entry[3]
+    t = tensor.detach().reshape(n, -1)
+    tag = _tag(f"{t.dtype}{tuple(tensor.shape[1:])}")
+    if t.dtype.is_complex:
+        t = torch.view_as_real(t).reshape(n, -1)
+    b = t.contiguous().view(torch.uint8)  # (n, bytes)
+    pad = -b.shape[1] % 8
+    if pad:
+        b = F.pad(b, (0, pad))
+    words = b.view(torch.int64)  # (n, w)
+    position = splitmix64(torch.arange(words.shape[1], device=words.device) ^ tag)
+    h = splitmix64(words ^ position).sum(1, dtype=torch.int64)
+    out = splitmix64(h ^ tag)
+    try:
+        key = id(tensor)
+        ref = weakref.ref(tensor, lambda _: _ROW_CACHE.pop(key, None))
+    except TypeError:  # a tensor subclass without weak references: no cache
+        return out
+    _ROW_CACHE[key] = (ref, tensor._version, n, out)
+    return out
+
+
+def sample_key_tensor(raw: Any, n: int) -> Tensor:
+    """A 64-bit hash of each sample's data: the bytes of row ``i`` of every tensor of ``n`` rows.
+
+    The key of a sample does not depend on the batch it is in, on its position there or on the
+    device, so it identifies the sample across passes over a shuffled loader (the data-set
+    fingerprint and the Monte-Carlo Fisher's labels are built from it). It is computed on the
+    data's device with int64 operations, once per data tensor while that tensor is unchanged
+    (a fixed list of batches is hashed on the first pass only; a tensor changed in place through
+    its version counter is hashed again).
+
+    Args:
+        raw: a batch: a tensor, or tuples, lists and dicts of tensors (dicts by sorted key).
+        n: the number of samples (tensors with another number of rows are ignored).
+
+    Returns:
+        An int64 tensor ``(n,)`` on the device of the batch's first tensor of ``n`` rows (CPU
+        if there is none; then every key is the same).
+
+    Example:
+        >>> import torch
+        >>> X, y = torch.arange(12.0).reshape(4, 3), torch.tensor([0, 1, 0, 1])
+        >>> keys = sample_key_tensor((X, y), 4)
+        >>> same = bool((sample_key_tensor((X[2:], y[2:]), 2) == keys[2:]).all())
+        >>> same, len(set(keys.tolist()))
+        (True, 4)
+    """
+    acc: Tensor | None = None
     for tensor in _tensors(raw):
         if tensor.ndim == 0 or tensor.shape[0] != n:
             continue
-        tag = f"{tensor.dtype}{tuple(tensor.shape[1:])}".encode()
-        t = tensor.detach()
-        if t.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16: hash the bits
-            t = t.view(torch.int16)
-        rows = t.cpu().contiguous().reshape(n, -1).numpy().view(np.uint8).reshape(n, -1)
-        for i, h in enumerate(hashes):
-            h.update(tag)
-            h.update(rows[i].tobytes())
-    return [int.from_bytes(h.digest(), "little") for h in hashes]
+        rows = _row_hashes(tensor, n)
+        acc = rows if acc is None else splitmix64(acc ^ rows.to(acc.device))
+    if acc is None:
+        return torch.full((n,), _tag("no per-sample tensor"), dtype=torch.int64)
+    return acc
+
+
+def sample_keys(raw: Any, n: int) -> list[int]:
+    """The keys of :func:`sample_key_tensor` as Python integers (signed 64-bit values).
+
+    Returns:
+        ``n`` integers in ``[-2**63, 2**63)``.
+    """
+    return sample_key_tensor(raw, n).tolist()
 
 
 def _first_tensor(obj: Any) -> Tensor | None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_positive_int
-from ._model import Batch, LossFn, ModePolicy, ParamSpec, Reduction
+from ._model import Batch, LossFn, ModePolicy, ParamSpec, Reduction, splitmix64, uniform53
 from .base import Progress
 from .ggn import GGNOperator
 
@@ -24,9 +25,12 @@ class FisherOperator(GGNOperator):
     * ``kind="mc"`` (the true Fisher, Monte-Carlo): labels are sampled from the model's own
       predictive distribution (``mc_samples`` per sample) — categorical for
       ``"cross_entropy"``, Gaussian for ``"mse"`` (variance matching the loss, so that the
-      expectation equals the GGN exactly). The labels of each sample are drawn from a generator
-      seeded by one draw from ``generator`` and a hash of the sample's data, so the operator is
-      a fixed symmetric matrix, whatever batch a sample lands in (a shuffled loader included).
+      expectation equals the GGN exactly). The labels of each sample come from a counter-based
+      hash (splitmix64 in int64 tensor operations, on the data's device) of one draw from
+      ``generator`` and a hash of the sample's data, so the operator is a fixed symmetric
+      matrix, whatever batch a sample lands in (a shuffled loader included) and on any device.
+      These draws replace the former one ``torch.Generator`` per sample: a given ``generator``
+      seed now draws other labels than before (from the same distribution).
     * ``kind="empirical"``: the observed labels (the "empirical Fisher", a sum of outer products of
       per-sample gradients); works with any loss that is a mean over samples.
 
@@ -154,22 +158,33 @@ class FisherOperator(GGNOperator):
             self._seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
         return self._seed
 
-    def _sample_generators(self, batch: Batch) -> list[torch.Generator]:
-        """One generator per sample, seeded by the operator's seed and the sample's data.
+    def _uniforms(self, batch: Batch, draws: int, per: int, device: torch.device) -> Tensor:
+        """Uniforms ``(draws, n, per)`` in ``[0, 1)``, fixed per sample, from a counter-based hash.
+
+        Uniform ``c`` of sample ``i`` is ``splitmix64(seed_i ^ splitmix64(c))`` (top 53 bits),
+        where ``seed_i = splitmix64(key_i ^ base)`` mixes the hash of the sample's data with the
+        operator's seed: int64 tensor operations on ``device``, no generator per sample, the same
+        bits on every device and in any batch composition.
 
         Returns:
-            ``batch.size`` CPU generators.
+            A float64 tensor ``(draws, n, per)``.
         """
         assert batch.keys is not None  # set by the data loop
-        base = self._base_seed()
-        return [torch.Generator().manual_seed((key ^ base) % 2**63) for key in batch.keys]
+        keys = torch.tensor(batch.keys, dtype=torch.int64, device=device)
+        seeds = splitmix64(keys ^ self._base_seed())
+        counters = splitmix64(torch.arange(draws * per, dtype=torch.int64, device=device))
+        h = splitmix64(seeds.reshape(1, -1, 1) ^ counters.reshape(draws, 1, per))
+        return uniform53(h)
 
     def _sample(self, out: Tensor, batch: Batch) -> Tensor:
         """Output gradients of the per-unit negative log-likelihood at sampled labels.
 
-        The labels of a sample are drawn from a generator seeded by the operator's seed and a
-        hash of the sample's data, so they do not depend on which batch the sample is in: a
-        shuffled loader gives the same operator on every pass.
+        The labels of a sample come from a counter-based hash of the operator's seed and a hash
+        of the sample's data (:meth:`_uniforms`), so they do not depend on which batch the
+        sample is in, on the batch's device or on the pass: a shuffled loader gives the same
+        operator on every pass. Draw ``j`` of a sample does not depend on ``mc_samples``
+        (more samples add draws). A categorical label is drawn by inverting the cumulative
+        distribution of ``softmax(logits)`` at a uniform; a Gaussian one by Box-Muller.
 
         Returns:
             ``(m, units, k)``: for cross-entropy ``p_t - onehot(c)`` with ``c ~ p_t`` per
@@ -178,26 +193,25 @@ class FisherOperator(GGNOperator):
             ``sum (o - y)^2``.
         """
         m, n = self.mc_samples, batch.size
-        gens = self._sample_generators(batch)
         if self.likelihood == "cross_entropy":
             classes = self.loss.classes
             assert classes is not None
             logits = classes.positions(out)  # (P, C), sample-major
             P, C = logits.shape
-            per = P // n
-            u = torch.stack([torch.rand(m, per, generator=g, dtype=torch.float64) for g in gens], 1)
+            u = self._uniforms(batch, m, P // n, out.device).reshape(m, P, 1)
             probs = torch.softmax(logits.to(torch.float64), dim=-1)
             cdf = probs.cumsum(-1)
             cdf[:, -1] = 1.0  # rounding: the last class takes what the cumulative sum misses
             cdf = cdf.unsqueeze(0).expand(m, P, C).contiguous()
-            u = u.reshape(m, P, 1).to(cdf.device)
             idx = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(C - 1)
             onehot = torch.nn.functional.one_hot(idx, C)
             s = probs.to(out.dtype).unsqueeze(0) - onehot.to(out.dtype)  # (m, P, C)
             mask = classes.position_mask(batch.targets, P)
             return s if mask is None else s * mask.to(s).reshape(1, -1, 1)
         d = out[0].numel()
-        eps = torch.stack([torch.randn(m, d, generator=g, dtype=torch.float64) for g in gens], 1)
+        u = self._uniforms(batch, m, 2 * d, out.device).reshape(m, n, d, 2)
+        radius = torch.sqrt(-2.0 * torch.log1p(-u[..., 0]))  # 1 - u in (0, 1]
+        eps = radius * torch.cos(2 * math.pi * u[..., 1])  # standard normal (Box-Muller)
         return (2.0**0.5 * eps).to(out)  # (m, n, d)
 
     def _output_matmat(self, out: Tensor, batch: Batch, U: Tensor) -> Tensor:
