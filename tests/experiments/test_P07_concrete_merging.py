@@ -56,3 +56,15 @@ def test_p07_fast_run():
     assert set(m["checks"]) == set(ordering_checks(m["mean_accuracy"]))
     assert result.passed == all(m["checks"].values())
     assert m["mean_accuracy"]["individual"] > m["mean_accuracy"]["pretrained"]
+
+
+def test_reason_names_the_measured_mechanism():
+    from subspaces.experiments.P07_concrete_merging import _reason
+
+    means = dict(zip(METHODS, [0.38, 0.46, 0.53, 0.49, 0.33, 0.29, 0.96], strict=True))
+    means["concrete_task_arithmetic"] = 0.41
+    failed = [k for k, ok in ordering_checks(means).items() if not ok]
+    text = _reason(failed, means, 0.96)
+    assert "entropy minimisation" in text and "0.330 vs TA 0.530" in text
+    assert "96% of the entries" in text
+    assert _reason([], means, 0.5) == ""
