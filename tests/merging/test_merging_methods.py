@@ -351,3 +351,23 @@ def test_equal_to_mergekit(method, options, monkeypatch):
         expected = mk.merge_group(group, **params)
         scale = float(expected.abs().max())
         assert torch.allclose(ours[name], expected, atol=_tol(torch.float32, scale), rtol=0), name
+
+
+def test_breadcrumbs_and_dare_merges_match_dense_references():
+    base, models = _random_models(3, seed=8)
+    bc = merge(models, method="breadcrumbs", base=base, density=0.5, gamma=0.1, lambda_=0.6)
+    dare = merge(models, method="dare", base=base, density=0.7, seed=3, lambda_=0.6)
+    for n in base:
+        bc_ref, dare_ref = base[n].clone(), base[n].clone()
+        for k, m in enumerate(models):
+            delta = (m[n] - base[n]).flatten().tolist()
+            order = sorted(range(len(delta)), key=lambda i: abs(delta[i]))
+            keep, top = int(0.5 * len(delta)), int(0.1 * len(delta))
+            bottom = max(len(delta) - keep - top, 0)
+            kept = set(order[bottom : bottom + keep])
+            trimmed = [d if i in kept else 0.0 for i, d in enumerate(delta)]
+            bc_ref += 0.6 * torch.tensor(trimmed, dtype=torch.float64).view_as(base[n])
+            drop = torch.rand(base[n].shape, generator=_generator_for(3, k, n)) < 0.7
+            dare_ref += 0.6 * (m[n] - base[n]) * drop / 0.7
+        assert torch.allclose(bc[n], bc_ref, atol=_tol(torch.float64, 10), rtol=0)
+        assert torch.allclose(dare[n], dare_ref, atol=_tol(torch.float64, 10), rtol=0)
