@@ -185,3 +185,17 @@ def test_proj_dtype_must_be_bfloat16_or_none():
     w = nn.Parameter(torch.randn(4, 4))
     with pytest.raises(ValueError, match=r"proj_dtype must be None or torch.bfloat16.*float16"):
         SubspaceAdamW([w], rank=2, proj_dtype=torch.float16)
+
+
+def test_gradient_of_another_dtype_takes_the_per_layer_path():
+    # a float64 weight with a float32 gradient: projected in float32 like a single-layer step
+    ws = [nn.Parameter(torch.randn(24, 16, dtype=torch.float64)) for _ in range(2)]
+    for w in ws:
+        w.grad_dtype = None  # torch >= 2.10 refuses a gradient of another dtype by default
+    opt = SubspaceAdamW([{"params": ws, "rank": 4}], lr=1e-2)
+    for _ in range(3):
+        for w in ws:
+            w.grad = torch.randn(24, 16)
+        opt.step()
+    assert all(w.dtype == torch.float64 and torch.isfinite(w).all() for w in ws)
+    assert opt.state[ws[0]]["exp_avg"].dtype == torch.float64

@@ -422,7 +422,7 @@ class SubspaceAdamW(Optimizer):
         """
         m, n = shape2
         a, b = (n, m) if self._transpose(shape2, group["proj_type"]) else (m, n)
-        state_size = torch.empty((), dtype=self._state_dtype(p, group)).element_size()
+        state_size = self._state_dtype(p, group).itemsize
         proj = self._projector(group)
         if not proj.STORES_BASIS:
             basis = 8 * rank
@@ -852,6 +852,7 @@ class SubspaceAdamW(Optimizer):
                 or not state
                 or int(state["step"]) >= int(state["next_refresh"])
                 or p.dtype not in (torch.float32, torch.float64)
+                or cast(Tensor, p.grad).dtype != p.dtype
                 or not p.is_contiguous()
                 or int8_module_of(p) is not None
             ):
