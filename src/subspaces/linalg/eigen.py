@@ -32,6 +32,8 @@ class EigenResult:
         tol: the relative tolerance used.
         scale: the estimate of ``||A||_2`` the tolerance is relative to (largest ``|theta|`` seen).
         num_restarts: number of thick restarts (Lanczos only).
+        basis_size: the largest Krylov basis held, in columns (Lanczos only; memory is about
+            ``2 * basis_size * n`` numbers: the basis and its products).
         method: name of the algorithm.
         num_samples: data samples behind the operator, when it is a curvature operator (a
             one-batch sharpness can overstate the full-data one).
@@ -45,6 +47,7 @@ class EigenResult:
     tol: float
     scale: float
     num_restarts: int = 0
+    basis_size: int = 0
     method: str = "lanczos"
     num_samples: int | None = None
 

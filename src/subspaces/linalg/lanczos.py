@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -45,6 +46,41 @@ def _orthogonalize_rows(X: Tensor, Vt: Tensor) -> Tensor:
     for _ in range(2):
         X = X - ((Vt @ X).T @ Vt).T
     return X
+
+
+def _steps_to_converge(theta: Tensor, idx: Tensor, res: Tensor, target: float) -> float:
+    """Products a wanted Ritz pair still needs, from the Chebyshev rate of its gap.
+
+    A Ritz value ``theta_j`` near the top of the spectrum converges like a Chebyshev polynomial
+    on the rest of it: its residual shrinks by about ``exp(2 sqrt(gamma))`` per product, with
+    ``gamma = (theta_j - theta_{j-1}) / (theta_{j-1} - theta_min)`` the gap to the next Ritz
+    value relative to the spread of the rest (mirrored for the bottom end; Saad, "Numerical
+    methods for large eigenvalue problems", sec. 6.6). Clustered wanted values have a small
+    ``gamma`` and need many products.
+
+    Args:
+        theta: ascending Ritz values.
+        idx: positions (in ``theta``) of the wanted pairs not yet converged.
+        res: their residual norms.
+        target: the residual to reach.
+
+    Returns:
+        The largest estimate over the pairs (``inf`` for a pair tied with its neighbour).
+    """
+    m = theta.shape[0]
+    worst = 0.0
+    for j, r in zip(idx.tolist(), res.tolist(), strict=True):
+        if r <= target or m < 3:
+            continue
+        if 2 * j >= m - 1:  # upper end: the gap below, relative to the spread down to the bottom
+            gap, spread = theta[j] - theta[j - 1], theta[j - 1] - theta[0]
+        else:
+            gap, spread = theta[j + 1] - theta[j], theta[-1] - theta[j + 1]
+        gamma = float(gap) / max(float(spread), 1e-300)
+        if gamma <= 0.0:
+            return float("inf")
+        worst = max(worst, math.log(r / target) / (2.0 * math.sqrt(gamma)))
+    return worst
 
 
 def _certify(Yc: Tensor, Vt: Tensor, Wt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -101,9 +137,10 @@ def lanczos(
     extrapolated from the recurrence: ``converged`` is a certificate, not "stopped changing".
     When the basis reaches ``max_basis`` columns it is compressed to the most wanted Ritz vectors
     (thick restart, Wu & Simon 2000; Stathopoulos & Saad's Krylov-Schur view) and the
-    expansion continues from their residuals, so no product is thrown away. With a block size
-    ``b > 1`` each step multiplies ``b`` vectors at once (one batched product), which finds
-    eigenvalues of multiplicity up to ``b`` and is faster per vector for batched operators.
+    expansion continues from their residuals, so no product is thrown away; a default-sized
+    basis grows instead while the wanted eigenvalues are clustered (see ``max_basis``). With a
+    block size ``b > 1`` each step multiplies ``b`` vectors at once (one batched product), which
+    finds eigenvalues of multiplicity up to ``b`` and is faster per vector for batched operators.
 
     What is certified: each returned value is within its residual of an eigenvalue of ``A``. Like
     every Krylov method, Lanczos can still miss an eigenvalue whose eigenvector is nearly
@@ -121,8 +158,13 @@ def lanczos(
         max_matvecs: budget of products; on exhaustion the result has ``converged`` False where
             the tolerance is not met. Default ``max(1000, 50 * max_basis)``.
         block_size: vectors multiplied per step.
-        max_basis: basis size that triggers a restart; default ``min(n, max(4 k, k + 30))``
-            rounded up to leave room for a block.
+        max_basis: basis size that triggers a restart (a memory bound: about
+            ``2 * max_basis * n`` numbers). Default ``min(n, max(4 k, k + 30) + block_size)``,
+            which may grow to twice that during the run when the Ritz values say the wanted
+            eigenvalues are clustered: when a pair not yet converged needs more products (by
+            the Chebyshev rate of its gap to the next Ritz value) than a restart would leave
+            room for, the basis is enlarged instead of restarted. ``result.basis_size`` says
+            how large it got.
         v0: start vector ``(n,)``, block ``(n, c)`` or a :class:`~subspaces.Subspace` (warm start,
             e.g. the previous eigenspace when tracking training); random by default. A start
             wider than ``block_size`` is folded into ``block_size`` sums of its columns. With
@@ -158,12 +200,16 @@ def lanczos(
     b = check_positive_int(block_size, "block_size")
     if b > n:
         raise ValueError(f"block_size must be <= n = {n}, got {b}")
+    grow = max_basis is None
     if max_basis is None:
         max_basis = min(n, max(4 * k, k + 30) + b)
     check_positive_int(max_basis, "max_basis")
     if max_basis < min(n, k + b):
         raise ValueError(f"max_basis must be >= k + block_size = {k + b} (or n), got {max_basis}")
     max_basis = min(max_basis, n)
+    # A default basis may grow (up to twice its size) instead of restarting while the wanted
+    # values are clustered; a max_basis given is a memory bound and is kept.
+    basis_cap = min(n, 2 * max_basis) if grow else max_basis
     budget = (
         max(1000, 50 * max_basis)
         if max_matvecs is None
@@ -187,7 +233,7 @@ def lanczos(
     Vt = torch.empty(cap, n, dtype=dtype, device=device)
     Wt = torch.empty(cap, n, dtype=dtype, device=device)
     H = torch.empty(0, 0, dtype=torch.float64)
-    m, matvecs, restarts, scale = 0, 0, 0, 0.0
+    m, matvecs, restarts, peak, scale = 0, 0, 0, 0, 0.0
 
     while True:
         Wb = checked_matmat(op, block)
@@ -200,6 +246,7 @@ def lanczos(
         Vt[m : m + nb_in] = block.T
         Wt[m : m + nb_in] = Wb.T
         m += nb_in
+        peak = max(peak, m)
 
         theta, Y = torch.linalg.eigh(H)
         scale = max(scale, float(theta.abs().max()))
@@ -226,6 +273,19 @@ def lanczos(
         # Next block: the Krylov continuation of the last block.
         nb = min(b, n - m, budget - matvecs)
         F = F[:, :nb]
+
+        if m + nb > max_basis and max_basis < basis_cap:
+            # What the spectrum says so far: if a wanted pair needs more products than a
+            # restart would leave room for (clustered wanted values: small relative gaps, slow
+            # Chebyshev rate), grow the basis instead; a restart would throw away directions
+            # the cluster still needs and cost products to rebuild them.
+            keep_n = min(max(k + (max_basis - k) // 2, k), max_basis - nb)
+            slow = estimate > tol * scale
+            need = _steps_to_converge(theta, cand[slow], estimate[slow], tol * scale)
+            if need > max_basis - keep_n:
+                max_basis = min(basis_cap, max_basis + max(nb, max_basis - keep_n))
+                Vt = torch.cat([Vt[:m], Vt.new_empty(max_basis + b - m, n)])
+                Wt = torch.cat([Wt[:m], Wt.new_empty(max_basis + b - m, n)])
 
         if m + nb > max_basis:  # thick restart: keep the most wanted Ritz vectors
             keep_n = min(max(k + (max_basis - k) // 2, k), max_basis - nb)
@@ -263,5 +323,6 @@ def lanczos(
         tol=tol,
         scale=scale,
         num_restarts=restarts,
+        basis_size=peak,
         method="lanczos" if b == 1 else f"block lanczos (b={b})",
     )
