@@ -220,14 +220,51 @@ def test_convergent_bad_inputs() -> None:
 
 
 # ----- reproduction --------------------------------------------------------------------------
-def test_p17_fast_runs_and_passes() -> None:
+@pytest.mark.slow
+def test_p17_fast_run_pairs_like_for_like() -> None:
     from subspaces.experiments import registry
     from subspaces.experiments.P17_convergent_learning import run
 
     result = run(True, 0)
     assert registry.get("P17").run is run
-    m = result.measured["pairs"]["0-1"]
-    assert result.passed, result.summary
+    measured = result.measured
+    assert list(measured["pairs"]) == ["0-1", "2-3", "4-5"]  # independent pairs
+    m = measured["pairs"]["0-1"]
     assert 0.0 < m["matched_fraction_above_0.9"] < 1.0
-    assert m["subspace_similarity_top10"] > m["matched_mean_correlation"]
+    assert set(result.headline) == {"svcca_minus_units_k10", "svcca_k10", "units_k10"}
+    assert measured["svcca_minus_units_k10"]["n"] == 3
+    assert result.passed == all(measured["checks"].values()), result.summary
+    assert {"passed_pair_0", "passed_all_pairs"} <= set(measured["old_criterion"])
     assert "correlation_matching" in result.figures
+
+
+def test_p17_like_for_like_units_and_subspaces_over_k_dimensions() -> None:
+    from subspaces.experiments.P17_convergent_learning import like_for_like
+    from subspaces.representations.similarity import svcca
+
+    g = torch.Generator().manual_seed(0)
+    Z = torch.randn(400, 3, generator=g, dtype=F64)
+    eps = torch.finfo(F64).eps
+    # the same units, permuted and rescaled: both levels see a perfect match
+    A = Z @ _randn(3, 6, seed=1) + 0.01 * _randn(400, 6, seed=2)
+    B = A[:, torch.randperm(6, generator=g)] * 3.0
+    same = like_for_like(A, B, 3)
+    assert abs(same["units"] - 1.0) <= 1e3 * eps and abs(same["subspace"] - 1.0) <= 1e3 * eps
+    # a shared 3-dim span in another basis: the subspace matches, single units do not
+    C = Z @ _randn(3, 6, seed=3) + 0.01 * _randn(400, 6, seed=4)
+    mixed = like_for_like(A, C, 3)
+    assert mixed["subspace"] > 0.99 and mixed["units"] < 0.95
+    assert mixed["units"] <= mixed["units_best_k"] + 1e3 * eps
+
+    # the subspace side is SVCCA with exactly k directions kept per side: CCA of the top-k
+    # principal component scores (svcca with keep=1 on those k-column representations)
+    def scores(X: torch.Tensor, k: int) -> torch.Tensor:
+        U, S, _ = torch.linalg.svd(X - X.mean(0), full_matrices=False)
+        return U[:, :k] * S[:k]
+
+    D = A + 0.5 * _randn(400, 6, seed=5)  # a noisier net: principal angles well away from 0
+    ref = svcca(scores(A, 4), scores(D, 4), keep=1.0)
+    assert ref.dims == (4, 4)
+    assert abs(like_for_like(A, D, 4)["subspace"] - ref.mean) <= 1e3 * eps
+    with pytest.raises(ValueError, match="k must be"):
+        like_for_like(A, C, 7)
