@@ -5,6 +5,8 @@
 - :mod:`~subspaces.clustering.sinkhorn`: log-domain Sinkhorn iterations for doubly stochastic
   memberships.
 - :mod:`~subspaces.clustering.metrics`: clustering accuracy (Hungarian matching), NMI, ARI.
+- :class:`MLC`: manifold linearizing and clustering (P04), a network trained with the rate
+  reduction and a Sinkhorn membership; learned cluster subspaces as ``Subspace`` objects.
 - Baselines: :class:`KSubspaces`, :class:`EnSC` (elastic-net self-expression by accelerated
   proximal gradient, then spectral clustering), :func:`spectral_clustering` on an affinity, and
   scikit-learn's k-means and spectral clustering as :class:`KMeans`, :class:`SpectralClustering`.
@@ -39,14 +41,17 @@ from .metrics import (
     match_labels,
     normalized_mutual_info,
 )
+from .mlc import MLC, MLCNetwork, mlc_loss
 from .sinkhorn import sinkhorn, sinkhorn_log
 from .spectral import KMeans, SpectralClustering, kmeans, spectral_clustering, spectral_embedding
 
 __all__ = [
+    "MLC",
     "ClusterEstimator",
     "EnSC",
     "KMeans",
     "KSubspaces",
+    "MLCNetwork",
     "SpectralClustering",
     "adjusted_rand_index",
     "class_conditional_rate",
@@ -59,6 +64,7 @@ __all__ = [
     "match_labels",
     "mcr2_loss",
     "mean_principal_cosines",
+    "mlc_loss",
     "normalized_mutual_info",
     "pairwise_principal_angles",
     "rate_reduction",
