@@ -252,4 +252,8 @@ def test_p24_fast_reproduces() -> None:
         "adam_lr_slope_seeds",
     }
     assert {"passed", "sgd_median_slope", "adam_median_slope"} <= set(m["old_criterion"])
-    assert result.passed == (m["excess_ok"] and all(m["lr_criterion"].values()))
+    assert result.passed == (
+        m["mean_lambda_max_above_full_for_every_B"]
+        and m["excess_ok"]
+        and all(m["lr_criterion"].values())
+    )
