@@ -79,31 +79,41 @@ def mlc_loss(
     eps: float = 0.5,
     eta: float = 0.1,
     gamma: float = 1.0,
+    entropy: float = 0.0,
     sinkhorn_iter: int = 20,
-) -> tuple[Tensor, Tensor]:
-    """MLC's loss ``-(R(Z) - gamma R_c(Z, Pi))`` with ``Pi = Sinkhorn(C C^T / eta)``.
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """MLC's loss ``-(R(Z) - gamma R_c(Z, Pi) + entropy H(Pi))``, ``Pi = Sinkhorn(C C^T / eta)``.
+
+    ``H(Pi) = -sum_ij Pi_ij log Pi_ij / n`` is the mean row entropy of the membership.
 
     Args:
         Z: features ``(n, d)`` (unit-norm rows).
         C: cluster features ``(n, d_c)`` (unit-norm rows).
         eps: coding distortion.
-        eta: entropy weight of the membership (smaller: sharper groups).
+        eta: Sinkhorn temperature (smaller: sharper groups).
         gamma: weight of the compression term.
+        entropy: weight of the membership's mean row entropy.
         sinkhorn_iter: Sinkhorn sweeps (fixed, differentiated through).
 
     Returns:
-        ``(loss, Pi)``: the scalar loss and the ``(n, n)`` doubly stochastic membership.
+        ``(loss, Pi, parts)``: the scalar loss, the ``(n, n)`` doubly stochastic membership and
+        the detached terms ``{"rate", "compression", "entropy"}``.
 
     Example:
         >>> import torch
         >>> Z = torch.nn.functional.normalize(torch.randn(16, 4), dim=1)
-        >>> loss, Pi = mlc_loss(Z, Z)
+        >>> loss, Pi, parts = mlc_loss(Z, Z)
         >>> Pi.shape, bool(torch.allclose(Pi.sum(0), torch.ones(16), atol=1e-5))
         (torch.Size([16, 16]), True)
     """
-    Pi = sinkhorn_log(C @ C.T, eta, max_iter=sinkhorn_iter, tol=0).exp()
-    loss = -(coding_rate(Z, eps) - gamma * class_conditional_rate(Z, Pi, eps))
-    return loss, Pi
+    log_pi = sinkhorn_log(C @ C.T, eta, max_iter=sinkhorn_iter, tol=0)
+    Pi = log_pi.exp()
+    rate = coding_rate(Z, eps)
+    comp = class_conditional_rate(Z, Pi, eps)
+    ent = -(Pi * log_pi).sum() / Pi.shape[0]
+    loss = -(rate - gamma * comp + entropy * ent)
+    parts = {"rate": rate.detach(), "compression": comp.detach(), "entropy": ent.detach()}
+    return loss, Pi, parts
 
 
 class MLCNetwork(nn.Module):
@@ -191,7 +201,8 @@ class MLC(ClusterEstimator):
         membership_: ``(n, n)`` doubly stochastic membership of the training data (``None`` when
             ``n > max_full_membership``).
         subspaces_: one :class:`~subspaces.linalg.subspace.Subspace` of ``R^d`` per cluster.
-        history_: per-epoch ``loss``, ``rate``, ``compression`` and ``seconds``.
+        history_: per-epoch means of ``loss``, ``rate``, ``compression``, ``entropy`` and the
+            epoch's ``seconds``.
 
     Raises:
         ValueError: at ``fit`` for invalid data or parameters (named, with their value).
@@ -309,7 +320,13 @@ class MLC(ClusterEstimator):
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
             net = MLCNetwork(A.shape[1], cfg["hidden"], cfg["d"], cfg["d"]).to(self.dtype)
         batch = min(cfg["batch"], n)
-        history: dict[str, list[float]] = {"loss": [], "rate": [], "compression": [], "seconds": []}
+        history: dict[str, list[float]] = {
+            "loss": [],
+            "rate": [],
+            "compression": [],
+            "entropy": [],
+            "seconds": [],
+        }
 
         def batches() -> list[Tensor]:
             order = torch.randperm(n, generator=g)
@@ -325,21 +342,26 @@ class MLC(ClusterEstimator):
         net.train()
         for _ in range(cfg["epochs"]):
             start = time.perf_counter()
-            totals = torch.zeros(3, dtype=torch.float64)
-            parts = batches()
-            for idx in parts:
+            totals = torch.zeros(4, dtype=torch.float64)
+            steps = batches()
+            for idx in steps:
                 Z, C = net(A[idx])
-                logPi = sinkhorn_log(C @ C.T, cfg["eta"], max_iter=cfg["sinkhorn_iter"], tol=0)
-                Pi = logPi.exp()
-                rate = coding_rate(Z, cfg["eps"])
-                comp = class_conditional_rate(Z, Pi, cfg["eps"])
-                ent = -(Pi * logPi).sum() / Pi.shape[0]
-                loss = -(rate - cfg["gamma"] * comp + cfg["entropy"] * ent)
+                loss, _, parts = mlc_loss(
+                    Z,
+                    C,
+                    eps=cfg["eps"],
+                    eta=cfg["eta"],
+                    gamma=cfg["gamma"],
+                    entropy=cfg["entropy"],
+                    sinkhorn_iter=cfg["sinkhorn_iter"],
+                )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                totals += torch.stack([loss.detach(), rate.detach(), comp.detach()]).double()
-            totals /= len(parts)
+                totals += torch.stack(
+                    [loss.detach(), parts["rate"], parts["compression"], parts["entropy"]]
+                ).double()
+            totals /= len(steps)
             if not bool(torch.isfinite(totals).all()):
                 raise FloatingPointError(
                     f"MLC training diverged (loss {float(totals[0])}); lower lr or raise eps"
@@ -347,6 +369,7 @@ class MLC(ClusterEstimator):
             history["loss"].append(float(totals[0]))
             history["rate"].append(float(totals[1]))
             history["compression"].append(float(totals[2]))
+            history["entropy"].append(float(totals[3]))
             history["seconds"].append(time.perf_counter() - start)
         net.eval()
         self.network_ = net
