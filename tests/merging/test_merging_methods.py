@@ -371,3 +371,24 @@ def test_breadcrumbs_and_dare_merges_match_dense_references():
             dare_ref += 0.6 * (m[n] - base[n]) * drop / 0.7
         assert torch.allclose(bc[n], bc_ref, atol=_tol(torch.float64, 10), rtol=0)
         assert torch.allclose(dare[n], dare_ref, atol=_tol(torch.float64, 10), rtol=0)
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare", "linear"])
+def test_nan_is_named_for_every_method_and_overflow_is_reported(method):
+    base, models = _random_models(2)
+    bad = {**models[1], "0.bias": models[1]["0.bias"].clone()}
+    bad["0.bias"][3] = float("inf")
+    kwargs = {} if method == "linear" else {"base": base}
+    with pytest.raises(ValueError, match=r"'0\.bias' of models\[1\] contains 1 non-finite.*inf"):
+        merge([models[0], bad], method=method, density=0.5, **kwargs)
+    if method == "linear":
+        return
+    nan_base = {**base, "2.weight": base["2.weight"].clone()}
+    nan_base["2.weight"][0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"'2\.weight' of base contains 1 non-finite"):
+        merge(models, method=method, base=nan_base)
+    big = {n: torch.full_like(v, 6e4, dtype=torch.float16) for n, v in base.items()}
+    zero = {n: torch.zeros_like(v, dtype=torch.float16) for n, v in base.items()}
+    if method == "task_arithmetic":
+        with pytest.raises(ValueError, match="overflowed"):
+            merge([big, big], method=method, base=zero)

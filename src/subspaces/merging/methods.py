@@ -76,6 +76,8 @@ METHODS: tuple[str, ...] = get_args(Method)
 Consensus = Literal["sum", "count"]
 Rescale = Literal["inverse", "l1", "none"]
 
+_CHUNK = 1 << 18  # entries per chunk of the element-wise combination
+
 # method -> (sparsification, consensus used, default normalize)
 _SPEC: dict[str, tuple[str | None, bool, bool]] = {
     "task_arithmetic": (None, False, False),
@@ -95,13 +97,67 @@ def _check_density(density: float, what: str = "density") -> float:
     return float(density)
 
 
-def _l1_rescaled(delta: Tensor, kept: Tensor) -> Tensor:
-    """``kept`` scaled to the l1 norm of ``delta`` (mergekit's ``RescaleNorm.l1``)."""
-    before = delta.abs().sum()
-    after = kept.abs().sum()
-    if float(before) < 1e-7 or float(after) < 1e-7:
-        return kept
-    return kept * (before / after)
+def _rescale_(flat: Tensor, before: Tensor | None, density: float, rescale: str) -> Tensor:
+    """Rescale the kept entries in place: ``1 / density``, or back to the l1 norm ``before``."""
+    if rescale == "inverse":
+        return flat.div_(density)
+    if rescale == "l1" and before is not None:
+        after = flat.abs().sum()
+        if float(before) >= 1e-7 and float(after) >= 1e-7:  # mergekit's RescaleNorm.l1
+            flat.mul_(before / after)
+    return flat
+
+
+def _magnitude_(delta: Tensor, density: float, rescale: str) -> Tensor:
+    """In-place :func:`magnitude_sparsify` of a contiguous tensor."""
+    n = delta.numel()
+    if density >= 1.0 or n == 0:
+        return delta
+    flat = delta.view(-1)
+    magnitude = flat.abs().float()
+    before = magnitude.sum() if rescale == "l1" else None
+    keep = torch.zeros(n, dtype=torch.bool, device=delta.device)
+    keep[torch.topk(magnitude, max(1, int(density * n)), sorted=False).indices] = True
+    del magnitude
+    flat.mul_(keep)
+    _rescale_(flat, before, density, rescale)
+    return delta
+
+
+def _dare_(
+    delta: Tensor, density: float, rescale: str, generator: torch.Generator | None
+) -> Tensor:
+    """In-place :func:`dare_sparsify` of a contiguous tensor."""
+    if density >= 1.0:
+        return delta
+    flat = delta.view(-1)
+    before = flat.abs().sum() if rescale == "l1" else None
+    keep = torch.rand(flat.shape, generator=generator, device=delta.device) < density
+    flat.mul_(keep)
+    _rescale_(flat, before, density, rescale)
+    return delta
+
+
+def _breadcrumbs_(delta: Tensor, density: float, gamma: float, rescale: str) -> Tensor:
+    """In-place :func:`breadcrumbs_sparsify` of a contiguous tensor."""
+    if density >= 1.0:
+        return delta
+    n = delta.numel()
+    flat = delta.view(-1)
+    before = flat.abs().sum() if rescale == "l1" else None
+    n_keep = int(density * n)
+    n_bottom = max(n - n_keep - int(gamma * n), 0)
+    order = torch.argsort(flat.abs().float())
+    keep = torch.zeros(n, dtype=torch.bool, device=delta.device)
+    keep[order[n_bottom : n_bottom + n_keep]] = True
+    del order
+    flat.mul_(keep)
+    _rescale_(flat, before, density, rescale)
+    return delta
+
+
+def _fresh(delta: Tensor) -> Tensor:
+    return delta.clone(memory_format=torch.contiguous_format)
 
 
 def magnitude_sparsify(delta: Tensor, density: float, *, rescale: Rescale = "none") -> Tensor:
@@ -122,23 +178,7 @@ def magnitude_sparsify(delta: Tensor, density: float, *, rescale: Rescale = "non
     """
     density = _check_density(density)
     check_choice(rescale, "rescale", get_args(Rescale))
-    if density >= 1.0:
-        return delta.clone()
-    if delta.numel() == 0:
-        return delta.clone()
-    k = max(1, int(density * delta.numel()))
-    mask = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
-    mask[torch.topk(delta.abs().flatten().float(), k, sorted=False).indices] = True
-    return _apply_mask(delta, mask.view_as(delta), density, rescale)
-
-
-def _apply_mask(delta: Tensor, mask: Tensor, density: float, rescale: str) -> Tensor:
-    kept = delta * mask
-    if rescale == "inverse":
-        return kept / density
-    if rescale == "l1":
-        return _l1_rescaled(delta, kept)
-    return kept
+    return _magnitude_(_fresh(delta), density, rescale)
 
 
 def dare_sparsify(
@@ -168,10 +208,7 @@ def dare_sparsify(
     """
     density = _check_density(density)
     check_choice(rescale, "rescale", get_args(Rescale))
-    if density >= 1.0:
-        return delta.clone()
-    mask = torch.rand(delta.shape, generator=generator, device=delta.device) < density
-    return _apply_mask(delta, mask, density, rescale)
+    return _dare_(_fresh(delta), density, rescale, generator)
 
 
 def breadcrumbs_sparsify(
@@ -202,17 +239,14 @@ def breadcrumbs_sparsify(
     """
     density = _check_density(density)
     check_choice(rescale, "rescale", get_args(Rescale))
+    _check_gamma(gamma)
+    return _breadcrumbs_(_fresh(delta), density, float(gamma), rescale)
+
+
+def _check_gamma(gamma: Any, what: str = "gamma") -> float:
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma < 1:
-        raise ValueError(f"gamma must be a number in [0, 1), got {gamma!r}")
-    if density >= 1.0:
-        return delta.clone()
-    n = delta.numel()
-    n_keep = int(density * n)
-    n_bottom = max(n - n_keep - int(gamma * n), 0)
-    order = torch.argsort(delta.abs().flatten().float())
-    mask = torch.zeros(n, dtype=torch.bool, device=delta.device)
-    mask[order[n_bottom : n_bottom + n_keep]] = True
-    return _apply_mask(delta, mask.view_as(delta), density, rescale)
+        raise ValueError(f"{what} must be a number in [0, 1), got {gamma!r}")
+    return float(gamma)
 
 
 def sign_agreement_mask(weighted: Tensor, consensus: Consensus = "sum") -> Tensor:
@@ -266,20 +300,25 @@ def disjoint_merge(
         >>> disjoint_merge(d, torch.ones(2), consensus="sum", normalize=True).tolist()
         [3.0, 3.0]
     """
-    w = weights.to(deltas.dtype).view(-1, *([1] * (deltas.ndim - 1)))
-    weighted = deltas * w
-    if consensus is not None:
-        agree = sign_agreement_mask(weighted, consensus)
-        mixed = (weighted * agree).sum(0)
-        if normalize:
-            divisor = (w * agree).sum(0)
-            mixed = mixed / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
-        return mixed
-    mixed = weighted.sum(0)
-    if normalize:
-        total = float(weights.sum())
-        mixed = mixed / (1.0 if abs(total) < 1e-8 else total)
-    return mixed
+    k = deltas.shape[0]
+    flat = deltas.reshape(k, -1)
+    w = weights.to(deltas.dtype).view(k, 1)
+    out = torch.empty(flat.shape[1], dtype=deltas.dtype, device=deltas.device)
+    total = float(weights.sum())
+    for lo in range(0, flat.shape[1], _CHUNK):  # chunks keep the (K, chunk) temporaries small
+        weighted = flat[:, lo : lo + _CHUNK] * w
+        if consensus is not None:
+            agree = sign_agreement_mask(weighted, consensus)
+            mixed = (weighted * agree).sum(0)
+            if normalize:
+                divisor = (w * agree).sum(0)
+                mixed /= torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+        else:
+            mixed = weighted.sum(0)
+            if normalize:
+                mixed /= 1.0 if abs(total) < 1e-8 else total
+        out[lo : lo + _CHUNK] = mixed
+    return out.view(deltas.shape[1:])
 
 
 def slerp(a: Tensor, b: Tensor, t: float, *, dot_threshold: float = 0.9995) -> Tensor:
@@ -465,51 +504,65 @@ def iter_merge(
                 total = 0.0
                 for k, src in enumerate(sources):
                     x = first if src is ref else src.get(name)
-                    if src is not ref:
-                        check_finite_tensor(x, name, src.label)
                     acc.add_(x.to(work), alpha=w_table[k][name])
                     total += w_table[k][name]
                 if do_normalize and abs(total) >= 1e-8:
                     acc /= total
-                yield name, acc.to(first.dtype)
+                result = acc.to(first.dtype)
+                _check_output(result, name, sources)
+                yield name, result
                 bar.update()
                 continue
-            base_t = first.to(work)
-            w = torch.tensor([w_table[k][name] for k in range(len(sources))], dtype=work)
-            if sparsify is None and not use_consensus:
-                mixed = torch.zeros_like(base_t)
-                for k, src in enumerate(sources):
-                    x = src.get(name)
-                    check_finite_tensor(x, name, src.label)
-                    mixed.add_(x.to(work) - base_t, alpha=float(w[k]))
-                if do_normalize:
-                    total = float(w.sum())
-                    mixed /= 1.0 if abs(total) < 1e-8 else total
-            else:
+            base_t = first.to(work).contiguous()
+            w = [w_table[k][name] for k in range(len(sources))]
+            d = density_table[name]
+            buf = torch.empty_like(base_t)
+            if use_consensus:  # the sign election needs every delta of this tensor at once
                 deltas = torch.empty((len(sources), *base_t.shape), dtype=work)
-                for k, src in enumerate(sources):
-                    x = src.get(name)
+            else:
+                mixed = torch.zeros_like(base_t)
+            for k, src in enumerate(sources):
+                x = src.get(name)
+                if sparsify is not None:  # a dropped NaN would vanish silently: check inputs
                     check_finite_tensor(x, name, src.label)
-                    delta = torch.sub(x.to(work), base_t, out=deltas[k])
-                    d = density_table[name]
-                    if sparsify == "magnitude":
-                        deltas[k] = magnitude_sparsify(delta, d, rescale=rescale_mode)
-                    elif sparsify == "random":
-                        g = _generator_for(seed, k, name)
-                        deltas[k] = dare_sparsify(delta, d, rescale=rescale_mode, generator=g)
-                    elif sparsify == "outliers":
-                        deltas[k] = breadcrumbs_sparsify(
-                            delta, d, gamma_table[name], rescale=rescale_mode
-                        )
+                delta = torch.sub(x.to(work), base_t, out=deltas[k] if use_consensus else buf)
+                del x
+                if sparsify == "magnitude":
+                    _magnitude_(delta, d, rescale_mode)
+                elif sparsify == "random":
+                    _dare_(delta, d, rescale_mode, _generator_for(seed, k, name))
+                elif sparsify == "outliers":
+                    _breadcrumbs_(delta, d, gamma_table[name], rescale_mode)
+                if not use_consensus:
+                    mixed.add_(delta, alpha=w[k])
+            del buf
+            if use_consensus:
                 mixed = disjoint_merge(
                     deltas,
-                    w,
-                    consensus=consensus if use_consensus else None,
+                    torch.tensor(w, dtype=work),
+                    consensus=consensus,
                     normalize=do_normalize,
                 )
                 del deltas
-            yield name, (base_t + lam_table[name] * mixed).to(first.dtype)
+            elif do_normalize:
+                total = sum(w)
+                mixed /= 1.0 if abs(total) < 1e-8 else total
+            result = mixed.mul_(lam_table[name]).add_(base_t).to(first.dtype)
+            _check_output(result, name, sources)  # NaN inputs, or overflow of the output dtype
+            yield name, result
             bar.update()
+
+
+def _check_output(out: Tensor, name: str, sources: Sequence[StateDictSource]) -> None:
+    """If a merged tensor is not finite, name the model holding NaN/Inf (else: overflow)."""
+    if bool(torch.isfinite(out.sum())) or bool(torch.isfinite(out).all()):
+        return
+    for src in sources:
+        check_finite_tensor(src.get(name), name, src.label)
+    raise ValueError(
+        f"merging tensor {name!r} overflowed to a non-finite value (the inputs are finite): "
+        "lower the weights or lambda"
+    )
 
 
 def merge(
