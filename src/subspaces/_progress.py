@@ -66,6 +66,10 @@ class Progress:
         stream: where to write (default ``sys.stderr``).
         interval: on a non-terminal stream, the least number of seconds between lines (milestones
             and the final line are always printed).
+        initial: steps already done before this reporter started (a resumed run): the count
+            starts there and the ETA is the time since the start times the remaining steps over
+            the steps done since the start, so work finished before a resume does not make it
+            look fast.
 
     Example:
         >>> import io
@@ -75,6 +79,11 @@ class Progress:
         ...         p.update(note="loss 0.1")
         >>> [line.split(" [")[0] for line in buf.getvalue().splitlines()]
         ['fitting 1/4 (25%)', 'fitting 2/4 (50%)', 'fitting 3/4 (75%)', 'fitting 4/4 (100%)']
+        >>> buf = io.StringIO()  # resumed at step 2 of 4
+        >>> with Progress(4, "fitting", stream=buf, interval=1e9, initial=2) as p:
+        ...     p.update()
+        >>> buf.getvalue().split(" [")[0]
+        'fitting 3/4 (75%)'
     """
 
     def __init__(
@@ -85,6 +94,7 @@ class Progress:
         quiet: bool = False,
         stream: TextIO | None = None,
         interval: float = 5.0,
+        initial: int = 0,
     ) -> None:
         if total is not None and (
             isinstance(total, bool) or not isinstance(total, int) or total < 0
@@ -95,12 +105,15 @@ class Progress:
         self.quiet = quiet
         self.stream: TextIO = stream if stream is not None else sys.stderr
         self.interval = interval
-        self.count = 0
+        if isinstance(initial, bool) or not isinstance(initial, int) or initial < 0:
+            raise ValueError(f"initial must be a non-negative int, got {initial!r}")
+        self.initial = initial
+        self.count = initial
         self.note = ""
         self._tty = _is_tty(self.stream)
         self._start = time.monotonic()
         self._last_write = -float("inf")
-        self._milestone = 0
+        self._milestone = 4 * initial // total if total else 0
         self._line_len = 0
         self._printed: int | None = None
         self._closed = False
@@ -116,8 +129,9 @@ class Progress:
         if self.total:
             parts.append(f"{self.count}/{self.total} ({100 * self.count // self.total}%)")
             timing = format_seconds(elapsed)
-            if 0 < self.count < self.total:
-                eta = elapsed * (self.total - self.count) / self.count
+            done = self.count - self.initial  # since this reporter started (a resume)
+            if done > 0 and self.count < self.total:
+                eta = elapsed * (self.total - self.count) / done
                 timing += f", ~{format_seconds(eta)} left"
             parts.append(f"[{timing}]")
         else:

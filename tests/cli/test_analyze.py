@@ -1,6 +1,7 @@
 """`subspaces analyze` end to end on a tiny setting: files, JSON, resume, errors."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -54,7 +55,13 @@ def test_end_to_end_writes_report_and_json(tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["history"]["epoch"] == [1, 2, 3]
-    assert len(on_disk["curvature"]["step"]) == 3  # steps 0, 3, 6 of 9
+    # every curvature series ends at the last training step, like the losses (steps 0-8 train,
+    # the model after step 8 is the one at step 9)
+    curvature = on_disk["curvature"]
+    assert curvature["step"] == [0, 3, 6, 9] and on_disk["history"]["step"][-1] == 9
+    for name in ("eigenvalues", "trace", "grad_fraction", "overlap_prev", "matvecs"):
+        assert len(curvature[name]) == 4, name
+    assert all(math.isfinite(v) for v in curvature["grad_fraction"] + curvature["overlap_prev"][1:])
     assert on_disk["curvature"]["num_samples"] == 90
     assert on_disk["final"]["num_samples"] == 90
     assert len(on_disk["final"]["eigenvalues"]) == 8
@@ -84,11 +91,22 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path, monkeypatch
     ).payload
     assert state["run"]["epoch"] == 1
     monkeypatch.setattr(analyze_train, "_evaluate", real)
+    bars = []
+
+    class Recorded(analyze_train.Progress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(analyze_train, "Progress", Recorded)
     messages = []
     resumed = run_analyze(
         config(), tmp_path / "resumed", resume=True, quiet=True, log=messages.append
     )
     assert any("resuming" in m for m in messages)
+    # the resumed training bar starts at the finished steps: its ETA counts only the rest
+    (bar,) = bars
+    assert bar.initial == state["run"]["step"] == 3 and bar.count == bar.total == 9
     assert resumed["history"] == full["history"]
     assert resumed["curvature"]["eigenvalues"] == full["curvature"]["eigenvalues"]
     with pytest.raises(ValueError, match="other settings"):

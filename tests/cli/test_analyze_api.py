@@ -83,7 +83,7 @@ def test_user_loop_cnn_with_batchnorm_writes_the_report(tmp_path):
     )
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert (tmp_path / "report.html").stat().st_size > 0
-    assert on_disk["curvature"]["step"] == [0, 4, 8]
+    assert on_disk["curvature"]["step"] == [0, 4, 8, 11]  # and the last logged step
     assert on_disk["curvature"]["num_samples"] == 48
     assert on_disk["final"]["num_samples"] == 48  # the final spectrum on the tracked subset
     assert summary["history"]["step"][-1] == 11 and len(summary["history"]["step"]) == 13
@@ -118,7 +118,7 @@ def test_our_loop_on_a_dict_loader_with_batch_to_inputs(tmp_path):
         out=tmp_path,
         **QUIET,
     )
-    assert summary["curvature"]["step"] == [0, 3, 6]
+    assert summary["curvature"]["step"] == [0, 3, 6, 8]  # 8 steps: the last one too
     assert summary["config"]["curvature_samples"] == 40
     assert summary["config"]["curvature_seed"] == 5
     assert summary["config"]["curvature_batches"] == 3
@@ -192,7 +192,7 @@ def test_tiny_hf_causal_lm_with_a_user_loop(tmp_path):
         model, batches, causal_lm_loss, tracker=tracker, out=tmp_path, **QUIET
     )
     assert (tmp_path / "report.html").exists()
-    assert summary["curvature"]["step"] == [0, 3]
+    assert summary["curvature"]["step"] == [0, 3, 5]
     assert summary["final"]["num_samples"] == 24
     # the report's final training loss is the model's own loss over the data
     own = sum(float(model.eval()(**b).loss) for b in batches) / len(batches)

@@ -182,3 +182,26 @@ def test_log_history_and_products_per_measure():
     other = CurvatureTracker(model, "cross_entropy", [(X, y)], lr=0.1, every=2, k=2)
     other.load_state_dict(torch.load(buf, weights_only=True))
     assert other.history == tr.history and len(other.records) == 1
+
+
+def test_finish_measures_at_the_last_step_once():
+    """Every series ends at the last training step, not at the last multiple of ``every``."""
+    X = torch.randn(40, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = torch.randn(40, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    model = nn.Linear(3, 1).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    tracker = CurvatureTracker(
+        model, "mse", [(X, y)], optimizer=opt, every=4, k=2, generator=torch.Generator()
+    )
+    for step in range(10):
+        tracker.step(step)
+        opt.zero_grad()
+        ((model(X) - y) ** 2).mean().backward()
+        opt.step()
+    assert [r["step"] for r in tracker.records] == [0, 4, 8]
+    last = tracker.finish(10)
+    assert last is not None and [r["step"] for r in tracker.records] == [0, 4, 8, 10]
+    for key in ("grad_fraction", "overlap_prev", "lambda_max"):
+        assert last[key] is not None and last[key] == last[key], key  # measured, not NaN
+    assert tracker.finish(10) is None and tracker.finish(9) is None  # already there
+    assert len(tracker.records) == 4

@@ -182,7 +182,7 @@ def analyze(
         >>> s = analyze(model, loader, nn.CrossEntropyLoss(), optimizer=opt, every=2, k=2,
         ...             final_k=4, density_runs=2, density_steps=8, quiet=True)
         >>> s["curvature"]["step"], s["config"]["curvature_samples"], len(s["final"]["eigenvalues"])
-        ([0, 2], 64, 4)
+        ([0, 2, 4], 64, 4)
     """
     from ..curvature._model import iterate_batches, output_tensor, resolve_loss, split_batch
 
@@ -280,8 +280,8 @@ def analyze(
                 f"({sum(p.numel() for p in model.parameters())} parameters), {n} training "
                 f"samples, curvature on {used} every {every} steps"
             )
-            if total is not None:
-                checks = (total + every - 1) // every
+            if total is not None:  # every-th steps, and the last step (tracker.finish)
+                checks = (total + every - 1) // every + 1
                 _log_tracking_cost(log, tracker, tracker.data, checks, total)
         progress = Progress(total, "training", quiet=quiet)
         for epoch in range(epochs):
@@ -308,6 +308,12 @@ def analyze(
             if test is not None:
                 row["test_loss"], row["test_acc"] = _evaluate_loader(model, loss, test, device)
             record(row)
+        tc = time.perf_counter()
+        progress.update(0, note="curvature at the last step")
+        rec = tracker.finish(step)  # every curvature series ends at the last step, like the losses
+        if rec is not None:
+            progress.note = f"λmax {rec['lambda_max']:.3g} (2/η {2 / rec['lr']:.3g})"
+        curvature_seconds += time.perf_counter() - tc
         progress.close()
     else:
         rows = tracker.history if tracker is not None else []
@@ -322,6 +328,10 @@ def analyze(
         if test is not None:
             row["test_loss"], row["test_acc"] = _evaluate_loader(model, loss, test, device)
         record(row)
+        if tracker is not None:  # the curvature series end at the last step too
+            tc = time.perf_counter()
+            tracker.finish(last)
+            curvature_seconds += time.perf_counter() - tc
     train_seconds = time.perf_counter() - t_start
 
     final = _final_spectrum(

@@ -8,11 +8,56 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .._progress import Progress
 from ..curvature import HessianOperator, bulk_outliers, density, top_eigen, trace
 from ._costs import _cost_line, _measure_product_seconds
+
+
+class _CountedHessian(HessianOperator):
+    """A Hessian that reports the columns of every product to ``on_products`` (live progress)."""
+
+    on_products: Callable[[int], None] | None = None
+
+    def _matmat(self, X: Tensor) -> Tensor:
+        out = super()._matmat(X)
+        if self.on_products is not None:
+            self.on_products(int(X.shape[1]))
+        return out
+
+
+class _PhaseProgress:
+    """Progress through parts with a product budget each, counted in products as they run.
+
+    The bar's total is the predicted number of products (the sum of the budgets, the count the
+    cost line printed before the phase); inside a part the count follows its products (at most
+    its budget: an estimate can be exceeded), and at the end of a part it jumps to the part's
+    budget (a trace that stopped early). The ETA is then the time so far times the remaining
+    budget over the budget done: what is left of the printed prediction at the measured pace.
+    """
+
+    def __init__(self, parts: list[tuple[str, int]], desc: str, quiet: bool) -> None:
+        self.budgets = dict(parts)
+        self.progress = Progress(sum(self.budgets.values()), desc, quiet=quiet)
+        self.start, self.used, self.part = 0, 0, ""
+
+    def begin(self, part: str) -> None:
+        self.part, self.used = part, 0
+        self.progress.note = part
+
+    def products(self, columns: int) -> None:
+        self.used += columns
+        target = self.start + min(self.used, self.budgets[self.part] - 1)
+        if target > self.progress.count:
+            self.progress.update(target - self.progress.count)
+
+    def end(self) -> None:
+        self.start += self.budgets[self.part]
+        self.progress.update(self.start - self.progress.count)
+
+    def close(self) -> None:
+        self.progress.close()
 
 
 @dataclass
@@ -44,39 +89,43 @@ def _final_spectrum(
     """Top eigenpairs, trace and SLQ density of the Hessian on ``data`` (summed over its batches).
 
     The predicted cost (products x measured seconds per product) is logged before it starts, and
-    each part's progress while it runs.
+    the progress in products while it runs (:class:`_PhaseProgress`: an ETA from the products
+    done and the time they took).
 
     Returns:
         The results and the seconds they took.
     """
     t0 = time.perf_counter()
-    H = HessianOperator(model, loss_fn, data, mode_policy="eval", dtype=dtype)
+    H = _CountedHessian(model, loss_fn, data, mode_policy="eval", dtype=dtype)
     k_final = min(final_k, H.shape[0])
     steps = min(density_steps, H.shape[0])
+    parts = [
+        (f"top-{k_final} eigenpairs", 3 * (k_final + 2) + 10),
+        (f"trace (at most {trace_budget})", trace_budget),
+        (f"density {density_runs}x{steps}", density_runs * steps),
+    ]
     if not quiet:
         per = _measure_product_seconds(H, torch.Generator().manual_seed(0))
         batches = H.num_batches or 1
         log(
             _cost_line(
                 f"final spectrum on {what} ({batches} batch{'es' if batches > 1 else ''})",
-                [
-                    (f"top-{k_final} eigenpairs", 3 * (k_final + 2) + 10),
-                    (f"trace (at most {trace_budget})", trace_budget),
-                    (f"density {density_runs}x{steps}", density_runs * steps),
-                ],
+                parts,
                 per,
             )
         )
-    progress = Progress(3, "final spectrum", quiet=quiet)
-    progress.note = "top eigenpairs"
+    progress = _PhaseProgress(parts, "final spectrum (products)", quiet)
+    H.on_products = progress.products
+    progress.begin(parts[0][0])
     top = top_eigen(H, k_final, rtol=1e-4, generator=generator)
-    progress.update()
+    progress.end()
     split = bulk_outliers(top) if int((top.eigenvalues > 0).sum()) >= 2 else None
-    progress.note = "trace"
+    progress.begin(parts[1][0])
     tr = trace(H, rtol=0.03, max_matvecs=trace_budget, generator=generator)
-    progress.update()
-    progress.note = "density"
+    progress.end()
+    progress.begin(parts[2][0])
     dens = density(H, density_runs, steps, generator=generator)
-    progress.update()
+    progress.end()
     progress.close()
+    H.on_products = None
     return _Final(top, split, tr, dens, time.perf_counter() - t0, k_final, H.num_batches)

@@ -280,10 +280,11 @@ def _run_analyze(
             f"{num_threads} thread{'s' if num_threads > 1 else ''}"
         )
         checkpoints = sum(1 for s in range(run.step, total_steps) if s % config.every == 0)
+        checkpoints += 1  # the last step (tracker.finish): every series ends there
         if checkpoints:
             _log_tracking_cost(log, tracker, full_data, checkpoints, total_steps - run.step)
-    progress = Progress(total_steps, "training", quiet=quiet)
-    progress.count = run.step
+    # after a resume the count starts at the finished steps and the ETA counts only the rest
+    progress = Progress(total_steps, "training", quiet=quiet, initial=run.step)
     while run.epoch < config.epochs:
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=shuffle).to(device)
@@ -341,6 +342,13 @@ def _run_analyze(
             version=CHECKPOINT_VERSION,
             identity=settings_hash(dataclasses.asdict(config)),
         )
+    tc = time.perf_counter()
+    progress.update(0, note="curvature at the last step")
+    rec = tracker.finish(run.step)  # every curvature series ends at the last step, like the losses
+    if rec is not None:
+        progress.note = f"λmax {rec['lambda_max']:.3g} (2/η {2 / rec['lr']:.3g})"
+    run.curvature_seconds += time.perf_counter() - tc
+    run.train_seconds += time.perf_counter() - tc
     progress.close()
 
     # ----- the final spectrum ------------------------------------------------------------------

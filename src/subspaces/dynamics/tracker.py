@@ -188,6 +188,33 @@ class CurvatureTracker:
             return None
         return self.measure(step, batch)
 
+    def finish(self, step: int) -> dict[str, Any] | None:
+        """Measure at the last training step ``step`` unless the last record is already there.
+
+        Call it once after training (``step`` = the number of optimizer steps taken) so that
+        every series (eigenvalues, trace, gradient fraction, eigenspace overlap) ends at the
+        last step like the loss curves, not at the last multiple of ``every``.
+        :func:`subspaces.analyze` calls it for you.
+
+        Args:
+            step: the last training step.
+
+        Returns:
+            The new record, or ``None`` if the last record is at ``step`` or later.
+
+        Example:
+            >>> import torch
+            >>> X, y = torch.randn(32, 3).double(), torch.randn(32, 1).double()
+            >>> t = CurvatureTracker(torch.nn.Linear(3, 1).double(), "mse", [(X, y)], lr=0.1,
+            ...                      every=10, k=1, generator=torch.Generator().manual_seed(0))
+            >>> _ = [t.step(s) for s in range(25)]
+            >>> t.finish(25)["step"], t.finish(25), [r["step"] for r in t.records]
+            (25, None, [0, 10, 20, 25])
+        """
+        if self.records and self.records[-1]["step"] >= step:
+            return None
+        return self.measure(step)
+
     def measure(
         self, step: int, batch: Any = None, progress: Callable[[str], None] | None = None
     ) -> dict[str, Any]:
