@@ -6,6 +6,8 @@ honest and below ``tol * scale``, eigenvectors orthonormal. Products are counted
 counting wrapper as ``benchmarks/linalg_eigs.py``.
 """
 
+import importlib
+
 import numpy as np
 import pytest
 import scipy.sparse.linalg as sla
@@ -129,6 +131,21 @@ def test_default_basis_grows_on_a_clustered_spectrum_and_saves_products():
     assert fixed.basis_size <= initial and fixed.num_restarts > 0
     assert grown.num_matvecs <= fixed.num_matvecs
     assert torch.all((grown.eigenvalues - lam[:7]).abs() <= grown.residuals + 1e-12)
+
+
+def test_basis_does_not_grow_past_its_memory_budget(monkeypatch):
+    # the module, not the function that subspaces.linalg exports under the same name
+    lz = importlib.import_module("subspaces.linalg.lanczos")
+    lam = cnn_like(2000)
+    A = KnownSpectrumOperator(lam, generator=gen(0))
+    initial = max(4 * 7, 7 + 30) + 1
+    # room for 50 columns of basis and products in float64
+    monkeypatch.setattr(lz, "_GROW_BYTES", 2 * 2000 * 8 * 51)
+    r = lanczos(A, 7, tol=1e-6, generator=gen(1))
+    assert r.all_converged and initial < r.basis_size <= 50
+    monkeypatch.setattr(lz, "_GROW_BYTES", 2 * 2000 * 8 * 20)  # less than the default basis
+    r = lanczos(A, 7, tol=1e-6, generator=gen(1))
+    assert r.all_converged and r.basis_size <= initial
 
 
 def test_basis_does_not_grow_on_separated_spectrum_or_past_an_explicit_max_basis():

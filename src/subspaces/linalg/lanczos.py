@@ -16,6 +16,10 @@ from .eigen import EigenResult, checked_matmat, prepare_symmetric, start_block
 Which = Literal["largest", "smallest", "both_ends"]
 WHICH: tuple[str, ...] = ("largest", "smallest", "both_ends")
 
+#: Memory the growth of a default-sized basis may reach (basis and products): a restart loses
+#: about one product, so a larger basis is worth it only while it is cheap to hold.
+_GROW_BYTES = 1 << 30
+
 
 def _wanted_order(theta: Tensor, which: str) -> Tensor:
     """Indices of Ritz values (ascending ``theta``) from most to least wanted."""
@@ -160,11 +164,11 @@ def lanczos(
         block_size: vectors multiplied per step.
         max_basis: basis size that triggers a restart (a memory bound: about
             ``2 * max_basis * n`` numbers). Default ``min(n, max(4 k, k + 30) + block_size)``,
-            which may grow to twice that during the run when the Ritz values say the wanted
-            eigenvalues are clustered: when a pair not yet converged needs more products (by
-            the Chebyshev rate of its gap to the next Ritz value) than a restart would leave
-            room for, the basis is enlarged instead of restarted. ``result.basis_size`` says
-            how large it got.
+            which may grow to twice that (while the basis and its products fit in 1 GiB)
+            during the run when the Ritz values say the wanted eigenvalues are clustered: when a
+            pair not yet converged needs more products (by the Chebyshev rate of its gap to the
+            next Ritz value) than a restart would leave room for, the basis is enlarged instead
+            of restarted. ``result.basis_size`` says how large it got.
         v0: start vector ``(n,)``, block ``(n, c)`` or a :class:`~subspaces.Subspace` (warm start,
             e.g. the previous eigenspace when tracking training); random by default. A start
             wider than ``block_size`` is folded into ``block_size`` sums of its columns. With
@@ -207,9 +211,13 @@ def lanczos(
     if max_basis < min(n, k + b):
         raise ValueError(f"max_basis must be >= k + block_size = {k + b} (or n), got {max_basis}")
     max_basis = min(max_basis, n)
-    # A default basis may grow (up to twice its size) instead of restarting while the wanted
-    # values are clustered; a max_basis given is a memory bound and is kept.
-    basis_cap = min(n, 2 * max_basis) if grow else max_basis
+    # A default basis may grow (up to twice its size, and while the basis and its products fit
+    # in _GROW_BYTES) instead of restarting while the wanted values are clustered; a max_basis
+    # given is a memory bound and is kept.
+    basis_cap = max_basis
+    if grow:
+        fits = _GROW_BYTES // (2 * n * op.dtype.itemsize) - b
+        basis_cap = max(max_basis, min(n, 2 * max_basis, fits))
     budget = (
         max(1000, 50 * max_basis)
         if max_matvecs is None
