@@ -36,7 +36,7 @@ def test_task_permutations():
 
 
 def test_data_and_net():
-    Xtr, ytr, Xte, _ = load_digits(24, seed=0)
+    Xtr, _, Xte, _ = load_digits(24, seed=0)
     assert Xtr.shape == (1438, 576) and Xte.shape == (359, 576) and Xtr.dtype == torch.float32
     X8 = load_digits(8, seed=0)[0]
     # bilinear resizing keeps the per-image mean of the standardized pixels (area preserving)
