@@ -82,7 +82,7 @@ def elastic_net_self_expression(
     tol = check_positive_float(tol, "tol", allow_zero=True)
     n = A.shape[0]
     dt = A.dtype
-    G = A @ A.T  # (n, n) Gram: grad of the fit term is gamma * (G C - G)
+    G = A @ A.T  # (n, n) Gram: the gradient of the fit term is gamma * (G C - G)
     off = G.abs().clone()
     off.fill_diagonal_(0.0)
     mu = off.max(0).values
@@ -104,7 +104,7 @@ def elastic_net_self_expression(
     converged = False
     it = 0
     for it in range(1, max_iter + 1):
-        grad = (1.0 - lam) * Y + gamma[None, :] * (G @ Y - G)
+        grad = (1.0 - lam) * Y + gamma[None, :] * (A @ (A.T @ Y) - G)  # 2 n^2 p, not n^3
         V = Y - step[None, :] * grad
         C_new = torch.sign(V) * (V.abs() - thresh).clamp_min(0)
         C_new.masked_fill_(eye, 0.0)
