@@ -145,7 +145,7 @@ class ScaledProjection(nn.Module):
         >>> with torch.no_grad():
         ...     _ = scaled.scale("0", 0).fill_(3.0)
         >>> w = net[0].weight.detach()
-        >>> float(scaled(net, x)) == float(3 * w[0, 0] + w[0, 1])
+        >>> float(scaled(net, x).detach()) == float(3 * w[0, 0] + w[0, 1])
         True
     """
 
