@@ -76,7 +76,7 @@ METHODS: tuple[str, ...] = get_args(Method)
 Consensus = Literal["sum", "count"]
 Rescale = Literal["inverse", "l1", "none"]
 
-_CHUNK = 1 << 18  # entries per chunk of the element-wise combination
+_CHUNK = 1 << 16  # entries per chunk of the element-wise combination
 
 # method -> (sparsification, consensus used, default normalize)
 _SPEC: dict[str, tuple[str | None, bool, bool]] = {
@@ -484,6 +484,7 @@ def iter_merge(
     do_normalize = default_normalize if normalize is None else bool(normalize)
     rescale_mode = rescale or ("inverse" if sparsify == "random" else "none")
 
+    stack: Tensor | None = None
     with Progress(len(names), f"merge ({method})", quiet=not progress) as bar:
         for name in names:
             first = ref.get(name)
@@ -516,10 +517,14 @@ def iter_merge(
             base_t = first.to(work).contiguous()
             w = [w_table[k][name] for k in range(len(sources))]
             d = density_table[name]
-            buf = torch.empty_like(base_t)
             if use_consensus:  # the sign election needs every delta of this tensor at once
-                deltas = torch.empty((len(sources), *base_t.shape), dtype=work)
+                size = len(sources) * base_t.numel()
+                if stack is None or stack.numel() < size or stack.dtype != work:
+                    stack = None  # free the old buffer before allocating the new one
+                    stack = torch.empty(size, dtype=work)
+                deltas = stack[:size].view(len(sources), *base_t.shape)  # reused across tensors
             else:
+                buf = torch.empty_like(base_t)
                 mixed = torch.zeros_like(base_t)
             for k, src in enumerate(sources):
                 x = src.get(name)
@@ -535,7 +540,6 @@ def iter_merge(
                     _breadcrumbs_(delta, d, gamma_table[name], rescale_mode)
                 if not use_consensus:
                     mixed.add_(delta, alpha=w[k])
-            del buf
             if use_consensus:
                 mixed = disjoint_merge(
                     deltas,
@@ -544,7 +548,9 @@ def iter_merge(
                     normalize=do_normalize,
                 )
                 del deltas
-            elif do_normalize:
+            else:
+                del buf
+            if not use_consensus and do_normalize:
                 total = sum(w)
                 mixed /= 1.0 if abs(total) < 1e-8 else total
             result = mixed.mul_(lam_table[name]).add_(base_t).to(first.dtype)
