@@ -256,7 +256,8 @@ def run_sequence(
         ValueError: for an unknown method or variant.
 
     Example:
-        >>> out = run_sequence("gpm", "permuted", 0, epochs=1, num_tasks=2)
+        >>> with single_thread():
+        ...     out = run_sequence("gpm", "permuted", 0, epochs=1, num_tasks=2, side=8, width=16)
         >>> len(out["matrix"]), out["bwt"] > -0.05
         (2, True)
     """
