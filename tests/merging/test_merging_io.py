@@ -196,3 +196,13 @@ def _anonymous_file_supported(directory):
         return False
     os.close(fd)
     return True
+
+
+def test_yaml_recipe_without_pyyaml_is_a_clear_one_line_error(tmp_path, monkeypatch, capsys):
+    (tmp_path / "r.yaml").write_text("method: ties\n")
+    monkeypatch.setitem(sys.modules, "yaml", None)  # import yaml now raises ImportError
+    with pytest.raises(ImportError, match="needs PyYAML: pip install pyyaml, or write the recipe"):
+        load_recipe(tmp_path / "r.yaml")
+    out = tmp_path / "o.safetensors"
+    assert main(["merge", str(tmp_path / "r.yaml"), "--out", str(out)]) == 2
+    assert "needs PyYAML" in capsys.readouterr().err
