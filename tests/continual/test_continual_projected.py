@@ -176,6 +176,8 @@ def test_bad_arguments():
     sgd = torch.optim.SGD(net.parameters(), lr=0.1)
     with pytest.raises(TypeError, match=r"torch\.optim\.Optimizer"):
         ProjectedOptimizer(object(), net, GPMMemory(0.9))
+    with pytest.raises(TypeError, match="LBFGS"):
+        ProjectedOptimizer(torch.optim.LBFGS(net.parameters()), net, GPMMemory(0.9))
     with pytest.raises(TypeError, match="GPMMemory"):
         ProjectedOptimizer(sgd, net, {"0": torch.eye(3)})
     with pytest.raises(ValueError, match="not a module of the model"):

@@ -76,8 +76,8 @@ class ProjectedOptimizer:
         memory: the GPM memory (may be empty).
 
     Raises:
-        TypeError: if ``optimizer`` is not a torch optimizer, or a memory layer is not
-            Linear/Conv2d.
+        TypeError: if ``optimizer`` is not a torch optimizer (or is LBFGS, which evaluates its
+            closure several times inside ``step``), or a memory layer is not Linear/Conv2d.
         ValueError: if a memory layer is not a module of ``model``.
 
     Example:
@@ -95,6 +95,11 @@ class ProjectedOptimizer:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        if isinstance(optimizer, torch.optim.LBFGS):
+            raise TypeError(
+                "optimizer must take one gradient per step; LBFGS re-evaluates its closure "
+                "inside step(), where the projection cannot reach"
             )
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
