@@ -219,3 +219,10 @@ def test_subspace_view_and_empty_layer():
     assert S.dim == 2 and S.ambient_dim == 4
     with pytest.raises(ValueError, match="empty"):
         GPMMemory(0.9).update({"z": torch.zeros(2, 2)}).subspace("z")
+
+
+def test_refused_update_leaves_no_layer_half_updated():
+    memory = GPMMemory({"a": 0.9})  # no threshold for layer "b"
+    with pytest.raises(ValueError, match="no threshold for layer 'b'"):
+        memory.update({"a": torch.eye(3), "b": torch.eye(2)})
+    assert memory.bases_ == {} and memory.num_tasks == 0 and memory.version == 0

@@ -346,7 +346,7 @@ class GPMMemory:
                 f"representations cover layers {sorted(representations)}, but the memory holds "
                 f"{sorted(self.bases_)}; every task must give the same layers"
             )
-        checked: dict[str, Tensor] = {}
+        checked: dict[str, tuple[Tensor, float]] = {}
         for layer, given in representations.items():
             R = check_finite(
                 check_float_tensor(given, f"representations[{layer!r}]", ndim=2),
@@ -363,10 +363,9 @@ class GPMMemory:
                     f"representations[{layer!r}] has input dimension {R.shape[0]}, but the "
                     f"memory of that layer has dimension {old.shape[0]}"
                 )
-            checked[str(layer)] = R
+            checked[str(layer)] = (R, self._threshold_for(str(layer), eps_all))
         task: dict[str, Tensor] = {}
-        for layer, R in checked.items():
-            eps = self._threshold_for(layer, eps_all)
+        for layer, (R, eps) in checked.items():  # nothing changes before all is validated
             basis, own = self._update_layer(self.bases_.get(layer), R, eps)
             self.bases_[layer] = basis
             task[layer] = own
