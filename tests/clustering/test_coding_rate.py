@@ -181,3 +181,21 @@ def test_sinkhorn_warns_when_not_converged_and_rejects_bad_input():
         sinkhorn(S, eta=-1.0)
     with pytest.raises(ValueError, match="non-finite"):
         sinkhorn(torch.full((2, 2), math.inf))
+
+
+def test_sinkhorn_kernel_and_log_domain_paths_agree():
+    from subspaces.clustering.sinkhorn import KERNEL_SPAN, _sinkhorn_kernel, _sinkhorn_logsumexp
+
+    g = torch.Generator().manual_seed(11)
+    S = torch.randn(2, 40, 30, generator=g, dtype=torch.float64)
+    a, conv_a = _sinkhorn_kernel(S, 0.5, 2000, 1e-12, 10)
+    b, conv_b = _sinkhorn_logsumexp(S, 0.5, 2000, 1e-12, 10)
+    assert conv_a and conv_b
+    assert torch.allclose(a, b, atol=1e-9, rtol=0)
+    # the public function takes the kernel path here and the log path for spread-out scores
+    assert float((S.max() - S.min()) / 0.5) <= KERNEL_SPAN[torch.float64]
+    assert torch.allclose(sinkhorn_log(S, 0.5), b, atol=1e-8, rtol=0)
+    wide = 400.0 * torch.eye(30, dtype=torch.float64)  # spread 400 > 300: the log path
+    logP = sinkhorn_log(wide, 1.0)
+    assert bool(torch.isfinite(logP).all())
+    assert torch.allclose(logP.exp(), torch.eye(30, dtype=torch.float64), atol=1e-12)
