@@ -309,6 +309,18 @@ def run(fast: bool, seed: int) -> ExperimentResult:
         f"{[k for k, ok in checks.items() if not ok] or 'none'} (old criterion vs gap "
         f"{lazy_start}: {'PASS' if measured['old_criterion']['passed'] else 'FAIL'})"
     )
+    if not passed:
+        reasons = []
+        if best == max(gaps):
+            reasons.append(
+                f"a single SVD per layer (gap {best} over {steps} steps) is the best fixed "
+                "schedule at this run length, so no refresh schedule can save refreshes"
+            )
+        if not checks["loss_within_1pct_of_best_fixed"]:
+            reasons.append("lazy refresh's held-out loss is above the best fixed gap's")
+        if not (memory_ok and checks["memory_half_of_galore"]):
+            reasons.append("the measured bytes miss the claimed saving")
+        summary += "; most likely reason: " + "; ".join(reasons or ["see checks"])
     return ExperimentResult(
         measured=measured,
         passed=passed,
