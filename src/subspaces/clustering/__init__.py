@@ -74,3 +74,34 @@ __all__ = [
     "spectral_clustering",
     "spectral_embedding",
 ]
+
+# Diffusion models as subspace clustering (P20) and supervised dictionary learning (P25).
+from .denoiser import (
+    DiffusionSubspaceClustering,
+    LowRankDenoiser,
+    clustering_loss_prediction,
+    denoising_loss,
+    recover_subspaces,
+    subspace_clustering_objective,
+    subspace_recovery_error,
+    train_denoiser,
+    train_denoiser_batch,
+)
+from .dictionary import SupervisedDictionary, sdl_objective
+from .mixtures import LowRankGaussianMixture, equiangular_bases
+
+__all__ += [
+    "DiffusionSubspaceClustering",
+    "LowRankDenoiser",
+    "LowRankGaussianMixture",
+    "SupervisedDictionary",
+    "clustering_loss_prediction",
+    "denoising_loss",
+    "equiangular_bases",
+    "recover_subspaces",
+    "sdl_objective",
+    "subspace_clustering_objective",
+    "subspace_recovery_error",
+    "train_denoiser",
+    "train_denoiser_batch",
+]

@@ -35,11 +35,11 @@ Example:
     >>> import torch
     >>> from subspaces.clustering.mixtures import LowRankGaussianMixture
     >>> g = torch.Generator().manual_seed(0)
-    >>> mix = LowRankGaussianMixture.random(12, 2, 2, generator=g, dtype=torch.float64)
-    >>> X, y = mix.sample(40, generator=g)
-    >>> fit = train_denoiser(X, 2, 2, steps=300, n_init=2, generator=g)
+    >>> mix = LowRankGaussianMixture.random(6, 2, 2, generator=g, dtype=torch.float64)
+    >>> X, y = mix.sample(16, generator=g)
+    >>> fit = train_denoiser(X, 2, 2, steps=150, noise_draws=1, generator=g)
     >>> err = subspace_recovery_error(fit.denoiser.subspaces(), mix.subspaces())
-    >>> bool(max(err) < 0.05)
+    >>> bool(max(err) < 0.1)
     True
 """
 
@@ -243,8 +243,9 @@ def denoising_loss(
         >>> U = torch.eye(3, dtype=torch.float64)[:, :1].reshape(1, 3, 1)
         >>> X = torch.tensor([[2.0, 0.0, 0.0]], dtype=torch.float64)
         >>> D = LowRankDenoiser.from_bases(U)
-        >>> loss = denoising_loss(D, X, [0.1], noise_draws=20000,
-        ...                       generator=torch.Generator().manual_seed(0))
+        >>> with torch.no_grad():
+        ...     loss = denoising_loss(D, X, [0.1], noise_draws=20000,
+        ...                           generator=torch.Generator().manual_seed(0))
         >>> c = 1 / 1.01  # closed form: ||x||^2 - (2c - c^2) ||U^T x||^2 + sigma^2 c^2 d
         >>> bool(abs(float(loss) - (4 - (2 * c - c * c) * 4 + 0.01 * c * c)) < 1e-3)
         True
@@ -363,7 +364,7 @@ def train_denoiser_batch(
     Example:
         >>> import torch
         >>> X = torch.randn(3, 20, 1, dtype=torch.float64) * torch.tensor([1.0, 0.0, 0.0])
-        >>> U, final, hist = train_denoiser_batch(X, 1, 1, steps=100, generator=0)
+        >>> U, final, hist = train_denoiser_batch(X, 1, 1, steps=60, noise_draws=1, generator=0)
         >>> U.shape, bool((U[:, 0, 0, 0].abs() > 0.999).all())
         (torch.Size([3, 1, 3, 1]), True)
     """
@@ -450,7 +451,7 @@ def train_denoiser(
     Example:
         >>> import torch
         >>> X = torch.randn(30, 1, dtype=torch.float64) * torch.tensor([[1.0, 1.0, 0.0]])
-        >>> fit = train_denoiser(X, 1, 1, steps=200, generator=0)
+        >>> fit = train_denoiser(X, 1, 1, steps=100, noise_draws=1, generator=0)
         >>> U = fit.denoiser.bases()[0, :, 0].detach()
         >>> bool(abs(abs(float(U @ torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64))) - 2**0.5)
         ...      < 1e-3)
@@ -676,9 +677,10 @@ class DiffusionSubspaceClustering(ClusterEstimator):
         >>> from subspaces.clustering.mixtures import LowRankGaussianMixture
         >>> from subspaces.clustering.metrics import clustering_accuracy
         >>> g = torch.Generator().manual_seed(1)
-        >>> mix = LowRankGaussianMixture.random(10, 2, 2, generator=g, dtype=torch.float64)
-        >>> X, y = mix.sample(40, generator=g)
-        >>> est = DiffusionSubspaceClustering(2, 2, steps=300, n_init=2, random_state=0).fit(X)
+        >>> mix = LowRankGaussianMixture.random(6, 2, 2, generator=g, dtype=torch.float64)
+        >>> X, y = mix.sample(16, generator=g)
+        >>> est = DiffusionSubspaceClustering(2, 2, steps=150, noise_draws=1, n_init=1,
+        ...                                   random_state=0).fit(X)
         >>> clustering_accuracy(y, est.labels_)
         1.0
     """
