@@ -30,31 +30,34 @@ class _CountedHessian(HessianOperator):
 class _PhaseProgress:
     """Progress through parts with a product budget each, counted in products as they run.
 
-    The bar's total is the predicted number of products (the sum of the budgets, the count the
-    cost line printed before the phase); inside a part the count follows its products (at most
-    its budget: an estimate can be exceeded), and at the end of a part it jumps to the part's
-    budget (a trace that stopped early). The ETA is then the time so far times the remaining
-    budget over the budget done: what is left of the printed prediction at the measured pace.
+    The bar starts at the predicted number of products (the sum of the budgets: the count the
+    cost line printed before the phase). The count is the products done; the total is that plus
+    what is left of the running part's budget plus the budgets of the parts to come, so a part
+    that ends early (a trace accurate enough) lowers the total and one that runs over its
+    estimate raises it. The ETA is then the remaining products at the measured seconds per
+    product, whichever part they are in.
     """
 
     def __init__(self, parts: list[tuple[str, int]], desc: str, quiet: bool) -> None:
         self.budgets = dict(parts)
-        self.progress = Progress(sum(self.budgets.values()), desc, quiet=quiet)
-        self.start, self.used, self.part = 0, 0, ""
+        self.later = sum(self.budgets.values())  # budgets of the parts not begun yet
+        self.progress = Progress(self.later, desc, quiet=quiet)
+        self.used, self.part = 0, ""
 
     def begin(self, part: str) -> None:
         self.part, self.used = part, 0
+        self.later -= self.budgets[part]
         self.progress.note = part
 
     def products(self, columns: int) -> None:
         self.used += columns
-        target = self.start + min(self.used, self.budgets[self.part] - 1)
-        if target > self.progress.count:
-            self.progress.update(target - self.progress.count)
+        left = max(self.budgets[self.part] - self.used, 1)  # running: at least one more
+        self.progress.total = self.progress.count + columns + left + self.later
+        self.progress.update(columns)
 
     def end(self) -> None:
-        self.start += self.budgets[self.part]
-        self.progress.update(self.start - self.progress.count)
+        self.progress.total = self.progress.count + self.later
+        self.progress.update(0)
 
     def close(self) -> None:
         self.progress.close()
