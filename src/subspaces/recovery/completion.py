@@ -163,40 +163,53 @@ def _sketched_solve(side: _Side, F: Tensor, X0: Tensor, ridge: float, steps: int
     """``steps`` preconditioned CG steps on every row's normal equations, warm-started at ``X0``.
 
     Products ``G_i x_i`` are matrix-free: ``t_k = x_{i_k}^T f_{j_k}`` per revealed entry (one
-    sampled dense product), then ``G x = T F`` with ``T`` the sparse matrix of the ``t_k``.
+    sampled dense product, ``O(N r)``), then ``G x = T F`` with ``T`` the sparse matrix of the
+    ``t_k`` (one CSR product, ``O(N r)``). The preconditioner is shared by all rows up to the
+    scalar ``1 / |Omega_i|``: ``P_i^{-1} = (n / |Omega_i|) (F^T F + mu I)^{-1}``, the inverse of
+    the Gram matrix that row ``i``'s uniform sample of ``|Omega_i|`` rows of ``F`` has in
+    expectation; its ``r x r`` inverse is computed once per call (``O(n r^2 + r^3)``) and applied
+    to all rows as one ``(num, r) x (r, r)`` product. So a call costs
+    ``O((steps + 1) N r + (num + n) r^2 + r^3)``: linear in ``N r`` once rows have more than
+    ``r`` entries, against ``O(N r^2 + num r^3)`` for :func:`_exact_solve`.
 
     Returns:
         The ``(num, r)`` approximate solutions.
     """
     r = F.shape[1]
+    eye = torch.eye(r, dtype=F.dtype, device=F.device)
     scale = float(F.pow(2).sum()) / (side.num_other * r)
-    trace = side.csr(torch.ones_like(side.values)) @ F.pow(2).sum(1, keepdim=True)
+    pattern = side.csr(torch.ones_like(side.values))
+    trace = pattern @ F.pow(2).sum(1, keepdim=True)
     lam = _ridge(trace[:, 0] / r, ridge, scale)[:, None]
+    Ft = F.T.contiguous()
 
     def matvec(X: Tensor) -> Tensor:
-        return side.csr(side.sampled(X, F)) @ F + lam * X
+        t = torch.sparse.sampled_addmm(pattern, X, Ft, beta=0.0).values()
+        return side.csr(t) @ F + lam * X
 
     # Preconditioner: E[G_i] = (c_i / n) F^T F for uniformly sampled entries.
     C = F.T @ F / side.num_other
-    C = C + ridge * (torch.trace(C) / r + scale) * torch.eye(r, dtype=F.dtype, device=F.device)
-    Lc = torch.linalg.cholesky(C)
+    C = C + ridge * (torch.trace(C) / r + scale) * eye
+    C_inv = torch.cholesky_solve(eye, torch.linalg.cholesky(C))
     inv_counts = 1.0 / side.counts.clamp(min=1).to(F.dtype)[:, None]
 
     def precond(R: Tensor) -> Tensor:
-        return torch.cholesky_solve(R.T, Lc).T * inv_counts
+        return (R @ C_inv) * inv_counts
 
-    b = side.csr(side.values) @ F + lam * X0
+    # initial residual b - A X0 = P_Omega(Y - X0 F^T) F (the ridge terms cancel at X0)
+    R = side.csr(side.values - side.sampled(X0, F)) @ F
     X = X0.clone()
-    R = b - matvec(X)
     Z = precond(R)
     P = Z
     rz = (R * Z).sum(1, keepdim=True)
     tiny = torch.finfo(F.dtype).tiny
-    for _ in range(steps):
+    for step in range(steps):
         AP = matvec(P)
         pap = (P * AP).sum(1, keepdim=True)
         alpha = torch.where(pap > tiny, rz / pap.clamp(min=tiny), torch.zeros_like(pap))
         X = X + alpha * P
+        if step == steps - 1:
+            break  # the last residual and direction would not be used
         R = R - alpha * AP
         Z = precond(R)
         rz_new = (R * Z).sum(1, keepdim=True)
@@ -204,6 +217,30 @@ def _sketched_solve(side: _Side, F: Tensor, X0: Tensor, ridge: float, steps: int
         P = Z + beta * P
         rz = rz_new
     return X
+
+
+def _altmin_iteration(
+    rows_side: _Side,
+    cols_side: _Side,
+    U: Tensor,
+    V: Tensor,
+    solver: Solver,
+    ridge: float,
+    cg_steps: int,
+) -> tuple[Tensor, Tensor]:
+    """One AltMin iteration: ``V`` given ``U``, ``U`` given ``V``, then ``U`` re-orthonormalized.
+
+    Returns:
+        The new ``(U, V)``, with ``U`` orthonormal and ``U V^T`` the updated product.
+    """
+    if solver == "exact":
+        V = _exact_solve(cols_side, U, V, ridge)
+        U = _exact_solve(rows_side, V, U, ridge)
+    else:
+        V = _sketched_solve(cols_side, U, V, ridge, cg_steps)
+        U = _sketched_solve(rows_side, V, U, ridge, cg_steps)
+    Q, R = torch.linalg.qr(U)
+    return Q, V @ R.T
 
 
 def _observed_error(rows_side: _Side, U: Tensor, V: Tensor, norm: float) -> float:
@@ -348,14 +385,7 @@ def altmin_complete(
 
     history: list[float] = []
     for _ in range(iters):
-        if solver == "exact":
-            V = _exact_solve(cols_side, U, V, ridge)
-            U = _exact_solve(rows_side, V, U, ridge)
-        else:
-            V = _sketched_solve(cols_side, U, V, ridge, cg_steps)
-            U = _sketched_solve(rows_side, V, U, ridge, cg_steps)
-        Q, R = torch.linalg.qr(U)
-        U, V = Q, V @ R.T
+        U, V = _altmin_iteration(rows_side, cols_side, U, V, solver, ridge, cg_steps)
         history.append(_observed_error(rows_side, U, V, norm))
         if not math.isfinite(history[-1]):
             raise ValueError("the iteration produced non-finite factors")
