@@ -75,6 +75,7 @@ __all__ = [
     "gbw_barycenter",
     "gbw_deform",
     "gbw_distance",
+    "gbw_geodesic",
     "gbw_undeform",
     "is_spd",
     "lyapunov",
@@ -824,69 +825,172 @@ def _check_theta(theta: Any) -> float:
     return value
 
 
-def gbw_deform(X: Tensor, theta: float) -> Tensor:
-    """Power deformation ``phi_theta(X) = X^theta`` of the generalized BW metric.
+def _check_metric_param(M: Any, n: int) -> Tensor | None:
+    """``None`` or an SPD ``(..., n, n)`` metric parameter (``ValueError`` naming ``M``)."""
+    if M is None:
+        return None
+    M = _check_spd(M, "M")
+    if M.shape[-1] != n:
+        raise ValueError(f"M must have shape (..., {n}, {n}) like the points, got {tuple(M.shape)}")
+    return M
+
+
+def _gbw_chart(X: Tensor, theta: float, M: Tensor | None) -> Tensor:
+    """``phi(X) = M^{-1/2} X^theta M^{-1/2}`` without validation (``M = None`` means ``I``)."""
+    Y = X if theta == 1.0 else _pow(X, theta)
+    if M is None:
+        return Y
+    Mih = _pow(M, -0.5)
+    return sym(Mih @ Y @ Mih)
+
+
+def _gbw_unchart(Y: Tensor, theta: float, M: Tensor | None) -> Tensor:
+    """``phi^{-1}(Y) = (M^{1/2} Y M^{1/2})^{1/theta}`` without validation."""
+    if M is not None:
+        Mh = _sqrt(M)
+        Y = sym(Mh @ Y @ Mh)
+    return Y if theta == 1.0 else _pow(Y, 1.0 / theta)
+
+
+def _bw_geodesic(A: Tensor, B: Tensor, t: float | Tensor) -> Tensor:
+    """BW geodesic ``((1 - t) I + t T) A ((1 - t) I + t T)``, ``T`` the OT map ``A -> B``."""
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    G = (1 - t) * eye + t * _transport_map(A, B)
+    return sym(G @ A @ G)
+
+
+def gbw_deform(X: Tensor, theta: float, M: Tensor | None = None) -> Tensor:
+    """The GBW chart ``phi(X) = M^{-1/2} X^theta M^{-1/2}`` (power deformation, then congruence).
+
+    ``phi`` is an isometry from the ``(theta, M)``-GBW metric scaled by ``theta^2`` onto the BW
+    metric: ``d_{theta,M}(A, B) = d_BW(phi(A), phi(B)) / |theta|``.
 
     Args:
         X: ``(..., n, n)`` SPD.
         theta: nonzero power.
+        M: optional ``(..., n, n)`` SPD metric parameter (``None``: the identity).
 
     Returns:
-        ``X^theta``.
+        ``M^{-1/2} X^theta M^{-1/2}``.
 
     Raises:
-        ValueError: if ``theta == 0`` or ``X`` is rejected by :func:`spd_power`.
+        ValueError: if ``theta == 0``, ``M`` is not SPD of ``X``'s size, or ``X`` is rejected by
+            :func:`spd_power`.
 
     Example:
         >>> gbw_deform(4 * torch.eye(1), 0.5)
         tensor([[2.]])
+        >>> gbw_deform(4 * torch.eye(1), 0.5, M=2 * torch.eye(1))
+        tensor([[1.]])
     """
-    return spd_power(X, _check_theta(theta))
+    t = _check_theta(theta)
+    Y = spd_power(X, t)
+    Mc = _check_metric_param(M, Y.shape[-1])
+    if Mc is None:
+        return Y
+    dtype, (Yw, Mw) = _common(Y, Mc)
+    return _gbw_chart(Yw, 1.0, Mw).to(dtype)
 
 
-def gbw_undeform(Y: Tensor, theta: float) -> Tensor:
-    """Inverse deformation ``phi_theta^{-1}(Y) = Y^{1/theta}``.
+def gbw_undeform(Y: Tensor, theta: float, M: Tensor | None = None) -> Tensor:
+    """Inverse chart ``phi^{-1}(Y) = (M^{1/2} Y M^{1/2})^{1/theta}``.
 
     Args:
         Y: ``(..., n, n)`` SPD.
         theta: nonzero power.
+        M: optional ``(..., n, n)`` SPD metric parameter (``None``: the identity).
 
     Returns:
-        ``Y^{1/theta}``.
+        ``(M^{1/2} Y M^{1/2})^{1/theta}``.
 
     Raises:
-        ValueError: if ``theta == 0`` or ``Y`` is rejected by :func:`spd_power`.
+        ValueError: if ``theta == 0``, ``M`` is not SPD of ``Y``'s size, or ``Y`` is rejected by
+            :func:`spd_power`.
 
     Example:
         >>> gbw_undeform(2 * torch.eye(1), 0.5)
         tensor([[4.]])
     """
-    return _checked_function(Y, "pow", 1.0 / _check_theta(theta), "Y")
+    t = _check_theta(theta)
+    Mc = _check_metric_param(M, _check_square(Y, "Y").shape[-1])
+    if Mc is not None:
+        Y = _check_spd(Y, "Y")
+        dtype, (Yw, Mw) = _common(Y, Mc)
+        return _gbw_unchart(Yw, t, Mw).to(dtype)
+    return _checked_function(Y, "pow", 1.0 / t, "Y")
 
 
-def gbw_distance(A: Tensor, B: Tensor, theta: float = 1.0) -> Tensor:
-    """Power-deformed BW distance ``d_BW(A^theta, B^theta) / |theta|`` (equals BW at ``theta=1``).
+def gbw_distance(A: Tensor, B: Tensor, theta: float = 1.0, M: Tensor | None = None) -> Tensor:
+    """Generalized BW distance with power deformation: ``d_BW(phi(A), phi(B)) / |theta|``.
+
+    With ``phi(X) = M^{-1/2} X^theta M^{-1/2}``; for ``theta = 1`` this is the GBW distance of
+    Han et al. (2023), ``tr(M^{-1} A) + tr(M^{-1} B) - 2 tr((A^{1/2} M^{-1} B M^{-1}
+    A^{1/2})^{1/2})`` under the square root, and ``M = I`` gives BW.
 
     Args:
         A: ``(..., n, n)`` SPD.
         B: ``(..., n, n)`` SPD.
         theta: nonzero power.
+        M: optional ``(..., n, n)`` SPD metric parameter (``None``: the identity).
 
     Returns:
         The distances.
 
     Raises:
-        ValueError: if an input is not SPD or ``theta == 0``.
+        ValueError: if an input (or ``M``) is not SPD or ``theta == 0``.
 
     Example:
         >>> float(gbw_distance(torch.eye(2), 4 * torch.eye(2), theta=0.5))  # 2 * d_BW(I, 2I)
         1.1715...
+        >>> float(gbw_distance(torch.eye(1), 4 * torch.eye(1), M=4 * torch.eye(1)))  # (2-1)/2
+        0.5
     """
     A = _check_spd(A, "A")
     B = _check_spd(B, "B")
     t = _check_theta(theta)
-    dtype, (Aw, Bw) = _common(A, B)
-    return (_bw_distance(_pow(Aw, t), _pow(Bw, t)) / abs(t)).to(dtype)
+    Mc = _check_metric_param(M, A.shape[-1])
+    dtype, work = _common(A, B) if Mc is None else _common(A, B, Mc)
+    Mw = None if Mc is None else work[2]
+    d = _bw_distance(_gbw_chart(work[0], t, Mw), _gbw_chart(work[1], t, Mw))
+    return (d / abs(t)).to(dtype)
+
+
+def gbw_geodesic(
+    A: Tensor, B: Tensor, t: float, theta: float = 1.0, M: Tensor | None = None
+) -> Tensor:
+    """Point at time ``t`` of the GBW geodesic from ``A`` (``t = 0``) to ``B`` (``t = 1``).
+
+    ``phi^{-1}(((1 - t) I + t T) phi(A) ((1 - t) I + t T))`` with ``T`` the optimal transport map
+    from ``phi(A)`` to ``phi(B)`` (the BW geodesic in the chart, Bhatia et al. 2019, Thm 6).
+
+    Args:
+        A: ``(..., n, n)`` SPD start.
+        B: ``(..., n, n)`` SPD end.
+        t: time, in ``[0, 1]``.
+        theta: nonzero power.
+        M: optional ``(..., n, n)`` SPD metric parameter (``None``: the identity).
+
+    Returns:
+        ``(..., n, n)`` SPD.
+
+    Raises:
+        ValueError: if an input is not SPD, ``theta == 0`` or ``t`` is outside ``[0, 1]``.
+
+    Example:
+        >>> A, B = torch.eye(1, dtype=torch.float64), 9 * torch.eye(1, dtype=torch.float64)
+        >>> float(gbw_geodesic(A, B, 0.5))  # ((1 + 3) / 2)^2
+        4.0
+    """
+    A = _check_spd(A, "A")
+    B = _check_spd(B, "B")
+    th = _check_theta(theta)
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0:
+        raise ValueError(f"t must be a number in [0, 1], got {t!r}")
+    Mc = _check_metric_param(M, A.shape[-1])
+    dtype, work = _common(A, B) if Mc is None else _common(A, B, Mc)
+    Mw = None if Mc is None else work[2]
+    G = _bw_geodesic(_gbw_chart(work[0], th, Mw), _gbw_chart(work[1], th, Mw), float(t))
+    return _gbw_unchart(G, th, Mw).to(dtype)
 
 
 def gbw_barycenter(
@@ -894,27 +998,34 @@ def gbw_barycenter(
     theta: float = 1.0,
     weights: Tensor | None = None,
     *,
+    M: Tensor | None = None,
     max_iter: int = 50,
     tol: float | None = None,
     return_info: bool = False,
 ) -> Tensor | SPDMeanResult:
-    """Generalized BW barycenter ``(bary_BW(X_i^theta))^{1/theta}``.
+    """Generalized BW barycenter ``phi^{-1}(bary_BW(phi(X_i)))``.
+
+    ``phi(X) = M^{-1/2} X^theta M^{-1/2}`` is the chart of :func:`gbw_deform`.
+
+    The Fréchet mean of the ``(theta, M)``-GBW metric, since ``phi`` is an isometry onto BW (up
+    to the constant ``theta^2``).
 
     Args:
         X: ``(..., k, n, n)`` SPD.
         theta: nonzero power.
         weights: optional ``(k,)`` weights.
+        M: optional ``(n, n)`` SPD metric parameter (``None``: the identity).
         max_iter: iteration cap of :func:`bw_barycenter`.
-        tol: tolerance of :func:`bw_barycenter` (on the BW barycenter of the ``X_i^theta``).
+        tol: tolerance of :func:`bw_barycenter` (on the BW barycenter of the ``phi(X_i)``).
         return_info: return an :class:`SPDMeanResult` whose certificate is that of the BW
-            barycenter of the deformed matrices (a ``RuntimeWarning`` without it if that did
-            not converge).
+            barycenter in the chart (a ``RuntimeWarning`` without it if that did not converge).
 
     Returns:
         ``(..., n, n)`` barycenter, or an :class:`SPDMeanResult` with ``return_info=True``.
 
     Raises:
-        ValueError: for the inputs :func:`bw_barycenter` rejects or ``theta == 0``.
+        ValueError: for the inputs :func:`bw_barycenter` rejects, ``theta == 0`` or a non-SPD
+            ``M``.
 
     Example:
         >>> X = torch.stack([torch.eye(1), 16 * torch.eye(1)]).double()
@@ -923,17 +1034,66 @@ def gbw_barycenter(
     """
     X = _check_spd(X, "X")
     t = _check_theta(theta)
+    Mc = _check_metric_param(M, X.shape[-1])
+    Md = None if Mc is None else Mc.double()
     if tol is None:  # the default of the input's dtype (the deformed matrices are float64)
         tol = 1e-12 if X.dtype == torch.float64 else 1e-6
-    res = bw_barycenter(_pow(X.double(), t), weights, max_iter=max_iter, tol=tol, return_info=True)
+    Z = _gbw_chart(X.double(), t, None if Md is None else Md.unsqueeze(-3))
+    res = bw_barycenter(Z, weights, max_iter=max_iter, tol=tol, return_info=True)
     assert isinstance(res, SPDMeanResult)
-    mean = res.mean if res.mean.numel() == 0 else _pow(res.mean, 1.0 / t)
+    mean = res.mean if res.mean.numel() == 0 else _gbw_unchart(res.mean, t, Md)
     res = SPDMeanResult(mean.to(X.dtype), res.converged, res.iterations, res.residual, res.tol)
     if return_info:
         return res
     if not res.converged:
         _warn_unconverged("gbw_barycenter", res, max_iter)
     return res.mean
+
+
+class _PairKernel(torch.autograd.Function):
+    """``U (K ∘ U^T V U) U^T`` with ``K_ij = ((s_i + s_j) / 2)^p`` in the eigenbasis of ``S``.
+
+    The map the isometric BW transports between ``S`` and ``I`` are made of (see
+    :class:`~subspaces.geometry.SPDBatchNorm`). The backward pass uses divided differences of
+    the kernel (its derivative on (near-)equal eigenvalues), so it is finite when eigenvalues of
+    ``S`` repeat (for instance ``S = I``), where differentiating ``eigh`` would divide by zero.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, S: Tensor, V: Tensor, p: float) -> Tensor:
+        s, U = torch.linalg.eigh(sym(S))
+        K = ((s.unsqueeze(-1) + s.unsqueeze(-2)) / 2) ** p
+        Vh = U.mT @ sym(V) @ U
+        ctx.save_for_backward(s, U, Vh, K)
+        ctx.p = p
+        return U @ (K * Vh) @ U.mT
+
+    @staticmethod
+    def backward(ctx: Any, G: Tensor) -> tuple[Tensor, Tensor, None]:
+        s, U, Vh, K = ctx.saved_tensors
+        p = ctx.p
+        Gh = U.mT @ sym(G) @ U
+        grad_V = U @ (K * Gh) @ U.mT
+        # D[a, b, c] = (K[a, c] - K[b, c]) / (s_a - s_b), the derivative of K in its first
+        # argument where s_a and s_b (nearly) coincide.
+        sa, sb, sc = s[..., :, None, None], s[..., None, :, None], s[..., None, None, :]
+        diff = sa - sb
+        scale = s.abs().amax(-1)[..., None, None, None].clamp_min(torch.finfo(s.dtype).tiny)
+        close = diff.abs() <= 1e3 * torch.finfo(s.dtype).eps * scale
+        deriv = (p / 2) * (((sa + sb) / 2 + sc) / 2) ** (p - 1)
+        Kac, Kbc = K[..., :, None, :], K[..., None, :, :]
+        D = torch.where(close, deriv, (Kac - Kbc) / torch.where(close, torch.ones_like(diff), diff))
+        # dF^_ij = sum_k S'_ik V^_kj D[k, i, j] + sum_k V^_ik S'_kj D[k, j, i]
+        A = torch.einsum("...ij,...kj,...kij->...ik", Gh, Vh, D)
+        B = torch.einsum("...ij,...ik,...kji->...kj", Gh, Vh, D)
+        grad_S = U @ sym(A + B) @ U.mT
+        return grad_S, grad_V, None
+
+
+def _pair_kernel(S: Tensor, V: Tensor, p: float) -> Tensor:
+    out = _PairKernel.apply(S, V, p)
+    assert isinstance(out, Tensor)
+    return out
 
 
 # --------------------------------------------------------------------------- affine-invariant
