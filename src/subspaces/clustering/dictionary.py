@@ -44,7 +44,7 @@ Example:
     >>> g = torch.Generator().manual_seed(0)
     >>> X = torch.randn(60, 5, generator=g, dtype=torch.float64)
     >>> y = (X[:, 0] > 0).long()
-    >>> sdl = SupervisedDictionary(2, xi=1.0, random_state=0).fit(X, y)
+    >>> sdl = SupervisedDictionary(2, xi=1.0, n_init=1, max_iter=300).fit(X, y)
     >>> sdl.transform(X).shape, bool((sdl.predict(X) == y).float().mean() > 0.9)
     (torch.Size([60, 2]), True)
 """
@@ -228,8 +228,12 @@ class SupervisedDictionary:
             (block coordinate descent on the factors).
         max_iter: iterations (LPGD steps or BCD sweeps).
         tol: stop when the objective decreases by less than ``tol`` times its magnitude.
-        random_state: accepted for scikit-learn habits; both solvers are deterministic (they
-            start from the truncated SVD of ``[X, 0]``).
+        n_init: starts; the first is the truncated SVD of the data part (the reconstructive
+            dictionary), the others random rank-``r`` matrices of the same norm; the lowest final
+            objective is kept. Both solvers are local methods on a rank-constrained problem: from
+            the SVD start they can stay at the reconstructive fixed point when the discriminative
+            direction has low variance (seen in filter mode), which other starts escape.
+        random_state: ``None``, an int seed or a ``torch.Generator`` for the random starts.
 
     Attributes:
         components_: ``(r, p)`` dictionary atoms (rows; ``W^T``; orthonormal in filter mode).
@@ -239,7 +243,8 @@ class SupervisedDictionary:
         classes_: the sorted class labels (class ``classes_[0]`` has logit 0).
         theta_: the lifted solution of rank ``<= r`` (``(N, p + kappa)`` in feature mode,
             ``(p, N + kappa)`` in filter mode).
-        objective_history_: objective after each iteration (index 0: the start).
+        objective_history_: objective after each iteration of the kept start (index 0: start).
+        final_objectives_: the final objective of every start.
         n_iter_: iterations run.
 
     Raises:
@@ -251,7 +256,7 @@ class SupervisedDictionary:
         >>> g = torch.Generator().manual_seed(1)
         >>> X = torch.randn(80, 6, generator=g, dtype=torch.float64)
         >>> y = torch.where(X[:, 1] > 0.5, 2, torch.where(X[:, 1] < -0.5, 1, 0))
-        >>> sdl = SupervisedDictionary(3, xi=0.5, solver="bcd").fit(X, y)
+        >>> sdl = SupervisedDictionary(3, xi=0.5, solver="bcd", n_init=1, max_iter=200).fit(X, y)
         >>> sdl.predict_proba(X).shape, sdl.classes_.tolist()
         (torch.Size([80, 3]), [0, 1, 2])
     """
@@ -264,10 +269,10 @@ class SupervisedDictionary:
         alpha: float = 1e-3,
         mode: Mode = "filter",
         solver: Solver = "lpgd",
-        max_iter: int = 2000,
-        tol: float = 1e-10,
-        n_init: int = 1,
-        random_state: int | None = None,
+        max_iter: int = 1000,
+        tol: float = 1e-8,
+        n_init: int = 3,
+        random_state: int | torch.Generator | None = None,
     ) -> None:
         self.n_components = n_components
         self.xi = xi

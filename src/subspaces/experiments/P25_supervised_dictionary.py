@@ -16,7 +16,7 @@ training and 2000 test samples. Every method has ``r = 3`` components and sees t
   transform_algorithm="lasso_lars", transform_alpha=0.1)`` codes and ``a`` into
   ``LogisticRegression()``;
 * **SDL**: :class:`~subspaces.clustering.dictionary.SupervisedDictionary` (filter mode, lifted
-  LPGD, ``alpha = 1e-3``, at most 500 iterations from 2 initializations) with ``a`` as
+  LPGD, ``alpha = 1e-3``, at most 500 iterations (tol 1e-10) from 2 starts) with ``a`` as
   auxiliary covariate; ``xi`` chosen from ``{0.001, 0.01, 0.1, 1}`` by accuracy on a held-out
   quarter of the training set, then refit on the whole training set.
 
@@ -150,6 +150,7 @@ def sdl_accuracy(data: dict[str, np.ndarray], seed: int) -> tuple[float, float, 
             alpha=ALPHA,
             mode="filter",
             max_iter=MAX_ITER,
+            tol=1e-10,
             n_init=N_INIT,
             random_state=seed,
         )
