@@ -166,9 +166,9 @@ def lanczos(
             ``2 * max_basis * n`` numbers). Default ``min(n, max(4 k, k + 30) + block_size)``,
             which may grow to twice that (while the basis and its products fit in 1 GiB)
             during the run when the Ritz values say the wanted eigenvalues are clustered: when a
-            pair not yet converged needs more products (by the Chebyshev rate of its gap to the
-            next Ritz value) than a restart would leave room for, the basis is enlarged instead
-            of restarted. ``result.basis_size`` says how large it got.
+            pair not yet converged needs more than half the products (by the Chebyshev rate of
+            its gap to the next Ritz value) that a restart would leave room for, the basis is
+            enlarged instead of restarted. ``result.basis_size`` says how large it got.
         v0: start vector ``(n,)``, block ``(n, c)`` or a :class:`~subspaces.Subspace` (warm start,
             e.g. the previous eigenspace when tracking training); random by default. A start
             wider than ``block_size`` is folded into ``block_size`` sums of its columns. With
@@ -283,14 +283,15 @@ def lanczos(
         F = F[:, :nb]
 
         if m + nb > max_basis and max_basis < basis_cap:
-            # What the spectrum says so far: if a wanted pair needs more products than a
-            # restart would leave room for (clustered wanted values: small relative gaps, slow
+            # What the spectrum says so far: if a wanted pair needs more than half the products
+            # a restart would leave room for (clustered wanted values: small relative gaps, slow
             # Chebyshev rate), grow the basis instead; a restart would throw away directions
-            # the cluster still needs and cost products to rebuild them.
+            # the cluster still needs and cost products to rebuild them. Half: the Ritz gaps of
+            # an unresolved cluster overstate the true ones, so the estimate is optimistic.
             keep_n = min(max(k + (max_basis - k) // 2, k), max_basis - nb)
             slow = estimate > tol * scale
             need = _steps_to_converge(theta, cand[slow], estimate[slow], tol * scale)
-            if need > max_basis - keep_n:
+            if 2.0 * need > max_basis - keep_n:
                 max_basis = min(basis_cap, max_basis + max(nb, max_basis - keep_n))
                 Vt = torch.cat([Vt[:m], Vt.new_empty(max_basis + b - m, n)])
                 Wt = torch.cat([Wt[:m], Wt.new_empty(max_basis + b - m, n)])
