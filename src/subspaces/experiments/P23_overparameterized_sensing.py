@@ -172,6 +172,15 @@ def run(fast: bool, seed: int) -> ExperimentResult:
         f"{ci('symmetric_over_loglog_slope')}; failed on some seed: "
         f"{[k for k, ok in checks.items() if not ok] or 'none'}; first seed: {results[0].summary}"
     )
+    reasons = {
+        "asymmetric_alpha_dependent": "the rate ratio between the two alphas varies with the "
+        "random initial directions (the realized imbalance F0^T F0 - G0^T G0 sets the rate)",
+        "rebalanced_alpha_independent": "after the modified step the rate still depends on alpha",
+        "symmetric_sublinear": "the symmetric k > r run is not sublinear over [T/4, T]",
+    }
+    failed = [reasons[k] for k, ok in checks.items() if not ok and k in reasons]
+    if failed:
+        summary += "; most likely reason: " + "; ".join(failed)
     return ExperimentResult(
         measured=measured,
         passed=passed,
