@@ -645,7 +645,7 @@ def subspace_recovery_error(
     rows, cols = linear_sum_assignment(cost)
     out = [0.0] * len(truth)
     for i, j in zip(rows, cols, strict=True):
-        out[i] = max(0.0, min(1.0, cost[i, j]))
+        out[i] = float(max(0.0, min(1.0, cost[i, j])))
     return out
 
 

@@ -190,7 +190,7 @@ def run(fast: bool, seed: int) -> ExperimentResult:
     with single_thread():
         for i, n_k in enumerate(grid):
             errors[n_k] = recovery_trials(n_k, trials, seed=seed * 1000 + 17 * i + n_k)
-    recovered = {n: sum(e < THRESHOLD for e in errs) for n, errs in errors.items()}
+    recovered = {n: int(sum(e < THRESHOLD for e in errs)) for n, errs in errors.items()}
     rates = [recovered[n] / trials for n in grid]
     n50 = transition_point(grid, rates)
     checks = {
