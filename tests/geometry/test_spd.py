@@ -210,7 +210,7 @@ def test_p33_pipeline_smoke():
     assert is_spd(Xtr).all()
     cond = torch.linalg.eigvalsh(Xtr)
     assert float((cond[:, -1] / cond[:, 0]).median()) > 1e3  # ill-conditioned by construction
-    for variant in ("none", "ai", "gbw"):
+    for variant in ("none", "ai", "gbw", "ai_disp", "gbw_center"):
         r = train_variant(variant, (Xtr, ytr, Xte, yte), seed=0, epochs=1)
         assert 0.0 <= r["test_accuracy"] <= 1.0 and r["final_loss"] == r["final_loss"]
 
@@ -222,6 +222,11 @@ def test_p33_fast_reproduction_runs():
     r = get("P33").run(True, 0)
     assert set(r.measured["mean_test_accuracy"]) == {"none", "ai", "gbw"}
     assert "test_accuracy" in r.figures
+    assert r.headline == ("gbw_minus_ai", "gbw_minus_none")
+    d = r.measured["gbw_minus_ai"]
+    assert d["n"] == 3 and r.passed == (
+        d["ci95"][0] > 0 and r.measured["gbw_minus_none"]["ci95"][0] > 0
+    )
 
 
 # ----- issue 17: no silent clamping or symmetrizing, certified means, dtypes, empty and meta ---
