@@ -159,6 +159,7 @@ def _plot(grid: list[int], rates: list[float], d: int) -> bytes:
     title="Diffusion models learn low-dimensional distributions via subspace clustering",
     paper="Wang, Zhang, Zhang, Chen, Ma & Qu 2024, Diffusion models learn low-dimensional "
     "distributions via subspace clustering (arXiv:2409.02426)",
+    slow=True,
     claim=(
         "Training a low-rank-parameterized denoiser on samples of a mixture of low-rank Gaussians "
         "is subspace clustering, and the subspaces are learned once each has about d (intrinsic "
