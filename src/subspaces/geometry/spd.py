@@ -25,12 +25,16 @@ normalization needs: with ``M`` the BW barycenter of ``X_i``, the points
 ``Exp_I(transport(Log_M X_i))`` ``= T_i^2`` have BW barycenter exactly ``I`` (because
 ``sum_i w_i T_i = I`` characterizes the barycenter).
 
-Generalized BW (GBW) with power deformation ``theta`` (Wang, Jin, Chen, Luo & Wu, CVPR 2025,
-"Learning to normalize on the SPD manifold under Bures-Wasserstein geometry", arXiv:2504.00660):
-the deformation ``phi_theta(S) = S^theta`` and its inverse ``S -> S^{1/theta}``; the metric is
-the pull-back ``d_theta(A, B) = d_BW(A^theta, B^theta) / |theta|``, its barycenter
-``(bary_BW(X_i^theta))^{1/theta}``, and ``theta = 1`` gives BW. (The paper's second parameter, a
-congruence by an SPD matrix ``M``, is not implemented.)
+Generalized BW (GBW) with power deformation ``theta`` and metric parameter ``M`` (Han, Mishra,
+Jawanpuria & Gao 2023, "Learning with symmetric positive definite matrices via generalized
+Bures-Wasserstein geometry"; Wang, Jin, Chen, Luo & Wu, CVPR 2025, "Learning to normalize on the
+SPD manifold under Bures-Wasserstein geometry", arXiv:2504.00660): the chart
+``phi(S) = M^{-1/2} S^theta M^{-1/2}`` (:func:`gbw_deform`; inverse :func:`gbw_undeform`) is an
+isometry onto BW up to the factor ``theta^2``, so ``d(A, B) = d_BW(phi(A), phi(B)) / |theta|``
+(:func:`gbw_distance`; with ``theta = 1`` Han et al.'s ``tr(M^{-1} A) + tr(M^{-1} B) -
+2 tr((A^{1/2} M^{-1} B M^{-1} A^{1/2})^{1/2})`` under the root), geodesics and barycenters are
+``phi^{-1}`` of the BW ones in the chart (:func:`gbw_geodesic`, :func:`gbw_barycenter`), and
+``theta = 1``, ``M = I`` gives BW.
 
 Affine-invariant (AI) metric (Pennec, Fillard & Ayache 2006; Bhatia 2007):
 ``d(A, B) = ||log(A^{-1/2} B A^{-1/2})||_F``,
