@@ -210,9 +210,17 @@ def test_p33_pipeline_smoke():
     assert is_spd(Xtr).all()
     cond = torch.linalg.eigvalsh(Xtr)
     assert float((cond[:, -1] / cond[:, 0]).median()) > 1e3  # ill-conditioned by construction
-    for variant in ("none", "ai", "gbw", "ai_disp", "gbw_center"):
+    for variant in ("none", "ai", "gbw"):
         r = train_variant(variant, (Xtr, ytr, Xte, yte), seed=0, epochs=1)
         assert 0.0 <= r["test_accuracy"] <= 1.0 and r["final_loss"] == r["final_loss"]
+        assert 0.0 <= r["test_accuracy_batch_stats"] <= 1.0
+    from subspaces.experiments.P33_spd_batchnorm import _batchnorm
+
+    ai_disp, gbw_center = _batchnorm("ai_disp", 3, 0.5), _batchnorm("gbw_center", 3, 0.5)
+    assert ai_disp.metric == "ai" and ai_disp.dispersion
+    assert gbw_center.metric_log is None and not gbw_center.dispersion
+    with pytest.raises(ValueError, match="variant must be one of"):
+        _batchnorm("euclid", 3, 0.5)
 
 
 @pytest.mark.slow
