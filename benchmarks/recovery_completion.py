@@ -24,6 +24,12 @@ at package import). Skip it with ``--no-fancyimpute``.
 
 Writes ``benchmarks/results/recovery_completion.json`` (keys name, ours, anchor, ratio, unit,
 params, rows).
+
+``--rank-sweep`` (issue 18, P19) instead times the cost of one AltMin iteration of both solvers
+against the rank ``k`` at a fixed ``1000 x 1000`` matrix with ``|Omega| = 500000`` revealed entries
+(CPU time of this thread, medians of 3, ``k = 16, 32, 64, 128``; the exact solver's ``k = 128``
+point takes about 10 s a repeat), fits the log-log slopes, and runs both solvers to convergence at
+``k = 64``; writes ``benchmarks/results/recovery_completion_rank.json``. About 2-3 minutes.
 """
 
 from __future__ import annotations
@@ -54,6 +60,56 @@ from subspaces.recovery import (
 
 N, RANK, FRACTION, TOL, MAX_ITERS, REPEATS = 5000, 10, 0.05, 1e-7, 50, 3
 OUT = Path(__file__).parent / "results" / "recovery_completion.json"
+OUT_RANK = Path(__file__).parent / "results" / "recovery_completion_rank.json"
+SWEEP_N, SWEEP_COUNT, SWEEP_KS, RACE_K = 1000, 500_000, (16, 32, 64, 128), 64
+
+
+def rank_sweep(
+    n: int = SWEEP_N,
+    count: int = SWEEP_COUNT,
+    ks: tuple[int, ...] = SWEEP_KS,
+    race_k: int = RACE_K,
+    repeats: int = REPEATS,
+) -> dict[str, object]:
+    """CPU seconds of one AltMin iteration of each solver against ``k``; a race at ``race_k``.
+
+    Returns:
+        ``{"per_iteration": {k: {solver: seconds}}, "slopes": {solver: slope}, "race": {...}}``.
+    """
+    from subspaces.experiments.P19_matrix_completion import _complete, _slope
+    from subspaces.recovery.completion import _altmin_iteration, _group, _observed_error
+
+    per_iteration: dict[int, dict[str, float]] = {}
+    for k in ks:
+        g = torch.Generator().manual_seed(k)
+        obs = sample_entries(low_rank_matrix(n, n, k, generator=g), count=count, generator=g)
+        rows_side = _group(obs.rows, obs.cols, obs.values, n, n)
+        cols_side = _group(obs.cols, obs.rows, obs.values, n, n)
+        norm = float(torch.linalg.vector_norm(obs.values))
+        U0 = torch.linalg.qr(torch.randn(n, k, dtype=torch.float64, generator=g)).Q
+        per_iteration[k] = {}
+        for solver in ("exact", "sketched"):
+            times = []
+            U, V = U0, torch.zeros(n, k, dtype=torch.float64)
+            for _ in range(repeats):
+                start = time.process_time()
+                U, V = _altmin_iteration(rows_side, cols_side, U, V, solver, 1e-10, 3)
+                _observed_error(rows_side, U, V, norm)
+                times.append(time.process_time() - start)
+            per_iteration[k][solver] = statistics.median(times)
+        print(f"k = {k:4d}: " + ", ".join(f"{s} {t:.3f} s" for s, t in per_iteration[k].items()))
+    slopes = {
+        solver: _slope(list(ks), [per_iteration[k][solver] for k in ks])
+        for solver in ("exact", "sketched")
+    }
+    race = {solver: _complete(n, race_k, count, solver, 0) for solver in ("exact", "sketched")}
+    for solver, r in race.items():
+        print(
+            f"race k = {race_k}, {solver}: {r['cpu_seconds']:.2f} s CPU, "
+            f"{r['iterations']} iterations, error {r['relative_error']:.1e}"
+        )
+    print("log-log slopes of CPU time per iteration vs k: " + str(slopes))
+    return {"per_iteration": per_iteration, "slopes": slopes, "race": race}
 
 
 def numpy_als(obs: Observations, rank: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -102,7 +158,7 @@ def fancyimpute_softimpute(obs: Observations, truth: np.ndarray) -> dict[str, ob
             kwargs.setdefault("ensure_all_finite", force_all_finite)
         return original(*args, **kwargs)
 
-    sklearn.utils.check_array = check_array  # type: ignore[assignment]
+    sklearn.utils.check_array = check_array
     import fancyimpute
 
     X = np.full(obs.shape, np.nan)
@@ -133,6 +189,21 @@ def fancyimpute_softimpute(obs: Observations, truth: np.ndarray) -> dict[str, ob
 def main() -> None:
     torch.set_num_threads(1)
     load_start = os.getloadavg()
+    if "--rank-sweep" in sys.argv:
+        sweep = rank_sweep()
+        write_json(
+            OUT_RANK,
+            {
+                "name": "recovery_completion_rank",
+                "unit": "CPU seconds of one AltMin iteration (1 thread, median of 3)",
+                "loadavg_start": load_start,
+                "loadavg_end": os.getloadavg(),
+                "date": time.strftime("%Y-%m-%d"),
+                "params": {"n": SWEEP_N, "observed": SWEEP_COUNT, "ks": list(SWEEP_KS)},
+                **sweep,
+            },
+        )
+        return
     g = torch.Generator().manual_seed(0)
     M = low_rank_matrix(N, N, RANK, generator=g)
     obs = sample_entries(M, FRACTION, generator=g)
@@ -192,7 +263,9 @@ def main() -> None:
         )
     print(f"ratio numpy ALS / ours: {anchor_t / ours_t:.1f}x")
     if fancy is not None:
-        print(f"ratio fancyimpute SoftImpute / ours: {fancy['seconds_median'] / ours_t:.0f}x")
+        print(
+            f"ratio fancyimpute SoftImpute / ours: {float(fancy['seconds_median']) / ours_t:.0f}x"
+        )
     load_end = os.getloadavg()
     write_json(
         OUT,
