@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import TextIO
 
@@ -110,6 +111,9 @@ class Progress:
         self.initial = initial
         self.count = initial
         self.note = ""
+        self.eta: Callable[[int], float | None] | None = None
+        """Optional ETA model: seconds left for the given remaining steps (``None``: unknown),
+        for work whose steps cost unequal time; by default the pace since the start."""
         self._tty = _is_tty(self.stream)
         self._start = time.monotonic()
         self._last_write = -float("inf")
@@ -130,9 +134,14 @@ class Progress:
             parts.append(f"{self.count}/{self.total} ({100 * self.count // self.total}%)")
             timing = format_seconds(elapsed)
             done = self.count - self.initial  # since this reporter started (a resume)
-            if done > 0 and self.count < self.total:
-                eta = elapsed * (self.total - self.count) / done
-                timing += f", ~{format_seconds(eta)} left"
+            eta: float | None = None
+            if self.count < self.total:
+                if self.eta is not None:
+                    eta = self.eta(self.total - self.count)
+                elif done > 0:
+                    eta = elapsed * (self.total - self.count) / done
+            if eta is not None:
+                timing += f", ~{format_seconds(max(eta, 0.0))} left"
             parts.append(f"[{timing}]")
         else:
             parts.extend([str(self.count), f"[{format_seconds(elapsed)}]"])

@@ -8,6 +8,7 @@ import torch
 
 import subspaces._progress as progress_mod
 from subspaces._progress import Progress
+from subspaces.analyze._costs import _TrainingEta
 from subspaces.analyze._final import _final_spectrum
 
 
@@ -113,3 +114,18 @@ def test_final_spectrum_progress_counts_products_against_the_printed_prediction(
             assert _eta_seconds(line) == pytest.approx(0.01 * (total - count), rel=1e-2, abs=6e-3)
     assert final.k == 3
     assert "final spectrum (products)" in capsys.readouterr().err
+
+
+def test_training_eta_prices_steps_and_checkpoints_separately(clock):
+    """A 10 s checkpoint at step 0, then 5 steps of 0.1 s; 95 steps and 2 checkpoints (one at the
+    last step) left: 95 x 0.1 + 2 x 10 = 29.5 s. The average pace (10.5 s / 5 steps) said 200 s."""
+    bar = Progress(100, "training", stream=io.StringIO())
+    bar.eta = eta = _TrainingEta(checkpoints=3)
+    clock.now += 10.0
+    eta.checkpoint(10.0)
+    for _ in range(5):
+        clock.now += 0.1
+        eta.steps += 1
+        bar.update()
+    assert _eta_seconds(bar._line()) == pytest.approx(29.5, rel=1e-3)
+    assert Progress(10, "x", stream=io.StringIO())._line().count("left") == 0

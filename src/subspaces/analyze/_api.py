@@ -16,7 +16,7 @@ from .. import __version__
 from .._progress import Progress
 from ..dynamics import CurvatureTracker
 from ._batches import MappedBatches, _batch_len, curvature_batches
-from ._costs import _log_tracking_cost
+from ._costs import _log_tracking_cost, _TrainingEta
 from ._final import _final_spectrum
 from ._outdir import _check_out_dir, _make_out_dir, _previous_run_files
 from ._summary import (
@@ -274,22 +274,26 @@ def analyze(
         assert tracker is not None
         steps_per_epoch = len(train) if hasattr(train, "__len__") else None  # type: ignore[arg-type]
         total = steps_per_epoch * epochs if steps_per_epoch is not None else None
+        # checkpoints: every every-th step, and the last step (tracker.finish)
+        checks = (total + every - 1) // every + 1 if total is not None else 0
         if not quiet:
             log(
                 f"analyze: {type(model).__name__} "
                 f"({sum(p.numel() for p in model.parameters())} parameters), {n} training "
                 f"samples, curvature on {used} every {every} steps"
             )
-            if total is not None:  # every-th steps, and the last step (tracker.finish)
-                checks = (total + every - 1) // every + 1
+            if total is not None:
                 _log_tracking_cost(log, tracker, tracker.data, checks, total)
         progress = Progress(total, "training", quiet=quiet)
+        progress.eta = eta = _TrainingEta(checks)  # steps and checkpoints each at their pace
         for epoch in range(epochs):
             model.train()
             for raw in train:
                 tc = time.perf_counter()
                 rec = tracker.step(step, batch=raw)
                 curvature_seconds += time.perf_counter() - tc
+                if rec is not None:
+                    eta.checkpoint(time.perf_counter() - tc)
                 if rec is not None:
                     progress.note = f"λmax {rec['lambda_max']:.3g} (2/η {2 / rec['lr']:.3g})"
                 b = split_batch(raw, device, None)
@@ -302,6 +306,7 @@ def analyze(
                 batch_loss.backward()
                 optimizer.step()
                 step += 1
+                eta.steps += 1
                 progress.update()
             tr_loss, tr_acc = _evaluate_loader(model, loss, train, device)
             row = {"step": step, "epoch": epoch + 1, "train_loss": tr_loss, "train_acc": tr_acc}

@@ -28,7 +28,7 @@ from ._checkpoint import (
     _restore,
 )
 from ._config import DTYPES, AnalyzeConfig, _resolve_device
-from ._costs import _log_tracking_cost
+from ._costs import _log_tracking_cost, _TrainingEta
 from ._final import _final_spectrum
 from ._outdir import _check_out_dir, _make_out_dir, _previous_run_files
 from ._summary import (
@@ -271,6 +271,8 @@ def _run_analyze(
         if len(curv_idx) < n
         else f"{n} samples"
     )
+    checkpoints = sum(1 for s in range(run.step, total_steps) if s % config.every == 0)
+    checkpoints += 1  # the last step (tracker.finish): every series ends there
     if not quiet:
         log(
             f"analyze: {model_name} ({num_params} parameters) on {data_name} "
@@ -279,12 +281,10 @@ def _run_analyze(
             f"in {len(full_data)} batch{'es' if len(full_data) > 1 else ''}, "
             f"{num_threads} thread{'s' if num_threads > 1 else ''}"
         )
-        checkpoints = sum(1 for s in range(run.step, total_steps) if s % config.every == 0)
-        checkpoints += 1  # the last step (tracker.finish): every series ends there
-        if checkpoints:
-            _log_tracking_cost(log, tracker, full_data, checkpoints, total_steps - run.step)
+        _log_tracking_cost(log, tracker, full_data, checkpoints, total_steps - run.step)
     # after a resume the count starts at the finished steps and the ETA counts only the rest
     progress = Progress(total_steps, "training", quiet=quiet, initial=run.step)
+    progress.eta = eta = _TrainingEta(checkpoints)  # steps and checkpoints each at their pace
     while run.epoch < config.epochs:
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=shuffle).to(device)
@@ -296,6 +296,7 @@ def _run_analyze(
                 tc = time.perf_counter()
                 rec = tracker.step(run.step, batch=(xb, tb))
                 run.curvature_seconds += time.perf_counter() - tc
+                eta.checkpoint(time.perf_counter() - tc)
                 if rec is not None:
                     progress.note = f"λmax {rec['lambda_max']:.3g} (2/η {2 / rec['lr']:.3g})"
             optimizer.zero_grad()
@@ -312,6 +313,7 @@ def _run_analyze(
             loss.backward()
             optimizer.step()
             run.step += 1
+            eta.steps += 1
             progress.update()
         run.epoch += 1
         model.eval()
