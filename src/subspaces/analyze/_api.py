@@ -116,7 +116,11 @@ def analyze(
       it trains nothing, evaluates the model, computes the final spectrum and writes the report
       with the tracker's records.
 
-    Either way the result is the ``summary.json`` / ``report.html`` of ``subspaces analyze``.
+    Either way the result is the ``summary.json`` / ``report.html`` of ``subspaces analyze``, and
+    every curvature series ends at the last training step (the last one logged or measured with
+    your loop): after training the tracker measures once more there
+    (:meth:`~subspaces.dynamics.CurvatureTracker.finish`). Each phase prints its predicted cost
+    and shows progress with an ETA.
 
     Batches are ``(inputs, targets)`` (``model(inputs)``; ``model(**inputs)`` for a dict), dicts
     (Hugging Face style: ``model(**batch)``, the loss gets the whole dict as targets, e.g.

@@ -107,6 +107,10 @@ def run_analyze(
     the settings, the device, the output folder, the checkpoint to resume from and the batch
     size against the data set.
 
+    Curvature is measured every ``config.every`` steps and once more at the last step, so every
+    series ends there. Each phase prints its predicted cost and shows progress with an ETA; after
+    ``resume`` the training bar starts at the finished steps and its ETA counts only the rest.
+
     Args:
         config: the settings.
         out_dir: the output folder (created). If it holds another run (``checkpoint.pt``,
