@@ -210,6 +210,10 @@ def test_sample_keys_are_cached_but_follow_in_place_changes():
     assert not torch.equal(sample_key_tensor(X.reshape(6, 2, 2), 6), changed)
     assert len(set(sample_key_tensor(X.bfloat16(), 6).tolist())) == 6
     assert len(set(sample_key_tensor(torch.eye(6, dtype=torch.bool), 6).tolist())) == 6
+    with torch.inference_mode():  # no version counter: hashed, not cached
+        frozen = X.clone()
+    assert torch.equal(sample_key_tensor(frozen, 6), changed)
+    assert torch.equal(sample_key_tensor(frozen, 6), changed)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -524,8 +524,18 @@ def _row_hashes(tensor: Tensor, n: int) -> Tensor:
     Returns:
         An int64 tensor ``(n,)`` on ``tensor``'s device.
     """
+    try:
+        version: int | None = tensor._version
+    except RuntimeError:  # an inference tensor has no version counter: hashed on every pass
+        version = None
     entry = _ROW_CACHE.get(id(tensor))
-    if entry is not None and entry[0]() is tensor and entry[1] == tensor._version and entry[2] == n:
+    if (
+        version is not None
+        and entry is not None
+        and entry[0]() is tensor
+        and entry[1] == version
+        and entry[2] == n
+    ):
         return entry[3]
     t = tensor.detach().reshape(n, -1)
     tag = _tag(f"{t.dtype}{tuple(tensor.shape[1:])}")
@@ -539,12 +549,14 @@ def _row_hashes(tensor: Tensor, n: int) -> Tensor:
     position = splitmix64(torch.arange(words.shape[1], device=words.device) ^ tag)
     h = splitmix64(words ^ position).sum(1, dtype=torch.int64)
     out = splitmix64(h ^ tag)
+    if version is None:
+        return out
     try:
         key = id(tensor)
         ref = weakref.ref(tensor, lambda _: _ROW_CACHE.pop(key, None))
     except TypeError:  # a tensor subclass without weak references: no cache
         return out
-    _ROW_CACHE[key] = (ref, tensor._version, n, out)
+    _ROW_CACHE[key] = (ref, version, n, out)
     return out
 
 
