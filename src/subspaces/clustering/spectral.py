@@ -3,7 +3,8 @@
 :func:`spectral_clustering` is the last step of every self-expressive subspace clustering method
 (EnSC, SSC, LRR): the ``k`` leading eigenvectors of the normalized affinity
 ``D^{-1/2} W D^{-1/2}`` (dense ``eigh`` for small problems, ``scipy.sparse.linalg.eigsh`` for a
-sparse affinity), rows normalized to unit length (Ng, Jordan & Weiss 2001), then k-means.
+sparse affinity; regularized by a small uniform affinity so that isolated points do not
+compete with the clusters), rows normalized to unit length (Ng, Jordan & Weiss 2001), then k-means.
 :func:`kmeans` is a small k-means++ / Lloyd implementation in torch. :class:`KMeans` and
 :class:`SpectralClustering` wrap scikit-learn's estimators (an optional dependency, imported
 when they are fitted) with the same API as the other estimators of the package.
@@ -24,7 +25,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from .._checks import check_positive_int
+from .._checks import check_positive_float, check_positive_int
 from ._checks import as_generator, check_data, check_n_clusters, seed_of
 from .base import ClusterEstimator
 
@@ -140,21 +141,33 @@ def _check_affinity(affinity: Any) -> sp.csr_matrix | Tensor:
 
 
 def spectral_embedding(
-    affinity: Any, n_components: int, *, random_state: int | torch.Generator | None = None
+    affinity: Any,
+    n_components: int,
+    *,
+    regularization: float = 0.1,
+    random_state: int | torch.Generator | None = None,
 ) -> Tensor:
-    """The leading eigenvectors of the normalized affinity ``D^{-1/2} (W + W^T)/2 D^{-1/2}``.
+    """Leading eigenvectors of the regularized normalized affinity ``D^{-1/2} W_tau D^{-1/2}``.
+
+    ``W_tau = (W + W^T)/2 + (tau / n) 1 1^T`` with ``tau = regularization * mean degree``
+    (regularized spectral clustering, Amini et al. 2013; Qin & Rohe 2013): without it every
+    isolated point or tiny connected component of a sparse affinity (EnSC's, say) adds an
+    eigenvalue 1 that competes with the clusters' own for the leading eigenvectors. The rank-one
+    term is applied implicitly; a sparse affinity stays sparse.
 
     Args:
         affinity: ``(n, n)`` non-negative affinity, dense (tensor/array) or ``scipy.sparse``;
             it is symmetrized.
         n_components: number of eigenvectors.
+        regularization: ``tau`` as a fraction of the mean degree (``0`` for none).
         random_state: seeds the start vector of the sparse eigensolver.
 
     Returns:
         ``(n, n_components)`` float64 embedding (rows not yet normalized).
 
     Raises:
-        ValueError: for a non-square, negative or non-finite affinity, or too many components.
+        ValueError: for a non-square, negative or non-finite affinity, too many components, or
+            a negative ``regularization``.
 
     Example:
         >>> import torch
@@ -166,28 +179,36 @@ def spectral_embedding(
     k = check_positive_int(n_components, "n_components")
     if k > n:
         raise ValueError(f"n_components={k} is above the number of samples {n}")
+    reg = check_positive_float(regularization, "regularization", allow_zero=True)
+    if not isinstance(W, Tensor) and n <= max(200, 5 * k):
+        W = torch.from_numpy(W.toarray())
     if isinstance(W, Tensor):
         W = 0.5 * (W + W.T)
+        tau = reg * float(W.sum()) / n
+        W = W + tau / n
         deg = W.sum(1)
         inv = torch.where(deg > 0, deg.rsqrt(), torch.zeros_like(deg))
         M = inv[:, None] * W * inv[None, :]
         _, vecs = torch.linalg.eigh(M)
         return vecs[:, -k:].flip(1)
-    Ws = (W + W.T) * 0.5
-    degs = np.asarray(Ws.sum(axis=1)).ravel()
-    invs = np.where(degs > 0, 1.0 / np.sqrt(np.where(degs > 0, degs, 1.0)), 0.0)
-    Dm = sp.diags(invs)
-    M = (Dm @ Ws @ Dm).tocsr()
-    if n <= max(200, 5 * k):
-        vals, vecs = np.linalg.eigh(M.toarray())
-        return torch.from_numpy(np.ascontiguousarray(vecs[:, -k:][:, ::-1]))
-    from scipy.sparse.linalg import eigsh
+    from scipy.sparse.linalg import LinearOperator, eigsh
 
+    Ws = ((W + W.T) * 0.5).tocsr()
+    tau = reg * float(Ws.sum()) / n
+    degs = np.asarray(Ws.sum(axis=1)).ravel() + tau
+    invs = np.where(degs > 0, 1.0 / np.sqrt(np.where(degs > 0, degs, 1.0)), 0.0)
+
+    def matvec(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x).reshape(n, -1)
+        y = invs[:, None] * x
+        out = Ws @ y + (tau / n) * y.sum(axis=0, keepdims=True)
+        # shifted by I: the spectrum of I + M lies in [0, 2], the wanted end is the largest
+        return invs[:, None] * out + x
+
+    op = LinearOperator((n, n), matvec=matvec, matmat=matvec, dtype=np.float64)
     g = as_generator(random_state)
     v0 = torch.rand(n, generator=g, dtype=torch.float64).numpy() + 0.5
-    # shift by I: the spectrum of I + M lies in [0, 2], the wanted end is the largest.
-    shifted = (M + sp.identity(n, format="csr")).tocsr()
-    vals, vecs = eigsh(shifted, k=k, which="LA", v0=v0, tol=1e-8, maxiter=max(1000, 20 * n))
+    vals, vecs = eigsh(op, k=k, which="LA", v0=v0, tol=1e-8, maxiter=max(1000, 20 * n))
     order = np.argsort(vals)[::-1]
     return torch.from_numpy(np.ascontiguousarray(vecs[:, order]))
 
@@ -197,6 +218,7 @@ def spectral_clustering(
     n_clusters: int,
     *,
     n_init: int = 10,
+    regularization: float = 0.1,
     random_state: int | torch.Generator | None = None,
 ) -> Tensor:
     """Normalized spectral clustering (Ng, Jordan & Weiss 2001) of an affinity matrix.
@@ -205,6 +227,8 @@ def spectral_clustering(
         affinity: ``(n, n)`` non-negative affinity (dense or ``scipy.sparse``), symmetrized.
         n_clusters: ``k``.
         n_init: k-means restarts on the embedding.
+        regularization: the embedding's ``tau`` as a fraction of the mean degree (see
+            :func:`spectral_embedding`).
         random_state: seed or generator.
 
     Returns:
@@ -221,7 +245,7 @@ def spectral_clustering(
     """
     k = check_n_clusters(n_clusters)
     g = as_generator(random_state)
-    V = spectral_embedding(affinity, k, random_state=g)
+    V = spectral_embedding(affinity, k, regularization=regularization, random_state=g)
     V = V / V.norm(dim=1, keepdim=True).clamp_min(1e-300)
     labels, _, _ = kmeans(V, k, n_init=n_init, random_state=g)
     return labels
