@@ -383,7 +383,8 @@ class MLC(ClusterEstimator):
             self.membership_ = Pi.to(self.dtype)
             affinity = 0.5 * (Pi + Pi.T)
             affinity.fill_diagonal_(0.0)
-            labels = spectral_clustering(affinity, cfg["k"], random_state=g)
+            # the membership is dense and connected: no regularization of the embedding
+            labels = spectral_clustering(affinity, cfg["k"], regularization=0.0, random_state=g)
         else:
             self.membership_ = None
             labels = self._knn_spectral(C, cfg["k"], g)
