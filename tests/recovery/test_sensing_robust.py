@@ -227,7 +227,7 @@ def test_outlier_target_shape_named() -> None:
 # --- reproductions ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("eid", [pytest.param("P23", marks=pytest.mark.slow), "P29"])
+@pytest.mark.parametrize("eid", ["P29"])  # P23's fast run: tests/experiments/test_p17_p18_p23.py
 def test_reproduction_fast(eid: str) -> None:
     result = get(eid).run(True, 0)
     assert result.passed, result.summary
