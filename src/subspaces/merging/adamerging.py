@@ -170,6 +170,32 @@ def check_inputs(
     return names
 
 
+def finite_loss_values(losses: list[Tensor], what: str) -> list[float]:
+    """The per-step losses as floats, or a ValueError naming the first step that is not finite.
+
+    One synchronisation at the end of a loop instead of one per step.
+
+    Args:
+        losses: the per-step loss tensors (scalars).
+        what: the method's name, for the error.
+
+    Returns:
+        The losses as floats.
+
+    Raises:
+        ValueError: if a loss is NaN or infinite, naming its step.
+
+    Example:
+        >>> finite_loss_values([torch.tensor(0.5), torch.tensor(0.25)], "AdaMerging")
+        [0.5, 0.25]
+    """
+    values = [float(v) for v in torch.stack(losses)] if losses else []
+    for i, v in enumerate(values):
+        if not math.isfinite(v):
+            raise ValueError(f"{what}: the entropy loss is not finite at step {i}: {v}")
+    return values
+
+
 def adamerging(
     model: nn.Module,
     base: Mapping[str, Tensor],
@@ -250,10 +276,7 @@ def adamerging(
             opt.step()
             losses.append(loss.detach())
             bar.update()
-    values = [float(v) for v in torch.stack(losses)] if losses else []
-    for i, v in enumerate(values):
-        if not math.isfinite(v):
-            raise ValueError(f"AdaMerging: the entropy loss is not finite at step {i}: {v}")
+    values = finite_loss_values(losses, "AdaMerging")
     with torch.no_grad():
         final = coeff.detach() if clamp is None else coeff.detach().clamp(*clamp)
         merged = merged_parameters(base, vectors, final, names, mask=fixed_mask)

@@ -22,7 +22,6 @@ meta-learning loop of the paper's reference code. The final mask is the determin
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -40,6 +39,7 @@ from .adamerging import (
     _default_forward,
     adamerging,
     check_inputs,
+    finite_loss_values,
     merged_parameters,
     sum_entropy,
 )
@@ -273,10 +273,7 @@ def concrete_merging(
             outer.step()
             losses.append(loss.detach())
             bar.update()
-    values = [float(v) for v in torch.stack(losses)] if losses else []
-    for i, v in enumerate(values):
-        if not math.isfinite(v):
-            raise ValueError(f"Concrete merging: the entropy loss is not finite at step {i}: {v}")
+    values = finite_loss_values(losses, "Concrete merging")
     final_mask = mask.evaluation_mask(eval_mask)
     am: AdaMergingResult | None = None
     if inner == "adamerging":
