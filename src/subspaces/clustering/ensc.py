@@ -130,6 +130,12 @@ def ensc_affinity(C: Tensor) -> sp.csr_matrix:
 
     Returns:
         The symmetric ``scipy.sparse`` affinity (float64).
+
+    Example:
+        >>> import torch
+        >>> W = ensc_affinity(torch.tensor([[0.0, 2.0], [1.0, 0.0]]))
+        >>> W.toarray().tolist()
+        [[0.0, 2.0], [2.0, 0.0]]
     """
     M = C.abs().double()
     M = M / M.max(0, keepdim=True).values.clamp_min(torch.finfo(torch.float64).tiny)
@@ -159,6 +165,16 @@ class EnSC(ClusterEstimator):
 
     Note:
         EnSC is transductive: there is no ``predict`` for new samples (refit instead).
+
+    Example:
+        >>> import torch
+        >>> from subspaces.clustering import clustering_accuracy
+        >>> g = torch.Generator().manual_seed(0)
+        >>> B = [torch.linalg.qr(torch.randn(6, 2, generator=g).double())[0] for _ in range(2)]
+        >>> X = torch.cat([torch.randn(30, 2, generator=g).double() @ b.T for b in B])
+        >>> en = EnSC(2, random_state=0).fit(X)
+        >>> clustering_accuracy([0] * 30 + [1] * 30, en.labels_)
+        1.0
     """
 
     def __init__(

@@ -78,6 +78,16 @@ class KSubspaces(ClusterEstimator):
     Raises:
         ValueError: at ``fit`` for invalid data (NaN rows, fewer samples than clusters),
             ``n_clusters <= 0`` or ``subspace_dim`` above the number of features.
+
+    Example:
+        >>> import torch
+        >>> from subspaces.clustering import clustering_accuracy
+        >>> g = torch.Generator().manual_seed(0)
+        >>> B = [torch.linalg.qr(torch.randn(6, 2, generator=g).double())[0] for _ in range(2)]
+        >>> X = torch.cat([torch.randn(30, 2, generator=g).double() @ b.T for b in B])
+        >>> km = KSubspaces(2, subspace_dim=2, random_state=0).fit(X)
+        >>> clustering_accuracy([0] * 30 + [1] * 30, km.labels_)
+        1.0
     """
 
     def __init__(

@@ -74,6 +74,13 @@ def projection_ratios(grads: Mapping[str, Tensor], memory: GPMMemory) -> dict[st
 
     Raises:
         ValueError: for a memory layer without a gradient.
+
+    Example:
+        >>> R = torch.eye(4, dtype=torch.float64)[:, :2] @ torch.ones(2, 10, dtype=torch.float64)
+        >>> memory = GPMMemory(threshold=0.99).update({"fc": R})
+        >>> G = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0]], dtype=torch.float64)
+        >>> {k: [round(r, 6) for r in v] for k, v in projection_ratios({"fc": G}, memory).items()}
+        {'fc': [0.426401]}
     """
     out: dict[str, list[float]] = {}
     for layer in memory.layers:

@@ -117,6 +117,12 @@ def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
 
     Returns:
         A Markdown table (no trailing newline).
+
+    Example:
+        >>> record = {"id": "P99", "title": "t", "status": "passed", "seconds": 3.0,
+        ...           "fast": True, "seed": 0, "measured": {}, "headline": []}
+        >>> print(markdown_table([record]).splitlines()[-1])
+        | P99 | t | PASS | - | 3.00 s | fast, seed 0 |
     """
     rows = [_HEADER]
     for r in records:

@@ -434,6 +434,13 @@ def iter_merge(
             that do not match, a density outside (0, 1], or NaN/Inf in a model (each names the
             tensor and the model).
         TypeError: for a non-floating tensor with ``non_float="error"``.
+
+    Example:
+        >>> base = {"w": torch.zeros(2)}
+        >>> models = [{"w": torch.tensor([1.0, -1.0])}, {"w": torch.tensor([3.0, 1.0])}]
+        >>> [(n, t.tolist()) for n, t in iter_merge(models, method="task_arithmetic", base=base,
+        ...                                          lambda_=0.5)]
+        [('w', [2.0, 0.0])]
     """
     check_choice(method, "method", METHODS)
     check_choice(consensus, "consensus", get_args(Consensus))
