@@ -206,6 +206,19 @@ class MLC(ClusterEstimator):
 
     Raises:
         ValueError: at ``fit`` for invalid data or parameters (named, with their value).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> U = torch.linalg.qr(torch.randn(20, 4, generator=g))[0]
+        >>> X = torch.cat([torch.randn(30, 2, generator=g) @ U[:, :2].T,
+        ...                torch.randn(30, 2, generator=g) @ U[:, 2:].T])
+        >>> mlc = MLC(2, feature_dim=8, hidden_dims=(16,), epochs=2, init_epochs=2,
+        ...           batch_size=60, random_state=0).fit(X)
+        >>> mlc.labels_.shape, len(mlc.subspaces_)
+        (torch.Size([60]), 2)
+        >>> Pi = mlc.membership_  # doubly stochastic: rows and columns sum to one
+        >>> bool(torch.allclose(Pi.sum(0), Pi.sum(1)) and torch.allclose(Pi.sum(1), torch.ones(60)))
+        True
     """
 
     def __init__(

@@ -124,6 +124,16 @@ def layer_regimes(
 
     Raises:
         ValueError: if ``old_grads`` does not have one entry per stored task or lacks a layer.
+
+    Example:
+        >>> from subspaces.continual import GPMMemory
+        >>> inputs = torch.tensor([[1.0, 2.0], [0.0, 0.0]])  # (d, n): task 0 spans e_1
+        >>> memory = GPMMemory(threshold=0.99).update({"fc": inputs})
+        >>> old = [{"fc": torch.tensor([[2.0, -5.0]])}]  # task 0's last gradient
+        >>> layer_regimes({"fc": torch.tensor([[1.0, 0.1]])}, memory, old)
+        {'fc': [<Regime.TRANSFER: 3>]}
+        >>> layer_regimes({"fc": torch.tensor([[0.1, 1.0]])}, memory, old)
+        {'fc': [<Regime.INSUFFICIENT: 1>]}
     """
     if len(old_grads) != memory.num_tasks:
         raise ValueError(

@@ -55,6 +55,15 @@ def load_records(folder: str | Path) -> list[dict[str, Any]]:
     Raises:
         ValueError: if ``folder`` is not a directory, holds no ``ID.json`` record, or a record
             is not valid JSON or lacks ``id``.
+
+    Example:
+        >>> import json, tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for id in ("P08", "C01"):
+        ...     _ = (folder / f"{id}.json").write_text(json.dumps({"id": id, "passed": True}))
+        >>> _ = (folder / "summary.json").write_text("{}")
+        >>> [r["id"] for r in load_records(folder)]
+        ['C01', 'P08']
     """
     path = Path(folder)
     if not path.is_dir():
@@ -154,6 +163,15 @@ def markdown_page(folder: str | Path) -> str:
 
     Returns:
         The page: a title, how it was made, the table, and the totals.
+
+    Example:
+        >>> import json, tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "P08.json").write_text(json.dumps(
+        ...     {"id": "P08", "title": "Hessian outliers", "status": "passed", "seconds": 61.0}))
+        >>> page = markdown_page(folder)
+        >>> page.splitlines()[0], "| P08 | Hessian outliers | PASS |" in page
+        ('# Reproductions', True)
     """
     records = load_records(folder)
     summary_file = Path(folder) / "summary.json"

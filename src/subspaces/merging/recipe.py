@@ -159,6 +159,20 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     Raises:
         ValueError: for a missing file, invalid JSON/YAML, or an invalid recipe.
         ImportError: for a YAML recipe when PyYAML is not installed.
+
+    Example:
+        >>> import json, tempfile
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "ta.json").write_text(json.dumps({
+        ...     "method": "task_arithmetic", "base": "base.safetensors",
+        ...     "models": ["a.safetensors", {"path": "b.safetensors", "weight": 0.5}],
+        ...     "parameters": {"lambda": 1.0}}))
+        >>> recipe = load_recipe(folder / "ta.json")
+        >>> recipe.method, [p.name for p in recipe.models], recipe.weights
+        ('task_arithmetic', ['a.safetensors', 'b.safetensors'], (1.0, 0.5))
+        >>> recipe.base == folder / "base.safetensors"  # relative to the recipe's folder
+        True
     """
     p = Path(path)
     try:
@@ -204,6 +218,21 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike[str], *, progress: bool = 
     Raises:
         ValueError: for an output that is not ``.safetensors`` and everything
             :func:`~subspaces.merging.iter_merge` raises.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from subspaces.merging import load_state_dict, parse_recipe, save_safetensors
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> base, a, b = torch.zeros(3), torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 4, 2])
+        >>> for name, w in [("base", base), ("a", a), ("b", b)]:
+        ...     _ = save_safetensors({"w": w}, folder / f"{name}.safetensors")
+        >>> recipe = parse_recipe({"method": "task_arithmetic", "base": "base.safetensors",
+        ...                        "models": ["a.safetensors", "b.safetensors"],
+        ...                        "parameters": {"lambda": 0.5}}, folder)
+        >>> out = run_recipe(recipe, folder / "merged.safetensors")
+        >>> load_state_dict(out)["w"]  # base + 0.5 * ((a - base) + (b - base))
+        tensor([0.5000, 2.0000, 2.0000])
     """
     out_path = Path(out)
     if out_path.suffix != ".safetensors":
