@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from subspaces.optim import SubspaceAdamW
+from subspaces.optim import AdaGradNorm, SubspaceAdamW
 
 
 def _galore_groups(model: nn.Module, **kw: object) -> list[dict[str, object]]:
@@ -60,7 +60,12 @@ REGISTRY: dict[str, Factory] = {
     "coordinate-fullrank": lambda m: SubspaceAdamW(
         _galore_groups(m, rank=100, projector="coordinate", full_rank="project"), lr=1e-2
     ),
+    "adagrad-norm": lambda m: AdaGradNorm(m.parameters(), lr=0.1, weight_decay=1e-3),
 }
+
+# Optimizers whose lr is the length of the whole step (a normalized step, ||dx|| <= lr): the
+# descent tests give them lr * sqrt(numel), the step length of a per-coordinate method.
+WHOLE_STEP_LR = {"adagrad-norm"}
 
 
 def _model(dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.Module:
@@ -154,6 +159,8 @@ def _descent(
     holder = nn.Module()
     holder.w = nn.Parameter(init.clone())
     opt = REGISTRY[name](holder)
+    if name in WHOLE_STEP_LR:
+        lr *= init.numel() ** 0.5
     for group in opt.param_groups:
         group["lr"] = lr
         group["weight_decay"] = 0.0  # decay moves the minimizer; descent is checked on f alone

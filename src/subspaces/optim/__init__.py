@@ -10,8 +10,18 @@ Example:
     torch.Size([32, 4])
 """
 
+from ._batch_tests import GradientStatistics, gradient_statistics, pool_moments, required_batch_size
+from .adagrad_norm import AdaGradNorm, adagrad_norm
+from .adaptive_batch import (
+    AdaptiveBatchSampler,
+    BatchSizeController,
+    BatchSizeRecord,
+    all_reduce_moments,
+    per_sample_gradients,
+)
 from .groups import projected_param_groups
 from .layerwise import LayerwiseStepper
+from .newton import NewtonGR, NewtonResult, newton_gr
 from .memory import MemoryReport, memory_report, model_bytes, optimizer_state_bytes, tensor_bytes
 from .projectors import (
     PROJECTORS,
@@ -41,30 +51,44 @@ from .subspace_adamw import NonFiniteGradientError, SubspaceAdamW
 
 __all__ = [
     "PROJECTORS",
+    "AdaGradNorm",
+    "AdaptiveBatchSampler",
+    "BatchSizeController",
+    "BatchSizeRecord",
     "CoordinateProjector",
     "DCTProjector",
+    "GradientStatistics",
     "Int8Linear",
     "Int8Weight",
     "LayerwiseStepper",
     "MemoryReport",
+    "NewtonGR",
+    "NewtonResult",
     "NonFiniteGradientError",
     "Projector",
     "RandomProjector",
     "RandomizedSVDProjector",
     "SVDProjector",
     "SubspaceAdamW",
+    "adagrad_norm",
+    "all_reduce_moments",
     "dct_basis",
     "dct_rows",
     "get_projector",
+    "gradient_statistics",
     "int8_module_of",
     "memory_report",
     "model_bytes",
+    "newton_gr",
     "optimizer_state_bytes",
     "pack_int4",
     "pack_int8",
+    "per_sample_gradients",
+    "pool_moments",
     "projected_param_groups",
     "quantize_int8",
     "quantize_linear_layers",
+    "required_batch_size",
     "stochastic_round",
     "tensor_bytes",
     "unpack_int4",
