@@ -92,6 +92,19 @@ def run_point(task: PointTask, d: int | None) -> dict[str, float]:
 
     Returns:
         ``{"d", "loss", "accuracy", "seconds"}`` (``d = D`` for the baseline).
+
+    Example:
+        >>> y = torch.arange(64) % 2
+        >>> X = torch.randn(64, 5, generator=torch.Generator().manual_seed(0))
+        >>> X[:, 0] += 3 * (2 * y - 1)  # separable
+        >>> def make_model():
+        ...     torch.manual_seed(0)
+        ...     return nn.Linear(5, 2)
+        >>> task = PointTask(make_model, nn.functional.cross_entropy, (X, y), None, "dense",
+        ...                  seed=0, epochs=3, lr=0.1, batch_size=32, optimizer="adam",
+        ...                  baseline_lr=0.1)
+        >>> run_point(task, 2)["d"], run_point(task, None)["d"]  # None: the full model, d = D
+        (2, 12)
     """
     from .projections import IdentityProjection, Projection
     from .subspace_training import _theta0, evaluate, train_in_subspace
@@ -291,6 +304,22 @@ def make_runner(task: PointTask, workers: int, backend: str) -> PointRunner:
         ValueError: for an unknown backend.
         TypeError: if ``task`` cannot be pickled (with workers).
         ImportError: for ``"ray"`` when Ray is not installed.
+
+    Example:
+        >>> y = torch.arange(64) % 2
+        >>> X = torch.randn(64, 5, generator=torch.Generator().manual_seed(0))
+        >>> X[:, 0] += 3 * (2 * y - 1)  # separable
+        >>> def make_model():
+        ...     torch.manual_seed(0)
+        ...     return nn.Linear(5, 2)
+        >>> task = PointTask(make_model, nn.functional.cross_entropy, (X, y), None, "dense",
+        ...                  seed=0, epochs=3, lr=0.1, batch_size=32, optimizer="adam",
+        ...                  baseline_lr=0.1)
+        >>> runner = make_runner(task, workers=1, backend="serial")  # trains in this process
+        >>> runner.submit("2", 2)
+        >>> [(key, point["d"]) for key, point in runner.wait()]
+        [('2', 2)]
+        >>> runner.close()
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

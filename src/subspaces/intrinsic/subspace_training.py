@@ -120,6 +120,16 @@ def subspace_parameters(model: nn.Module, z: Tensor, projection: Projection) -> 
 
     Raises:
         ValueError: if ``P`` does not map into the model's parameter count.
+
+    Example:
+        >>> from subspaces.intrinsic import DenseProjection
+        >>> model = nn.Linear(3, 2)  # D = 8 parameters
+        >>> P = DenseProjection(2, 8, seed=0)
+        >>> z = torch.tensor([1.0, -2.0])
+        >>> moved = subspace_parameters(model, z, P)
+        >>> delta = torch.cat([(moved[k] - v).flatten() for k, v in model.named_parameters()])
+        >>> bool(torch.allclose(delta, P.matrix @ z))  # theta0 + P z, in named_parameters order
+        True
     """
     layout, flat, _ = _theta0(model)
     if layout.numel != projection.D:
@@ -151,6 +161,16 @@ def evaluate(
 
     Returns:
         ``{"loss": ..., "accuracy": ...}`` (accuracy ``nan`` unless outputs are class scores).
+
+    Example:
+        >>> from subspaces.intrinsic import DenseProjection
+        >>> model = nn.Linear(3, 2)
+        >>> X, y = torch.randn(16, 3), torch.arange(16) % 2
+        >>> ev = evaluate(model, torch.zeros(2), DenseProjection(2, 8), (X, y))  # z = 0: theta0
+        >>> with torch.no_grad():
+        ...     direct = float(nn.functional.cross_entropy(model(X), y))
+        >>> abs(ev["loss"] - direct) < 1e-6, 0.0 <= ev["accuracy"] <= 1.0
+        (True, True)
     """
     X, y = _check_data(data, "data")
     with torch.no_grad():
@@ -197,6 +217,17 @@ def train_in_subspace(
     Raises:
         ValueError: for ``d <= 0``, ``d > D``, bad sizes, NaN data or a non-finite loss.
         TypeError: for arguments of the wrong type.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.arange(128) % 2
+        >>> X = torch.randn(128, 5, generator=g) + 3 * (2 * y - 1)[:, None]  # separable
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> model = nn.Linear(5, 2)
+        >>> res = train_in_subspace(model, nn.functional.cross_entropy, (X, y), d=2, epochs=3)
+        >>> res.z.shape, res.D, res.history["loss"][-1] < res.history["loss"][0]
+        (torch.Size([2]), 12, True)
     """
     X, y = _check_data(train_data, "train_data")
     check_positive_int(epochs, "epochs")
@@ -356,6 +387,21 @@ def d_int90_search(
             a checkpoint written with other settings.
         TypeError: with workers, if ``make_model``, ``loss_fn`` or the data cannot be pickled.
         ImportError: for ``backend="ray"`` when Ray is not installed.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.arange(128) % 2
+        >>> X = torch.randn(128, 5, generator=g)
+        >>> X[:, 0] += 3 * (2 * y - 1)  # separable along the first coordinate
+        >>> def make_model():
+        ...     torch.manual_seed(0)
+        ...     return nn.Linear(5, 2)
+        >>> r = d_int90_search(make_model, (X, y), dims=[1, 2, 4, 12], epochs=5, lr=0.1)
+        >>> r.baseline_accuracy, r.target
+        (1.0, 0.9)
+        >>> accuracy = {p["d"]: p["accuracy"] for p in r.points}
+        >>> r.d_int90 is not None and accuracy[r.d_int90] >= r.target
+        True
     """
     if not dims:
         raise ValueError("dims must be a non-empty sequence of positive ints")

@@ -403,6 +403,12 @@ def loss_accuracy(summary: Mapping[str, Any]) -> bytes | None:
 
     Raises:
         ValueError: if a series has a different length from the x axis.
+
+    Example:
+        >>> history = {"epoch": [1, 2, 3], "train_loss": [1, 0.5, 0.2], "train_acc": [0.5, 0.8, 1]}
+        >>> png = loss_accuracy({"history": history})
+        >>> png[1:4] == b"PNG", loss_accuracy({}) is None
+        (True, True)
     """
     history = _section(summary, "history")
     if history is None:
@@ -476,6 +482,12 @@ def top_eigenvalues(summary: Mapping[str, Any]) -> bytes | None:
 
     Raises:
         ValueError: if the eigenvalue rows have different lengths or do not match ``step``.
+
+    Example:
+        >>> curvature = {"step": [0, 10, 20], "eigenvalues": [[5.0, 2.0], [8.0, 3.0], [9.0, 3.5]]}
+        >>> png = top_eigenvalues({"curvature": curvature, "stability": {"gd_threshold": 20.0}})
+        >>> png[1:4] == b"PNG", top_eigenvalues({}) is None
+        (True, True)
     """
     tracked = _tracked_eigenvalues(summary)
     if tracked is None:
@@ -537,6 +549,12 @@ def trace(summary: Mapping[str, Any]) -> bytes | None:
 
     Raises:
         ValueError: if the series do not match ``step`` in length.
+
+    Example:
+        >>> curvature = {"step": [0, 10, 20], "trace": [20, 30, 31], "trace_stderr": [1, 1, 2]}
+        >>> png = trace({"curvature": curvature, "stability": {"sgd_trace_threshold": 40.0}})
+        >>> png[1:4] == b"PNG", trace({}) is None
+        (True, True)
     """
     tracked = _tracked_trace(summary)
     if tracked is None:
@@ -607,6 +625,13 @@ def density(summary: Mapping[str, Any], *, log_y: bool = True) -> bytes | None:
 
     Raises:
         ValueError: if ``grid`` and ``density`` differ in length.
+
+    Example:
+        >>> final = {"eigenvalues": [9.0, 3.5], "num_outliers": 2, "bulk_edge": 1.0,
+        ...          "density": {"grid": [0.0, 0.5, 1.0, 1.5], "density": [0.1, 1.0, 0.5, 0.0]}}
+        >>> png = density({"final": final})
+        >>> png[1:4] == b"PNG", density({}) is None
+        (True, True)
     """
     final = _section(summary, "final")
     dens_section = final.get("density") if final else None
@@ -723,6 +748,11 @@ def grad_fraction(summary: Mapping[str, Any]) -> bytes | None:
 
     Raises:
         ValueError: if the series does not match ``step`` in length.
+
+    Example:
+        >>> png = grad_fraction({"curvature": {"step": [0, 10], "grad_fraction": [0.5, 0.9]}})
+        >>> png[1:4] == b"PNG", grad_fraction({}) is None
+        (True, True)
     """
     curvature = _section(summary, "curvature")
     y = _series(curvature, "grad_fraction")
@@ -755,6 +785,11 @@ def overlap(summary: Mapping[str, Any]) -> bytes | None:
 
     Raises:
         ValueError: if the series does not match ``step`` in length.
+
+    Example:
+        >>> png = overlap({"curvature": {"step": [0, 10, 20], "overlap_prev": [None, 0.8, 0.97]}})
+        >>> png[1:4] == b"PNG", overlap({}) is None
+        (True, True)
     """
     curvature = _section(summary, "curvature")
     y = _series(curvature, "overlap_prev")
@@ -795,6 +830,12 @@ def batch_vs_full(summary: Mapping[str, Any]) -> bytes | None:
 
     Raises:
         ValueError: if the series do not match ``step`` in length.
+
+    Example:
+        >>> curvature = {"step": [0, 10], "eigenvalues": [[5.0], [8.0]], "batch_lambda_max": [6, 9]}
+        >>> png = batch_vs_full({"curvature": curvature})
+        >>> png[1:4] == b"PNG", batch_vs_full({}) is None
+        (True, True)
     """
     curvature = _section(summary, "curvature")
     batch = _series(curvature, "batch_lambda_max")

@@ -664,6 +664,13 @@ def write_report(
         TypeError: if ``summary`` is not a mapping.
         ValueError: if a figure name is not a plain file stem.
         ImportError: if figures must be drawn and matplotlib is missing.
+
+    Example:
+        >>> import tempfile
+        >>> summary = {"title": "demo", "history": {"epoch": [1, 2], "train_loss": [1.0, 0.5]}}
+        >>> paths = write_report(summary, tempfile.mkdtemp())
+        >>> sorted(paths), paths["report"].read_text().startswith("<!DOCTYPE html>")
+        (['loss_accuracy', 'report', 'summary'], True)
     """
     if not isinstance(summary, Mapping):
         raise TypeError(f"summary must be a mapping (dict), got {type(summary).__name__}")

@@ -87,6 +87,14 @@ def load_vectors(path: str | os.PathLike[str], *, with_metadata: bool = False) -
     Raises:
         FileNotFoundError: if the file does not exist.
         ImportError: if ``safetensors`` is not installed (``pip install "subspaces[hf]"``).
+
+    Example:
+        >>> import os, tempfile, torch
+        >>> p = os.path.join(tempfile.mkdtemp(), "v.safetensors")
+        >>> save_vectors(p, {"layers.0": torch.ones(2, dtype=torch.float64)}, {"alpha": 4})
+        >>> vectors, meta = load_vectors(p, with_metadata=True)
+        >>> vectors["layers.0"].dtype, vectors["layers.0"].tolist(), meta
+        (torch.float64, [1.0, 1.0], {'alpha': '4'})
     """
     safe_open = _safetensors().safe_open
 
