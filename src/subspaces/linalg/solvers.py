@@ -52,6 +52,10 @@ class SolveResult:
             (numerically) singular ``A`` and ``x`` is a least-squares solution, not necessarily
             the minimum-norm one).
             Several reasons are joined by ``", "`` for a block of right-hand sides.
+        residual_history: the recursive residual norm before each iteration and after the
+            last, ``(iterations + 1,)`` (``(iterations + 1, r)`` for a block), for solvers that
+            record it (:func:`subspaces.solvers.flexible_cg`, :func:`subspaces.solvers.dcdm`);
+            ``None`` otherwise.
     """
 
     x: Tensor
@@ -60,6 +64,7 @@ class SolveResult:
     residual_norm: Tensor
     num_matvecs: int
     status: str = "converged"
+    residual_history: Tensor | None = None
 
 
 def _validate_system(
