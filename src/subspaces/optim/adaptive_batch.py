@@ -61,7 +61,7 @@ def per_sample_gradients(
 ) -> Tensor:
     """Per-sample gradients of ``loss_fn(model(x_i), y_i)``, flattened, one row per sample.
 
-    Uses ``vmap(grad(...))`` over ``functional_call`` on detached copies of the trainable
+    Uses ``vmap(grad(...))`` over ``functional_call`` on detached views of the trainable
     parameters (buffers and frozen parameters are passed as constants); each sample is a batch of
     one, so ``loss_fn`` sees outputs of shape ``(1, ...)``. Rows follow
     ``model.named_parameters()`` order (trainable ones only).
