@@ -1,0 +1,462 @@
+"""Gradient-regularized Newton with approximate Hessians (P09).
+
+The step ``x+ = x - (H + lambda I)^{-1} grad f(x)`` with ``H`` the exact Hessian, the
+generalized Gauss-Newton matrix, the (Monte-Carlo) true Fisher, the empirical Fisher or the
+diagonal of the GGN, solved matrix-free by CG, and ``lambda`` from an adaptively estimated
+constant (see :mod:`subspaces.optim._newton_search` for the two rules). Two entry points:
+
+* :func:`newton_gr`: a full-batch solver on ``(model, loss_fn, data)`` like the curvature
+  operators of :mod:`subspaces.curvature`, which it builds at every iterate;
+* :class:`NewtonGR`: a ``torch.optim.Optimizer`` for mini-batches whose closure returns the
+  loss (or ``(loss, outputs)``), differentiated twice on its autograd graph.
+
+Reference:
+    Andrei Semenov, Martin Jaggi, Nikita Doikov, "Gradient-Normalized Smoothness for
+    Optimization with Approximate Hessians", arXiv:2506.13710 (2025), Algorithm 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from .._checks import check_choice, check_positive_float, check_positive_int
+from .._tensorlist import ParamLayout
+from ..curvature import FisherOperator, GGNOperator, HessianOperator
+from ..curvature._model import LossFn, ModePolicy, ParamSpec, select_params
+from ..linops import LinearOperator
+from ._newton_autograd import closure_curvature
+from ._newton_diag import DiagonalGGN
+from ._newton_search import RULES, Rule, search
+
+Curvature = Literal["hessian", "ggn", "fisher", "empirical_fisher", "diag_ggn"]
+CURVATURES: tuple[str, ...] = ("hessian", "ggn", "fisher", "empirical_fisher", "diag_ggn")
+CLOSURE_CURVATURES: tuple[str, ...] = ("hessian", "ggn", "empirical_fisher")
+
+__all__ = ["CURVATURES", "NewtonGR", "NewtonResult", "newton_gr"]
+
+
+@dataclass(frozen=True, eq=False)
+class NewtonResult:
+    """Output of :func:`newton_gr`.
+
+    Attributes:
+        params: the final parameters (detached copies, by name); the model holds them too.
+        loss: the final loss.
+        grad_norm: the gradient norm recomputed at the final parameters after the last step.
+        converged: ``grad_norm <= gtol``, judged on that recomputed gradient.
+        status: ``"converged"``, ``"max_iters"`` or ``"search_failed"`` (no trial of an
+            iteration passed the acceptance test within ``max_trials``).
+        iterations: accepted Newton steps.
+        losses: loss at each iterate (``iterations + 1`` values).
+        grad_norms: gradient norm at each iterate.
+        c_history: the constant ``c`` each iteration's search started from.
+        lambdas: the shift ``lambda`` of each accepted step.
+        cg_iterations: CG iterations per iteration (all trials).
+        trials: trials per iteration (1 = the first shift was accepted).
+        num_evaluations: loss-and-gradient passes over the data.
+    """
+
+    params: dict[str, Tensor]
+    loss: float
+    grad_norm: float
+    converged: bool
+    status: str
+    iterations: int
+    losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    c_history: list[float] = field(default_factory=list)
+    lambdas: list[float] = field(default_factory=list)
+    cg_iterations: list[int] = field(default_factory=list)
+    trials: list[int] = field(default_factory=list)
+    num_evaluations: int = 0
+
+
+def _operator(
+    curvature: str,
+    model: nn.Module,
+    loss_fn: str | LossFn,
+    data: Any,
+    selected: dict[str, Tensor],
+    mode_policy: ModePolicy,
+    fisher_samples: int,
+    generator: torch.Generator | None,
+) -> GGNOperator | HessianOperator:
+    kw: dict[str, Any] = {"mode_policy": mode_policy}
+    if curvature == "hessian":
+        return HessianOperator(model, loss_fn, data, selected, **kw)
+    if curvature == "ggn":
+        return GGNOperator(model, loss_fn, data, selected, **kw)
+    if curvature == "diag_ggn":
+        return DiagonalGGN(model, loss_fn, data, selected, **kw)
+    kind: Literal["mc", "empirical"] = "mc" if curvature == "fisher" else "empirical"
+    return FisherOperator(
+        model,
+        loss_fn,
+        data,
+        selected,
+        kind=kind,
+        mc_samples=fisher_samples,
+        generator=generator,
+        **kw,
+    )
+
+
+def _check_common(c: float, rule: str, max_trials: int) -> tuple[float, str, int]:
+    c = check_positive_float(c, "c")
+    rule = check_choice(rule, "rule", RULES)
+    max_trials = check_positive_int(max_trials, "max_trials")
+    return c, rule, max_trials
+
+
+def newton_gr(
+    model: nn.Module,
+    loss_fn: str | LossFn,
+    data: Any,
+    *,
+    curvature: Curvature = "ggn",
+    params: ParamSpec = None,
+    c: float = 1.0,
+    rule: Rule = "gns",
+    adaptive: bool = True,
+    max_iters: int = 100,
+    gtol: float = 1e-6,
+    max_trials: int = 40,
+    cg_rtol: float | None = None,
+    cg_max_iters: int | None = None,
+    fisher_samples: int = 1,
+    generator: torch.Generator | None = None,
+    mode_policy: ModePolicy = "error",
+    callback: Callable[[int, float, float], None] | None = None,
+) -> NewtonResult:
+    """Minimize ``loss_fn(model(X), y)`` over ``data`` by gradient-regularized Newton steps.
+
+    Each iteration builds the curvature operator at the current parameters, solves
+    ``(H + lambda I) d = g`` by CG (matrix-free: Hessian-, GGN- or Fisher-vector products, or a
+    diagonal) and accepts ``x - d`` when ``f(x) - f(x - d) >= ||g(x - d)||^2 / (8 lambda)``;
+    otherwise ``lambda`` doubles and the step is retried (Algorithm 1 of the paper). The
+    model's selected parameters are updated in place to the final iterate, like an optimizer
+    would (pass a copy of the model to keep the original).
+
+    Args:
+        model: the model; BatchNorm/Dropout in training mode follow ``mode_policy``.
+        loss_fn: a loss as for :class:`~subspaces.curvature.CurvatureOperator` (``"cross_entropy"``,
+            ``"mse"``, a loss module or a callable ``loss(outputs, targets)``).
+        data: a batch ``(X, y)`` or an iterable of batches (the loss is their sample mean).
+        curvature: ``"hessian"``, ``"ggn"``, ``"fisher"`` (true Fisher, Monte-Carlo labels),
+            ``"empirical_fisher"`` or ``"diag_ggn"`` (the exact diagonal of the GGN).
+        params: which parameters (as for the curvature operators; default all trainable).
+        c: the starting regularization constant (> 0).
+        rule: ``"gns"`` (``lambda = c ||g||``, the paper's Algorithm 1 with ``c = 1 / gamma``) or
+            ``"sqrt"`` (``lambda = sqrt(c ||g||)``, classical gradient regularization).
+        adaptive: adapt ``c`` (halve ``lambda`` after an accepted step, double it after a
+            failed trial); ``False`` takes every first trial with a fixed ``c``.
+        max_iters: Newton iterations at most.
+        gtol: stop when the gradient norm is at most this.
+        max_trials: trials per iteration before stopping with ``status="search_failed"``.
+        cg_rtol: CG relative tolerance (default 1e-8 in float64, 1e-5 in float32).
+        cg_max_iters: CG iteration limit per solve.
+        fisher_samples: Monte-Carlo labels per sample (``curvature="fisher"``).
+        generator: randomness of the Monte-Carlo labels.
+        mode_policy: as for the curvature operators.
+        callback: called as ``callback(iteration, loss, grad_norm)`` after each accepted step.
+
+    Returns:
+        A :class:`NewtonResult`; ``converged`` is decided on a gradient recomputed at the final
+        parameters.
+
+    Raises:
+        ValueError: bad ``curvature``/``rule``/``c``/``gtol``, a model without (trainable)
+            parameters, a non-finite loss or gradient, or (``adaptive=False``) a shifted
+            curvature that is not positive definite.
+        TypeError: bad argument types.
+
+    Example:
+        >>> import torch
+        >>> g = torch.Generator().manual_seed(0)
+        >>> X = torch.randn(200, 5, generator=g, dtype=torch.float64)
+        >>> y = (X[:, 0] - X[:, 1] > 0).long()
+        >>> model = torch.nn.Linear(5, 2).double()
+        >>> res = newton_gr(model, "cross_entropy", (X, y), curvature="ggn", gtol=1e-9)
+        >>> res.converged, res.grad_norm <= 1e-9, res.iterations < 40
+        (True, True, True)
+
+    References:
+        Semenov, Jaggi, Doikov, "Gradient-Normalized Smoothness for Optimization with
+        Approximate Hessians", arXiv:2506.13710; Mishchenko, "Regularized Newton method with
+        global O(1/k^2) convergence", SIAM J. Optim. 2023 (arXiv:2112.02089).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_choice(curvature, "curvature", CURVATURES)
+    c, rule_name, max_trials = _check_common(c, rule, max_trials)
+    max_iters = check_positive_int(max_iters, "max_iters", minimum=0)
+    gtol = check_positive_float(gtol, "gtol", allow_zero=True)
+    fisher_samples = check_positive_int(fisher_samples, "fisher_samples")
+    selected = select_params(model, params)
+    layout = ParamLayout.from_params(selected)
+    # Trial points live in a copy of the model: the operator built at the current point reads
+    # its model's parameters, which must stay put while trials are evaluated.
+    shadow = copy.deepcopy(model)
+    shadow_params = dict(shadow.named_parameters())
+    holders: list[tuple[nn.Module, dict[str, Tensor]]] = [
+        (model, selected),
+        (shadow, {n: shadow_params[n] for n in selected}),
+    ]
+
+    def load(x: Tensor, slot: int) -> None:
+        with torch.no_grad():
+            for name, value in layout.unflatten(x).items():
+                holders[slot][1][name].copy_(value)
+
+    evaluations = 0
+    slot = 0  # the holder of the current point; trials go to the other one
+    built: dict[int, LinearOperator] = {}
+
+    def evaluate_in(x: Tensor, where: int) -> tuple[float, Tensor]:
+        nonlocal evaluations
+        load(x, where)
+        m, sel = holders[where]
+        op = _operator(curvature, m, loss_fn, data, sel, mode_policy, fisher_samples, generator)
+        loss, grad = op.loss_and_gradient()
+        evaluations += 1
+        built[where] = op
+        return loss, grad
+
+    def evaluate(x: Tensor) -> tuple[float, Tensor]:
+        return evaluate_in(x, 1 - slot)
+
+    with torch.no_grad():
+        x = layout.flatten({n: p.detach() for n, p in selected.items()}).clone()
+    loss, grad = evaluate_in(x, slot)
+    gnorm = float(grad.norm())
+    losses, gnorms = [loss], [gnorm]
+    c_hist: list[float] = []
+    lambdas: list[float] = []
+    cg_its: list[int] = []
+    trials: list[int] = []
+    status = "max_iters"
+    for it in range(max_iters):
+        if gnorm <= gtol:
+            break
+        H = built[slot]
+        c_hist.append(c)
+        out = search(
+            H, x, loss, grad, evaluate, rule=rule_name, c=c, adaptive=adaptive,
+            max_trials=max_trials, cg_rtol=cg_rtol, cg_max_iters=cg_max_iters,
+        )  # fmt: skip
+        cg_its.append(out.cg_iterations)
+        trials.append(out.trials)
+        c = out.c_next
+        if not out.accepted:
+            status = "search_failed"
+            break
+        slot = 1 - slot  # the accepted trial's holder now holds the current point
+        x, loss, grad, gnorm = out.x, out.loss, out.grad, float(out.grad.norm())
+        losses.append(loss)
+        gnorms.append(gnorm)
+        lambdas.append(out.lam)
+        if callback is not None:
+            callback(it + 1, loss, gnorm)
+    # certify on a gradient recomputed at the parameters the model now holds
+    load(x, 0)
+    final_loss, final_grad = evaluate_in(x, 0)
+    final_norm = float(final_grad.norm())
+    converged = final_norm <= gtol
+    if converged:
+        status = "converged"
+    return NewtonResult(
+        params={n: p.detach().clone() for n, p in selected.items()},
+        loss=final_loss,
+        grad_norm=final_norm,
+        converged=converged,
+        status=status,
+        iterations=len(lambdas),
+        losses=losses,
+        grad_norms=gnorms,
+        c_history=c_hist,
+        lambdas=lambdas,
+        cg_iterations=cg_its,
+        trials=trials,
+        num_evaluations=evaluations,
+    )
+
+
+class NewtonGR(torch.optim.Optimizer):
+    """Gradient-regularized Newton steps on mini-batches, with an adaptive regularization.
+
+    ``step(closure)`` evaluates the closure (which must return the mini-batch loss *without*
+    calling ``backward()``, or ``(loss, outputs)`` for ``curvature="ggn"`` and
+    ``"empirical_fisher"``), solves ``(H + lambda I) d = g`` by CG on curvature products of the
+    closure's autograd graph, and tries ``x - lr * d``, re-evaluating the closure on the same
+    mini-batch for the acceptance test ``f(x) - f(x+) >= ||g(x+)||^2 / (8 lambda)`` of the
+    paper's Algorithm 1. All parameters form one Newton system; ``lr`` may differ per group,
+    the other hyperparameters are shared. The state is the exponent ``k`` of
+    ``c = c0 * factor**k`` (a small integer stored in the parameter dtype, exact there, so a
+    reload keeps ``c`` exactly) and a step counter.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: step scale (1 = the Newton step of the paper).
+        curvature: ``"hessian"``, ``"ggn"`` or ``"empirical_fisher"`` (the empirical Fisher
+            assumes the loss is a mean over the first dimension of ``outputs``).
+        c: the starting regularization constant ``c0``.
+        rule: ``"gns"`` or ``"sqrt"`` (see :func:`newton_gr`).
+        adaptive: adapt ``c`` by the acceptance test.
+        max_trials: trials per step; if none passes, the parameters are left unchanged.
+        cg_rtol: CG relative tolerance.
+        cg_max_iters: CG iteration limit.
+
+    Raises:
+        ValueError: bad hyperparameters, a missing closure, a closure that already called
+            ``backward()``, or a non-finite loss or gradient.
+
+    Example:
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+        >>> A = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+        >>> b = torch.ones(3, dtype=torch.float64)
+        >>> opt = NewtonGR([w], curvature="hessian")
+        >>> for _ in range(30):
+        ...     _ = opt.step(lambda: 0.5 * w @ A @ w - b @ w)
+        >>> bool(torch.allclose(w, torch.linalg.solve(A, b), atol=1e-8))
+        True
+
+    References:
+        Semenov, Jaggi, Doikov, "Gradient-Normalized Smoothness for Optimization with
+        Approximate Hessians", arXiv:2506.13710.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1.0,
+        *,
+        curvature: str = "hessian",
+        c: float = 1.0,
+        rule: Rule = "gns",
+        adaptive: bool = True,
+        max_trials: int = 40,
+        cg_rtol: float | None = None,
+        cg_max_iters: int | None = None,
+    ) -> None:
+        lr = check_positive_float(lr, "lr")
+        check_choice(curvature, "curvature", CLOSURE_CURVATURES)
+        c, rule_name, max_trials = _check_common(c, rule, max_trials)
+        defaults = dict(
+            lr=lr, curvature=curvature, c=c, rule=rule_name, adaptive=bool(adaptive),
+            max_trials=max_trials, cg_rtol=cg_rtol, cg_max_iters=cg_max_iters,
+        )  # fmt: skip
+        super().__init__(params, defaults)
+
+    def _shared(self) -> dict[str, Any]:
+        keys = ("curvature", "c", "rule", "adaptive", "max_trials", "cg_rtol", "cg_max_iters")
+        first = self.param_groups[0]
+        for group in self.param_groups[1:]:
+            for k in keys:
+                if group[k] != first[k]:
+                    raise ValueError(
+                        f"NewtonGR solves one system over all groups: {k!r} must be equal in "
+                        f"every group, got {first[k]!r} and {group[k]!r}"
+                    )
+        return {k: first[k] for k in keys}
+
+    @staticmethod
+    def _unpack(value: Any) -> tuple[Tensor, Tensor | None]:
+        loss, outputs = (value[0], value[1]) if isinstance(value, tuple) else (value, None)
+        if not isinstance(loss, Tensor) or loss.ndim != 0:
+            raise ValueError(f"the closure must return a scalar loss tensor, got {loss!r}")
+        if not bool(torch.isfinite(loss)):
+            raise ValueError(f"the closure returned a non-finite loss ({float(loss.detach())})")
+        return loss, outputs
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Tensor:  # type: ignore[override]
+        """One Newton step on the mini-batch the closure evaluates.
+
+        Returns:
+            The loss at the starting point (detached).
+
+        Raises:
+            ValueError: without a closure, or for non-finite losses or gradients.
+        """
+        if closure is None:
+            raise ValueError(
+                "NewtonGR.step needs a closure returning the mini-batch loss (it re-evaluates "
+                "the loss at trial points), e.g. opt.step(lambda: loss_fn(model(X), y))"
+            )
+        hp = self._shared()
+        params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        if not params:
+            raise ValueError("NewtonGR has no parameter that requires grad")
+        lr = torch.cat(
+            [
+                torch.full((p.numel(),), float(g["lr"]), dtype=p.dtype, device=p.device)
+                for g in self.param_groups
+                for p in g["params"]
+                if p.requires_grad
+            ]
+        )
+        state = self.state[params[0]]
+        if "log_c" not in state:
+            # the exponent k of c = c0 * factor**k: a small integer, exact in the param dtype
+            # (load_state_dict casts floating state to it), so a reload keeps c exactly
+            state["log_c"] = torch.zeros((), dtype=params[0].dtype)
+            state["step"] = torch.zeros((), dtype=torch.int64)
+        factor = 2.0 if hp["rule"] == "gns" else 4.0
+
+        def load(x: Tensor) -> None:
+            start = 0
+            for p in params:
+                p.copy_(x[start : start + p.numel()].view_as(p))
+                start += p.numel()
+
+        def grad_and_op(need_op: bool) -> tuple[float, Tensor, LinearOperator | None]:
+            with torch.enable_grad():
+                loss, outputs = self._unpack(closure())
+                kind = hp["curvature"] if need_op else "hessian"
+                if not need_op:  # only the gradient at a trial point
+                    grads = torch.autograd.grad(loss, params, allow_unused=True)
+                    g = torch.cat(
+                        [
+                            (torch.zeros_like(p) if t is None else t).reshape(-1)
+                            for t, p in zip(grads, params, strict=True)
+                        ]
+                    )
+                    op = None
+                else:
+                    g, op = closure_curvature(kind, loss, params, outputs)
+            if not bool(torch.isfinite(g).all()):
+                raise ValueError("the gradient of the closure's loss is not finite")
+            return float(loss), g, op
+
+        x = torch.cat([p.detach().reshape(-1) for p in params])
+        loss, g, H = grad_and_op(True)
+        state["step"] += 1
+        if float(g.norm()) == 0.0:
+            return torch.tensor(loss, dtype=params[0].dtype)
+
+        def evaluate(xn: Tensor) -> tuple[float, Tensor]:
+            load(xn)
+            f, gn, _ = grad_and_op(False)
+            return f, gn
+
+        k = round(float(state["log_c"]))
+        assert H is not None
+        out = search(
+            H, x, loss, g, evaluate, rule=hp["rule"], c=hp["c"] * factor**k,
+            adaptive=hp["adaptive"], max_trials=hp["max_trials"], lr=lr,
+            cg_rtol=hp["cg_rtol"], cg_max_iters=hp["cg_max_iters"],
+        )  # fmt: skip
+        load(out.x)  # the accepted point, or back to x when every trial failed
+        if hp["adaptive"]:
+            state["log_c"] = torch.tensor(
+                float(round(math.log(out.c_next / hp["c"], factor))), dtype=params[0].dtype
+            )
+        return torch.tensor(loss, dtype=params[0].dtype)
