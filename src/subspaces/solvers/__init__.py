@@ -5,18 +5,38 @@ preconditioners, the deep conjugate direction method (P15) and the decomposed di
 (P06), all on top of :mod:`subspaces.linalg` (``cg`` / ``minres``) and :mod:`subspaces.linops`.
 """
 
+from ._diffusion import Denoiser, SamplerResult
+from .dds import data_consistency, dds
+from .dps import dps
 from .flexible_cg import Preconditioner, flexible_cg
 from .grids import GridDiffusion, box_mask, disk_mask, poisson_2d, random_obstacles
+from .measurements import ParallelBeamProjection, SubsampledFourier, fourier_mask
 from .preconditioners import IncompleteCholesky, jacobi
+from .priors import ClosedFormDenoiser, GaussianMixturePrior, LowRankGaussianPrior
+from .schedules import alphas_bar, betas, timesteps
 
 __all__: list[str] = [
+    "ClosedFormDenoiser",
+    "Denoiser",
+    "GaussianMixturePrior",
     "GridDiffusion",
     "IncompleteCholesky",
+    "LowRankGaussianPrior",
+    "ParallelBeamProjection",
     "Preconditioner",
+    "SamplerResult",
+    "SubsampledFourier",
+    "alphas_bar",
+    "betas",
     "box_mask",
+    "data_consistency",
+    "dds",
     "disk_mask",
+    "dps",
     "flexible_cg",
+    "fourier_mask",
     "jacobi",
     "poisson_2d",
     "random_obstacles",
+    "timesteps",
 ]
