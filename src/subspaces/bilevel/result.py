@@ -1,0 +1,80 @@
+"""The result of a bilevel solver: the final iterates and a history of what a user monitors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+__all__ = ["BilevelResult", "History"]
+
+
+@dataclass
+class History:
+    """Per-record values of a bilevel run (one entry every ``record_every`` iterations).
+
+    Attributes:
+        iteration: iteration index of each record.
+        time: seconds spent in the solver up to the record, the recording itself excluded.
+        upper: upper-level objective ``F(x, y)`` at the record (or the user's ``evaluate``).
+        violation: largest lower-level constraint violation ``max(g(x, y))^+`` (0 when there are
+            no constraints).
+        grad_norm: norm of the upper-level search direction (LV-HBA: ``||d_x||``; hypergradient
+            methods: the estimated hypergradient's norm).
+    """
+
+    iteration: list[int] = field(default_factory=list)
+    time: list[float] = field(default_factory=list)
+    upper: list[float] = field(default_factory=list)
+    violation: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)
+
+    def append(
+        self, iteration: int, time: float, upper: float, violation: float, grad_norm: float
+    ) -> None:
+        """Add one record."""
+        self.iteration.append(int(iteration))
+        self.time.append(float(time))
+        self.upper.append(float(upper))
+        self.violation.append(float(violation))
+        self.grad_norm.append(float(grad_norm))
+
+    def __len__(self) -> int:
+        return len(self.iteration)
+
+
+@dataclass
+class BilevelResult:
+    """Output of the bilevel solvers (``lv_hba``, ``aid_solve``, ``bsvrb``).
+
+    Attributes:
+        x: final upper-level variable.
+        y: final lower-level variable (for multi-block problems, ``(m, d_y)``).
+        history: the :class:`History` of the run.
+        state: solver-specific final auxiliaries (LV-HBA: ``theta``, ``lam``, ``z``; BSVRB: the
+            estimators), tensors only.
+        iterations: iterations run.
+    """
+
+    x: Tensor
+    y: Tensor
+    history: History
+    state: dict[str, Tensor] = field(default_factory=dict)
+    iterations: int = 0
+
+    def __repr__(self) -> str:
+        last = self.history.upper[-1] if len(self.history) else float("nan")
+        return (
+            f"BilevelResult(iterations={self.iterations}, upper={last:.6g}, "
+            f"x.shape={tuple(self.x.shape)}, y.shape={tuple(self.y.shape)})"
+        )
+
+
+def check_finite_step(value: Tensor, name: str, iteration: int) -> None:
+    """Raise ``ValueError`` if a solver quantity became NaN/Inf (instead of spreading it)."""
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(
+            f"{name} became non-finite at iteration {iteration}: check the objectives for "
+            "NaN/Inf values or reduce the step sizes"
+        )
