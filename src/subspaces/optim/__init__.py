@@ -21,8 +21,8 @@ from .adaptive_batch import (
 )
 from .groups import projected_param_groups
 from .layerwise import LayerwiseStepper
-from .newton import NewtonGR, NewtonResult, newton_gr
 from .memory import MemoryReport, memory_report, model_bytes, optimizer_state_bytes, tensor_bytes
+from .newton import NewtonGR, NewtonResult, newton_gr
 from .projectors import (
     PROJECTORS,
     CoordinateProjector,
@@ -48,6 +48,7 @@ from .quantization import (
     unpack_int8,
 )
 from .subspace_adamw import NonFiniteGradientError, SubspaceAdamW
+from .surrogate import SurrogateStep, TargetSurrogate
 
 __all__ = [
     "PROJECTORS",
@@ -70,6 +71,8 @@ __all__ = [
     "RandomizedSVDProjector",
     "SVDProjector",
     "SubspaceAdamW",
+    "SurrogateStep",
+    "TargetSurrogate",
     "adagrad_norm",
     "all_reduce_moments",
     "dct_basis",

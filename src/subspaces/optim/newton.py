@@ -180,11 +180,12 @@ def newton_gr(
     Example:
         >>> import torch
         >>> g = torch.Generator().manual_seed(0)
-        >>> X = torch.randn(200, 5, generator=g, dtype=torch.float64)
-        >>> y = (X[:, 0] - X[:, 1] > 0).long()
+        >>> X = torch.randn(100, 5, generator=g, dtype=torch.float64)
+        >>> noise = torch.randn(100, generator=g, dtype=torch.float64)
+        >>> y = (X[:, 0] - X[:, 1] + noise > 0).long()  # not separable: a minimizer exists
         >>> model = torch.nn.Linear(5, 2).double()
         >>> res = newton_gr(model, "cross_entropy", (X, y), curvature="ggn", gtol=1e-9)
-        >>> res.converged, res.grad_norm <= 1e-9, res.iterations < 40
+        >>> res.converged, res.grad_norm <= 1e-9, res.iterations < 15
         (True, True, True)
 
     References:
