@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_finite
+from .._distributed import allreduce_packed, block_checksum, resolve_group
 from .._tensorlist import ParamLayout
 from ..linops import LinearOperator
 from ._model import (
@@ -71,10 +72,19 @@ class CurvatureOperator(LinearOperator):
             the first input tensor).
         reduction: how a name or callable ``loss_fn`` reduces over a batch's samples:
             ``"mean"`` (default) or ``"sum"``; read from a loss module.
+        distributed: data parallelism: ``False`` (default, one process), ``True`` (the default
+            ``torch.distributed`` process group, e.g. under ``torchrun``) or a process group.
+            Each rank passes its own shard of the data; every product is then the product of
+            the whole data set (all shards as one batch, weighted by samples), with one
+            ``all_reduce`` of the packed product per matmat, identical on every rank. Random
+            blocks must be drawn identically on every rank (pass a seeded ``generator`` to
+            ``top_eigen``, ``trace``, ...): a product of different blocks raises. A rank that
+            fails makes every rank raise instead of hanging.
 
     Raises:
         ValueError: bad ``params``, ``mode_policy``, ``loss_fn`` or ``reduction`` (a loss module
-            with ``reduction="none"``, or a ``reduction`` that contradicts the module's).
+            with ``reduction="none"``, or a ``reduction`` that contradicts the module's), or
+            ``distributed`` without an initialized process group.
         TypeError: bad argument types.
     """
 
@@ -94,6 +104,7 @@ class CurvatureOperator(LinearOperator):
         progress: Progress | None = None,
         batch_size_fn: Callable[[Any], int] | None = None,
         reduction: Reduction | None = None,
+        distributed: Any = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -109,6 +120,7 @@ class CurvatureOperator(LinearOperator):
         self.mode_policy = mode_policy
         self.progress = progress
         self.batch_size_fn = batch_size_fn
+        self.process_group = resolve_group(distributed)
         first = next(iter(self.selected.values()))
         n = num_params(self.selected)
         super().__init__(
@@ -167,11 +179,25 @@ class CurvatureOperator(LinearOperator):
         """The batch's weight in the data-set loss: its mean's denominator (1 for a sum)."""
         return self.loss.normalizer(batch.targets, batch.size)
 
-    def _accumulate(self, per_batch: Callable[[FunctionalModel, Batch], Tensor]) -> Tensor:
+    def _accumulate(
+        self,
+        per_batch: Callable[[FunctionalModel, Batch], Tensor],
+        shape: tuple[int, ...] | None = None,
+        block: Tensor | None = None,
+    ) -> Tensor:
         """``sum_b c_b per_batch(b) / sum_b c_b`` over one pass (a plain sum for sum losses).
 
         ``c_b`` is the batch's weight (:meth:`_batch_weight`), so the result is the curvature of
-        the loss of the whole data set as one batch, independent of how it is split.
+        the loss of the whole data set as one batch, independent of how it is split. With
+        ``distributed``, the sums run over the batches of every rank (one ``all_reduce``).
+
+        Args:
+            per_batch: the per-batch result.
+            shape: the result's shape; needed with ``distributed`` so that a rank that fails
+                still joins the all-reduce (``None``: such a rank raises at once and the
+                others wait for the process group's timeout).
+            block: the block being multiplied; with ``distributed``, every rank checks that
+                all ranks multiplied the same block.
 
         Returns:
             The weighted combination of the per-batch results.
@@ -179,6 +205,68 @@ class CurvatureOperator(LinearOperator):
         Raises:
             ValueError: if the loss counts no sample in the data.
         """
+        return self._reduce(lambda: self._local_sums(per_batch), shape, block)
+
+    def _reduce(
+        self,
+        local: Callable[[], tuple[Tensor | None, float, int, int]],
+        shape: tuple[int, ...] | None,
+        block: Tensor | None,
+    ) -> Tensor:
+        """Combine this process's ``(weighted sum, weight, samples, batches)`` with the others'.
+
+        Returns:
+            The weighted sum over all ranks divided by the total weight (a sum for sum losses).
+
+        Raises:
+            ValueError: if the loss counts no sample in the data.
+        """
+        group = self.process_group
+        if group is None:
+            total, weight, samples, batches = local()
+        else:
+            error: BaseException | None = None
+            total, weight, samples, batches = None, 0.0, 0, 0
+            try:
+                total, weight, samples, batches = local()
+            except Exception as err:  # every rank must join the all-reduce, then raise
+                if shape is None:
+                    raise
+                error = err
+            if shape is None:
+                if total is None:
+                    raise ValueError(
+                        "with distributed=..., a rank that counts no sample needs the shape of "
+                        "the result"
+                    )
+                shape = tuple(total.shape)
+            total, (weight, samples_f, batches_f) = allreduce_packed(
+                total,
+                (weight, samples, batches),
+                shape=shape,
+                dtype=self.dtype,
+                device=self.device,
+                group=group,
+                error=error,
+                checksum=None if block is None else block_checksum(block),
+            )
+            samples, batches = round(samples_f), round(batches_f)
+            if weight == 0.0:
+                total = None  # no rank counted a sample
+        self.num_samples, self.num_batches = samples, batches
+        if self.reduction == "sum" and total is not None:
+            return total
+        if total is None or weight <= 0:
+            raise ValueError(
+                "the loss counts no sample in the data (every target is ignore_index, or the "
+                "class weights of the targets sum to 0)"
+            )
+        return total / weight
+
+    def _local_sums(
+        self, per_batch: Callable[[FunctionalModel, Batch], Tensor]
+    ) -> tuple[Tensor | None, float, int, int]:
+        """This process's ``(sum_b c_b per_batch(b), sum_b c_b, samples, batches)``."""
         fm = self.functional_model()
         total: Tensor | None = None
         samples, batches, weight = 0, 0, 0.0
@@ -194,15 +282,7 @@ class CurvatureOperator(LinearOperator):
                 out = out * c if c != 1.0 else out
                 total = out if total is None else total + out
                 weight += c
-        self.num_samples, self.num_batches = samples, batches
-        if self.reduction == "sum" and total is not None:
-            return total
-        if total is None or weight <= 0:
-            raise ValueError(
-                "the loss counts no sample in the data (every target is ignore_index, or the "
-                "class weights of the targets sum to 0)"
-            )
-        return total / weight
+        return total, weight, samples, batches
 
     # ----- products ----------------------------------------------------------------------------
     def _batch_matmat(
@@ -230,7 +310,7 @@ class CurvatureOperator(LinearOperator):
                 parts.append(self.layout.flatten(self._batch_matmat(fm, batch, Vc)))
             return torch.cat(parts, dim=1)
 
-        out = self._accumulate(per_batch)
+        out = self._accumulate(per_batch, (X.shape[0], width), X)
         try:
             check_finite(out, "curvature product")
         except ValueError as err:
@@ -254,7 +334,7 @@ class CurvatureOperator(LinearOperator):
             assert self.layout is not None
             return torch.cat([self.layout.flatten(grads), loss.detach().reshape(1)])
 
-        out = self._accumulate(per_batch)
+        out = self._accumulate(per_batch, (self.shape[0] + 1,))
         return float(out[-1]), out[:-1]
 
     def __repr__(self) -> str:

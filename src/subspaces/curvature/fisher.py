@@ -37,8 +37,8 @@ class FisherOperator(GGNOperator):
     Products need no second derivatives: ``J v``, a per-sample inner product, and ``J^T``.
 
     Args:
-        model, loss_fn, data, params, mode_policy, dtype, progress, batch_size_fn, reduction: see
-            :class:`~subspaces.curvature.CurvatureOperator`.
+        model, loss_fn, data, params, mode_policy, dtype, progress, batch_size_fn, reduction,
+            distributed: see :class:`~subspaces.curvature.CurvatureOperator`.
         kind: ``"mc"`` or ``"empirical"``.
         mc_samples: labels sampled per data point (``kind="mc"``).
         generator: randomness for the sampled labels.
@@ -78,6 +78,7 @@ class FisherOperator(GGNOperator):
         progress: Progress | None = None,
         batch_size_fn: Any = None,
         reduction: Reduction | None = None,
+        distributed: Any = False,
     ) -> None:
         super().__init__(
             model,
@@ -89,6 +90,7 @@ class FisherOperator(GGNOperator):
             progress=progress,
             batch_size_fn=batch_size_fn,
             reduction=reduction,
+            distributed=distributed,
         )
         self.kind = check_choice(kind, "kind", KINDS)
         self.mc_samples = check_positive_int(mc_samples, "mc_samples")

@@ -43,8 +43,8 @@ class HessianOperator(CurvatureOperator):
     ``vmap`` for blocks and for data with several batches.
 
     Args:
-        model, loss_fn, data, params, mode_policy, dtype, progress, batch_size_fn, reduction: see
-            :class:`~subspaces.curvature.CurvatureOperator`.
+        model, loss_fn, data, params, mode_policy, dtype, progress, batch_size_fn, reduction,
+            distributed: see :class:`~subspaces.curvature.CurvatureOperator`.
         method: ``"auto"``, ``"vmap"`` or ``"double_backward"``.
 
     Raises:
@@ -76,6 +76,7 @@ class HessianOperator(CurvatureOperator):
         progress: Progress | None = None,
         batch_size_fn: Any = None,
         reduction: Reduction | None = None,
+        distributed: Any = False,
     ) -> None:
         super().__init__(
             model,
@@ -87,7 +88,9 @@ class HessianOperator(CurvatureOperator):
             progress=progress,
             batch_size_fn=batch_size_fn,
             reduction=reduction,
+            distributed=distributed,
         )
+        self._graph_weight = 1.0
         self.method = check_choice(method, "method", METHODS)
         self._forward_mode = True  # False once a loss kernel turned out to lack forward AD
         self._graph: tuple[list[Tensor], tuple[Tensor, ...]] | None = None
@@ -193,6 +196,7 @@ class HessianOperator(CurvatureOperator):
                     check_loss_finite(loss.detach())
                     grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
             self.num_samples, self.num_batches = batch.size, 1
+            self._graph_weight = self._batch_weight(batch)
             self._graph = (list(leaves.values()), grads)
         return self._graph
 
@@ -203,6 +207,29 @@ class HessianOperator(CurvatureOperator):
         # on an 85k-parameter MLP: cached 9.1 ms at 16 columns vs vmap 7.7 ms).
         if self.engine == "vmap" or (self.method == "auto" and b > 1):
             return super()._matmat(X)
+        if self.process_group is None:
+            out = self._cached_matmat(X)
+        else:  # this rank's batch weighted like any batch, then summed over the ranks
+
+            def local() -> tuple[Tensor, float, int, int]:
+                out = self._cached_matmat(X)
+                samples = self.num_samples or 0
+                return out * self._graph_weight, self._graph_weight, samples, 1
+
+            out = self._reduce(local, (X.shape[0], b), X)
+        try:
+            check_finite(out, "curvature product")
+        except ValueError as err:
+            raise ValueError(f"the operator returned non-finite values: {err}") from None
+        return out
+
+    def _cached_matmat(self, X: Tensor) -> Tensor:
+        """``H V`` of the single batch from the cached gradient graph (one backward pass).
+
+        Returns:
+            The product ``(n, b)``.
+        """
+        b = X.shape[1]
         leaves, grads = self._cached_graph()
         assert self.layout is not None
         V = self.layout.unflatten(X)
@@ -230,9 +257,4 @@ class HessianOperator(CurvatureOperator):
             (h if h is not None else torch.zeros_like(o)).reshape(b, -1)
             for h, o in zip(hv, outs, strict=True)
         ]
-        out = torch.cat(cols, dim=1).T.contiguous()
-        try:
-            check_finite(out, "curvature product")
-        except ValueError as err:
-            raise ValueError(f"the operator returned non-finite values: {err}") from None
-        return out
+        return torch.cat(cols, dim=1).T.contiguous()
