@@ -6,6 +6,7 @@ preconditioners, the deep conjugate direction method (P15) and the decomposed di
 """
 
 from ._diffusion import Denoiser, SamplerResult
+from .dcdm import DirectionNet, TrainResult, dcdm, dcdm_loss, ritz_rhs, train_direction_net
 from .dds import data_consistency, dds
 from .dps import dps
 from .flexible_cg import Preconditioner, flexible_cg
@@ -18,6 +19,7 @@ from .schedules import alphas_bar, betas, timesteps
 __all__: list[str] = [
     "ClosedFormDenoiser",
     "Denoiser",
+    "DirectionNet",
     "GaussianMixturePrior",
     "GridDiffusion",
     "IncompleteCholesky",
@@ -26,10 +28,13 @@ __all__: list[str] = [
     "Preconditioner",
     "SamplerResult",
     "SubsampledFourier",
+    "TrainResult",
     "alphas_bar",
     "betas",
     "box_mask",
     "data_consistency",
+    "dcdm",
+    "dcdm_loss",
     "dds",
     "disk_mask",
     "dps",
@@ -38,5 +43,7 @@ __all__: list[str] = [
     "jacobi",
     "poisson_2d",
     "random_obstacles",
+    "ritz_rhs",
     "timesteps",
+    "train_direction_net",
 ]
