@@ -114,7 +114,8 @@ def fourier_mask(
     # frequency every half sample along the spoke.
     mask = torch.zeros(h, w, dtype=torch.bool)
     radius = math.hypot(h, w) / 2
-    r = torch.arange(-radius, radius + 0.5, 0.5, dtype=torch.float64)
+    half = torch.arange(0.0, radius + 0.5, 0.5, dtype=torch.float64)
+    r = torch.cat([-half.flip(0), half[1:]])  # symmetric about 0: the mask is k <-> -k symmetric
     golden = math.pi * (3 - math.sqrt(5)) / 2 + math.pi / 2  # 111.25 degrees
     angle = 0.0
     for _ in range(4 * (h + w)):
