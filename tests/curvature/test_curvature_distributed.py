@@ -23,6 +23,7 @@ from torch import nn
 
 from subspaces.curvature import FisherOperator, GGNOperator, HessianOperator, top_eigen
 from subspaces.curvature import trace as curvature_trace
+from subspaces.dynamics import CurvatureTracker
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or not dist.is_available(), reason="gloo over TCP on localhost"
@@ -72,7 +73,7 @@ def _operators(data: object, distributed: bool) -> dict[str, object]:
 NUM_PARAMS = 4 * 5 + 5 + 5 * 3 + 3
 
 
-def _measure(data: object, distributed: bool) -> dict[str, torch.Tensor]:
+def _measure(data: object, batch: object, distributed: bool) -> dict[str, torch.Tensor]:
     V = torch.randn(NUM_PARAMS, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     out: dict[str, torch.Tensor] = {}
     for name, op in _operators(data, distributed).items():
@@ -87,6 +88,21 @@ def _measure(data: object, distributed: bool) -> dict[str, torch.Tensor]:
     )
     loss, grad = hessian.loss_and_gradient()
     out["loss"], out["gradient"] = torch.tensor(loss), grad
+    # distributed: the tracker's default generator, manual_seed(0), the same on every rank
+    gen = None if distributed else torch.Generator().manual_seed(0)
+    tracker = CurvatureTracker(
+        _model(),
+        "cross_entropy",
+        data,
+        lr=0.1,
+        k=2,
+        trace_rtol=None,
+        generator=gen,
+        distributed=distributed,
+    )
+    record = tracker.measure(0, batch=batch)  # the union of the ranks' mini-batches
+    for key in ("eigenvalues", "loss", "grad_norm", "grad_fraction", "batch_lambda_max"):
+        out[f"tracker/{key}"] = torch.tensor(record[key])
     return out
 
 
@@ -121,7 +137,8 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
     try:
         result: dict[str, object] = {}
         try:
-            result["measured"] = _measure(_shard(rank), distributed=True)
+            shard = _shard(rank)
+            result["measured"] = _measure(shard, shard[0], distributed=True)
             result["failures"] = _failures(rank)
         except Exception:
             result["error"] = traceback.format_exc()
@@ -146,7 +163,8 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 
 def test_products_spectra_and_gradients_equal_one_process_on_all_data(ranks) -> None:
     X, y = _data()
-    reference = _measure([(X, y)], distributed=False)
+    first = torch.cat([torch.arange(7), 13 + torch.arange(9)])  # each rank's first batch
+    reference = _measure([(X, y)], (X[first], y[first]), distributed=False)
     for r, res in enumerate(ranks):
         measured = res["measured"]
         assert sorted(measured) == sorted(reference)

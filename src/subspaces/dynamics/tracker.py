@@ -61,7 +61,12 @@ class CurvatureTracker:
         mode_policy: train-mode BatchNorm/Dropout policy; ``"eval"`` by default here, since a
             tracker is called from inside training loops (your modes are restored).
         dtype: compute dtype for curvature (e.g. ``torch.float64``).
-        generator: randomness for Lanczos starts and trace probes.
+        generator: randomness for Lanczos starts and trace probes (with ``distributed``,
+            default ``torch.Generator().manual_seed(0)``: every rank must draw the same blocks).
+        distributed: data parallelism (see :class:`~subspaces.curvature.CurvatureOperator`):
+            each rank passes its shard as ``data`` (and its own mini-batch to :meth:`step`);
+            every measurement is then of the whole data set (and of the union of the ranks'
+            mini-batches) and identical on every rank.
 
     Raises:
         ValueError: for non-positive ``every``/``k``/tolerances or neither ``lr`` nor ``optimizer``.
@@ -97,6 +102,7 @@ class CurvatureTracker:
         mode_policy: ModePolicy = "eval",
         dtype: torch.dtype | None = None,
         generator: torch.Generator | None = None,
+        distributed: Any = False,
     ) -> None:
         if lr is None and optimizer is None:
             raise ValueError(
@@ -117,6 +123,9 @@ class CurvatureTracker:
         self.trace_max_matvecs = check_positive_int(trace_max_matvecs, "trace_max_matvecs")
         self.operator = operator
         self.params, self.mode_policy, self.dtype = params, mode_policy, dtype
+        self.distributed = distributed
+        if generator is None and distributed not in (None, False):
+            generator = torch.Generator().manual_seed(0)
         self.generator = generator
         self.subspace: Subspace | None = None
         self.records: list[dict[str, Any]] = []
@@ -171,6 +180,7 @@ class CurvatureTracker:
             self.params,
             mode_policy=self.mode_policy,
             dtype=self.dtype,
+            distributed=self.distributed,
         )
 
     def step(self, step: int, batch: Any = None) -> dict[str, Any] | None:
