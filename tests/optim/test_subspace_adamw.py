@@ -286,6 +286,7 @@ def test_nonfinite_gradient_raises_and_leaves_everything_unchanged():
         (dict(proj_bits=8), ValueError, "proj_bits"),
         (dict(moment_transfer="keep"), ValueError, "moment_transfer"),
         (dict(state_dtype=torch.int8), TypeError, "state_dtype"),
+        (dict(error_feedback="yes"), TypeError, "error_feedback"),
     ],
 )
 def test_bad_hyperparameters_raise_clear_errors(kwargs, exc, match):
@@ -404,3 +405,102 @@ def test_works_as_the_optimizer_of_an_hf_trainer(tmp_path):
     out = trainer.train()
     assert out.global_step == 4 and math.isfinite(out.training_loss)
     assert any(int(s.get("refresh_count", 0)) >= 2 for s in opt.state.values())
+
+
+def _adam_dense_reference(grads, indices_of, rank, lr, b1, b2, eps, feedback):
+    """DCT-AdamW by hand in float64: error feedback, refresh every step, rotated moments."""
+    a, b = grads[0].shape
+    C = dct_basis(b, dtype=torch.float64)
+    W = torch.zeros(a, b, dtype=torch.float64)
+    E = torch.zeros(a, b, dtype=torch.float64)
+    m = v = None
+    Q_old = None
+    for t, G in enumerate(grads, start=1):
+        work = G + E if feedback else G
+        Q = C[:, indices_of(work)]
+        if m is None:
+            m = torch.zeros(a, rank, dtype=torch.float64)
+            v = torch.zeros(a, rank, dtype=torch.float64)
+        else:
+            R = Q_old.T @ Q
+            m, v = m @ R, v @ R.square()
+        g = work @ Q
+        E = work - g @ Q.T
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        N = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
+        W = W - lr * N @ Q.T
+        Q_old = Q
+    return W, E
+
+
+@pytest.mark.parametrize("feedback", [False, True])
+def test_dct_adamw_recipe_matches_a_dense_float64_reference(feedback):
+    rank, lr, b1, b2, eps = 3, 0.1, 0.9, 0.99, 1e-8
+    grads = [g[0] for g in _grads([(10, 6)], 5, torch.float64, seed=3)]
+
+    def l1_top(work):  # the paper's RankCols: l1 norm of each column of work @ C
+        score = (work @ dct_basis(6, dtype=torch.float64)).abs().sum(0)
+        return torch.topk(score, rank).indices.sort().values
+
+    W_ref, E_ref = _adam_dense_reference(grads, l1_top, rank, lr, b1, b2, eps, feedback)
+    w = nn.Parameter(torch.zeros(10, 6, dtype=torch.float64))
+    group = dict(params=[w], rank=rank, projector="dct", dct_norm=1, update_proj_gap=1)
+    group["full_rank"] = "project"  # with the error buffer this small layer saves no memory
+    group.update(moment_transfer="rotate", error_feedback=feedback)
+    opt = SubspaceAdamW([group], lr=lr, betas=(b1, b2), eps=eps)
+    _run(opt, [w], [[g] for g in grads])
+    torch.testing.assert_close(w.detach(), W_ref, rtol=1e-12, atol=1e-12)
+    if feedback:
+        torch.testing.assert_close(opt.state[w]["error"], E_ref, rtol=1e-12, atol=1e-12)
+        # the buffer is exactly what the current basis drops: orthogonal to it
+        Q = dct_basis(6, opt.state[w]["proj.indices"], dtype=torch.float64)
+        assert float((opt.state[w]["error"] @ Q).abs().max()) < 1e-12
+    else:
+        assert "error" not in opt.state[w]
+
+
+def test_error_feedback_eventually_applies_a_dropped_direction():
+    # A constant gradient along one coordinate the fixed basis never selects reaches the
+    # weights only through the error buffer, once the buffer outgrows the selected column.
+    w = nn.Parameter(torch.zeros(4, 4, dtype=torch.float64))
+    group = dict(params=[w], rank=1, projector="coordinate", update_proj_gap=1)
+    big = torch.zeros(4, 4, dtype=torch.float64)
+    big[:, 0] = 1.0
+    big[:, 1] = 0.3
+    for feedback, expect_moved in ((False, False), (True, True)):
+        w.data.zero_()
+        opt = SubspaceAdamW([{**group, "error_feedback": feedback}], lr=0.01, full_rank="project")
+        _run(opt, [w], [[big]] * 6)
+        assert bool(w.detach()[:, 1].abs().max() > 0) is expect_moved
+
+
+def test_error_feedback_state_resumes_bit_for_bit(tmp_path):
+    grads = _grads([(12, 8)], 8, torch.float32, seed=4)
+    group = dict(rank=3, projector="dct", dct_norm=1, update_proj_gap=2)
+    group.update(moment_transfer="rotate", error_feedback=True)
+
+    def fresh():
+        w = nn.Parameter(torch.ones(12, 8))
+        return w, SubspaceAdamW([{"params": [w], **group}], lr=0.01, full_rank="project")
+
+    w1, opt1 = fresh()
+    _run(opt1, [w1], grads)
+    w2, opt2 = fresh()
+    _run(opt2, [w2], grads[:3])
+    torch.save(opt2.state_dict(), tmp_path / "opt.pt")
+    w3, opt3 = fresh()
+    w3.data.copy_(w2.data)
+    opt3.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+    assert opt3.state[w3]["error"].shape == (12, 8)
+    _run(opt3, [w3], grads[3:])
+    assert torch.equal(w1, w3)
+
+
+def test_error_feedback_buffer_counts_in_the_break_even_rule():
+    # 16 x 16 float32 at rank 8, in bytes: moments 2*16*8*4 + indices 8*8 = 1088 < AdamW's
+    # 2*256*4 = 2048; with the 256*4 error buffer 2112 >= 2048, so AdamW is used.
+    w = nn.Parameter(torch.zeros(16, 16))
+    for feedback, projected in ((False, True), (True, False)):
+        opt = SubspaceAdamW([w], rank=8, projector="dct", error_feedback=feedback)
+        assert opt._plan(w, opt.param_groups[0])[0] is projected

@@ -164,7 +164,12 @@ class SubspaceAdamW(Optimizer):
         foreach: passed to the plain-AdamW kernel (``None``: torch's default).
         rsvd_oversample: oversampling of the ``rsvd`` projector.
         rsvd_power_iters: power iterations of the ``rsvd`` projector.
-        dct_norm: column norm (1 or 2) used by the ``dct`` projector to score frequencies.
+        dct_norm: column norm (1 or 2) used by the ``dct`` projector to score frequencies
+            (1 is the paper's choice for DCT-AdamW, P11).
+        error_feedback: keep the part of each gradient that the projection drops,
+            ``E <- (G + E) - (G + E) Q Q^T``, and add it to the next gradient before projecting
+            (DCT-AdamW's error feedback, P11). Costs one ``a x b`` buffer per projected weight in
+            the state dtype (counted by the break-even rule).
 
     Zero-size parameters step as in ``torch.optim.AdamW``; complex parameters are rejected at
     construction, parameters on the meta device or with sparse gradients when stepped (before
@@ -226,6 +231,7 @@ class SubspaceAdamW(Optimizer):
         rsvd_oversample: int = 8,
         rsvd_power_iters: int = 1,
         dct_norm: int = 2,
+        error_feedback: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -255,6 +261,7 @@ class SubspaceAdamW(Optimizer):
             rsvd_oversample=rsvd_oversample,
             rsvd_power_iters=rsvd_power_iters,
             dct_norm=dct_norm,
+            error_feedback=error_feedback,
         )
         self._validate_group(defaults)
         self._projectors: dict[tuple[Any, ...], Projector] = {}
@@ -370,6 +377,8 @@ class SubspaceAdamW(Optimizer):
         integer("rsvd_power_iters", 0)
         if group["dct_norm"] not in (1, 2):
             raise ValueError(f"dct_norm must be 1 or 2, got {group['dct_norm']!r}")
+        if not isinstance(group.get("error_feedback", False), bool):
+            raise TypeError(f"error_feedback must be a bool, got {group['error_feedback']!r}")
 
     def _projector(self, group: dict[str, Any]) -> Projector:
         spec = group["projector"]
@@ -415,7 +424,8 @@ class SubspaceAdamW(Optimizer):
         bytes and two float32 numbers per quantization group with ``proj_bits=4``, or ``r``
         int64 indices / a seed for the other projectors. Plain AdamW keeps two ``a x b``
         moments in the parameter's dtype. With float32 moments and a float32 basis of a square
-        weight the projection saves memory only for ``r < 2 b / 3``.
+        weight the projection saves memory only for ``r < 2 b / 3``. With ``error_feedback``
+        the ``a x b`` error buffer (state dtype) is counted too.
 
         Returns:
             Whether projecting ``p`` at ``rank`` keeps less state than plain AdamW.
@@ -430,7 +440,8 @@ class SubspaceAdamW(Optimizer):
             basis = (b * rank + 1) // 2 + 8 * -(-(b * rank) // group["proj_group_size"])
         else:
             basis = b * rank * max(4, p.element_size())
-        return 2 * a * rank * state_size + basis < 2 * a * b * p.element_size()
+        error = a * b * state_size if group.get("error_feedback") else 0
+        return 2 * a * rank * state_size + basis + error < 2 * a * b * p.element_size()
 
     @staticmethod
     def _transpose(shape2: tuple[int, int], proj_type: str) -> bool:
@@ -645,9 +656,11 @@ class SubspaceAdamW(Optimizer):
         if not projected:
             kind = "plain" if int8_module_of(param) is None else "int8"
             return _Prepared(kind, group_index, index, rank)
-        R, new, transpose, b = self._projected_prepare(param, group, rank, index)
+        R, new, transpose, b, error = self._projected_prepare(
+            param, group, rank, index, add_error=previous is None
+        )
         if previous is None:
-            return _Prepared("projected", group_index, index, rank, R, new, transpose, b)
+            return _Prepared("projected", group_index, index, rank, R, new, transpose, b, error)
         if previous.new is not None or new is not None or previous.R is None:
             raise RuntimeError(
                 f"{self._name(param)} received its gradient in several parts within one "
@@ -656,6 +669,8 @@ class SubspaceAdamW(Optimizer):
                 "part of the gradient; use torch.utils.checkpoint(..., use_reentrant=False)"
             )
         previous.R = previous.R + R.to(previous.R.dtype)
+        if previous.error is not None and error is not None:
+            previous.error = previous.error + error.to(previous.error.dtype)
         return previous
 
     @torch.no_grad()
@@ -752,14 +767,16 @@ class SubspaceAdamW(Optimizer):
         old = self._proj_state(state)
         first = not old
         if not first and (group["moment_transfer"] == "rotate" or group["refresh"] == "lazy"):
-            Q_old = _basis_of(proj, old, b, torch.float32)
-            Q_new = _basis_of(proj, new, b, torch.float32)
+            # at least float32; float64 moments are rotated in float64
+            work = torch.promote_types(state["exp_avg"].dtype, torch.float32)
+            Q_old = _basis_of(proj, old, b, work)
+            Q_new = _basis_of(proj, new, b, work)
             C = Q_old.T @ Q_new
             if group["moment_transfer"] == "rotate":
                 m = state["exp_avg"]
                 v = state["exp_avg_sq"]
-                state["exp_avg"] = (m.float() @ C).to(m.dtype)
-                state["exp_avg_sq"] = (v.float() @ C.square()).to(v.dtype)
+                state["exp_avg"] = (m.to(work) @ C).to(m.dtype)
+                state["exp_avg_sq"] = (v.to(work) @ C.square()).to(v.dtype)
             if group["refresh"] == "lazy":
                 overlap = float(C.square().sum()) / rank
                 hist = torch.cat(
@@ -782,9 +799,17 @@ class SubspaceAdamW(Optimizer):
         state["next_refresh"] = torch.tensor(step + int(state["gap"]), dtype=torch.int64)
 
     def _projected_prepare(
-        self, p: Tensor, group: dict[str, Any], rank: int, index: int
-    ) -> tuple[Tensor, dict[str, Tensor] | None, bool, int]:
-        """``(R, new basis state or None, transposed, b)`` from ``p.grad``; changes nothing."""
+        self, p: Tensor, group: dict[str, Any], rank: int, index: int, add_error: bool = True
+    ) -> tuple[Tensor, dict[str, Tensor] | None, bool, int, Tensor | None]:
+        """Project ``p.grad`` (and choose a new basis at a refresh); changes nothing.
+
+        With ``error_feedback`` the stored buffer ``E`` is added to the oriented gradient first
+        (only when ``add_error``: the first part of a split gradient), and the new buffer is
+        what the projection drops, ``(G + E) - R Q^T``.
+
+        Returns:
+            ``(R, new basis state or None, transposed, b, new error buffer or None)``.
+        """
         grad = cast(Tensor, p.grad)
         if group["maximize"]:
             grad = -grad
@@ -797,9 +822,13 @@ class SubspaceAdamW(Optimizer):
         work = G if G.dtype in (torch.float32, torch.float64) else G.float()
         state = self.state.get(p, {})
         step = int(state["step"]) if state else 0
+        feedback = bool(group.get("error_feedback"))
+        if feedback and add_error and "error" in state:
+            work = work + state["error"].to(work.dtype)
         if not state or step >= int(state["next_refresh"]):
             new, R = self._select(work, group, rank, index, step)
-            return R, new, transpose, int(work.shape[1])
+            error = self._dropped(work, R, new, group) if feedback else None
+            return R, new, transpose, int(work.shape[1]), error
         proj = self._projector(group)
         pdtype = group.get("proj_dtype")
         if pdtype is not None and _uses_basis_products(proj):
@@ -807,7 +836,15 @@ class SubspaceAdamW(Optimizer):
             R = torch.mm(work.to(pdtype), Q.to(pdtype)).to(work.dtype)
         else:
             R = proj.project(work, _unpacked(self._proj_state(state)))
-        return R, None, transpose, int(work.shape[1])
+        error = self._dropped(work, R, self._proj_state(state), group) if feedback else None
+        return R, None, transpose, int(work.shape[1]), error
+
+    def _dropped(
+        self, work: Tensor, R: Tensor, proj_state: dict[str, Tensor], group: dict[str, Any]
+    ) -> Tensor:
+        """``work - R Q^T``: the part of the oriented gradient outside the subspace."""
+        proj = self._projector(group)
+        return work - proj.project_back(R, _unpacked(proj_state), int(work.shape[1]))
 
     def _projected_commit(self, p: Tensor, group: dict[str, Any], prepared: _Prepared) -> None:
         R = cast(Tensor, prepared.R)
@@ -817,14 +854,16 @@ class SubspaceAdamW(Optimizer):
             state = self._init_projected_state(p, group, (R.shape[0], b), rank)
         if prepared.new is not None:
             self._install(state, group, rank, prepared.new, int(state["step"]), b)
+        if prepared.error is not None:
+            state["error"] = prepared.error.to(state["exp_avg"].dtype)
         item = _Item(p, state, R, prepared.transpose, b, prepared.index)
         item.refreshed = prepared.new is not None
         self._adam_projected(group, [item])
 
     def _projected_step(self, p: Tensor, group: dict[str, Any], rank: int, index: int) -> None:
-        R, new, transpose, b = self._projected_prepare(p, group, rank, index)
+        R, new, transpose, b, error = self._projected_prepare(p, group, rank, index)
         where = cast(tuple[int, int], self._locate(p))
-        prepared = _Prepared("projected", where[1], index, rank, R, new, transpose, b)
+        prepared = _Prepared("projected", where[1], index, rank, R, new, transpose, b, error)
         self._projected_commit(p, group, prepared)
 
     def _projected_group_step(self, group: dict[str, Any], items: list[tuple[Tensor, int]]) -> None:
@@ -842,7 +881,11 @@ class SubspaceAdamW(Optimizer):
         (``bmm``).
         """
         proj = self._projector(group)
-        groupable = _uses_basis_products(proj) and group["refresh"] in _REFRESH
+        groupable = (
+            _uses_basis_products(proj)
+            and group["refresh"] in _REFRESH
+            and not group.get("error_feedback")
+        )
         buckets: dict[tuple[Any, ...], list[tuple[Tensor, dict[str, Any], int]]] = {}
         for p, rank in items:
             index = cast(tuple[int, int], self._locate(p))[0]
@@ -1165,7 +1208,8 @@ class _Prepared:
 
     ``kind`` is ``"plain"`` (AdamW on ``param.grad``), ``"int8"`` (full-rank Adam of an INT8
     weight on ``param.grad``) or ``"projected"`` (``R``: the gradient's coordinates in the basis,
-    ``new``: the basis chosen at a refresh, ``transpose`` and ``b`` its orientation).
+    ``new``: the basis chosen at a refresh, ``transpose`` and ``b`` its orientation, ``error``:
+    the new error-feedback buffer when the group uses error feedback).
     """
 
     kind: str
@@ -1176,6 +1220,7 @@ class _Prepared:
     new: dict[str, Tensor] | None = None
     transpose: bool = False
     b: int = 0
+    error: Tensor | None = None
 
     @property
     def keeps_grad(self) -> bool:
