@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from subspaces.optim import AdaGradNorm, SubspaceAdamW
+from subspaces.optim import AdaGradNorm, NewtonGR, SubspaceAdamW
 
 
 def _galore_groups(model: nn.Module, **kw: object) -> list[dict[str, object]]:
@@ -61,6 +61,8 @@ REGISTRY: dict[str, Factory] = {
         _galore_groups(m, rank=100, projector="coordinate", full_rank="project"), lr=1e-2
     ),
     "adagrad-norm": lambda m: AdaGradNorm(m.parameters(), lr=0.1, weight_decay=1e-3),
+    # closure optimizer: _train/_descent pass the loss (without backward) as the closure
+    "newton-gr-hessian": lambda m: NewtonGR(m.parameters(), lr=0.5, cg_max_iters=3),
 }
 
 # Optimizers whose lr is the length of the whole step (a normalized step, ||dx|| <= lr): the
@@ -83,6 +85,9 @@ def _batches(n: int, dtype: torch.dtype = torch.float32) -> list[tuple[torch.Ten
 
 def _train(model: nn.Module, opt: torch.optim.Optimizer, batches: list) -> None:
     for x, y in batches:
+        if isinstance(opt, NewtonGR):  # a closure optimizer: it differentiates the loss itself
+            opt.step(lambda x=x, y=y: nn.functional.mse_loss(model(x), y))
+            continue
         opt.zero_grad()
         nn.functional.mse_loss(model(x), y).backward()
         opt.step()
@@ -166,6 +171,9 @@ def _descent(
         group["weight_decay"] = 0.0  # decay moves the minimizer; descent is checked on f alone
     start = float(loss_fn(holder.w.detach()))
     for _ in range(steps):
+        if isinstance(opt, NewtonGR):
+            opt.step(lambda: loss_fn(holder.w))
+            continue
         opt.zero_grad()
         loss_fn(holder.w).backward()
         opt.step()

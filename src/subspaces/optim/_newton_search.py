@@ -99,9 +99,10 @@ def search(
     c: float,
     adaptive: bool,
     max_trials: int,
-    lr: Tensor | float = 1.0,
+    lr: float = 1.0,
     cg_rtol: float | None = None,
     cg_max_iters: int | None = None,
+    refresh: Callable[[], LinearOperator] | None = None,
 ) -> Trial:
     """One iteration: shift, solve, try, and adapt ``c`` until a trial is accepted.
 
@@ -115,9 +116,13 @@ def search(
         c: the regularization constant for this iteration.
         adaptive: search for ``c`` (otherwise the first trial is taken as is).
         max_trials: trials before giving up (the point is then left unchanged).
-        lr: step scale (``x - lr * d``); a tensor of per-coordinate scales is allowed.
+        lr: step scale (``x - lr * d``). The damped step is the regularized Newton step of the
+            curvature ``H / lr`` with shift ``lambda / lr``, so the test uses ``lambda / lr``.
         cg_rtol: CG relative tolerance (default of :func:`~subspaces.linalg.cg`).
         cg_max_iters: CG iteration limit.
+        refresh: called after a rejected trial to rebuild ``H`` at ``x`` (when evaluating a
+            trial invalidates it, as it does an autograd graph whose parameters were changed
+            in place); ``None`` keeps ``H``.
 
     Returns:
         A :class:`Trial`; ``accepted=False`` means no trial passed and ``x`` is unchanged.
@@ -145,9 +150,11 @@ def search(
         f_new, g_new = evaluate(x_new)
         if not adaptive:
             return Trial(True, x_new, f_new, g_new, lam, c, cg_total, trial)
-        if loss - f_new >= float(g_new.norm()) ** 2 / (8.0 * lam):
+        if loss - f_new >= lr * float(g_new.norm()) ** 2 / (8.0 * lam):
             return Trial(True, x_new, f_new, g_new, lam, max(c / factor, C_MIN), cg_total, trial)
         c = min(c * factor, C_MAX)
+        if refresh is not None and trial < max_trials:
+            H = refresh()
     return Trial(False, x, loss, grad, float("nan"), c, cg_total, max_trials)
 
 

@@ -297,14 +297,16 @@ class NewtonGR(torch.optim.Optimizer):
     ``"empirical_fisher"``), solves ``(H + lambda I) d = g`` by CG on curvature products of the
     closure's autograd graph, and tries ``x - lr * d``, re-evaluating the closure on the same
     mini-batch for the acceptance test ``f(x) - f(x+) >= ||g(x+)||^2 / (8 lambda)`` of the
-    paper's Algorithm 1. All parameters form one Newton system; ``lr`` may differ per group,
-    the other hyperparameters are shared. The state is the exponent ``k`` of
+    paper's Algorithm 1 (with ``lambda / lr`` for a damped step ``lr < 1``, which is the
+    regularized step of the curvature ``H / lr``). All parameters form one Newton system, so
+    the hyperparameters must be equal in every parameter group. The state is the exponent ``k`` of
     ``c = c0 * factor**k`` (a small integer stored in the parameter dtype, exact there, so a
     reload keeps ``c`` exactly) and a step counter.
 
     Args:
         params: parameters or parameter groups.
-        lr: step scale (1 = the Newton step of the paper).
+        lr: step scale (1 = the Newton step of the paper; a learning-rate scheduler may change
+            it between steps).
         curvature: ``"hessian"``, ``"ggn"`` or ``"empirical_fisher"`` (the empirical Fisher
             assumes the loss is a mean over the first dimension of ``outputs``).
         c: the starting regularization constant ``c0``.
@@ -357,7 +359,7 @@ class NewtonGR(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     def _shared(self) -> dict[str, Any]:
-        keys = ("curvature", "c", "rule", "adaptive", "max_trials", "cg_rtol", "cg_max_iters")
+        keys = ("lr", "curvature", "c", "rule", "adaptive", "max_trials", "cg_rtol", "cg_max_iters")
         first = self.param_groups[0]
         for group in self.param_groups[1:]:
             for k in keys:
@@ -396,14 +398,6 @@ class NewtonGR(torch.optim.Optimizer):
         params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
         if not params:
             raise ValueError("NewtonGR has no parameter that requires grad")
-        lr = torch.cat(
-            [
-                torch.full((p.numel(),), float(g["lr"]), dtype=p.dtype, device=p.device)
-                for g in self.param_groups
-                for p in g["params"]
-                if p.requires_grad
-            ]
-        )
         state = self.state[params[0]]
         if "log_c" not in state:
             # the exponent k of c = c0 * factor**k: a small integer, exact in the param dtype
@@ -448,12 +442,20 @@ class NewtonGR(torch.optim.Optimizer):
             f, gn, _ = grad_and_op(False)
             return f, gn
 
+        def refresh() -> LinearOperator:
+            # a trial changed the parameters in place, which invalidates the graph at x:
+            # evaluate the closure at x again (one more forward pass per rejected trial)
+            load(x)
+            _, _, op = grad_and_op(True)
+            assert op is not None
+            return op
+
         k = round(float(state["log_c"]))
         assert H is not None
         out = search(
             H, x, loss, g, evaluate, rule=hp["rule"], c=hp["c"] * factor**k,
-            adaptive=hp["adaptive"], max_trials=hp["max_trials"], lr=lr,
-            cg_rtol=hp["cg_rtol"], cg_max_iters=hp["cg_max_iters"],
+            adaptive=hp["adaptive"], max_trials=hp["max_trials"], lr=hp["lr"],
+            cg_rtol=hp["cg_rtol"], cg_max_iters=hp["cg_max_iters"], refresh=refresh,
         )  # fmt: skip
         load(out.x)  # the accepted point, or back to x when every trial failed
         if hp["adaptive"]:
