@@ -120,6 +120,7 @@ class GridDiffusion(LinearOperator):
         inner_y = 2 * k[1:, :] * k[:-1, :] / (k[1:, :] + k[:-1, :])
         self._kx = torch.cat([k[:, :1], inner_x, k[:, -1:]], dim=1) / self.hx**2  # (ny, nx+1)
         self._ky = torch.cat([k[:1, :], inner_y, k[-1:, :]], dim=0) / self.hy**2  # (ny+1, nx)
+        self._diag_grid = self._kx[:, 1:] + self._kx[:, :-1] + self._ky[1:, :] + self._ky[:-1, :]
 
     # ----- grid <-> vector ---------------------------------------------------------------------
     def to_grid(self, x: Tensor) -> Tensor:
@@ -164,21 +165,22 @@ class GridDiffusion(LinearOperator):
         Returns:
             ``(b, ny, nx)`` with zeros on obstacle nodes.
         """
-        U = U * self.fluid
+        return self._stencil(U * self.fluid) * self.fluid
+
+    def _stencil(self, U: Tensor) -> Tensor:
+        """The 5-point stencil on grids that are already zero on obstacle nodes."""
         P = torch.nn.functional.pad(U, (1, 1, 1, 1))
-        # Fluxes across vertical faces (x direction) and horizontal faces (y direction).
-        fx = self._kx * (P[:, 1:-1, 1:] - P[:, 1:-1, :-1])  # (b, ny, nx+1)
-        fy = self._ky * (P[:, 1:, 1:-1] - P[:, :-1, 1:-1])  # (b, ny+1, nx)
-        out = -(fx[:, :, 1:] - fx[:, :, :-1]) - (fy[:, 1:, :] - fy[:, :-1, :])
-        return out * self.fluid
+        out = self._diag_grid * U
+        out = out - self._kx[:, 1:] * P[:, 1:-1, 2:] - self._kx[:, :-1] * P[:, 1:-1, :-2]
+        return out - self._ky[1:, :] * P[:, 2:, 1:-1] - self._ky[:-1, :] * P[:, :-2, 1:-1]
 
     def _matmat(self, X: Tensor) -> Tensor:
-        return self.from_grid(self.apply_grid(self.to_grid(X)))
+        # to_grid leaves obstacles at 0 and from_grid reads fluid nodes only: no masking needed.
+        return self.from_grid(self._stencil(self.to_grid(X)))
 
     def diagonal(self) -> Tensor:
         """The diagonal of the matrix, ``(n,)``."""
-        d = self._kx[:, 1:] + self._kx[:, :-1] + self._ky[1:, :] + self._ky[:-1, :]
-        return d.reshape(-1)[self._index]
+        return self._diag_grid.reshape(-1)[self._index]
 
     def to_scipy_sparse(self) -> Any:
         """Export as a ``scipy.sparse.csr_matrix`` of shape ``(n, n)`` in float64.
