@@ -12,8 +12,9 @@ from .dps import dps
 from .flexible_cg import Preconditioner, flexible_cg
 from .grids import GridDiffusion, box_mask, disk_mask, poisson_2d, random_obstacles
 from .measurements import ParallelBeamProjection, SubsampledFourier, fourier_mask
+from .mixture import GaussianMixturePrior
 from .preconditioners import IncompleteCholesky, jacobi
-from .priors import ClosedFormDenoiser, GaussianMixturePrior, LowRankGaussianPrior
+from .priors import ClosedFormDenoiser, LowRankGaussianPrior
 from .schedules import alphas_bar, betas, timesteps
 
 __all__: list[str] = [
