@@ -185,6 +185,22 @@ def test_sampler_bad_input() -> None:
     with pytest.raises(ValueError, match=r"alphas_bar must hold values in \(0, 1\)"):
         dds(den, A, y, torch.ones(10, dtype=F64))
 
+    x0 = torch.zeros(1, 256, dtype=F64)
+    with pytest.raises(ValueError, match="x0_hat must have shape"):
+        data_consistency(A, y[None], x0[:, :-1], 2)
+    with pytest.raises(ValueError, match="as many rows"):
+        data_consistency(A, y[None], torch.zeros(2, 256, dtype=F64), 2)
+    with pytest.raises(TypeError, match="dtype"):
+        data_consistency(A, y[None], x0.float(), 2)
+    with pytest.raises(ValueError, match="non-finite"):
+        data_consistency(A, y[None], x0 * math.nan, 2)
+    with pytest.raises(ValueError, match=r"time steps must be in \[0, 1000\)"):
+        den(x0, torch.tensor([1000]))
+    with pytest.raises(TypeError, match="integer"):
+        den(x0, torch.tensor([0.5]))
+    with pytest.raises(ValueError, match="num must be >= 1"):
+        prior.sample(0)
+
     def wrong_shape(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return x[:, :-1]
 

@@ -31,9 +31,9 @@ import math
 import torch
 from torch import Tensor
 
-from .._checks import check_positive_float, check_positive_int
+from .._checks import check_finite, check_float_tensor, check_positive_float, check_positive_int
 from ..linalg.solvers import cg
-from ..linops.base import LinearOperator
+from ..linops.base import LinearOperator, as_operator
 from ..linops.structured import MatmatOperator
 from ._diffusion import (
     Callback,
@@ -66,7 +66,7 @@ def _gram(op: LinearOperator, gamma: float | None) -> LinearOperator:
 
 
 def data_consistency(
-    A: LinearOperator,
+    A: Tensor | LinearOperator,
     y: Tensor,
     x0_hat: Tensor,
     num_cg_steps: int,
@@ -77,7 +77,7 @@ def data_consistency(
     """``M`` CG steps on the data-consistency system started at ``x0_hat`` (one DDS step).
 
     Args:
-        A: ``(m, n)`` measurement operator.
+        A: ``(m, n)`` measurement operator or matrix.
         y: ``(b, m)`` measurements.
         x0_hat: ``(b, n)`` denoised estimates (the CG start).
         num_cg_steps: ``M >= 0`` (0 returns ``x0_hat``).
@@ -90,7 +90,9 @@ def data_consistency(
         ``(x0_hat' (b, n), products with A or A^T)``.
 
     Raises:
-        ValueError: for ``M < 0`` or non-positive ``gamma``; as :func:`subspaces.linalg.cg`.
+        ValueError: for ``M < 0``, non-positive ``gamma``, shapes that do not match ``A``,
+            non-finite ``y`` or ``x0_hat``; as :func:`subspaces.linalg.cg`.
+        TypeError: for non-float tensors or a dtype other than ``A``'s.
 
     Example:
         >>> A = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]], dtype=torch.float64)
@@ -99,9 +101,21 @@ def data_consistency(
         >>> x.tolist()  # measured coordinates fixed, the unmeasured one kept from the start
         [[1.0, 2.0, 1.0]]
     """
-    from ..linops.base import as_operator
-
     op = as_operator(A)
+    m, n = op.shape
+    for name, value, width in (("y", y, m), ("x0_hat", x0_hat, n)):
+        check_finite(check_float_tensor(value, name, ndim=2), name)
+        if value.shape[1] != width:
+            raise ValueError(
+                f"{name} must have shape (b, {width}) to match A of shape {op.shape}, got "
+                f"{tuple(value.shape)}"
+            )
+        if value.dtype != op.dtype:
+            raise TypeError(f"{name} has dtype {value.dtype} but A has dtype {op.dtype}")
+    if y.shape[0] != x0_hat.shape[0]:
+        raise ValueError(
+            f"y and x0_hat must have as many rows, got {y.shape[0]} and {x0_hat.shape[0]}"
+        )
     num_cg_steps = check_positive_int(num_cg_steps, "num_cg_steps", minimum=0)
     if gamma is not None:
         gamma = check_positive_float(gamma, "gamma")

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._checks import check_finite, check_float_tensor
+from .._checks import check_finite, check_float_tensor, check_positive_int
 from .priors import ClosedFormDenoiser, Prediction, _check_alpha_bar, _check_batch
 
 __all__ = ["GaussianMixturePrior"]
@@ -85,6 +85,7 @@ class GaussianMixturePrior:
         Returns:
             ``(num, n)`` tensor.
         """
+        num = check_positive_int(num, "num")
         comp = torch.multinomial(self.weights.double(), num, replacement=True, generator=generator)
         z = torch.randn(num, self.dim, generator=generator, dtype=torch.float64).to(self.dtype)
         root = self._evecs * self._evals.sqrt().unsqueeze(1)  # (K, n, n): V diag(sqrt d)

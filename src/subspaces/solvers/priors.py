@@ -31,7 +31,13 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_finite, check_float_tensor, check_positive_float
+from .._checks import (
+    check_choice,
+    check_finite,
+    check_float_tensor,
+    check_positive_float,
+    check_positive_int,
+)
 from ..linops.base import LinearOperator, as_operator
 
 __all__ = ["ClosedFormDenoiser", "LowRankGaussianPrior"]
@@ -184,6 +190,7 @@ class LowRankGaussianPrior:
         Returns:
             ``(num, n)`` tensor.
         """
+        num = check_positive_int(num, "num")
         z = torch.randn(num, self.rank, generator=generator, dtype=torch.float64)
         w = torch.randn(num, self.dim, generator=generator, dtype=torch.float64)
         x = self.mean + (z.to(self.dtype) * self.variances.sqrt()) @ self.basis.T
@@ -314,8 +321,18 @@ class ClosedFormDenoiser:
 
         Returns:
             ``(b, n)``: the noise or clean-data prediction.
+
+        Raises:
+            ValueError: for time steps outside ``[0, T)``; as the prior's ``denoise``.
+            TypeError: for non-integer time steps.
         """
-        a = self.alphas_bar[torch.as_tensor(t, device=self.alphas_bar.device).long()]
+        steps = torch.as_tensor(t, device=self.alphas_bar.device)
+        if steps.is_floating_point() or steps.is_complex():
+            raise TypeError(f"t must hold integer time steps, got dtype {steps.dtype}")
+        T = self.alphas_bar.shape[0]
+        if steps.numel() and not bool(((steps >= 0) & (steps < T)).all()):
+            raise ValueError(f"time steps must be in [0, {T}), got {steps.tolist()}")
+        a = self.alphas_bar[steps.long()]
         x0 = self.prior.denoise(x, a)
         if self.prediction == "x0":
             return x0
