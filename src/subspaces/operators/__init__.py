@@ -7,21 +7,18 @@ on one grid evaluates on another without retraining (the FNO of Li et al., arXiv
 
 from .data import burgers, burgers_solve, darcy_coefficients, darcy_flow, darcy_solve
 from .fno import FNO, ChannelMLP, grid_embedding
+from .interop import load_neuralop_state_dict
 from .losses import H1Loss, LpLoss, central_gradient
 from .probe import SpectralProbe, effective_rank, probe_model, probe_spectral_conv
 from .spectral_conv import SpectralConv, kept_frequencies
 
 __all__ = [
-    # layers and models
     "FNO",
     "ChannelMLP",
-    # losses
     "H1Loss",
     "LpLoss",
     "SpectralConv",
-    # probes
     "SpectralProbe",
-    # data
     "burgers",
     "burgers_solve",
     "central_gradient",
@@ -31,6 +28,7 @@ __all__ = [
     "effective_rank",
     "grid_embedding",
     "kept_frequencies",
+    "load_neuralop_state_dict",
     "probe_model",
     "probe_spectral_conv",
 ]
