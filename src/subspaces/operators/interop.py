@@ -49,11 +49,7 @@ def load_neuralop_state_dict(model: FNO, state_dict: Mapping[str, Tensor]) -> FN
 
     Example:
         >>> ours = FNO((4, 4), 1, 1, 4, n_layers=1)
-        >>> theirs = {  # what neuralop.models.FNO((4, 4), 1, 1, 4, n_layers=1) holds
-        ...     _source_key(k): (torch.view_as_complex(v) if k.endswith("weight") and
-        ...                      k.startswith("convs") else v.flatten(1))
-        ...     for k, v in ours.state_dict().items()
-        ... }
+        >>> theirs = {_source_key(k): v for k, v in ours.state_dict().items()}  # renamed
         >>> x = torch.randn(1, 1, 8, 8)
         >>> twin = load_neuralop_state_dict(FNO((4, 4), 1, 1, 4, n_layers=1), theirs)
         >>> bool((twin(x) == ours(x)).all())
