@@ -53,8 +53,15 @@ class MultiBlockProblem(Protocol):
     respect to ``Y`` are per-block gradients.
     """
 
-    num_blocks: int
-    samples_per_block: int
+    @property
+    def num_blocks(self) -> int:
+        """``m``."""
+        ...
+
+    @property
+    def samples_per_block(self) -> int:
+        """Samples per block (the largest allowed ``B``)."""
+        ...
 
     def lower(self, x: Tensor, Y: Tensor, blocks: Tensor, samples: Tensor) -> Tensor:
         """Sum over blocks of ``g_i(x, y_i; samples_i)``."""
@@ -124,7 +131,9 @@ def _oracles(
         lo = problem.lower(xr, Yr, blocks, lo_samples)
         up = problem.upper(xr, Yr, blocks, up_samples)
         if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(up))):
-            raise ValueError(f"non-finite objective: lower={float(lo)}, upper={float(up)}")
+            raise ValueError(
+                f"non-finite objective: lower={float(lo.detach())}, upper={float(up.detach())}"
+            )
         gy, gx_lo = torch.autograd.grad(lo, (Yr, xr), create_graph=True, allow_unused=True)
         fx, fy = torch.autograd.grad(up, (xr, Yr), allow_unused=True)
         hs, js = torch.autograd.grad(gy, (Yr, xr), S, allow_unused=True)

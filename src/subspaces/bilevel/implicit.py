@@ -87,7 +87,7 @@ def implicit_hypergradient(
             if not isinstance(val, Tensor) or val.numel() != 1:
                 raise ValueError(f"{name} must return a scalar tensor")
             if not bool(torch.isfinite(val)):
-                raise ValueError(f"{name}(x, y) is non-finite ({float(val)})")
+                raise ValueError(f"{name}(x, y) is non-finite ({float(val.detach())})")
         Fx, Fy = torch.autograd.grad(upper, (xr, yr), allow_unused=True)
         Fx = torch.zeros_like(x) if Fx is None else Fx
         Fy = torch.zeros_like(y) if Fy is None else Fy
@@ -119,7 +119,7 @@ def aid_solve(
     outer_iters: int = 100,
     lr: float = 0.1,
     inner_steps: int = 10,
-    inner_lr: float = 0.1,
+    inner_lr: float | Callable[[Tensor], float] = 0.1,
     cg_iters: int = 20,
     cg_rtol: float = 1e-6,
     record_every: int = 1,
@@ -142,7 +142,8 @@ def aid_solve(
         outer_iters: outer iterations.
         lr: upper-level step size.
         inner_steps: lower-level gradient steps per outer iteration.
-        inner_lr: lower-level step size.
+        inner_lr: lower-level step size, or a function of ``x`` returning it (e.g. ``1 / L(x)``
+            with ``L(x)`` a bound on the Lipschitz constant of ``grad_y g(x, .)``).
         cg_iters: CG iteration limit per outer iteration.
         cg_rtol: CG relative tolerance.
         record_every: record every this many outer iterations (and at the end).
@@ -174,7 +175,8 @@ def aid_solve(
     cg_iters = check_positive_int(cg_iters, "cg_iters")
     record_every = check_positive_int(record_every, "record_every")
     lr = check_positive_float(lr, "lr")
-    inner_lr = check_positive_float(inner_lr, "inner_lr")
+    if not callable(inner_lr):
+        inner_lr = check_positive_float(inner_lr, "inner_lr")
     cg_rtol = check_positive_float(cg_rtol, "cg_rtol")
     X = upper_set if upper_set is not None else Reals()
     x = X.project(x)
@@ -191,12 +193,13 @@ def aid_solve(
     k = 0
     for k in range(1, outer_iters + 1):
         t0 = time.perf_counter()
+        step = check_positive_float(inner_lr(x) if callable(inner_lr) else inner_lr, "inner_lr")
         for _ in range(inner_steps):
             yr = y.clone().requires_grad_(True)
             with torch.enable_grad():
                 (gy,) = torch.autograd.grad(g(x, yr), yr)
             check_finite_step(gy, "grad_y g", k)
-            y = y - inner_lr * gy
+            y = y - step * gy
         h, solve = implicit_hypergradient(F, g, x, y, rtol=cg_rtol, max_iters=cg_iters, v0=v)
         v = solve.x
         check_finite_step(h, "hypergradient", k)

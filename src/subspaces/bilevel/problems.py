@@ -192,17 +192,21 @@ class MultiTaskRidge:
     """``m`` ridge-regression tasks sharing per-feature log-penalties ``x`` (``d`` of them).
 
     ``g_i(x, y) = mean_j (a_ij^T y - b_ij)^2 / 2 + sum_k exp(x_k) y_k^2 / 2`` on task ``i``'s
-    training samples; ``f_i(x, y) = mean_j (a'_ij^T y - b'_ij)^2 / 2`` on its validation samples.
+    training samples; ``f_i(x, y) = mean_j (a'_ij^T y - b'_ij)^2 / 2 + upper_reg ||x||^2 / 2`` on
+    its validation samples (the small penalty on ``x`` removes the flat region ``x -> inf`` where
+    every ``y_i* -> 0`` and the hypergradient vanishes without ``x`` being a minimizer).
 
     Attributes:
         A, b: training inputs ``(m, n, d)`` and targets ``(m, n)``.
         Av, bv: validation inputs and targets (same shapes).
+        upper_reg: weight of ``||x||^2 / 2`` in every ``f_i``.
     """
 
     A: Tensor
     b: Tensor
     Av: Tensor
     bv: Tensor
+    upper_reg: float = 0.0
 
     @classmethod
     def random(
@@ -212,6 +216,7 @@ class MultiTaskRidge:
         samples: int,
         *,
         noise: float = 0.5,
+        upper_reg: float = 0.0,
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float64,
     ) -> MultiTaskRidge:
@@ -222,6 +227,7 @@ class MultiTaskRidge:
             dim: ``d``.
             samples: training (and validation) samples per task.
             noise: target noise standard deviation (``> 0``).
+            upper_reg: weight of ``||x||^2 / 2`` in the upper level (``>= 0``).
             generator: randomness.
             dtype: floating dtype.
 
@@ -250,7 +256,7 @@ class MultiTaskRidge:
             return A.to(dtype), y.to(dtype)
 
         (A, b), (Av, bv) = draw(), draw()
-        return cls(A, b, Av, bv)
+        return cls(A, b, Av, bv, check_positive_float(upper_reg, "upper_reg", allow_zero=True))
 
     @property
     def num_blocks(self) -> int:
@@ -280,7 +286,8 @@ class MultiTaskRidge:
 
     def upper(self, x: Tensor, Y: Tensor, blocks: Tensor, samples: Tensor) -> Tensor:
         """Sum over the sampled blocks of ``f_i`` on the sampled validation rows."""
-        return self._mse(self.Av[blocks[:, None], samples], self.bv[blocks[:, None], samples], Y)
+        val = self._mse(self.Av[blocks[:, None], samples], self.bv[blocks[:, None], samples], Y)
+        return val + 0.5 * self.upper_reg * blocks.numel() * (x * x).sum()
 
     def _hessians(self, x: Tensor) -> Tensor:
         n = self.samples_per_block
@@ -298,7 +305,7 @@ class MultiTaskRidge:
         """Exact upper objective ``(1/m) sum_i f_i(x, y_i*(x))``."""
         Y = self.lower_solution(x)
         r = torch.einsum("mnd,md->mn", self.Av, Y) - self.bv
-        return float(0.5 * (r * r).mean())
+        return float(0.5 * (r * r).mean()) + 0.5 * self.upper_reg * float((x * x).sum())
 
     def hypergradient(self, x: Tensor) -> Tensor:
         """Exact ``dF/dx = -(1/m) sum_i exp(x) * y_i* * H_i^{-1} grad_y f_i`` (dense solves)."""
@@ -307,4 +314,4 @@ class MultiTaskRidge:
         r = torch.einsum("mnd,md->mn", self.Av, Y) - self.bv
         fy = torch.einsum("mnd,mn->md", self.Av, r) / self.samples_per_block
         v = torch.linalg.solve(self._hessians(x), fy)
-        return -(torch.exp(x) * Y * v).mean(0)
+        return -(torch.exp(x) * Y * v).mean(0) + self.upper_reg * x
