@@ -21,6 +21,7 @@ from subspaces.optim import (
     BatchSizeController,
     gradient_statistics,
     per_sample_gradients,
+    per_sample_moments,
     pool_moments,
     required_batch_size,
 )
@@ -76,6 +77,38 @@ def test_per_sample_gradients_match_a_loop() -> None:
     assert torch.allclose(G, torch.stack(_loop_gradients(model, x, y)), rtol=0, atol=TOL)
 
 
+def test_linear_path_equals_vmap_path() -> None:
+    model, (x, y) = _mlp(), _data()
+    model[0].bias.requires_grad_(False)  # a frozen bias is skipped by both paths
+    loss = nn.functional.cross_entropy
+    n1, mean1, m21, inner1 = per_sample_moments(model, loss, x, y, method="linear")
+    n2, mean2, m22, inner2 = per_sample_moments(model, loss, x, y, method="vmap")
+    v = torch.randn(mean1.numel(), dtype=F64, generator=torch.Generator().manual_seed(4))
+    assert n1 == n2 == 12 and mean1.shape == mean2.shape == (5 * 7 + 7 * 3 + 3,)
+    assert torch.allclose(mean1, mean2, rtol=0, atol=TOL)
+    assert torch.allclose(m21, m22, rtol=0, atol=TOL)
+    assert torch.allclose(inner1(v), inner2(v), rtol=0, atol=TOL)
+
+
+def test_models_outside_the_linear_path_fall_back_to_vmap() -> None:
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(6, 3)).to(F64)
+    x, y = torch.randn(6, 1, 5, dtype=F64), torch.randint(0, 3, (6,))
+    loss = nn.functional.cross_entropy
+    with pytest.raises(ValueError, match="method='linear' needs"):
+        per_sample_moments(conv, loss, x, y, method="linear")
+    n, _, m2, _ = per_sample_moments(conv, loss, x, y)
+    G = per_sample_gradients(conv, loss, x, y)
+    assert torch.allclose(m2 / (n - 1), G.var(0), rtol=0, atol=TOL)
+    seq = nn.Linear(4, 2).to(F64)  # called on (n, T, 4): per-sample gradients sum over T
+    xs, ys = torch.randn(5, 3, 4, dtype=F64), torch.randn(5, 3, 2, dtype=F64)
+    n, _, m2, _ = per_sample_moments(seq, nn.functional.mse_loss, xs, ys)
+    G = per_sample_gradients(seq, nn.functional.mse_loss, xs, ys)
+    assert torch.allclose(m2 / (n - 1), G.var(0), rtol=0, atol=TOL)
+    with pytest.raises(ValueError, match="method must be"):
+        per_sample_moments(seq, nn.functional.mse_loss, xs, ys, method="fast")  # type: ignore[arg-type]
+
+
 def test_frozen_parameters_are_left_out() -> None:
     model, (x, y) = _mlp(), _data()
     model[0].weight.requires_grad_(False)
@@ -116,7 +149,8 @@ def test_known_spread_and_degenerate_cases() -> None:
 
 
 def _linear_controller(**kw: object) -> BatchSizeController:
-    # loss = <w, x>: the per-sample gradient is x itself, so the gradients are set by the data
+    # loss = <w, x>: the per-sample gradient is x itself, so the gradients are set by the data;
+    # summed, not averaged: every test is invariant to scaling all gradients by the batch size
     model = nn.Linear(2, 1, bias=False).to(F64)
     kw = {"initial_batch_size": 4, "max_batch_size": 100, "eta": 0.5, "test_interval": 3, **kw}
     return BatchSizeController(model, lambda out, y: out.sum(), **kw)  # type: ignore[arg-type]

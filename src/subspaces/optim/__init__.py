@@ -10,14 +10,20 @@ Example:
     torch.Size([32, 4])
 """
 
-from ._batch_tests import GradientStatistics, gradient_statistics, pool_moments, required_batch_size
+from ._batch_tests import (
+    GradientStatistics,
+    gradient_statistics,
+    pool_moments,
+    required_batch_size,
+    statistics_from_moments,
+)
+from ._per_sample import per_sample_gradients, per_sample_moments
 from .adagrad_norm import AdaGradNorm, adagrad_norm
 from .adaptive_batch import (
     AdaptiveBatchSampler,
     BatchSizeController,
     BatchSizeRecord,
     all_reduce_moments,
-    per_sample_gradients,
 )
 from .groups import projected_param_groups
 from .layerwise import LayerwiseStepper
@@ -87,11 +93,13 @@ __all__ = [
     "pack_int4",
     "pack_int8",
     "per_sample_gradients",
+    "per_sample_moments",
     "pool_moments",
     "projected_param_groups",
     "quantize_int8",
     "quantize_linear_layers",
     "required_batch_size",
+    "statistics_from_moments",
     "stochastic_round",
     "tensor_bytes",
     "unpack_int4",

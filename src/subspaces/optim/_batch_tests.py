@@ -50,6 +50,7 @@ __all__ = [
     "gradient_statistics",
     "pool_moments",
     "required_batch_size",
+    "statistics_from_moments",
 ]
 
 TestName = Literal["norm", "inner_product", "orthogonality", "augmented", "coordinate"]
@@ -103,11 +104,6 @@ def pool_moments(
     return n, torch.as_tensor(mean), torch.as_tensor(m2)
 
 
-def _local(n: int, x: Tensor) -> tuple[int, Tensor, Tensor]:
-    mean = x.mean(0)
-    return n, mean, ((x - mean) ** 2).sum(0)
-
-
 @dataclass(frozen=True)
 class GradientStatistics:
     """Moments of the per-sample gradients that the tests need (after pooling across ranks).
@@ -117,8 +113,9 @@ class GradientStatistics:
         mean: the batch gradient ``g_B`` (flattened, ``(d,)``).
         variance: per-coordinate sample variance ``Var_i(g_ij)`` (``(d,)``, divisor ``n - 1``).
         inner_product_variance: ``Var_i(<g_i, g_B>)``.
-        orthogonality_variance: ``sum_j Var_i(g_i - <g_i, g_B> g_B / ||g_B||^2)_j`` (0 when
-            ``g_B = 0``).
+        orthogonality_variance: ``sum_j Var_i(g_i - <g_i, g_B> g_B / ||g_B||^2)_j``, computed as
+            ``sum_j Var_i(g_ij) - Var_i(<g_i, g_B>) / ||g_B||^2`` (the orthogonal projection of
+            the sample covariance; 0 when ``g_B = 0``).
     """
 
     count: int
@@ -159,27 +156,64 @@ def gradient_statistics(
         ([2.0, 1.0], [2.0, 2.0], 5.0)
     """
     G = check_float_tensor(per_sample, "per_sample", ndim=2)
-    check_finite(G, "per-sample gradients")
     if G.dtype in (torch.float16, torch.bfloat16):
         G = G.float()
+    mean = G.mean(0)
+    m2 = (G - mean).square_().sum(0)
+    return statistics_from_moments(G.shape[0], mean, m2, lambda v: G @ v, reducer=reducer)
+
+
+def statistics_from_moments(
+    count: int,
+    mean: Tensor,
+    m2: Tensor,
+    inner: Callable[[Tensor], Tensor],
+    *,
+    reducer: MomentReducer | None = None,
+) -> GradientStatistics:
+    """The test statistics from this process's per-sample gradient moments.
+
+    Args:
+        count: number of per-sample gradients here.
+        mean: their mean ``(d,)``.
+        m2: their per-coordinate sum of squared deviations ``(d,)``.
+        inner: ``inner(v)`` returns ``<g_i, v>`` for every local sample (``(count,)``).
+        reducer: pools ``(count, mean, M2)`` across processes (``None``: one process).
+
+    Returns:
+        The statistics, with ``g_B`` the pooled mean.
+
+    Raises:
+        ValueError: if fewer than 2 samples are pooled, or the moments hold NaN/Inf (a
+            non-finite per-sample gradient).
+
+    Example:
+        >>> import torch
+        >>> G = torch.tensor([[1.0, 0.0], [3.0, 2.0]], dtype=torch.float64)
+        >>> s = statistics_from_moments(2, G.mean(0), G.var(0), lambda v: G @ v)
+        >>> s.inner_product_variance  # <g_i, g_B> = 2, 8
+        18.0
+    """
     reduce: MomentReducer = reducer if reducer is not None else (lambda n, m, s: (n, m, s))
-    n, mean, m2 = reduce(*_local(G.shape[0], G))
+    n, mean, m2 = reduce(count, mean, m2)
     if n < 2:
         raise ValueError(f"the tests need at least 2 per-sample gradients, got {n}")
-    norm_sq = mean.square().sum()
-    inner = G @ mean  # <g_i, g_B> with the pooled g_B
-    _, _, ip_m2 = reduce(*_local(G.shape[0], inner))
-    if float(norm_sq) > 0.0:
-        ortho = G - torch.outer(inner / norm_sq, mean)
-        _, _, o_m2 = reduce(*_local(G.shape[0], ortho))
-        ortho_var = float(o_m2.sum()) / (n - 1)
-    else:
-        ortho_var = 0.0
+    # a NaN or Inf in any gradient makes the pooled mean or M2 non-finite (on every rank)
+    check_finite(m2, "per-sample gradient moments")
+    check_finite(mean, "per-sample gradient moments")
+    norm_sq = float(mean.square().sum())
+    s = inner(mean)  # <g_i, g_B> with the pooled g_B
+    _, _, ip_m2 = reduce(count, s.mean(0), (s - s.mean(0)).square().sum(0))
+    variance = m2 / (n - 1)
+    ip_var = float(ip_m2) / (n - 1)
+    # o_i = P g_i with P = I - g_B g_B^T / ||g_B||^2, so sum_j Var(o_j) = tr(P S P)
+    # = tr(S) - g_B^T S g_B / ||g_B||^2 for the sample covariance S (no n x d temporary)
+    ortho_var = max(float(variance.sum()) - ip_var / norm_sq, 0.0) if norm_sq > 0.0 else 0.0
     return GradientStatistics(
         count=n,
         mean=mean,
-        variance=m2 / (n - 1),
-        inner_product_variance=float(ip_m2) / (n - 1),
+        variance=variance,
+        inner_product_variance=ip_var,
         orthogonality_variance=ortho_var,
     )
 

@@ -1,9 +1,11 @@
 """Adaptive batch sizes (AdAdaGrad, P21): a controller for any optimizer and a batch sampler.
 
-Every ``test_interval`` steps :class:`BatchSizeController` computes per-sample gradients of the
-current batch's first ``max_test_samples`` samples (``torch.func.vmap`` over ``torch.func.grad``
-of a ``functional_call``, so the user's model is neither copied nor modified), runs one of the
-tests of :mod:`subspaces.optim._batch_tests` (norm, inner-product, orthogonality, augmented
+Every ``test_interval`` steps :class:`BatchSizeController` computes the moments of the
+per-sample gradients of the current batch's first ``max_test_samples`` samples (for models made
+of ``nn.Linear`` layers from the layers' inputs and output gradients, without forming the
+per-sample gradients; otherwise by ``torch.func.vmap`` over ``torch.func.grad`` of a
+``functional_call``; the user's model is neither copied nor modified), runs one of the tests of
+:mod:`subspaces.optim._batch_tests` (norm, inner-product, orthogonality, augmented
 inner-product, coordinate-wise) and grows the batch to ``max(b, ceil(required))``, capped at
 ``max_batch_size``; the batch never shrinks (the paper's schemes only increase it).
 :class:`AdaptiveBatchSampler` feeds a ``torch.utils.data.DataLoader(batch_sampler=...)`` with
@@ -29,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -40,76 +42,17 @@ from ._batch_tests import (
     TESTS,
     GradientStatistics,
     TestName,
-    gradient_statistics,
     required_batch_size,
+    statistics_from_moments,
 )
+from ._per_sample import per_sample_moments
 
 __all__ = [
     "AdaptiveBatchSampler",
     "BatchSizeController",
     "BatchSizeRecord",
     "all_reduce_moments",
-    "per_sample_gradients",
 ]
-
-
-def per_sample_gradients(
-    model: nn.Module,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-    inputs: Tensor,
-    targets: Tensor,
-) -> Tensor:
-    """Per-sample gradients of ``loss_fn(model(x_i), y_i)``, flattened, one row per sample.
-
-    Uses ``vmap(grad(...))`` over ``functional_call`` on detached views of the trainable
-    parameters (buffers and frozen parameters are passed as constants); each sample is a batch of
-    one, so ``loss_fn`` sees outputs of shape ``(1, ...)``. Rows follow
-    ``model.named_parameters()`` order (trainable ones only).
-
-    Args:
-        model: the model (its mode decides dropout / normalization behaviour).
-        loss_fn: ``loss_fn(outputs, targets) -> scalar``.
-        inputs: ``(n, ...)`` inputs.
-        targets: ``(n, ...)`` targets.
-
-    Returns:
-        ``(n, d)`` per-sample gradients, ``d`` the number of trainable parameters.
-
-    Raises:
-        ValueError: if the model has no trainable parameter, or ``inputs`` and ``targets`` hold
-            different numbers of samples or none.
-
-    Example:
-        >>> import torch
-        >>> lin = torch.nn.Linear(3, 1, bias=False)
-        >>> x, y = torch.randn(4, 3), torch.randn(4, 1)
-        >>> G = per_sample_gradients(lin, torch.nn.functional.mse_loss, x, y)
-        >>> r = (x @ lin.weight.detach().T - y)  # d/dw (w.x - y)^2 = 2 (w.x - y) x
-        >>> G.shape, torch.allclose(G, 2 * r * x, atol=1e-6)
-        (torch.Size([4, 3]), True)
-    """
-    trainable = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
-    if not trainable:
-        raise ValueError(f"model {type(model).__name__} has no trainable parameters")
-    if inputs.ndim == 0 or targets.ndim == 0 or inputs.shape[0] != targets.shape[0]:
-        raise ValueError(
-            f"inputs and targets must hold the same number of samples along dim 0, got shapes "
-            f"{tuple(inputs.shape)} and {tuple(targets.shape)}"
-        )
-    if inputs.shape[0] == 0:
-        raise ValueError("inputs hold no samples")
-    frozen = {k: v.detach() for k, v in model.named_parameters() if not v.requires_grad}
-    frozen.update({k: v.detach() for k, v in model.named_buffers()})
-
-    def loss_one(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        out = torch.func.functional_call(model, (params, frozen), (x.unsqueeze(0),))
-        return loss_fn(out, y.unsqueeze(0))
-
-    grads = torch.func.vmap(
-        torch.func.grad(loss_one), in_dims=(None, 0, 0), randomness="different"
-    )(trainable, inputs, targets)
-    n = inputs.shape[0]
-    return torch.cat([grads[k].reshape(n, -1) for k in trainable], dim=1)
 
 
 def all_reduce_moments(
@@ -187,6 +130,9 @@ class BatchSizeController:
         max_test_samples: per-sample gradients per test and rank (>= 2).
         distributed: pool the moments over ``torch.distributed`` ranks (batch sizes are global).
         process_group: the process group when ``distributed``.
+        method: how per-sample moments are computed (:func:`~subspaces.optim.per_sample_moments`):
+            ``"auto"`` uses the outer-product path for models made of ``nn.Linear`` layers
+            (no per-sample gradient matrix) and ``vmap`` otherwise.
 
     Raises:
         ValueError: for out-of-range sizes or accuracies, a cap below the starting batch, an
@@ -219,6 +165,7 @@ class BatchSizeController:
         max_test_samples: int = 64,
         distributed: bool = False,
         process_group: Any = None,
+        method: Literal["auto", "linear", "vmap"] = "auto",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -242,6 +189,9 @@ class BatchSizeController:
         self.test_interval = check_positive_int(test_interval, "test_interval")
         self.max_test_samples = check_positive_int(max_test_samples, "max_test_samples", minimum=2)
         self.distributed, self.process_group = bool(distributed), process_group
+        self.method: Literal["auto", "linear", "vmap"] = check_choice(  # type: ignore[assignment]
+            method, "method", ("auto", "linear", "vmap")
+        )
         self.batch_size = initial_batch_size
         self.steps = 0
         self.history: list[BatchSizeRecord] = []
@@ -263,8 +213,10 @@ class BatchSizeController:
             ``(required batch size, pooled number of test samples)``.
         """
         m = min(self.max_test_samples, int(inputs.shape[0]))
-        G = per_sample_gradients(self.model, self.loss_fn, inputs[:m], targets[:m])
-        stats = gradient_statistics(G, reducer=self._reducer())
+        n, mean, m2, inner = per_sample_moments(
+            self.model, self.loss_fn, inputs[:m], targets[:m], method=self.method
+        )
+        stats = statistics_from_moments(n, mean, m2, inner, reducer=self._reducer())
         self.last_statistics = stats
         req = required_batch_size(stats, self.test, eta=self.eta, theta=self.theta, nu=self.nu)
         return req, stats.count
