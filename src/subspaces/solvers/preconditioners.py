@@ -183,12 +183,24 @@ class IncompleteCholesky(LinearOperator):
                 )
             data[pi] = math.sqrt(piv)
         self.L = sp.csr_matrix((data, indices.copy(), indptr.copy()), shape=(n, n))
-        self._LT = self.L.T.tocsr()
+        # The triangular solves run in SuperLU's compiled code: the LU factorisation of the
+        # triangular L itself, with the natural ordering and no pivoting, is L (no fill-in),
+        # so lu.solve(b) solves L y = b and trans="T" solves L^T z = y. Checked, not assumed.
+        from scipy.sparse.linalg import splu
+
+        self._lu = splu(
+            self.L.tocsc(),
+            permc_spec="NATURAL",
+            diag_pivot_thresh=0.0,
+            options={"SymmetricMode": True},
+        )
+        identity = np.arange(n)
+        if not (
+            np.array_equal(self._lu.perm_r, identity) and np.array_equal(self._lu.perm_c, identity)
+        ):  # pragma: no cover - SuperLU pivoted despite the options
+            raise RuntimeError("SuperLU permuted the triangular factor; cannot apply IC(0)")
 
     def _matmat(self, X: Tensor) -> Tensor:
-        from scipy.sparse.linalg import spsolve_triangular
-
         B = X.detach().cpu().double().numpy()
-        Y = spsolve_triangular(self.L, B, lower=True)
-        Z = spsolve_triangular(self._LT, Y, lower=False)
+        Z = self._lu.solve(self._lu.solve(B), trans="T")
         return torch.as_tensor(np.asarray(Z), dtype=self.dtype, device=X.device)
