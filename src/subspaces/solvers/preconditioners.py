@@ -109,8 +109,9 @@ class IncompleteCholesky(LinearOperator):
 
     ``L`` is lower triangular with the sparsity pattern of the lower triangle of ``A`` and
     ``(L L^T)_{ij} = A_{ij}`` on that pattern. Applying ``M`` is one forward and one backward
-    sparse triangular solve (compiled, via scipy's SuperLU). The factorisation exists for symmetric M-matrices (such as
-    the Poisson and diffusion operators of :mod:`~subspaces.solvers.grids`); for a general SPD
+    sparse triangular solve (compiled, via scipy's SuperLU). The factorisation exists for
+    symmetric M-matrices (such as the Poisson and diffusion operators of
+    :mod:`~subspaces.solvers.grids`); for a general SPD
     matrix it may break down (a non-positive pivot), which raises unless a diagonal ``shift``
     (``A + shift * diag(A)``, Manteuffel 1980) makes it succeed.
 
