@@ -6,11 +6,13 @@ Usage::
     subspaces reproduce --list
     subspaces reproduce ID... [--fast] [--seed N] [--out DIR] [--quiet]
     subspaces reproduce --all [--fast] [--seed N] [--out DIR] [--quiet]
+                      [--workers N] [--backend process|ray] [--resume]
     subspaces demo [--n N] [--seed S]
     subspaces analyze [--model M:F] [--data M:F] [--lr LR] [--epochs E] ... [--out DIR]
                       [--resume | --force]
     subspaces compare RUN1 RUN2 [RUN...] --out DIR
     subspaces merge RECIPE --out FILE.safetensors [--quiet]
+    subspaces nas build-bench [--space cell|macro] [--out FILE] [--workers N] [--backend local|ray]
 
 Exit status: 0 on success (every reproduction passed), 1 if a reproduction failed its criterion,
 2 on an error (bad arguments, unknown id, an exception inside an experiment), 130 when
@@ -27,7 +29,6 @@ import argparse
 import datetime as _dt
 import os
 import platform
-import random
 import shutil
 import sys
 import time
@@ -151,6 +152,26 @@ def _configure_reproduce(p: argparse.ArgumentParser) -> None:
         help="torch intra-op threads per reproduction: 'auto' (default: one; they are small CPU "
         "experiments, and timings stay stable under load) or a count",
     )
+    p.add_argument(
+        "--workers",
+        type=_int_at_least(1),
+        default=1,
+        metavar="N",
+        help="run N reproductions at once on local processes (default 1: one after the other)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("process", "ray"),
+        default="process",
+        help="where parallel reproductions run: local processes (default) or Ray (pip install "
+        "ray; RAY_ADDRESS picks the cluster; one Ray task per reproduction)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the finished records (same --fast and --seed) already in --out; run only "
+        "the missing ones and those that ended in an error",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output on stderr")
 
 
@@ -226,89 +247,48 @@ def _key_numbers(measured: dict[str, Any], limit: int = 5) -> str:
     return ", ".join(parts)
 
 
-def _run_one(
-    experiment: Experiment, args: argparse.Namespace, out: Path, versions: dict[str, str]
-) -> dict[str, Any]:
-    """Run one experiment and write ``out/ID.json`` and its figures.
+def _print_verdict(record: dict[str, Any], brief: str | None, reused: bool) -> None:
+    """Print a reproduction's one-line verdict (and a short traceback for an error)."""
+    from .experiments.registry import format_interval
+
+    seconds = format_seconds(float(record.get("seconds") or 0.0))
+    when = f"{seconds}, resumed" if reused else seconds
+    if record.get("status") == "error":
+        error = str(record.get("error") or "").strip().splitlines()
+        print(f"ERROR {record['id']}  [{when}]  {error[-1] if error else ''}", flush=True)
+        if brief:
+            _err(brief)
+        return
+    verdict = "PASS" if record.get("passed") else "FAIL"
+    measured = record.get("measured") or {}
+    detail = record.get("summary") or _key_numbers(measured)
+    intervals = [format_interval(key, measured[key]) for key in record.get("headline") or []]
+    if intervals:
+        detail = f"{detail}  | " + "; ".join(intervals)
+    print(f"{verdict}  {record['id']}  [{when}]  {detail}", flush=True)
+
+
+def _row(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: record.get(k) for k in ("id", "title", "status", "passed", "seconds", "summary")}
+
+
+def _run_one(experiment: Experiment, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Run one experiment in this process and write ``out/ID.json`` and its figures.
 
     An exception inside the experiment is reported (a brief traceback on stderr, the full one in
     the JSON) and turned into an ``error`` record, so the other experiments still run.
 
     Returns:
         The experiment's row of ``summary.json``.
-
-    Raises:
-        TypeError: (caught here) when ``run`` does not return an ``ExperimentResult``.
     """
-    import numpy as np
-    import torch
+    from .experiments.gallery import run_record, write_record
 
-    from ._io import atomic_write_bytes, to_jsonable, write_json
-    from .experiments.registry import ExperimentResult, format_interval
-
-    record: dict[str, Any] = {
-        "id": experiment.id,
-        "title": experiment.title,
-        "paper": experiment.paper,
-        "claim": experiment.claim,
-        "criterion": experiment.criterion,
-        "slow": experiment.slow,
-        "seed": args.seed,
-        "fast": args.fast,
-        "date": _now(),
-        **versions,
-    }
-    random.seed(args.seed)
-    np.random.seed(args.seed)  # noqa: NPY002 (legacy global state, for experiments that use it)
-    torch.manual_seed(args.seed)
-    start = time.perf_counter()
-    try:
-        with Heartbeat(f"{experiment.id} running", quiet=args.quiet):
-            result = experiment.run(args.fast, args.seed)
-        seconds = time.perf_counter() - start
-        if not isinstance(result, ExperimentResult):
-            raise TypeError(
-                f"{experiment.id}'s run returned {type(result).__name__}, expected ExperimentResult"
-            )
-        measured = to_jsonable(result.measured)
-        figures = []
-        for name, data in sorted(result.figures.items()):
-            atomic_write_bytes(out / f"{experiment.id}_{name}.png", data)
-            figures.append(f"{experiment.id}_{name}.png")
-        record.update(
-            measured=measured,
-            passed=result.passed,
-            status="passed" if result.passed else "failed",
-            summary=result.summary,
-            figures=figures,
-            error=None,
-            seconds=seconds,
-        )
-        verdict = "PASS" if result.passed else "FAIL"
-        detail = result.summary or _key_numbers(measured)
-        intervals = [format_interval(key, measured[key]) for key in result.headline]
-        record["headline"] = list(result.headline)
-        if intervals:
-            detail = f"{detail}  | " + "; ".join(intervals)
-        print(f"{verdict}  {experiment.id}  [{format_seconds(seconds)}]  {detail}", flush=True)
-    except Exception as error:
-        seconds = time.perf_counter() - start
-        record.update(
-            measured={},
-            passed=False,
-            status="error",
-            summary="",
-            figures=[],
-            error="".join(traceback.format_exception(type(error), error, error.__traceback__)),
-            seconds=seconds,
-        )
-        print(
-            f"ERROR {experiment.id}  [{format_seconds(seconds)}]  {type(error).__name__}: {error}",
-            flush=True,
-        )
-        _err(_brief_traceback(error))
-    write_json(out / f"{experiment.id}.json", record)
-    return {k: record[k] for k in ("id", "title", "status", "passed", "seconds", "summary")}
+    threads = 1 if args.threads == "auto" else args.threads
+    with Heartbeat(f"{experiment.id} running", quiet=args.quiet):
+        record, figures, brief = run_record(experiment.id, args.fast, args.seed, threads)
+    write_record(out, record, figures)
+    _print_verdict(record, brief, reused=False)
+    return _row(record)
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -340,16 +320,42 @@ def _reproduce(args: argparse.Namespace) -> int:
                 "summary": f"import failed: {error}",
             }
         )
-    for i, experiment in enumerate(experiments, 1):
+    setting = "fast" if args.fast else "full"
+    if args.workers > 1 or args.backend == "ray":
+        from .experiments.gallery import run_gallery
+
         if not args.quiet:
-            setting = "fast" if args.fast else "full"
+            where = "Ray" if args.backend == "ray" else f"{args.workers} local processes"
+            _err(f"{len(experiments)} reproductions ({setting}, seed {args.seed}) on {where}")
+        try:
+            records = run_gallery(
+                [e.id for e in experiments],
+                out,
+                fast=args.fast,
+                seed=args.seed,
+                backend=args.backend,
+                workers=args.workers,
+                threads=1 if args.threads == "auto" else args.threads,
+                resume=args.resume,
+                on_done=_print_verdict,
+            )
+        except ImportError as error:
+            raise CommandError(str(error)) from None
+        rows.extend(_row(r) for r in records)
+        experiments = []  # all done
+    for i, experiment in enumerate(experiments, 1):
+        from .experiments.gallery import finished_record
+
+        old = finished_record(out, experiment.id, args.fast, args.seed) if args.resume else None
+        if old is not None:
+            _print_verdict(old, None, reused=True)
+            rows.append(_row(old))
+            continue
+        if not args.quiet:
             position = f"[{i}/{len(experiments)}]"
             _err(f"{position} {experiment.id} {experiment.title} ({setting}, seed {args.seed})")
         # The reproductions are small CPU experiments: "auto" means one thread.
-        from ._threads import intra_op_threads
-
-        with intra_op_threads(1 if args.threads == "auto" else args.threads):
-            rows.append(_run_one(experiment, args, out, versions))
+        rows.append(_run_one(experiment, args, out))
     seconds = time.perf_counter() - start
     counts = {s: sum(r["status"] == s for r in rows) for s in ("passed", "failed", "error")}
     status = EXIT_ERROR if counts["error"] else EXIT_FAILED if counts["failed"] else EXIT_OK
@@ -656,6 +662,55 @@ def _merge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ----- nas ----------------------------------------------------------------------------------------
+def _configure_nas(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="nas_command", metavar="ACTION", required=True)
+    build = sub.add_parser(
+        "build-bench",
+        help="train every architecture of a space standalone into a tabular benchmark (resumable)",
+    )
+    build.add_argument("--space", choices=("cell", "macro"), default="cell")
+    build.add_argument(
+        "--out", metavar="FILE", help="benchmark file (default: <space>_bench.json here)"
+    )
+    build.add_argument("--workers", type=_int_at_least(1), default=1, metavar="N")
+    build.add_argument("--backend", choices=("local", "ray"), default="local")
+    build.add_argument("--no-resume", action="store_true", help="ignore FILE.partial")
+    build.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+
+
+def _nas(args: argparse.Namespace) -> int:
+    from .nas.bench import build_benchmark
+    from .nas.space import CellSpace, MacroSpace
+
+    space = CellSpace() if args.space == "cell" else MacroSpace()
+    out = args.out or f"{args.space}_bench.json"
+    start = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        if not args.quiet:
+            print(f"\r{done}/{total} architectures", end="", file=sys.stderr, flush=True)
+
+    try:
+        bench = build_benchmark(
+            space,
+            out,
+            workers=args.workers,
+            backend=args.backend,
+            resume=not args.no_resume,
+            progress=progress,
+        )
+    except (ValueError, ImportError) as error:
+        raise CommandError(str(error)) from None
+    except OSError as error:
+        raise CommandError(f"cannot write --out {out!r}: {error}") from None
+    if not args.quiet:
+        print(file=sys.stderr)
+    elapsed = format_seconds(time.perf_counter() - start)
+    print(f"{len(bench)} architectures in {elapsed}: {out} (sha256 {bench.content_hash[:12]})")
+    return EXIT_OK
+
+
 COMMANDS: list[Command] = [
     Command(
         "reproduce",
@@ -686,6 +741,12 @@ COMMANDS: list[Command] = [
         "merge models by a JSON/YAML recipe (TA, TIES, DARE, breadcrumbs, SLERP) into .safetensors",
         _configure_merge,
         _merge,
+    ),
+    Command(
+        "nas",
+        "neural architecture search tools: 'nas build-bench' builds a tabular benchmark",
+        _configure_nas,
+        _nas,
     ),
 ]
 
