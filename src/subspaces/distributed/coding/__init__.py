@@ -14,9 +14,10 @@ and the rounds in which the master had to wait for every worker.
 from .gradient_code import decoding_vector, gradient_code
 from .schemes import GradientCodingScheme, MultiplexedSGC, Scheme, SelectiveRepeatSGC
 from .simulate import SimulationResult, simulate
-from .stragglers import GilbertElliott, IIDStragglers, StragglerModel, TraceStragglers
+from .stragglers import BurstyWindow, GilbertElliott, IIDStragglers, StragglerModel, TraceStragglers
 
 __all__ = [
+    "BurstyWindow",
     "GilbertElliott",
     "GradientCodingScheme",
     "IIDStragglers",

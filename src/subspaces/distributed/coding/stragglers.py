@@ -9,6 +9,10 @@ times: ``latency + load * n * unit * slowdown`` for a worker with normalized loa
 - :class:`GilbertElliott`: each worker is a two-state Markov chain (good, bad) started in its
   stationary distribution, so stragglers come in bursts of mean length ``1 / p_bad_to_good``
   (the bursty stragglers of the paper's experiments on AWS Lambda).
+- :class:`BurstyWindow`: random patterns inside the paper's ``(B, W, lambda)``-bursty model
+  (every window of ``W`` rounds has at most ``lambda`` distinct stragglers, and a worker's
+  straggling rounds in a window span at most ``B`` rounds), the model SR-SGC and M-SGC are
+  designed for.
 - :class:`TraceStragglers`: replay of a recorded ``(n, rounds)`` array (e.g. measured times of
   workers per unit of work).
 
@@ -22,7 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GilbertElliott", "IIDStragglers", "StragglerModel", "TraceStragglers"]
+__all__ = [
+    "BurstyWindow",
+    "GilbertElliott",
+    "IIDStragglers",
+    "StragglerModel",
+    "TraceStragglers",
+]
 
 
 def _check_prob(value: float, name: str) -> float:
@@ -147,6 +157,59 @@ class GilbertElliott(StragglerModel):
         for r in range(rounds):
             bad[:, r] = state
             state = np.where(state, u[:, r] >= self.p_bad_to_good, u[:, r] < self.p_good_to_bad)
+        return bad
+
+
+@dataclass(frozen=True)
+class BurstyWindow(StragglerModel):
+    """Random straggler patterns inside the ``(B, W, lambda)``-bursty model.
+
+    Round by round, every worker that may straggle without leaving the model (it did not
+    straggle in rounds ``r - W + 1 .. r - B``, and it is already among the window's stragglers
+    or the window has fewer than ``lam`` distinct ones) straggles with probability ``p``; new
+    stragglers beyond the budget ``lam`` are dropped at random. Krishnan, Ebrahimi & Khisti,
+    "Sequential Gradient Coding For Straggler Mitigation", ICLR 2023, arXiv:2211.13802.
+
+    Attributes:
+        B: longest burst (``>= 1``).
+        W: window (``>= B``).
+        lam: most distinct stragglers per window (``>= 0``).
+        p: probability that an eligible worker straggles in a round.
+
+    Example:
+        >>> S = BurstyWindow(B=2, W=5, lam=2, p=0.5, jitter=0.0).sample(8, 40, seed=0) > 1
+        >>> all(int(S[:, r : r + 5].any(axis=1).sum()) <= 2 for r in range(36))
+        True
+    """
+
+    B: int = 1
+    W: int = 2
+    lam: int = 1
+    p: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for value, name, low in ((self.B, "B", 1), (self.W, "W", self.B), (self.lam, "lam", 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        _check_prob(self.p, "p")
+
+    def straggling(self, n: int, rounds: int, rng: np.random.Generator) -> np.ndarray:
+        """Patterns built round by round inside the model.
+
+        Returns:
+            Boolean ``(n, rounds)``.
+        """
+        bad = np.zeros((n, rounds), dtype=bool)
+        for r in range(rounds):
+            lo = max(0, r - self.W + 1)
+            seen = bad[:, lo:r].any(axis=1)
+            old = bad[:, lo : max(lo, r - self.B + 1)].any(axis=1)
+            want = ~old & (rng.random(n) < self.p)
+            new = np.flatnonzero(want & ~seen)
+            rng.shuffle(new)
+            want[new[max(0, self.lam - int(seen.sum())) :]] = False
+            bad[:, r] = want
         return bad
 
 
