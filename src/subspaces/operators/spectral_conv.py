@@ -241,11 +241,9 @@ class SpectralConv(nn.Module):
         spec = "z," + ",".join(terms) + "->" + letters[:n]
         return torch.einsum(spec, c(self.cp_weights), *(c(f) for f in self.factors))
 
-    def _indices(self, sizes: Sequence[int], device: torch.device) -> tuple[Tensor, ...]:
-        """Broadcastable index tensors of the kept frequencies in an ``rfftn`` output."""
-        idx = []
+    def _check_grid(self, sizes: Sequence[int]) -> None:
+        """Raise if a grid dimension cannot hold the kept frequencies below its Nyquist limit."""
         for i, (freqs, n) in enumerate(zip(self.frequencies, sizes, strict=True)):
-            last = i == self.ndim - 1
             highest = max(abs(f) for f in freqs)
             if 2 * highest >= n:
                 raise ValueError(
@@ -253,8 +251,37 @@ class SpectralConv(nn.Module):
                     f"{self.n_modes[i]} (frequencies up to |k| = {highest} need at least "
                     f"{2 * highest + 1} points); use a finer grid or fewer modes"
                 )
-            idx.append(torch.tensor(freqs if last else [f % n for f in freqs], device=device))
-        return tuple(torch.meshgrid(*idx, indexing="ij"))
+
+    def _gather(self, xf: Tensor) -> Tensor:
+        """The kept coefficients of an ``rfftn`` output, in weight order (slices, no indexing)."""
+        for i, freqs in enumerate(self.frequencies):
+            dim = 2 + i
+            if i == self.ndim - 1:
+                xf = xf.narrow(dim, 0, len(freqs))
+            else:
+                neg = sum(f < 0 for f in freqs)
+                n = xf.shape[dim]
+                xf = torch.cat(
+                    [xf.narrow(dim, n - neg, neg), xf.narrow(dim, 0, len(freqs) - neg)], dim
+                )
+        return xf
+
+    def _scatter(self, coef: Tensor, grid: Sequence[int]) -> Tensor:
+        """Place kept coefficients (weight order) into a zero half spectrum of ``grid``."""
+        for i, freqs in enumerate(self.frequencies):
+            dim = 2 + i
+            m = len(freqs)
+            size = grid[i] // 2 + 1 if i == self.ndim - 1 else grid[i]
+            shape = list(coef.shape)
+            shape[dim] = size - m
+            zeros = coef.new_zeros(shape)
+            if i == self.ndim - 1:
+                coef = torch.cat([coef, zeros], dim)
+            else:
+                neg = sum(f < 0 for f in freqs)
+                parts = [coef.narrow(dim, neg, m - neg), zeros, coef.narrow(dim, 0, neg)]
+                coef = torch.cat(parts, dim)
+        return coef
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the layer.
@@ -278,17 +305,14 @@ class SpectralConv(nn.Module):
             )
         check_finite(x, "x")
         grid = tuple(x.shape[2:])
-        index = self._indices(grid, x.device)
+        self._check_grid(grid)
         dims = tuple(range(2, x.ndim))
         weight = self.dense_weight()
         xf = torch.fft.rfftn(x.to(weight.real.dtype), dim=dims, norm="forward")
-        where = (slice(None), slice(None), *index)
-        picked = xf[where]  # (batch, in, *kept)
+        picked = self._gather(xf)  # (batch, in, *kept)
         letters = "defghijklm"[: self.ndim]
         mixed = torch.einsum(f"bi{letters},io{letters}->bo{letters}", picked, weight)
-        out_f = xf.new_zeros((x.shape[0], self.out_channels, *grid[:-1], grid[-1] // 2 + 1))
-        out_f[where] = mixed
-        y = torch.fft.irfftn(out_f, s=grid, dim=dims, norm="forward")
+        y = torch.fft.irfftn(self._scatter(mixed, grid), s=grid, dim=dims, norm="forward")
         if self.bias is not None:
             y = y + self.bias
         return y.to(x.dtype)
