@@ -134,14 +134,13 @@ def _oracles(
             raise ValueError(
                 f"non-finite objective: lower={float(lo.detach())}, upper={float(up.detach())}"
             )
-        gy, gx_lo = torch.autograd.grad(lo, (Yr, xr), create_graph=True, allow_unused=True)
+        (gy,) = torch.autograd.grad(lo, Yr, create_graph=True)
         fx, fy = torch.autograd.grad(up, (xr, Yr), allow_unused=True)
         hs, js = torch.autograd.grad(gy, (Yr, xr), S, allow_unused=True)
     fx = torch.zeros_like(x) if fx is None else fx
     fy = torch.zeros_like(Y) if fy is None else fy
     hs = torch.zeros_like(Y) if hs is None else hs
     js = torch.zeros_like(x) if js is None else js
-    del gx_lo
     return gy.detach(), (hs - fy).detach(), (fx - js).detach()
 
 

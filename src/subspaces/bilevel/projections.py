@@ -319,6 +319,7 @@ class Polyhedron(ConvexSet):
             )
         self.L = L
         self.last_kkt_residual = 0.0
+        self._step: float | None = None  # 1 / ||Q||, computed on the first polish
 
     def project(self, v: Tensor) -> Tensor:
         """Project ``v`` onto the polyhedron (see the class docstring)."""
@@ -355,11 +356,12 @@ class Polyhedron(ConvexSet):
         if res <= tol:
             self.last_kkt_residual = res
             return mu
-        if not hasattr(self, "_step"):
+        if self._step is None:
             self._step = 1.0 / float(torch.linalg.eigvalsh(self.Q)[-1])
+        step = self._step
         prev, w, t = mu, mu, 1.0
         for it in range(max_iters):
-            new = (w - self._step * (self.Q @ w - c)).clamp_min(0)
+            new = (w - step * (self.Q @ w - c)).clamp_min(0)
             t_new = 0.5 * (1.0 + (1.0 + 4.0 * t * t) ** 0.5)
             if float((new - prev) @ (w - new)) > 0:  # gradient restart
                 t_new, w = 1.0, new

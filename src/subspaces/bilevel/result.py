@@ -20,8 +20,9 @@ class History:
         upper: upper-level objective ``F(x, y)`` at the record (or the user's ``evaluate``).
         violation: largest lower-level constraint violation ``max(g(x, y))^+`` (0 when there are
             no constraints).
-        grad_norm: norm of the upper-level search direction (LV-HBA: ``||d_x||``; hypergradient
-            methods: the estimated hypergradient's norm).
+        grad_norm: LV-HBA: the norm of the upper-level direction ``||d_x||``; AID: the norm of
+            its hypergradient; BSVRB: the second value of ``evaluate`` (e.g. the exact
+            hypergradient norm), or the norm of its hypergradient estimate without ``evaluate``.
     """
 
     iteration: list[int] = field(default_factory=list)
