@@ -198,9 +198,11 @@ def statistics_from_moments(
     n, mean, m2 = reduce(count, mean, m2)
     if n < 2:
         raise ValueError(f"the tests need at least 2 per-sample gradients, got {n}")
-    # a NaN or Inf in any gradient makes the pooled mean or M2 non-finite (on every rank)
-    check_finite(m2, "per-sample gradient moments")
-    check_finite(mean, "per-sample gradient moments")
+    # a NaN or Inf in any gradient makes the pooled mean or M2, hence this sum, non-finite
+    if not math.isfinite(float(m2.sum(dtype=torch.float64) + mean.sum(dtype=torch.float64))):
+        check_finite(m2, "per-sample gradient moments (M2)")
+        check_finite(mean, "per-sample gradient moments (mean)")
+        raise ValueError("per-sample gradient moments overflow float64")
     norm_sq = float(mean.square().sum())
     s = inner(mean)  # <g_i, g_B> with the pooled g_B
     _, _, ip_m2 = reduce(count, s.mean(0), (s - s.mean(0)).square().sum(0))
