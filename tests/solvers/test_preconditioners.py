@@ -73,9 +73,9 @@ def test_preconditioners_cut_cg_iterations_on_poisson():
     jac = cg(A, b, M=jacobi(A), rtol=1e-8)
     ic = cg(A, b, M=IncompleteCholesky(A), rtol=1e-8)
     assert plain.converged and jac.converged and ic.converged
-    # Constant diagonal away from obstacles: Jacobi is nearly a scaling and saves little;
-    # IC(0) roughly halves the iterations on the 5-point Laplacian (cond O(h^-2) either way).
-    assert jac.iterations <= plain.iterations
+    # k = 1 with Dirichlet obstacles: every diagonal entry is 4 / h^2, so Jacobi is a scaling
+    # and CG's iterates are unchanged (up to rounding); IC(0) cuts them about threefold.
+    assert abs(jac.iterations - plain.iterations) <= 1  # equal in exact arithmetic
     assert ic.iterations <= 0.65 * plain.iterations
     for res in (plain, jac, ic):
         assert float((b - A @ res.x).norm()) <= 1e-8 * float(b.norm())
