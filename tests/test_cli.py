@@ -273,3 +273,38 @@ def test_headline_must_name_a_seed_summary():
         ExperimentResult({"x": 1.0}, passed=True, headline=("x",))
     with pytest.raises(ValueError, match="headline key 'missing'"):
         ExperimentResult({"x": 1.0}, passed=True, headline="missing")
+
+
+_RUNS: list[int] = []
+
+
+def _counted(fast: bool, seed: int) -> ExperimentResult:
+    _RUNS.append(seed)
+    return ExperimentResult({"seed": seed}, passed=True, summary="counted")
+
+
+def test_reproduce_resume_keeps_finished_records(tmp_path, capsys):
+    _RUNS.clear()
+    with temporarily_registered("X86", _counted):
+        assert main(["reproduce", "X86", "--quiet", "--out", str(tmp_path), "--seed", "4"]) == 0
+        assert (
+            main(["reproduce", "X86", "--quiet", "--out", str(tmp_path), "--seed", "4", "--resume"])
+            == 0
+        )
+        assert _RUNS == [4]  # the second run reused the record
+        assert (
+            main(["reproduce", "X86", "--quiet", "--out", str(tmp_path), "--seed", "5", "--resume"])
+            == 0
+        )
+        assert _RUNS == [4, 5]  # another seed is another setting
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("PASS  X86")]
+    assert len(lines) == 3 and ", resumed]" in lines[1] and ", resumed]" not in lines[2]
+    assert _read(tmp_path / "summary.json")["counts"]["passed"] == 1
+
+
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("ray") is not None, reason="Ray is installed"
+)
+def test_reproduce_ray_backend_without_ray_is_one_clear_line(tmp_path, capsys):
+    assert main(["reproduce", "C01", "--fast", "--backend", "ray", "--out", str(tmp_path)]) == 2
+    assert "pip install ray" in capsys.readouterr().err

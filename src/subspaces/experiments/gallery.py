@@ -25,6 +25,7 @@ import concurrent.futures as cf
 import datetime as _dt
 import json
 import multiprocessing
+import platform
 import random
 import time
 import traceback
@@ -134,6 +135,7 @@ def run_record(
         "date": _now(),
         "subspaces_version": __version__,
         "torch_version": str(torch.__version__),
+        "python_version": platform.python_version(),
     }
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 (legacy global state, for experiments that use it)
