@@ -73,3 +73,17 @@ def test_bad_folders_raise(tmp_path: Path) -> None:
     (tmp_path / "X01.json").write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(ValueError, match="not an experiment record"):
         load_records(tmp_path)
+
+
+def test_several_folders_later_wins(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fast, full = tmp_path / "fast", tmp_path / "full"
+    fast.mkdir()
+    full.mkdir()
+    _write(fast, {"id": "P08", "title": "t", "status": "failed", "fast": True, "seed": 0})
+    _write(fast, {"id": "C01", "title": "c", "status": "passed", "fast": True, "seed": 0})
+    _write(full, {"id": "P08", "title": "t", "status": "passed", "fast": False, "seed": 0})
+    assert main([str(fast), str(full)]) == 0
+    page = capsys.readouterr().out
+    assert "| P08 | t | PASS | - | - | full, seed 0 |" in page
+    assert "| C01 | c | PASS | - | - | fast, seed 0 |" in page and "2 PASS, 0 FAIL" in page
+    assert main([]) == 2

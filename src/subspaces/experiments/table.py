@@ -34,7 +34,7 @@ from typing import Any
 from .._progress import format_seconds
 from .registry import format_interval
 
-__all__ = ["load_records", "main", "markdown_page", "markdown_table"]
+__all__ = ["load_records", "main", "markdown_page", "markdown_table", "merge_records"]
 
 _VERDICTS = {"passed": "PASS", "failed": "FAIL", "error": "ERROR"}
 _HEADER = (
@@ -155,11 +155,57 @@ def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def markdown_page(folder: str | Path) -> str:
-    """The whole ``docs/reproductions.md`` page for an output folder.
+def _run_line(folder: Path, count: int) -> str:
+    summary_file = folder / "summary.json"
+    if not summary_file.is_file():
+        return ""
+    try:
+        summary = json.loads(summary_file.read_text(encoding="utf-8"))
+        return (
+            f"Run of {summary.get('date', '?')}: {count} experiments in "
+            f"{format_seconds(float(summary.get('seconds', 0.0)))}"
+            f" (subspaces {summary.get('subspaces_version', '?')}, "
+            f"torch {summary.get('torch_version', '?')}).\n\n"
+        )
+    except (json.JSONDecodeError, TypeError, ValueError):
+        return ""
+
+
+def merge_records(folders: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """The records of several output folders; a later folder's record of an id wins.
 
     Args:
-        folder: the ``--out`` folder of ``subspaces reproduce``.
+        folders: ``--out`` folders of ``subspaces reproduce``, oldest first (e.g. a fast gallery,
+            then folders of full runs).
+
+    Returns:
+        One record per id, sorted by id.
+
+    Raises:
+        ValueError: as :func:`load_records`, for any folder.
+
+    Example:
+        >>> import json, tempfile
+        >>> fast, full = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp())
+        >>> for folder, setting in ((fast, True), (full, False)):
+        ...     _ = (folder / "P08.json").write_text(json.dumps({"id": "P08", "fast": setting}))
+        >>> _ = (fast / "C01.json").write_text(json.dumps({"id": "C01", "fast": True}))
+        >>> [(r["id"], r["fast"]) for r in merge_records([fast, full])]
+        [('C01', True), ('P08', False)]
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    for folder in folders:
+        for record in load_records(folder):
+            merged[str(record["id"])] = record
+    return [merged[k] for k in sorted(merged)]
+
+
+def markdown_page(folder: str | Path | Sequence[str | Path]) -> str:
+    """The whole ``docs/reproductions.md`` page for one or several output folders.
+
+    Args:
+        folder: the ``--out`` folder of ``subspaces reproduce``, or several (a later folder's
+            record of an id wins, see :func:`merge_records`).
 
     Returns:
         The page: a title, how it was made, the table, and the totals.
@@ -173,20 +219,15 @@ def markdown_page(folder: str | Path) -> str:
         >>> page.splitlines()[0], "| P08 | Hessian outliers | PASS |" in page
         ('# Reproductions', True)
     """
-    records = load_records(folder)
-    summary_file = Path(folder) / "summary.json"
-    total = ""
-    if summary_file.is_file():
-        try:
-            summary = json.loads(summary_file.read_text(encoding="utf-8"))
-            total = (
-                f"Run of {summary.get('date', '?')}: {len(records)} experiments in "
-                f"{format_seconds(float(summary.get('seconds', 0.0)))}"
-                f" (subspaces {summary.get('subspaces_version', '?')}, "
-                f"torch {summary.get('torch_version', '?')}).\n\n"
-            )
-        except (json.JSONDecodeError, TypeError, ValueError):
-            total = ""
+    folders = [Path(folder)] if isinstance(folder, (str, Path)) else [Path(f) for f in folder]
+    records = merge_records(folders)
+    if len(folders) == 1:
+        total = _run_line(folders[0], len(records))
+    else:
+        total = (
+            f"Records of {len(folders)} runs (for an id present in several, the last one listed "
+            "in the command wins): see each row's setting.\n\n"
+        )
     counts = {v: sum(_verdict(r) == v for r in records) for v in ("PASS", "FAIL", "ERROR")}
     return (
         "# Reproductions\n\n"
@@ -206,7 +247,7 @@ def markdown_page(folder: str | Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m subspaces.experiments.table FOLDER``: print the page for FOLDER.
+    """``python -m subspaces.experiments.table FOLDER [FOLDER ...]``: print the page.
 
     Args:
         argv: the arguments (default ``sys.argv[1:]``).
@@ -215,15 +256,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status: 0, or 2 for a usage error (with a message on stderr).
     """
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1 or args[0] in ("-h", "--help"):
+    if not args or args[0] in ("-h", "--help"):
         print(
-            "usage: python -m subspaces.experiments.table FOLDER\n"
-            "print docs/reproductions.md for a 'subspaces reproduce --out FOLDER' folder",
+            "usage: python -m subspaces.experiments.table FOLDER [FOLDER ...]\n"
+            "print docs/reproductions.md for 'subspaces reproduce --out FOLDER' folders (a later "
+            "folder's record of an id wins)",
             file=sys.stderr,
         )
         return 0 if args and args[0] in ("-h", "--help") else 2
     try:
-        sys.stdout.write(markdown_page(args[0]))
+        sys.stdout.write(markdown_page(args if len(args) > 1 else args[0]))
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
