@@ -13,7 +13,7 @@ and the rounds in which the master had to wait for every worker.
 
 from .gradient_code import decoding_vector, gradient_code
 from .schemes import GradientCodingScheme, MultiplexedSGC, Scheme, SelectiveRepeatSGC
-from .simulate import SimulationResult, simulate
+from .simulate import SimulationResult, mu_rule, simulate
 from .stragglers import BurstyWindow, GilbertElliott, IIDStragglers, StragglerModel, TraceStragglers
 
 __all__ = [
@@ -29,5 +29,6 @@ __all__ = [
     "TraceStragglers",
     "decoding_vector",
     "gradient_code",
+    "mu_rule",
     "simulate",
 ]

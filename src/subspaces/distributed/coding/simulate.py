@@ -17,7 +17,7 @@ import numpy as np
 
 from .schemes import Scheme
 
-__all__ = ["SimulationResult", "simulate"]
+__all__ = ["SimulationResult", "mu_rule", "simulate"]
 
 
 @dataclass
@@ -45,6 +45,37 @@ class SimulationResult:
     waits: int
     round_times: np.ndarray = field(repr=False)
     stragglers: np.ndarray = field(repr=False)
+
+
+def mu_rule(scheme: Scheme, r: int, times: np.ndarray, mu: float) -> tuple[np.ndarray, float, bool]:
+    """The master's decision in round ``r``: whom to wait for, how long, and whether it waited.
+
+    Args:
+        scheme: the scheme (its :meth:`~subspaces.distributed.coding.Scheme.tolerates` decides).
+        r: the round.
+        times: ``(n,)`` finishing times of the workers in the round.
+        mu: patience: workers slower than ``(1 + mu)`` times the fastest busy one straggle.
+
+    Returns:
+        ``(received, duration, waited)``: boolean ``(n,)`` of the results used, the round's
+        duration, and whether stragglers outside the tolerated patterns made the master wait
+        for everyone.
+
+    Example:
+        >>> from subspaces.distributed.coding import GradientCodingScheme
+        >>> gc = GradientCodingScheme(3, 1, jobs=1)
+        >>> got, t, waited = mu_rule(gc, 0, np.array([1.0, 1.0, 5.0]), 1.0)
+        >>> got.tolist(), t, waited
+        ([True, True, False], 2.0, False)
+    """
+    busy = np.array([bool(t) for t in scheme.assignment(r)])
+    if not busy.any():
+        return np.ones(scheme.n, dtype=bool), 0.0, False
+    deadline = float(times[busy].min()) * (1.0 + mu)
+    straggler = busy & (times > deadline)
+    if straggler.any() and scheme.tolerates(r, straggler):
+        return ~straggler, min(deadline, float(times[busy].max())), False
+    return np.ones(scheme.n, dtype=bool), float(times[busy].max()), bool(straggler.any())
 
 
 def simulate(
@@ -96,20 +127,9 @@ def simulate(
     left_out = np.zeros((scheme.n, rounds), dtype=bool)
     waits = 0
     for r in range(rounds):
-        busy = np.array([bool(t) for t in scheme.assignment(r)])
-        if not busy.any():
-            scheme.record(r, np.ones(scheme.n, dtype=bool))
-            continue
         times = latency + scheme.load * scheme.n * unit * S[:, r]
-        deadline = float(times[busy].min()) * (1.0 + mu)
-        straggler = busy & (times > deadline)
-        if straggler.any() and scheme.tolerates(r, straggler):
-            durations[r] = min(deadline, float(times[busy].max()))
-            received = ~straggler
-        else:
-            waits += int(straggler.any())
-            durations[r] = float(times[busy].max())
-            received = np.ones(scheme.n, dtype=bool)
+        received, durations[r], waited = mu_rule(scheme, r, times, mu)
+        waits += int(waited)
         scheme.record(r, received)
         left_out[:, r] = ~received
         job = r - scheme.T
