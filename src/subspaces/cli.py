@@ -32,7 +32,6 @@ import platform
 import shutil
 import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,17 +222,6 @@ def _select(args: argparse.Namespace) -> list[Experiment]:
         except KeyError as error:
             raise CommandError(str(error)) from None
     return selected
-
-
-def _brief_traceback(error: BaseException, frames: int = 3) -> str:
-    te = traceback.TracebackException.from_exception(error)
-    lines = ["Traceback (last frames):"]
-    for frame in list(te.stack)[-frames:]:
-        lines.append(f"  {frame.filename}:{frame.lineno} in {frame.name}")
-        if frame.line:
-            lines.append(f"    {frame.line.strip()}")
-    lines.append("".join(te.format_exception_only()).strip())
-    return "\n".join(lines)
 
 
 def _key_numbers(measured: dict[str, Any], limit: int = 5) -> str:
