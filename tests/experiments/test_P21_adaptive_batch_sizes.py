@@ -59,4 +59,5 @@ def test_p21_fast_run() -> None:
     for opt in ("adagrad_norm", "adagrad"):
         assert len(m[opt]["final_batch"]) == 3
         assert set(m["checks"]) >= {f"{opt}_batch_grows", f"{opt}_fewer_steps_than_small"}
+    assert m["adagrad_log_adaptive_last_loss_over_target"]["n"] == 3
     assert "adaptive_batch" in result.figures

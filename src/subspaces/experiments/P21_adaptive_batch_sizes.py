@@ -324,7 +324,17 @@ def run(fast: bool, seed: int) -> ExperimentResult:
                 "target": [r["target"] for r in res],
                 "final_batch": [r["final_batch"] for r in res],
                 "test_gradients": [r["test_gradients"] for r in res],
+                # where each run stopped: at the target, or out of budget above it
+                "adaptive_last_loss": [r["adaptive"]["trace"].losses[-1] for r in res],
+                "adaptive_last_samples": [r["adaptive"]["trace"].samples[-1] for r in res],
+                "adaptive_steps_run": [len(r["adaptive"]["trace"].losses) for r in res],
             }
+            key = f"{opt}_log_adaptive_last_loss_over_target"
+            measured[key] = paired_summary(
+                [math.log(v) for v in block["adaptive_last_loss"]],
+                [math.log(r["target"]) for r in res],
+            )
+            headline.append(key)
             if reached:
                 log_steps = [math.log(r["small"]["steps"]) for r in res]
                 log_adapt = [math.log(r["adaptive"]["steps"]) for r in res]
