@@ -172,6 +172,15 @@ def test_controller_rule_on_gradients_of_known_variance() -> None:
     assert ctrl.history[0].required == pytest.approx(18.0) and ctrl.history[0].test_samples == 2
 
 
+def test_one_sample_batch_postpones_the_test() -> None:
+    ctrl = _linear_controller()  # tests at steps 0, 3, 6, ...
+    mu, s = torch.tensor([1.0, 0.0], dtype=F64), torch.tensor([0.0, 1.5], dtype=F64)
+    assert ctrl.observe(mu[None], torch.zeros(1, 1, dtype=F64)) == 4 and ctrl.history == []
+    assert ctrl.state_dict()["pending"] is True
+    assert ctrl.observe(torch.stack([mu + s, mu - s]), torch.zeros(2, 1, dtype=F64)) == 18
+    assert [(r.step, r.batch_size) for r in ctrl.history] == [(1, 18)] and not ctrl.pending
+
+
 def test_controller_uses_at_most_max_test_samples() -> None:
     ctrl = _linear_controller(max_test_samples=3, test_interval=1)
     x = torch.tensor([[1.0, 1.0], [1.0, -1.0], [1.0, 1.0], [100.0, 100.0]], dtype=F64)
@@ -296,7 +305,7 @@ def test_non_finite_gradients_and_bad_batches() -> None:
     with pytest.raises(ValueError, match="non-finite"):
         ctrl.observe(bad, torch.zeros(2, 1, dtype=F64))
     with pytest.raises(ValueError, match="at least 2"):
-        ctrl.observe(torch.ones(1, 2, dtype=F64), torch.zeros(1, 1, dtype=F64))
+        ctrl.required(torch.ones(1, 2, dtype=F64), torch.zeros(1, 1, dtype=F64))
     with pytest.raises(ValueError, match="same number of samples"):
         per_sample_gradients(ctrl.model, ctrl.loss_fn, torch.ones(3, 2), torch.ones(2, 1))
     with pytest.raises(ValueError, match="test must be one of"):

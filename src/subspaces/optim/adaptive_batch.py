@@ -195,6 +195,7 @@ class BatchSizeController:
         self.batch_size = initial_batch_size
         self.steps = 0
         self.history: list[BatchSizeRecord] = []
+        self.pending = False  # a test postponed from a one-sample batch
         self.last_statistics: GradientStatistics | None = None
 
     def _reducer(self) -> Any:
@@ -224,6 +225,9 @@ class BatchSizeController:
     def observe(self, inputs: Tensor, targets: Tensor) -> int:
         """Count one optimizer step; at a test step, test and grow the batch size.
 
+        A test step whose batch holds a single sample (an epoch's last, truncated batch; on one
+        process) cannot estimate a variance: the test moves to the next step.
+
         Args:
             inputs: the batch used for this step (its first samples feed the test).
             targets: its targets.
@@ -231,7 +235,12 @@ class BatchSizeController:
         Returns:
             The batch size for the next step.
         """
-        if self.steps % self.test_interval == 0:
+        if self.pending or self.steps % self.test_interval == 0:
+            if not self.distributed and int(inputs.shape[0]) < 2:
+                self.pending = True
+                self.steps += 1
+                return self.batch_size
+            self.pending = False
             req, used = self.required(inputs, targets)
             if req > self.batch_size:
                 grown = self.max_batch_size if math.isinf(req) else math.ceil(req)
@@ -250,10 +259,11 @@ class BatchSizeController:
         return math.ceil(self.batch_size / dist.get_world_size(self.process_group))
 
     def state_dict(self) -> dict[str, Any]:
-        """Batch size, step count and the test history (ints and floats only)."""
+        """Batch size, step count, a postponed test and the history (ints, floats, a bool)."""
         return {
             "batch_size": self.batch_size,
             "steps": self.steps,
+            "pending": self.pending,
             "history": [[r.step, r.batch_size, r.required, r.test_samples] for r in self.history],
         }
 
@@ -266,6 +276,7 @@ class BatchSizeController:
                 f"{self.max_batch_size}]"
             )
         self.batch_size, self.steps = size, int(state["steps"])
+        self.pending = bool(state.get("pending", False))
         self.history = [
             BatchSizeRecord(int(s), int(b), float(r), int(m)) for s, b, r, m in state["history"]
         ]
