@@ -166,6 +166,48 @@ def test_cg_errors():
         cg(bad, b)
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("precondition", [False, True])
+def test_single_vector_path_equals_block_path(monkeypatch, dtype, precondition):
+    # One right-hand side runs a vector version of the block recurrence (in-place updates on
+    # vectors) with the same floating-point operations: bit for bit the block path's result.
+    import subspaces.linalg.solvers as solvers
+
+    n = 150
+    d = torch.logspace(0, 3 if dtype == F64 else 2, n, dtype=F64)  # kappa 1e3 / 1e2
+    A = matrix_with_spectrum(d, generator=gen(20)).to(dtype)
+    b = randn(n, seed=21, dtype=dtype)
+    M = Diagonal(1 / A.diagonal()) if precondition else None
+    rtol = 1e-10 if dtype == F64 else 1e-4  # above eps * kappa, so no stagnation
+    fast = cg(A, b, M=M, rtol=rtol)
+    monkeypatch.setattr(solvers, "_cg_cycle_vector", solvers._cg_cycle)
+    block = cg(A, b, M=M, rtol=rtol)
+    assert fast.converged and block.converged
+    assert (fast.iterations, fast.num_matvecs, fast.status) == (
+        block.iterations,
+        block.num_matvecs,
+        block.status,
+    )
+    assert torch.equal(fast.x, block.x) and torch.equal(fast.residual_norm, block.residual_norm)
+    # the certified residual is the recomputed one
+    true = float((b.double() - A.double() @ fast.x.double()).norm())
+    assert float(fast.residual_norm) <= rtol * float(b.norm())
+    assert true <= 2 * rtol * float(b.double().norm())
+
+
+def test_cg_reports_an_overflowed_curvature(monkeypatch):
+    # A p finite but p^T A p = inf: a clear error on both paths, not a NaN iterate.
+    import subspaces.linalg.solvers as solvers
+
+    A = 1e10 * torch.eye(4, dtype=F64)
+    for b in (torch.full((4,), 1e149, dtype=F64), torch.full((4, 2), 1e149, dtype=F64)):
+        with pytest.raises(ValueError, match="overflowed at CG iteration 1"):
+            cg(A, b)
+    monkeypatch.setattr(solvers, "_cg_cycle_vector", solvers._cg_cycle)
+    with pytest.raises(ValueError, match="overflowed at CG iteration 1"):
+        cg(A, torch.full((4,), 1e149, dtype=F64))
+
+
 def test_minres_indefinite():
     n = 150
     lam = torch.cat(

@@ -125,6 +125,44 @@ def test_cg_iteration_counts_match_scipy(n):
         assert abs(pr.iterations - ref) <= 1, (pr.iterations, ref)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_compiled_product_equals_the_stencil_bit_for_bit(dtype):
+    # The CPU fast path (scipy's CSR kernel, rows in the stencil's order) must round exactly like
+    # the matrix-free stencil: solver iterates, and so iteration counts, do not depend on it.
+    g = torch.Generator().manual_seed(3)
+    k = (0.1 + torch.rand(13, 17, generator=g, dtype=F64)).to(dtype)
+    A = GridDiffusion((13, 17), obstacle=random_obstacles((13, 17), 3, generator=g), coefficient=k)
+    X = torch.randn(A.n, 3, generator=g, dtype=F64).to(dtype)
+    for V in (X[:, :1], X, X.T.contiguous().T, X[:, 1:2]):  # one column, a block, strided
+        stencil = A.from_grid(A._stencil(A.to_grid(V)))
+        fast = A.matmat(V)
+        assert A._csr is not None and fast.dtype == dtype
+        assert torch.equal(fast, stencil)
+    # with autograd the stencil runs (differentiable): d/dX <g, A X> = A g (A symmetric)
+    Xg = X.clone().requires_grad_()
+    G = torch.randn(A.n, 3, generator=g, dtype=F64).to(dtype)
+    (A.matmat(Xg) * G).sum().backward()
+    D = A.to_dense().double()
+    ref = D @ G.double()
+    # the backward pass sums the stencil's terms in another order: rounding bounded entrywise
+    # by a few eps times |A| |G| (5 terms)
+    bound = 8 * torch.finfo(dtype).eps * (D.abs() @ G.double().abs())
+    assert Xg.grad is not None and bool(((Xg.grad.double() - ref).abs() <= bound).all())
+
+
+@pytest.mark.parametrize("n", [16, 40])
+def test_cg_iteration_counts_equal_scipy_on_the_benchmark_problem(n):
+    # benchmarks/solvers_poisson.py's problem (disk obstacle, Gaussian b): same counts as scipy
+    A = poisson_2d(n, obstacle=disk_mask((n, n), (0.5, 0.5), 0.2))
+    b = torch.randn(A.n, generator=torch.Generator().manual_seed(0), dtype=F64)
+    for rtol in (1e-6, 1e-8):
+        ours = cg(A, b, rtol=rtol)
+        assert ours.converged and ours.iterations == _scipy_iterations(A, b.numpy(), rtol)
+        true = float((b - A @ ours.x).norm())
+        assert true == pytest.approx(float(ours.residual_norm), rel=1e-12)
+        assert true <= rtol * float(b.norm())
+
+
 def test_masks():
     assert int(box_mask((5, 6), 0, 2, 1, 4).sum()) == 6
     m16 = disk_mask((15, 15), (0.5, 0.5), 0.25)

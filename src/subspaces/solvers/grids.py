@@ -29,6 +29,11 @@ from ..linops.base import LinearOperator
 
 __all__ = ["GridDiffusion", "box_mask", "disk_mask", "poisson_2d", "random_obstacles"]
 
+try:  # scipy's compiled CSR kernel (what ``csr_matrix @ vector`` calls); the public path if absent
+    from scipy.sparse._sparsetools import csr_matvec as _csr_matvec
+except ImportError:  # pragma: no cover - depends on scipy's private layout
+    _csr_matvec = None
+
 
 def _check_grid_shape(shape: Any) -> tuple[int, int]:
     if not isinstance(shape, (tuple, list)) or len(shape) != 2:
@@ -121,6 +126,7 @@ class GridDiffusion(LinearOperator):
         self._kx = torch.cat([k[:, :1], inner_x, k[:, -1:]], dim=1) / self.hx**2  # (ny, nx+1)
         self._ky = torch.cat([k[:1, :], inner_y, k[-1:, :]], dim=0) / self.hy**2  # (ny+1, nx)
         self._diag_grid = self._kx[:, 1:] + self._kx[:, :-1] + self._ky[1:, :] + self._ky[:-1, :]
+        self._csr: Any = None  # built on the first product that can use it
 
     # ----- grid <-> vector ---------------------------------------------------------------------
     def to_grid(self, x: Tensor) -> Tensor:
@@ -175,8 +181,77 @@ class GridDiffusion(LinearOperator):
         return out - self._ky[1:, :] * P[:, 2:, 1:-1] - self._ky[:-1, :] * P[:, :-2, 1:-1]
 
     def _matmat(self, X: Tensor) -> Tensor:
+        if self._fast_path_applies(X):
+            return self._matmat_csr(X)
         # to_grid leaves obstacles at 0 and from_grid reads fluid nodes only: no masking needed.
         return self.from_grid(self._stencil(self.to_grid(X)))
+
+    def _fast_path_applies(self, X: Tensor) -> bool:
+        """Whether the compiled sparse product may replace the stencil (same bits, no graph)."""
+        return (
+            X.device.type == "cpu"
+            and X.dtype in (torch.float32, torch.float64)
+            and not (
+                torch.is_grad_enabled() and (X.requires_grad or self.coefficient.requires_grad)
+            )
+        )
+
+    def _matmat_csr(self, X: Tensor) -> Tensor:
+        """The product by scipy's compiled CSR kernel, bit for bit the stencil's result.
+
+        Row ``c`` stores its entries in the stencil's order: the diagonal, then the east, west,
+        south and north neighbours with negated face coefficients. The kernel accumulates
+        ``0 + d u_c + (-k_e) u_e + ...`` left to right, which rounds exactly like the stencil's
+        ``d u_c - k_e u_e - ...`` (negation and adding to 0 are exact; neither uses fused
+        multiply-adds), so both paths return identical tensors (checked in the tests). It avoids
+        the scatter to the grid, the padding and the gather back (one pass instead of ~12).
+
+        Returns:
+            ``A @ X``, ``(n, b)``, in ``X``'s dtype.
+        """
+        if self._csr is None:
+            self._csr = self._stencil_ordered_csr()
+        S = self._csr
+        x = X.detach().resolve_neg().numpy()
+        if X.shape[1] == 1 and _csr_matvec is not None:
+            # The kernel behind ``S @ x``, called directly: scipy's dispatch costs as much as
+            # the product itself at these sizes.
+            out = np.zeros(self.n, dtype=x.dtype)
+            _csr_matvec(self.n, self.n, S.indptr, S.indices, S.data, x[:, 0], out)
+            return torch.from_numpy(out).unsqueeze(1)
+        return torch.from_numpy(S @ x)
+
+    def _stencil_ordered_csr(self) -> Any:
+        """CSR matrix of the operator with each row's entries in the stencil's order.
+
+        Returns:
+            ``scipy.sparse.csr_matrix`` in the operator's dtype (unsorted indices).
+        """
+        import scipy.sparse as sp
+
+        ny, nx = self.grid_shape
+        n = self.n
+        number = torch.full((ny + 2, nx + 2), n, dtype=torch.long)
+        number[1:-1, 1:-1].masked_scatter_(self.fluid.cpu(), torch.arange(n))
+        neighbours = [
+            number[1:-1, 2:],  # east
+            number[1:-1, :-2],  # west
+            number[2:, 1:-1],  # south (row i + 1)
+            number[:-2, 1:-1],  # north (row i - 1)
+        ]
+        weights = [self._kx[:, 1:], self._kx[:, :-1], self._ky[1:, :], self._ky[:-1, :]]
+        fluid = self.fluid.cpu()
+        cols = torch.stack([torch.arange(n)] + [nb[fluid] for nb in neighbours], dim=1)
+        vals = torch.stack(
+            [self._diag_grid.detach().cpu()[fluid]] + [-w.detach().cpu()[fluid] for w in weights],
+            dim=1,
+        )
+        keep = cols < n  # neighbours on the walls or in obstacles hold u = 0: no entry
+        indptr = torch.zeros(n + 1, dtype=torch.long)
+        indptr[1:] = torch.cumsum(keep.sum(dim=1), 0)
+        csr = sp.csr_matrix((vals[keep].numpy(), cols[keep].numpy(), indptr.numpy()), shape=(n, n))
+        csr.has_sorted_indices = False  # rows keep the stencil's order, never sort them
+        return csr
 
     def diagonal(self) -> Tensor:
         """The diagonal of the matrix, ``(n,)``."""
