@@ -42,9 +42,11 @@ def test_shipped_benchmark_loads_and_regenerates(kind: str) -> None:
         assert fresh["accuracy_per_seed"] == shipped["accuracy_per_seed"], arch
         assert fresh["params"] == shipped["params"]
     acc = bench.accuracies()
-    # The spread over architectures exceeds the noise of a 3-seed mean (the ranking has signal).
-    assert acc.min() >= 0.1 and acc.max() <= 1.0
-    assert acc.std() > bench.noise() / len(bench.config.seeds) ** 0.5 > 0
+    # Cells with no path to the output predict one class (about 1/10 of the test digits).
+    assert acc.min() >= 0.05 and acc.max() <= 1.0 and acc.max() > 0.95
+    if len(bench.config.seeds) > 1:
+        # The spread over architectures exceeds the noise of a multi-seed mean (signal).
+        assert acc.std() > bench.noise() / len(bench.config.seeds) ** 0.5 > 0
 
 
 def test_hash_matches_a_regenerated_small_space(tmp_path: Path) -> None:
