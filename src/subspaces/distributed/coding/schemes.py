@@ -384,17 +384,18 @@ class MultiplexedSGC(Scheme):
         Returns:
             Whether the job decodes.
         """
-        got = self._received_tasks(job)
-        for i in range(self.n):
-            if {t[2] for _, w, t in got if w == i and t[1] == "d1"} != set(range(self.d1)):
-                return False
+        chunks: set[tuple[int, int]] = set()  # (worker, D1 chunk)
+        groups: dict[int, set[int]] = {g: set() for g in range(self.B)}  # D2 group -> workers
+        for _, w, t in self._received_tasks(job):
+            if t[1] == "d1":
+                chunks.add((w, t[2]))
+            else:
+                groups[t[2]].add(w)
+        if len(chunks) != self.n * self.d1:
+            return False
         if self.d2_fraction == 0.0:
             return True
-        for g in range(self.B):
-            workers = {w for _, w, t in got if t[1] == "d2" and t[2] == g}
-            if len(workers) < self.n - self.s2:
-                return False
-        return True
+        return all(len(workers) >= self.n - self.s2 for workers in groups.values())
 
     def num_parts(self) -> int:
         """``n (W - 1)`` chunks of ``D1`` and ``B n`` parts of ``D2``.
