@@ -13,6 +13,7 @@ from subspaces.experiments.P05_grassmann_classes import (
     MAIN_K,
     Net,
     probe_accuracy,
+    symmetric_clusters,
     train_net,
     within_class_share,
 )
@@ -52,6 +53,19 @@ def test_net_heads_and_training_keep_bases_orthonormal() -> None:
     assert orthonormality_error(gcr.head.weight) < 1e-5
 
 
+def test_symmetric_clusters_hide_classes_from_a_linear_probe() -> None:
+    Xs, ys, Xt, yt = symmetric_clusters(3, n_source=6, n_target=4, per_class=40)
+    assert Xs.shape == (240, 64) and Xt.shape == (160, 64)
+    assert torch.equal(ys.bincount(), torch.full((6,), 40)) and int(yt.max()) == 3
+    torch.testing.assert_close(Xs.mean(0), torch.zeros(64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(Xs.std(0), torch.ones(64), atol=1e-5, rtol=0)
+    again = symmetric_clusters(3, n_source=6, n_target=4, per_class=40)
+    assert all(torch.equal(a, b) for a, b in zip((Xs, ys, Xt, yt), again, strict=True))
+    # antipodal clusters (class means ~0): a linear probe on raw inputs stays near chance 0.25
+    assert probe_accuracy(Xt, yt, seed=0) < 0.5
+
+
+@pytest.mark.slow
 def test_p05_fast_run() -> None:
     result = get("P05").run(True, 0)
     m = result.measured
@@ -70,5 +84,21 @@ def test_p05_fast_run() -> None:
     assert m["checks"]["accuracy"] == (
         m["mean_test_accuracy"][f"gcr_k{MAIN_K}"] >= m["mean_test_accuracy"]["softmax"]
     )
+    t = m["transfer_probe_accuracy"]
+    assert t["raw"]["n"] == t["softmax"]["n"] == t[f"gcr_k{MAIN_K}"]["n"] == 3
+    assert m["checks"]["transfer"] == (m["transfer_gcr_minus_softmax"]["ci95"][0] > 0)
+    assert m["checks"]["raw_probe_below_both_heads"] == all(
+        r < min(a, b)
+        for r, a, b in zip(
+            t["raw"]["per_seed"],
+            t["softmax"]["per_seed"],
+            t[f"gcr_k{MAIN_K}"]["per_seed"],
+            strict=True,
+        )
+    )
     assert result.passed == all(m["checks"].values())
+    assert result.headline == ("transfer_gcr_minus_softmax",)
+    assert m["old_criterion"]["checks"]["transfer"] == (
+        m["mean_probe_accuracy"][f"gcr_k{MAIN_K}"] > m["mean_probe_accuracy"]["softmax"]
+    )
     assert result.figures["gcr"].startswith(b"\x89PNG")
