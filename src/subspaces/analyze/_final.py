@@ -63,6 +63,10 @@ class _PhaseProgress:
         self.progress.close()
 
 
+def _quiet(message: str) -> None:
+    """Drop ``message`` (the log of ranks other than 0)."""
+
+
 @dataclass
 class _Final:
     top: Any
@@ -88,6 +92,8 @@ def _final_spectrum(
     what: str,
     dtype: torch.dtype | None = None,
     trace_budget: int = 600,
+    distributed: bool = False,
+    show: bool = True,
 ) -> _Final:
     """Top eigenpairs, trace and SLQ density of the Hessian on ``data`` (summed over its batches).
 
@@ -95,11 +101,18 @@ def _final_spectrum(
     the progress in products while it runs (:class:`_PhaseProgress`: an ETA from the products
     done and the time they took).
 
+    With ``distributed``, ``data`` is this rank's shard and every product is summed over the
+    ranks (the same results on every rank); ``quiet`` must then be the same on every rank (it
+    decides whether the cost is measured, one product), and ``show=False`` hides the output of
+    ranks other than 0.
+
     Returns:
         The results and the seconds they took.
     """
     t0 = time.perf_counter()
-    H = _CountedHessian(model, loss_fn, data, mode_policy="eval", dtype=dtype)
+    H = _CountedHessian(
+        model, loss_fn, data, mode_policy="eval", dtype=dtype, distributed=distributed
+    )
     k_final = min(final_k, H.shape[0])
     steps = min(density_steps, H.shape[0])
     parts = [
@@ -110,14 +123,14 @@ def _final_spectrum(
     if not quiet:
         per = _measure_product_seconds(H, torch.Generator().manual_seed(0))
         batches = H.num_batches or 1
-        log(
+        (log if show else _quiet)(
             _cost_line(
                 f"final spectrum on {what} ({batches} batch{'es' if batches > 1 else ''})",
                 parts,
                 per,
             )
         )
-    progress = _PhaseProgress(parts, "final spectrum (products)", quiet)
+    progress = _PhaseProgress(parts, "final spectrum (products)", quiet or not show)
     H.on_products = progress.products
     progress.begin(parts[0][0])
     top = top_eigen(H, k_final, rtol=1e-4, generator=generator)

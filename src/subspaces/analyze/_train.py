@@ -29,6 +29,15 @@ from ._checkpoint import (
 )
 from ._config import DTYPES, AnalyzeConfig, _resolve_device
 from ._costs import _log_tracking_cost, _TrainingEta
+from ._ddp import (
+    DEFAULT_TIMEOUT_S,
+    _check_shards,
+    _ddp_step,
+    _dist_context,
+    _DistContext,
+    _local_batch,
+    _wrap_ddp,
+)
 from ._final import _final_spectrum
 from ._outdir import _check_out_dir, _make_out_dir, _previous_run_files
 from ._summary import (
@@ -70,6 +79,15 @@ def _evaluate(
     return float(loss_sum) / max(entries, 1), acc
 
 
+def _silent(message: str) -> None:
+    """The log of ranks other than 0 under torchrun."""
+
+
+def _reraise(error: Exception | None) -> None:
+    if error is not None:
+        raise error
+
+
 def _make_optimizer(config: AnalyzeConfig, model: nn.Module) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
@@ -100,6 +118,8 @@ def run_analyze(
     quiet: bool = False,
     log: Callable[[str], None] = print,
     threads: int | str | None = "auto",
+    distributed: bool | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> dict[str, Any]:
     """Train, track curvature, analyze the final spectrum, and write the report.
 
@@ -123,8 +143,22 @@ def run_analyze(
         log: where one-line messages go.
         threads: torch intra-op threads for the run: ``"auto"`` (the cores idle when the run
             starts, at most torch's count: threads on busy cores oversubscribe a shared machine;
-            one thread for tiny models), ``None`` (torch's setting) or a count. The caller's
-            setting is restored afterwards.
+            one thread for tiny models; under ``torchrun`` divided among the ranks of a
+            machine), ``None`` (torch's setting) or a count. The caller's setting is restored
+            afterwards.
+        distributed: data parallelism over ``torch.distributed`` (see
+            :mod:`subspaces.analyze._ddp`): ``None`` (default) when launched by ``torchrun``
+            (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` set, more than one
+            rank) or when a process group is already initialised; ``True`` to require it;
+            ``False`` for one process. Each rank trains on its slice of every global batch
+            (the batch of ``config.batch_size`` samples of one process, so the learning rate
+            keeps its meaning) inside ``DistributedDataParallel`` and measures curvature on
+            its shard of the curvature samples (``distributed=True`` operators: identical
+            measurements on every rank); only rank 0 writes; every rank resumes from the same
+            checkpoint; an error on one rank ends every rank. A group this run initialises
+            (``gloo`` on CPU, ``nccl`` on CUDA) is destroyed at the end.
+        timeout_s: seconds a collective waits for another rank before failing (a group this
+            run initialises).
 
     Returns:
         The summary dict (also written as ``summary.json`` with ``report.html`` and figures).
@@ -149,8 +183,14 @@ def run_analyze(
         True True
     """
     choose_threads(0, threads)  # type: ignore[arg-type]  # validates
-    with intra_op_threads(None):  # whatever the run sets, the caller's count comes back
-        return _run_analyze(config, Path(out_dir), resume, force, quiet, log, threads)
+    ctx, device_spec = _dist_context(distributed, config.device, timeout_s)
+    try:
+        with intra_op_threads(None):  # whatever the run sets, the caller's count comes back
+            return _run_analyze(
+                config, Path(out_dir), resume, force, quiet, log, threads, ctx, device_spec
+            )
+    finally:
+        ctx.close()
 
 
 def _run_analyze(
@@ -161,6 +201,8 @@ def _run_analyze(
     quiet: bool,
     log: Callable[[str], None],
     threads: int | str | None,
+    ctx: _DistContext,
+    device_spec: str,
 ) -> dict[str, Any]:
     """The body of :func:`run_analyze` (which restores the thread count).
 
@@ -171,104 +213,127 @@ def _run_analyze(
         ValueError: as :func:`run_analyze`.
         CheckpointError: as :func:`run_analyze`.
     """
-    config.validate()
-    if resume and force:
-        raise ValueError(
-            "resume=True (--resume) continues the run in out_dir and force=True (--force) "
-            "discards it: give one, not both"
-        )
-    device = _resolve_device(config.device)
-    out = Path(out_dir)
-    _check_out_dir(out)
-    ckpt = out / CHECKPOINT
-    state: dict[str, Any] | None = None
-    if resume:
-        if not ckpt.exists():
+    if not ctx.writes:  # under torchrun rank 0 speaks for all (every rank runs the same code)
+        log = _silent
+    failure: Exception | None = None
+    try:  # under torchrun every rank checks, then all agree: one failure ends every rank
+        config.validate()
+        if resume and force:
             raise ValueError(
-                f"nothing to resume: no checkpoint {ckpt} in out_dir (--out) {out}; "
-                "run without --resume to start a new run there"
+                "resume=True (--resume) continues the run in out_dir and force=True (--force) "
+                "discards it: give one, not both"
             )
-        state = _read_analyze_checkpoint(ckpt, config)
-    else:
-        previous = _previous_run_files(out)
-        if previous and not force:
+        device = _resolve_device(device_spec)
+        out = Path(out_dir)
+        _check_out_dir(out)
+        ckpt = out / CHECKPOINT
+        state: dict[str, Any] | None = None
+        if resume:
+            if not ckpt.exists():
+                raise ValueError(
+                    f"nothing to resume: no checkpoint {ckpt} in out_dir (--out) {out}; "
+                    "run without --resume to start a new run there"
+                )
+            state = _read_analyze_checkpoint(ckpt, config)
+        else:
+            previous = _previous_run_files(out)
+            if previous and not force:
+                raise ValueError(
+                    f"out_dir (--out) {out} already holds another run ({', '.join(previous)}); "
+                    "pass --resume (resume=True) to continue it or --force (force=True) to "
+                    "overwrite it"
+                )
+        dtype = DTYPES[config.dtype]
+        torch.manual_seed(config.seed)
+        Xtr, ytr, Xte, yte, data_name = _data(config, dtype)
+        if config.batch_size > len(ytr):
             raise ValueError(
-                f"out_dir (--out) {out} already holds another run ({', '.join(previous)}); "
-                "pass --resume (resume=True) to continue it or --force (force=True) to "
-                "overwrite it"
+                f"batch_size (--batch-size) {config.batch_size} is larger than the training set "
+                f"({len(ytr)} samples); use at most {len(ytr)}"
             )
-    dtype = DTYPES[config.dtype]
-    torch.manual_seed(config.seed)
-    Xtr, ytr, Xte, yte, data_name = _data(config, dtype)
-    if config.batch_size > len(ytr):
-        raise ValueError(
-            f"batch_size (--batch-size) {config.batch_size} is larger than the training set "
-            f"({len(ytr)} samples); use at most {len(ytr)}"
+        if ytr.is_floating_point() and ytr.ndim == 1:  # regression: one output per sample
+            if config.loss != "mse":
+                raise ValueError(
+                    f"loss (--loss) {config.loss!r} needs integer class targets, but {data_name} "
+                    "returned 1-D float targets (regression); pass --loss mse (loss='mse')"
+                )
+            ytr, yte = ytr[:, None], yte[:, None]
+        num_classes = int(ytr.max()) + 1 if not ytr.is_floating_point() else ytr.shape[-1]
+        Xtr, ytr, Xte, yte = (t.to(device) for t in (Xtr, ytr, Xte, yte))
+        ttr, tte = (
+            _targets(ytr, config.loss, num_classes, dtype),
+            _targets(yte, config.loss, num_classes, dtype),
         )
-    if ytr.is_floating_point() and ytr.ndim == 1:  # regression: one output per sample
-        if config.loss != "mse":
-            raise ValueError(
-                f"loss (--loss) {config.loss!r} needs integer class targets, but {data_name} "
-                "returned 1-D float targets (regression); pass --loss mse (loss='mse')"
+        in_dim = int(Xtr[0].numel())
+        if config.model is None:
+            model, model_name = (
+                default_mlp(in_dim, num_classes, config.width),
+                f"MLP {in_dim}-{config.width}-{config.width}-{num_classes} (ReLU)",
             )
-        ytr, yte = ytr[:, None], yte[:, None]
-    num_classes = int(ytr.max()) + 1 if not ytr.is_floating_point() else ytr.shape[-1]
-    Xtr, ytr, Xte, yte = (t.to(device) for t in (Xtr, ytr, Xte, yte))
-    ttr, tte = (
-        _targets(ytr, config.loss, num_classes, dtype),
-        _targets(yte, config.loss, num_classes, dtype),
-    )
-    in_dim = int(Xtr[0].numel())
-    if config.model is None:
-        model, model_name = (
-            default_mlp(in_dim, num_classes, config.width),
-            f"MLP {in_dim}-{config.width}-{config.width}-{num_classes} (ReLU)",
+        else:
+            model, model_name = _load_factory(config.model)(in_dim, num_classes), config.model
+            if not isinstance(model, nn.Module):
+                raise ValueError(
+                    f"{config.model} must return an nn.Module, got {type(model).__name__}"
+                )
+        model = model.to(device=device, dtype=dtype)
+        optimizer = _make_optimizer(config, model)
+        shuffle = torch.Generator().manual_seed(config.seed)
+        curv_gen = torch.Generator().manual_seed(config.seed + 1)
+        n = len(ytr)
+        curv_idx = subset_indices(n, config.curvature_samples, config.seed)
+        cbs = config.curvature_batch_size
+        if ctx.active:  # each rank its slice of the curvature samples and of every batch
+            _check_shards(ctx, n, config.batch_size, len(curv_idx))
+            full_data = [(Xtr[c], ttr[c]) for c in ctx.shard(curv_idx).to(device).split(cbs)]
+        else:
+            full_data = (
+                [(Xtr[i : i + cbs], ttr[i : i + cbs]) for i in range(0, n, cbs)]
+                if len(curv_idx) == n
+                else [(Xtr[c], ttr[c]) for c in curv_idx.to(device).split(cbs)]
+            )
+        tracker = CurvatureTracker(
+            model,
+            config.loss,
+            full_data,
+            optimizer=optimizer,
+            every=config.every,
+            k=config.k,
+            trace_rtol=config.trace_rtol,
+            generator=curv_gen,
+            distributed=ctx.active,
         )
-    else:
-        model, model_name = _load_factory(config.model)(in_dim, num_classes), config.model
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"{config.model} must return an nn.Module, got {type(model).__name__}")
-    model = model.to(device=device, dtype=dtype)
-    optimizer = _make_optimizer(config, model)
-    shuffle = torch.Generator().manual_seed(config.seed)
-    curv_gen = torch.Generator().manual_seed(config.seed + 1)
-    n = len(ytr)
-    curv_idx = subset_indices(n, config.curvature_samples, config.seed)
-    cbs = config.curvature_batch_size
-    full_data = (
-        [(Xtr[i : i + cbs], ttr[i : i + cbs]) for i in range(0, n, cbs)]
-        if len(curv_idx) == n
-        else [(Xtr[c], ttr[c]) for c in curv_idx.to(device).split(cbs)]
-    )
-    tracker = CurvatureTracker(
-        model,
-        config.loss,
-        full_data,
-        optimizer=optimizer,
-        every=config.every,
-        k=config.k,
-        trace_rtol=config.trace_rtol,
-        generator=curv_gen,
-    )
-    run = _Run()
-    if state is not None:
-        parts = {"model": model, "optimizer": optimizer, "tracker": tracker}
-        _restore(ckpt, state, {**parts, "shuffle": shuffle, "curv_gen": curv_gen})
-        try:
-            run = _Run(**state["run"])
-        except TypeError as err:
-            raise CheckpointError(f"checkpoint {ckpt}: its run state does not fit: {err}") from None
-        log(f"resuming from {ckpt}: epoch {run.epoch}/{config.epochs}, step {run.step}")
-    _make_out_dir(out)
-    if force and not resume:
-        for name in _previous_run_files(out):  # the old run's files go; its figures are redrawn
-            os.unlink(out / name)
+        run = _Run()
+        if state is not None:
+            parts = {"model": model, "optimizer": optimizer, "tracker": tracker}
+            _restore(ckpt, state, {**parts, "shuffle": shuffle, "curv_gen": curv_gen})
+            try:
+                run = _Run(**state["run"])
+            except TypeError as err:
+                raise CheckpointError(
+                    f"checkpoint {ckpt}: its run state does not fit: {err}"
+                ) from None
+            log(f"resuming from {ckpt}: epoch {run.epoch}/{config.epochs}, step {run.step}")
+    except Exception as err:
+        if not ctx.active:
+            raise
+        failure = err
+    ctx.agree(lambda: _reraise(failure), torch.device(device_spec), torch.float64)
+    if ctx.writes:
+        _make_out_dir(out)
+        if force and not resume:
+            for name in _previous_run_files(out):  # the old run's files go; figures redrawn
+                os.unlink(out / name)
+    net = _wrap_ddp(model, device) if ctx.active else None
 
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
     total_steps = steps_per_epoch * config.epochs
     num_params = sum(p.numel() for p in model.parameters())
     # Curvature products run over the whole training set: that is the work that decides.
     num_threads = choose_threads(num_params * len(curv_idx), threads)  # type: ignore[arg-type]
+    if ctx.active and threads == "auto":  # the ranks on this machine share its cores
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world))
+        num_threads = max(1, num_threads // local_world)
     torch.set_num_threads(num_threads)
     subset = (
         f"{len(curv_idx)} of {n} samples (seed {config.seed})"
@@ -287,7 +352,8 @@ def _run_analyze(
         )
         _log_tracking_cost(log, tracker, full_data, checkpoints, total_steps - run.step)
     # after a resume the count starts at the finished steps and the ETA counts only the rest
-    progress = Progress(total_steps, "training", quiet=quiet, initial=run.step)
+    show = not quiet and ctx.writes
+    progress = Progress(total_steps, "training", quiet=not show, initial=run.step)
     progress.eta = eta = _TrainingEta(checkpoints)  # steps and checkpoints each at their pace
     while run.epoch < config.epochs:
         t0 = time.perf_counter()
@@ -295,7 +361,7 @@ def _run_analyze(
         model.train()
         for i in range(steps_per_epoch):
             idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
-            xb, tb = Xtr[idx], ttr[idx]
+            xb, tb = (Xtr[idx], ttr[idx]) if net is None else _local_batch(ctx, idx, Xtr, ttr)
             if run.step % config.every == 0:
                 tc = time.perf_counter()
                 rec = tracker.step(run.step, batch=(xb, tb))
@@ -304,6 +370,13 @@ def _run_analyze(
                 if rec is not None:
                     progress.note = f"λmax {rec['lambda_max']:.3g} (2/η {2 / rec['lr']:.3g})"
             optimizer.zero_grad()
+            if net is not None:  # DDP: the gradient of the mean loss over the global batch
+                _ddp_step(ctx, net, config.loss, xb, tb, len(idx), run.step, device)
+                optimizer.step()
+                run.step += 1
+                eta.steps += 1
+                progress.update()
+                continue
             out_b = model(xb)
             loss = (
                 nn.functional.cross_entropy(out_b, tb)
@@ -333,21 +406,27 @@ def _run_analyze(
         ):
             run.history[key].append(value)
         run.train_seconds += time.perf_counter() - t0
-        write_checkpoint(
-            ckpt,
-            {
-                "config": dataclasses.asdict(config),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "tracker": tracker.state_dict(),
-                "shuffle": shuffle.get_state(),
-                "curv_gen": curv_gen.get_state(),
-                "run": dataclasses.asdict(run),
-            },
-            kind=CHECKPOINT_KIND,
-            version=CHECKPOINT_VERSION,
-            identity=settings_hash(dataclasses.asdict(config)),
-        )
+        payload = {
+            "config": dataclasses.asdict(config),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "tracker": tracker.state_dict(),
+            "shuffle": shuffle.get_state(),
+            "curv_gen": curv_gen.get_state(),
+            "run": dataclasses.asdict(run),
+        }
+
+        def save(payload: dict[str, Any] = payload) -> None:
+            if ctx.writes:  # only rank 0 writes; a failed write ends every rank (agree)
+                write_checkpoint(
+                    ckpt,
+                    payload,
+                    kind=CHECKPOINT_KIND,
+                    version=CHECKPOINT_VERSION,
+                    identity=settings_hash(dataclasses.asdict(config)),
+                )
+
+        ctx.agree(save, device, torch.float64)
     tc = time.perf_counter()
     progress.update(0, note="curvature at the last step")
     rec = tracker.finish(run.step)  # every curvature series ends at the last step, like the losses
@@ -369,6 +448,8 @@ def _run_analyze(
         quiet=quiet,
         log=log,
         what=subset,
+        distributed=ctx.active,
+        show=ctx.writes,
     )
     lr_now = float(optimizer.param_groups[0]["lr"])
     summary: dict[str, Any] = {
@@ -386,6 +467,7 @@ def _run_analyze(
             "curvature_samples": len(curv_idx),
             "curvature_seed": config.seed if len(curv_idx) < n else None,
             "curvature_batches": len(full_data),
+            **({"ranks": ctx.world, "curvature_batches": final.top_batches} if ctx.active else {}),
         },
         "history": run.history,
         "curvature": _curvature_section(tracker, config.batch_size),
@@ -406,6 +488,10 @@ def _run_analyze(
     }
     from ..report import write_report
 
-    paths = write_report(summary, out)
-    summary["files"] = {k: str(v) for k, v in paths.items()}
+    def report() -> None:
+        if ctx.writes:  # only rank 0 writes; a failed write ends every rank (agree)
+            paths = write_report(summary, out)
+            summary["files"] = {k: str(v) for k, v in paths.items()}
+
+    ctx.agree(report, device, torch.float64)
     return summary
