@@ -15,6 +15,7 @@ checked against its true residual before it is reported.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -91,7 +92,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"rtol {RTOL}, median of {args.repeats} repeats, torch {torch.__version__}")
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"rtol {RTOL}, median of {args.repeats} repeats, torch {torch.__version__}, load {load}")
     print(
         f"{'N':>5} {'method':<18} {'iters':>6} {'solve ms':>9} {'setup ms':>9} {'ours/scipy':>10}"
     )
