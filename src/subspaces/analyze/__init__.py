@@ -22,7 +22,14 @@ The package has one concept per module: ``_config`` (settings, device), ``_user_
 ``--model``/``--data`` factories), ``_batches`` (the curvature data: a seeded subset in
 mini-batches), ``_losses``, ``_outdir`` (safe output folders), ``_checkpoint`` (checkpoints and
 resuming), ``_costs`` (predicted phase costs), ``_final`` (the final spectrum), ``_summary``
-(the report's sections), ``_train`` (:func:`run_analyze`) and ``_api`` (:func:`analyze`).
+(the report's sections), ``_loop`` (evaluation, optimizer and run state of our loop), ``_ddp``
+(runs under ``torchrun``), ``_train`` (:func:`run_analyze`) and ``_api`` (:func:`analyze`).
+
+Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` set),
+:func:`run_analyze` and so ``subspaces analyze`` run data-parallel: each rank trains on its slice
+of every global batch inside ``DistributedDataParallel`` and measures curvature on its shard of
+the curvature samples, with the numbers of one process with the same global batch; only rank 0
+writes (see :mod:`subspaces.analyze._ddp`).
 """
 
 from __future__ import annotations
