@@ -107,7 +107,7 @@ def test_many_inner_steps_reach_the_surrogate_minimizer() -> None:
     assert torch.allclose(model.weight.detach().T, want, rtol=1e-9, atol=1e-12)
     # the surrogate's optimal value: l(z_t) - (eta/2) |P grad|^2 with P the projection onto range(X)
     P = X @ torch.linalg.solve(X.T @ X, X.T)
-    best = float(loss(z0, t)) - 0.5 * eta * float((P @ gz).pow(2).sum())
+    best = float(loss(z0.detach(), t)) - 0.5 * eta * float((P @ gz).pow(2).sum())
     assert out.surrogate == pytest.approx(best, rel=1e-10)
     assert sso.num_expensive == 1 and sso.num_cheap > 1  # L-BFGS evaluates the closure often
 
