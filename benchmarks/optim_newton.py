@@ -108,8 +108,9 @@ def main() -> None:
               f"target ||g|| <= {target:.2e}")  # fmt: skip
         for m in times:
             reached = "reached" if final[m] <= target else "STOPPED EARLY"
+            ratio = med["ours"] / med[m]
             print(f"  {m:10s} iterations {its[m]:5d}   final ||g|| {final[m]:.1e} ({reached})   "
-                  f"median {med[m]:8.3f} s   time ratio ours/{m} {med['ours'] / med[m]:7.2f}")  # fmt: skip
+                  f"median {med[m]:8.3f} s   time ratio ours/{m} {ratio:7.2f}")  # fmt: skip
     print(f"load average after: {load_average()}")
 
 
