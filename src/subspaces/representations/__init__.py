@@ -14,6 +14,11 @@ Example:
     1.0
 """
 
+from .attention_path import (
+    AttentionPathResult,
+    attention_excess_loss,
+    attention_regularization_path,
+)
 from .attention_svm import (
     AttentionGDResult,
     AttentionSVMResult,
@@ -52,6 +57,7 @@ from .similarity import (
 
 __all__ = [
     "AttentionGDResult",
+    "AttentionPathResult",
     "AttentionSVMResult",
     "BootstrapResult",
     "CCAResult",
@@ -61,7 +67,9 @@ __all__ = [
     "SubspaceSimilarityResult",
     "UnitClusters",
     "UnitMatching",
+    "attention_excess_loss",
     "attention_gd",
+    "attention_regularization_path",
     "attention_svm",
     "bootstrap_ci",
     "capture_activations",
