@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 import math
 
 import pytest
@@ -256,3 +257,16 @@ def test_state_dict_roundtrip_keeps_c_exactly() -> None:
     s1, s2 = opt.state_dict()["state"][0], opt2.state_dict()["state"][0]
     assert s2["log_c"].dtype == D and torch.equal(s1["log_c"], s2["log_c"])
     assert int(s1["log_c"]) != 0  # the search moved c
+
+
+def test_optimizer_rejected_trials_rebuild_the_graph_and_never_increase_the_loss() -> None:
+    # an indefinite Hessian and a tiny c: the first trials fail (non-PD or no decrease), the
+    # closure is re-evaluated at x after each rejection, and accepted steps decrease the loss
+    X, y = _data()
+    model = _mlp(seed=3)
+    opt = NewtonGR(model.parameters(), curvature="hessian", c=1e-8)
+    losses = [float(opt.step(lambda: nn.functional.cross_entropy(model(X), y))) for _ in range(6)]
+    losses.append(float(nn.functional.cross_entropy(model(X), y).detach()))
+    assert all(b <= a for a, b in itertools.pairwise(losses))
+    assert losses[-1] < losses[0]
+    assert float(opt.state_dict()["state"][0]["log_c"]) > 0  # c grew from 1e-8
