@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from subspaces.distributed.coding import GradientCodingScheme, MultiplexedSGC
+from subspaces.distributed.coding import GradientCodingScheme, MultiplexedSGC, simulate
 from subspaces.distributed.coding.runner import run_local
 
 
@@ -31,6 +31,12 @@ def test_gc_and_msgc_decode_the_uncoded_gradient_on_worker_processes() -> None:
         assert res.errors.max() <= 1e-10, res  # float64 decoding: rounding level
         assert res.dropped > 0 and res.waits == 0  # stragglers' results were really dropped
     assert out[0].dropped == 2  # GC: one task per straggler
+    for res, fresh in zip(
+        out,
+        (GradientCodingScheme(n, 1, jobs=jobs), MultiplexedSGC(n, B=1, W=2, lam=1, jobs=jobs)),
+        strict=True,
+    ):  # the master's decisions are the simulator's on the same slowdowns
+        assert res.model_time == pytest.approx(simulate(fresh, S, mu=1.0).total_time, rel=1e-12)
     assert out[1].model_time < out[0].model_time  # M-SGC's lower load shows in the rounds
 
 
