@@ -8,7 +8,9 @@ by round ``t + T``. The gradient code of Tandon et al. (:func:`gradient_code`,
 rounds too. :func:`simulate` runs a scheme round by round against a straggler model
 (:class:`IIDStragglers`, the bursty :class:`GilbertElliott`, or :class:`TraceStragglers` replaying
 recorded times) and reports the normalized load per worker, the completion time of the ``J`` jobs
-and the rounds in which the master had to wait for every worker.
+and the rounds in which the master had to wait for every worker. :mod:`.runner` runs a scheme
+on real gloo processes (``run_local`` spawns them; ``run_coded`` under ``torchrun``), computing
+coded partial gradients and decoding the exact gradient at the master.
 """
 
 from .gradient_code import decoding_vector, gradient_code
