@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from torch import Tensor
 
+from .._checks import check_choice, check_positive_float, check_positive_int
 from ..linalg.solvers import cg
 from ..linops import LinearOperator
 from ..linops.structured import Identity
@@ -158,6 +158,17 @@ def search(
     return Trial(False, x, loss, grad, float("nan"), c, cg_total, max_trials)
 
 
-def flat_norm(t: Tensor) -> float:
-    """Euclidean norm as a Python float (accumulated in float64)."""
-    return float(t.detach().to(torch.float64).norm())
+def check_common(c: float, rule: str, max_trials: int) -> tuple[float, str, int]:
+    """Validate the hyperparameters shared by ``newton_gr`` and ``NewtonGR``.
+
+    Returns:
+        ``(c, rule, max_trials)``.
+
+    Raises:
+        ValueError: for ``c <= 0``, an unknown rule or ``max_trials < 1``.
+        TypeError: for values of the wrong type.
+    """
+    c = check_positive_float(c, "c")
+    rule = check_choice(rule, "rule", RULES)
+    max_trials = check_positive_int(max_trials, "max_trials")
+    return c, rule, max_trials
