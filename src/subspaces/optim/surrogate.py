@@ -159,7 +159,8 @@ class TargetSurrogate:
             if not isinstance(loss, Tensor) or loss.ndim != 0:
                 raise ValueError(f"target_loss must return a scalar tensor, got {loss!r}")
             if not bool(torch.isfinite(loss)):
-                raise ValueError(f"target_loss returned a non-finite value ({float(loss.detach())})")
+                value = float(loss.detach())
+                raise ValueError(f"target_loss returned a non-finite value ({value})")
             (grad,) = torch.autograd.grad(loss, z)
         if not bool(torch.isfinite(grad).all()):
             raise ValueError(
