@@ -10,6 +10,7 @@ pytest.importorskip("transformers")
 from subspaces.data import aligned_programs
 from subspaces.experiments.P01_gact_steering import (
     HINTS,
+    PATIENCE,
     _boundary_mask,
     _header,
     _ngram_features,
@@ -45,11 +46,23 @@ def test_p01_fast_run() -> None:
 
     result = get("P01").run(True, 0)
     m = result.measured
-    assert m["classifier_heldout_accuracy"] > 0.95
-    assert len(m["probe_accuracy_act"]) == len(m["layers"]) == 4
-    assert len(m["gact_steered_layers"]) == 2
-    for name in ("unsteered", "act", "gact", "static"):
-        rates = m["test"][name]
-        assert sum(rates[k] for k in ("python", "c", "other")) == pytest.approx(1.0)
+    assert m["seeds"] == [0, 1, 2]
+    for run in m["runs"]:
+        assert run["classifier_heldout_accuracy"] > 0.95
+        assert len(run["probe_accuracy_act"]) == len(run["layers"]) == 8
+        assert len(run["gact_steered_layers"]) == 4
+        for name in ("unsteered", "act", "gact", "static"):
+            rates = run["test"][name]
+            assert sum(rates[k] for k in ("python", "c", "other")) == pytest.approx(1.0)
+        for h in run["refinement"].values():
+            # a layer said to have converged had `PATIENCE` batches without a rise at the end
+            tail = h["curve"][h["best_batch"] + 1 :]
+            assert max(h["curve"]) == h["best"] == h["final"]
+            assert h["converged"] == (len(tail) == PATIENCE and max(tail) <= h["best"])
+    assert m["all_layers_converged"] == all(
+        h["converged"] for run in m["runs"] for h in run["refinement"].values()
+    )
+    assert m["gact_minus_act_probe_accuracy"]["n"] == 3
     c = m["criteria"]
-    assert result.passed == (c["raise"] and c["probe_accuracy"] and c["beats_static"])
+    assert result.passed == all(c.values())
+    assert set(result.headline) <= set(m)

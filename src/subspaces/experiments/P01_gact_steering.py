@@ -15,19 +15,23 @@ header ``@@ name(args)``; half the headers carry a language request (`` c`` or `
 program in that language), the other half are neutral and are followed by C (the target) with
 probability 0.3 and Python otherwise, so after a neutral header the model is biased towards
 Python, as the paper's models are biased towards one language. A byte-level Llama-family model
-(4 blocks, width 64) is trained on the mixed stream (1600 programs fast, 3600 full; 300 / 1500
-steps of 16 windows of 64 bytes). The contrastive prompts are the headers with the C request
-(pos) and the Python request (neg); steering is tested on neutral headers.
+(8 blocks, width 64) is trained on the mixed stream (1000 programs fast, 3000 full; 120 steps of
+8 windows / 500 steps of 16 windows of 64 bytes). The contrastive prompts are the headers with
+the C request (pos) and the Python request (neg); steering is tested on neutral headers.
 
 - ACT (:class:`~subspaces.steering.ACT`): at the last token of the contrastive prompts, per
   block output, k-means (k = 2) of the differences gives the
   steering vectors; a probe with classes {C, Python-cluster-1, Python-cluster-2} is fitted on
   these prompt activations; every block is steered, every token, ``alpha (1 - p_C) c_j*``.
 - G-ACT (:class:`~subspaces.steering.GACT`): the same initial fit, then the probes are refined
-  online (3 Adam steps per mini-batch of 16 programs) on the activations at the header end and
-  at every statement boundary of further requested programs (C-requested and written in C vs
-  Python-requested and written in Python, paired statement by statement), and only the 2
-  layers whose refined probes are most accurate on validation programs are steered.
+  online (3 Adam steps per mini-batch of 8 programs fast / 16 full) on the activations at the
+  header end and at every statement boundary of further requested programs (C-requested and
+  written in C vs Python-requested and written in Python, paired statement by statement) until
+  they converge (:meth:`~subspaces.steering.GACT.refine_until_stable`): after every batch each
+  layer's probe is scored on 32 validation programs, a layer stops once its accuracy has not
+  risen for ``PATIENCE = 2`` batches and keeps its best probe (at most 8 / 20 batches); the
+  curves and stopping points are reported per layer. Only the 4 layers whose refined probes
+  are most accurate on the validation programs are steered.
 - Static baseline (:class:`~subspaces.steering.NeuronAttributionSteering`, the paper's
   logit-lens score): the 4 MLP units whose output weights, decoded by the unembedding, most
   favour the first byte of the C signature (``i`` of ``int``), boosted by ``alpha`` typical
@@ -40,11 +44,28 @@ held-out headers, classified by a 3-class byte n-gram logistic regression (Pytho
 method's strength is chosen on validation headers (grid below) and its rate measured on test
 headers.
 
-Criterion (set before the first run, unchanged since): (1) G-ACT's test target rate exceeds
-the unsteered rate by at least 0.25; (2) G-ACT's mean probe accuracy over layers exceeds ACT's
-and its gain over ACT on the first half of the layers is at least its gain on the second half;
-(3) G-ACT's test
-target rate exceeds the static baseline's.
+Seeds: 3 in fast mode, 5 in the full run (``seed, seed + 1, ...``; each seed draws its own
+corpus, model, clusters and samples); every comparison is paired by seed with
+:func:`~subspaces.experiments._stats.paired_summary` (percentile bootstrap, 95%).
+
+Criterion (issue 18; fixed before the first full run of this version). Means over seeds:
+(a) convergence: in every seed every layer's refinement stops by patience (its held-out probe
+accuracy did not rise for 2 batches) before the stream of batches ends; (b) G-ACT's test C rate
+exceeds the unsteered rate by at least 0.25 and the paired 95% interval of the difference lies
+above 0; (c) the paired 95% interval of G-ACT minus ACT mean per-layer held-out probe accuracy
+lies above 0, and the mean over seeds of the early-layer probe gain (first third of the blocks,
+rounded up: blocks 0-2 of 8) minus the gain on the other blocks is > 0; (d) G-ACT's mean test C
+rate exceeds the static baseline's (paired mean difference > 0). G-ACT minus ACT in C rate is
+reported, not required (the abstract claims G-ACT's gain over ACT in probe accuracy).
+Criterion fixed before the first full run.
+
+Why it changed: the first version (one seed, 4 blocks, a fixed 6 or 16 refinement batches)
+could not test the claim: "early layers" was one block, the probes were refined for a number of
+batches chosen in advance with no evidence that they had converged, and one seed is not a
+verdict. The old criterion -- (1) G-ACT's rate >= unsteered + 0.25; (2) G-ACT's mean probe
+accuracy > ACT's and its gain on the first half of the blocks >= its gain on the second half;
+(3) G-ACT's rate > the static baseline's -- is still evaluated per seed and kept in
+``measured["old_criterion"]``.
 
 Development note: a first version took the contrastive pairs at the end of the signature line
 written in each language and used the gradient x activation baseline; nothing (not even a plain
@@ -57,6 +78,7 @@ here than gradient x activation) replaced them; the criterion was not changed.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -68,12 +90,15 @@ from ..steering.act import ACT, GACT
 from ..steering.attribution import NeuronAttributionSteering
 from ..steering.probes import LinearProbe
 from ._common import single_thread
+from ._stats import paired_summary, seed_summary
 from .registry import ExperimentResult, register
 
 TARGET_SHARE = 0.3
 HINT_SHARE = 0.5
 N_BUCKETS = 1024
 CLASSES = ("python", "c", "other")
+N_BLOCKS = 8
+PATIENCE = 2
 
 
 def _header(prog: list[tuple[str, str]], hint: str = "") -> str:
@@ -198,41 +223,106 @@ def _rate(clf: LinearProbe, texts: list[str]) -> dict[str, float]:
         "neuron-attribution intervention"
     ),
     criterion=(
-        "byte-level model trained in the run on a Python-like/C-like toy corpus (C share 0.3); "
-        "(1) G-ACT's test C rate of sampled continuations of neutral headers (3-class byte "
-        "n-gram classifier) >= unsteered + 0.25; (2) G-ACT's mean per-layer probe accuracy on "
-        "held-out statement boundaries > ACT's, with the gain on the first half of the layers "
-        ">= the gain on the second half; (3) G-ACT's test C rate > the static neuron-"
-        "attribution baseline's (strengths chosen on validation headers)"
+        "8-block byte-level model trained in the run on a Python-like/C-like toy corpus (C share "
+        "0.3), fast 3 / full 5 seeds, paired by seed: (a) every layer's online probe refinement "
+        f"stops by patience ({PATIENCE} batches without a held-out rise) in every seed; (b) mean "
+        "G-ACT test C rate - unsteered >= 0.25 with the paired 95% interval above 0; (c) the "
+        "paired interval of G-ACT - ACT mean per-layer held-out probe accuracy above 0 and the "
+        "mean early-third-minus-rest probe gain > 0; (d) mean G-ACT - static neuron-attribution "
+        "test C rate > 0"
     ),
     slow=True,
 )
 def run(fast: bool, seed: int) -> ExperimentResult:
-    """Train the toy model, fit ACT / G-ACT / the static baseline and measure them.
+    """Train the toy model, fit ACT / G-ACT / the static baseline and measure them, per seed.
 
     Args:
-        fast: 300 training steps, 32 validation and 48 test headers, 6 refinement batches;
-            else 1500 steps, 64 and 128 headers, 16 refinement batches.
-        seed: seeds the corpus, the model, the clustering and the sampling.
+        fast: 3 seeds, 120 training steps of 8 windows, 16 validation / 24 test headers, at
+            most 8 refinement batches of 8 programs, two strengths per method; else 5 seeds,
+            500 steps of 16 windows, 48 / 96 headers, at most 20 batches of 16 programs.
+        seed: base seed (the runs use ``seed + 0, 1, ...``): corpus, model, clustering,
+            sampling.
 
     Returns:
-        Training loss, classifier accuracy, per-layer probe accuracies of ACT and G-ACT, the
-        steered layers, per-method validation sweeps and test rates, and the verdict.
+        Per-seed values with means and bootstrap intervals, per-layer refinement curves and
+        stopping points, the old criterion's result, and the verdict.
     """
+    start, cpu_start = time.perf_counter(), time.process_time()
+    seeds = [seed + i for i in range(3 if fast else 5)]
     with single_thread():
-        return _run(fast, seed)
+        runs = [_run_seed(fast, s) for s in seeds]
+    rate = {m: [r["test"][m]["c"] for r in runs] for m in ("unsteered", "act", "gact", "static")}
+    probe = {m: [r["mean_probe_accuracy"][m] for r in runs] for m in ("act", "gact")}
+    early_minus_late = [r["early_minus_late_gain"] for r in runs]
+    converged = all(all(h["converged"] for h in r["refinement"].values()) for r in runs)
+    m: dict[str, Any] = {
+        "seeds": seeds,
+        "gact_c_rate": seed_summary(rate["gact"]),
+        "gact_minus_unsteered_c_rate": paired_summary(rate["gact"], rate["unsteered"]),
+        "gact_minus_act_c_rate": paired_summary(rate["gact"], rate["act"]),
+        "gact_minus_static_c_rate": paired_summary(rate["gact"], rate["static"]),
+        "gact_minus_act_probe_accuracy": paired_summary(probe["gact"], probe["act"]),
+        "early_minus_late_probe_gain": seed_summary(early_minus_late),
+        "c_rate_per_seed": rate,
+        "all_layers_converged": converged,
+        "runs": runs,
+    }
+    criteria = {
+        "converged": converged,
+        "raise": m["gact_minus_unsteered_c_rate"]["mean"] >= 0.25
+        and m["gact_minus_unsteered_c_rate"]["ci95"][0] > 0.0,
+        "probe_accuracy": m["gact_minus_act_probe_accuracy"]["ci95"][0] > 0.0
+        and m["early_minus_late_probe_gain"]["mean"] > 0.0,
+        "beats_static": m["gact_minus_static_c_rate"]["mean"] > 0.0,
+    }
+    old = [r["old_criterion"] for r in runs]
+    m["old_criterion"] = {"per_seed": old, "all_seeds_pass": all(o["passed"] for o in old)}
+    m["criteria"] = criteria
+    m["seconds"] = time.perf_counter() - start
+    m["cpu_seconds"] = time.process_time() - cpu_start
+    passed = bool(all(criteria.values()))
+    stops = [[h["best_batch"] for h in r["refinement"].values()] for r in runs]
+    summary = (
+        f"{len(seeds)} seeds; C rate unsteered {_mean(rate['unsteered']):.2f}, ACT "
+        f"{_mean(rate['act']):.2f}, G-ACT {_mean(rate['gact']):.2f}, static "
+        f"{_mean(rate['static']):.2f}; mean probe accuracy ACT {_mean(probe['act']):.3f} vs "
+        f"G-ACT {_mean(probe['gact']):.3f}; early-third-minus-rest gain "
+        f"{_mean(early_minus_late):+.3f}; refinement best batch per layer {stops} "
+        f"(all converged: {converged}); failed: "
+        f"{[k for k, v in criteria.items() if not v] or 'none'}; old criterion passes on "
+        f"{sum(o['passed'] for o in old)}/{len(old)} seeds"
+    )
+    headline = (
+        "gact_minus_unsteered_c_rate",
+        "gact_minus_act_probe_accuracy",
+        "early_minus_late_probe_gain",
+        "gact_minus_static_c_rate",
+    )
+    return ExperimentResult(measured=m, passed=passed, summary=summary, headline=headline)
 
 
-def _run(fast: bool, seed: int) -> ExperimentResult:
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _refine_stream(
+    model: torch.nn.Module, programs: list[list[tuple[str, str]]], sites: list[Any], size: int
+) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
+    """Lazily computed refinement batches of ``size`` programs (boundary activations)."""
+    for b in range(0, len(programs) - size + 1, size):
+        yield _boundary_acts(model, programs[b : b + size], sites)
+
+
+def _run_seed(fast: bool, seed: int) -> dict[str, Any]:
     from ..testing.tiny_lm import tiny_causal_lm, train_causal_lm
 
-    start = time.perf_counter()
-    steps, n_val, n_test = (300, 32, 48) if fast else (1500, 64, 128)
-    n_fit, n_refine_batches, refine_batch = 48, (6 if fast else 16), 16
+    start = time.process_time()
+    steps, batch, n_val, n_test = (120, 8, 16, 24) if fast else (500, 16, 48, 96)
+    n_fit, max_batches, refine_batch = 48, (8 if fast else 20), (8 if fast else 16)
     new_tokens = 24
     g = torch.Generator().manual_seed(seed)
     n_held = 248 + n_val + n_test  # classifier 200, probe evaluation 48, headers
-    programs = aligned_programs((1600 if fast else 3600) + n_held, seed=seed)
+    programs = aligned_programs((1000 if fast else 3000) + n_held, seed=seed)
     n_lm = len(programs) - n_held
     lm_programs, held = programs[:n_lm], programs[n_lm:]
     # mixed training stream: neutral header, then the program in C (0.3) or Python (0.7)
@@ -244,13 +334,12 @@ def _run(fast: bool, seed: int) -> ExperimentResult:
             texts.append(_text(p, lang, hint=HINTS[lang]))
         else:  # neutral header: C with probability TARGET_SHARE
             texts.append(_text(p, int(torch.rand(1, generator=g) < TARGET_SHARE)))
-    stream = "\n".join(texts)
     tok = ByteTokenizer()
     model = tiny_causal_lm(
         "llama",
         vocab_size=tok.vocab_size,
         hidden=64,
-        layers=4,
+        layers=N_BLOCKS,
         heads=4,
         seed=seed,
         pad_token_id=tok.pad_id,
@@ -258,9 +347,9 @@ def _run(fast: bool, seed: int) -> ExperimentResult:
     )
     losses = train_causal_lm(
         model,
-        tok.encode(stream),
+        tok.encode("\n".join(texts)),
         steps=steps,
-        batch_size=16,
+        batch_size=batch,
         seq_len=64,
         lr=3e-3,
         seed=seed,
@@ -272,8 +361,8 @@ def _run(fast: bool, seed: int) -> ExperimentResult:
     sites = find_sites(model, kind="block")
     keys = [s.key for s in sites]
     fit_progs = lm_programs[:n_fit]
-    refine_progs = lm_programs[n_fit : n_fit + n_refine_batches * refine_batch]
-    select_progs = lm_programs[n_fit + n_refine_batches * refine_batch :][:32]
+    refine_progs = lm_programs[n_fit : n_fit + max_batches * refine_batch]
+    select_progs = lm_programs[n_fit + max_batches * refine_batch :][:32]
     eval_progs = held[200:248]
     val_headers = [_header(p) for p in held[248 : 248 + n_val]]
     test_headers = [_header(p) for p in held[248 + n_val : 248 + n_val + n_test]]
@@ -287,87 +376,71 @@ def _run(fast: bool, seed: int) -> ExperimentResult:
         2, sites=sites, refine_steps=3, generator=torch.Generator().manual_seed(kmeans_seed)
     )
     gact.fit(model, pos_prompts, neg_prompts, pad_token_id=tok.pad_id or 0)
-    for b in range(n_refine_batches):
-        batch = refine_progs[b * refine_batch : (b + 1) * refine_batch]
-        pos, neg = _boundary_acts(model, batch, sites)
-        gact.refine(pos, neg)
     sel_pos, sel_neg = _boundary_acts(model, select_progs, sites)
+    history = gact.refine_until_stable(
+        _refine_stream(model, refine_progs, sites, refine_batch),
+        sel_pos,
+        sel_neg,
+        patience=PATIENCE,
+    )
     steered = gact.select_layers(sel_pos, sel_neg, n_layers=len(sites) // 2)
     ev_pos, ev_neg = _boundary_acts(model, eval_progs, sites)
     acc_act = act.probe_accuracy(ev_pos, ev_neg)
     acc_gact = gact.probe_accuracy(ev_pos, ev_neg)
     gain = [acc_gact[k] - acc_act[k] for k in keys]
-    half = len(keys) // 2
-    early_gain = sum(gain[:half]) / half
-    late_gain = sum(gain[half:]) / (len(keys) - half)
+    early = -(-len(keys) // 3)  # the first third of the blocks, rounded up
+    early_minus_late = _mean(gain[:early]) - _mean(gain[early:])
 
     static = NeuronAttributionSteering(n_neurons=4, method="logit_lens").fit(
         model, [tok.encode(_header(p)) for p in fit_progs], target_ids=[ord("i")]
     )
-    grids = {
-        "act": [0.25, 0.5, 1.0, 2.0],
-        "gact": [0.25, 0.5, 1.0, 2.0],
-        "static": [4.0, 16.0, 64.0, 256.0],
-    }
+    strengths = {"act": [0.25, 0.5, 1.0, 2.0], "gact": [0.25, 0.5, 1.0, 2.0]}
+    strengths["static"] = [4.0, 16.0, 64.0, 256.0]
+    # fast mode: every other strength (0.5, 2 and 16, 256)
+    grids = {name: grid[1::2] if fast else grid for name, grid in strengths.items()}
     steerers: dict[str, Any] = {
         "act": lambda a: act.apply(model, a),
         "gact": lambda a: gact.apply(model, a),
         "static": lambda a: static.apply(model, a),
     }
-    sweeps: dict[str, list[dict[str, float]]] = {}
     test: dict[str, dict[str, float]] = {}
-    samples: dict[str, list[str]] = {}
     base_val = _rate(clf, _generate(model, val_headers, new_tokens, seed + 100))
-    base_test_texts = _generate(model, test_headers, new_tokens, seed + 200)
-    test["unsteered"] = _rate(clf, base_test_texts)
-    samples["unsteered"] = base_test_texts[:3]
+    test["unsteered"] = _rate(clf, _generate(model, test_headers, new_tokens, seed + 200))
+    sweeps: dict[str, list[dict[str, float]]] = {}
     for name, grid in grids.items():
         rows = [{"alpha": 0.0, **base_val}]
         for a in grid:
             with steerers[name](a):
-                rows.append(
-                    {
-                        "alpha": a,
-                        **_rate(clf, _generate(model, val_headers, new_tokens, seed + 100)),
-                    }
-                )
+                texts = _generate(model, val_headers, new_tokens, seed + 100)
+            rows.append({"alpha": a, **_rate(clf, texts)})
         sweeps[name] = rows
         best = max(rows[1:], key=lambda r: r["c"])
         with steerers[name](best["alpha"]):
             texts = _generate(model, test_headers, new_tokens, seed + 200)
         test[name] = {"alpha": best["alpha"], **_rate(clf, texts)}
-        samples[name] = texts[:3]
 
-    c1 = test["gact"]["c"] - test["unsteered"]["c"] >= 0.25
-    mean_act = sum(acc_act.values()) / len(keys)
-    mean_gact = sum(acc_gact.values()) / len(keys)
-    c2 = mean_gact > mean_act and early_gain >= late_gain
-    c3 = test["gact"]["c"] > test["static"]["c"]
-    passed = bool(c1 and c2 and c3)
-    measured: dict[str, Any] = {
+    mean_act, mean_gact = _mean(list(acc_act.values())), _mean(list(acc_gact.values()))
+    half = len(keys) // 2
+    old = {  # the criterion before issue 18: one seed, first half of the blocks vs second half
+        "raise": test["gact"]["c"] - test["unsteered"]["c"] >= 0.25,
+        "probe_accuracy": mean_gact > mean_act and _mean(gain[:half]) >= _mean(gain[half:]),
+        "beats_static": test["gact"]["c"] > test["static"]["c"],
+    }
+    return {
+        "seed": seed,
         "train_steps": steps,
-        "train_loss_first_last": [losses[0], sum(losses[-20:]) / 20],
+        "train_loss_first_last": [losses[0], _mean(losses[-20:])],
         "classifier_heldout_accuracy": clf_acc,
         "layers": [s.layer for s in sites],
+        "refinement": {str(s.layer): history[s.key] for s in sites},
         "probe_accuracy_act": [acc_act[k] for k in keys],
         "probe_accuracy_gact": [acc_gact[k] for k in keys],
         "probe_accuracy_gain": gain,
         "mean_probe_accuracy": {"act": mean_act, "gact": mean_gact},
-        "gain_first_half_second_half": [early_gain, late_gain],
+        "early_minus_late_gain": early_minus_late,
         "gact_steered_layers": [act._sites[k].layer for k in steered],
         "val_sweeps": sweeps,
         "test": test,
-        "samples": samples,
-        "criteria": {"raise": c1, "probe_accuracy": c2, "beats_static": c3},
-        "seconds": time.perf_counter() - start,
+        "old_criterion": {**old, "passed": all(old.values())},
+        "cpu_seconds": time.process_time() - start,
     }
-    summary = (
-        f"C rate on test headers: unsteered {test['unsteered']['c']:.2f}, ACT "
-        f"{test['act']['c']:.2f} (alpha {test['act']['alpha']:g}), G-ACT {test['gact']['c']:.2f} "
-        f"(alpha {test['gact']['alpha']:g}, layers {measured['gact_steered_layers']}), static "
-        f"neurons {test['static']['c']:.2f} (alpha {test['static']['alpha']:g}); probe accuracy "
-        f"ACT {[round(acc_act[k], 2) for k in keys]} vs G-ACT "
-        f"{[round(acc_gact[k], 2) for k in keys]} (gain first/second half "
-        f"{early_gain:+.2f}/{late_gain:+.2f}); classifier acc {clf_acc:.2f}"
-    )
-    return ExperimentResult(measured=measured, passed=passed, summary=summary)

@@ -27,14 +27,15 @@ by held-out probe accuracy.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import copy
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_float_tensor, check_positive_int
+from .._checks import check_float_tensor, check_positive_float, check_positive_int
 from .collect import collect_activations
 from .directions import ClusteredDirections
 from .probes import LinearProbe
@@ -390,6 +391,82 @@ class GACT(ACT):
             self.probes_[key].partial_fit(X, y, lr=self.refine_lr, steps=self.refine_steps)
         self.n_refined_ = getattr(self, "n_refined_", 0) + 1
         return self
+
+    def refine_until_stable(
+        self,
+        batches: Iterable[tuple[Mapping[str, Tensor], Mapping[str, Tensor]]],
+        val_pos: Mapping[str, Tensor],
+        val_neg: Mapping[str, Tensor],
+        *,
+        patience: int = 2,
+        min_delta: float = 0.0,
+    ) -> dict[str, dict[str, Any]]:
+        """Refine the probes on a stream until their held-out accuracy stops rising, per layer.
+
+        After every batch of ``batches`` the still-active probes are refined (:meth:`refine`)
+        and scored on the held-out pairs; a layer stops (its probe is frozen) once its
+        accuracy has not exceeded its best by more than ``min_delta`` for ``patience``
+        consecutive batches, and its probe is then reset to the best one seen (early stopping).
+        The stream is read lazily and no further once every layer has stopped.
+
+        Args:
+            batches: iterable of ``(pos_by_site, neg_by_site)`` paired activations (every
+                fitted site present).
+            val_pos: held-out target-concept activations per site (the stopping set).
+            val_neg: paired held-out source-concept activations.
+            patience: batches without a rise after which a layer stops.
+            min_delta: smallest accuracy increase that counts as a rise (``>= 0``).
+
+        Returns:
+            Per site key: ``curve`` (held-out accuracy before refinement, then after each
+            batch the layer took), ``best``, ``best_batch`` (index into ``curve``),
+            ``batches`` (batches refined on), ``converged`` (stopped by ``patience``, i.e. the
+            last ``patience`` entries of ``curve`` never beat ``best`` by more than
+            ``min_delta``; false when the stream ended first) and ``final`` (held-out accuracy
+            of the kept probe, recomputed; equals ``best``). Also stored in ``refine_history_``.
+
+        Raises:
+            ValueError: for a ``patience`` below 1, a negative ``min_delta`` or an empty stream.
+        """
+        self._require_fitted()
+        patience = check_positive_int(patience, "patience")
+        min_delta = check_positive_float(min_delta, "min_delta", allow_zero=True)
+        keys = list(self.site_keys_)
+        _pairs(val_pos, val_neg, keys)
+        acc0 = self.probe_accuracy(val_pos, val_neg)
+        hist: dict[str, dict[str, Any]] = {
+            k: {"curve": [acc0[k]], "best": acc0[k], "best_batch": 0, "converged": False}
+            for k in keys
+        }
+        best_probe = {k: copy.deepcopy(self.probes_[k]) for k in keys}
+        active = set(keys)
+        n_seen = 0
+        for pos, neg in batches:
+            n_seen += 1
+            run = [k for k in keys if k in active]
+            self.refine({k: pos[k] for k in run}, {k: neg[k] for k in run})
+            acc = self.probe_accuracy({k: val_pos[k] for k in run}, {k: val_neg[k] for k in run})
+            for k in run:
+                h = hist[k]
+                h["curve"].append(acc[k])
+                if acc[k] > h["best"] + min_delta:
+                    h["best"], h["best_batch"] = acc[k], len(h["curve"]) - 1
+                    best_probe[k] = copy.deepcopy(self.probes_[k])
+                elif len(h["curve"]) - 1 - h["best_batch"] >= patience:
+                    h["converged"] = True
+                    active.discard(k)
+            if not active:
+                break
+        if n_seen == 0:
+            raise ValueError("batches is empty: give at least one refinement batch")
+        for k in keys:
+            self.probes_[k] = best_probe[k]
+        final = self.probe_accuracy(val_pos, val_neg)
+        for k in keys:
+            hist[k]["batches"] = len(hist[k]["curve"]) - 1
+            hist[k]["final"] = final[k]
+        self.refine_history_ = hist
+        return hist
 
     def select_layers(
         self,
