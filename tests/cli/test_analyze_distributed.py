@@ -22,6 +22,7 @@ import math
 import os
 import socket
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -127,6 +128,16 @@ def _worker(rank: int, world: int, ports: list[int], folder: str, resume: bool) 
     root = Path(folder)
     quiet = dict(quiet=True, log=lambda m: None, threads=1, timeout_s=60)
     try:
+        # 0. a check that fails on rank 1 only (its folder holds another run): every rank ends
+        (root / f"busy{rank}").mkdir()
+        if rank == 1:
+            (root / "busy1" / "summary.json").write_text("{}")
+        _as_torchrun(rank, world, ports[3])
+        try:
+            run_analyze(config(), root / f"busy{rank}", **quiet)
+        except Exception as err:
+            results["busy"] = [type(err).__name__, str(err)]
+        results["busy_left"] = sorted(p.name for p in (root / "busy0").iterdir())
         # 1. a whole run; rank r writes into its own folder, so rank 1's must stay unmade
         _as_torchrun(rank, world, ports[0])
         s = run_analyze(config(), root / f"whole{rank}", **quiet)
@@ -159,6 +170,7 @@ def _worker(rank: int, world: int, ports: list[int], folder: str, resume: bool) 
         _as_torchrun(rank, world, ports[2])
         s = run_analyze(config(), root / "resumed", resume=True, **quiet)
         results["resumed"] = _numbers(s)
+
     except BaseException:  # reported to the parent
         results["error"] = traceback.format_exc()
     finally:
@@ -174,7 +186,7 @@ def _close(a: list[float | None], b: list[float | None]) -> bool:
 
 
 def _spawn(tmp_path, resume):
-    ports = [_free_port() for _ in range(3)]
+    ports = [_free_port() for _ in range(4)]
     mp.spawn(_worker, args=(2, ports, str(tmp_path), resume), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for r, res in enumerate(ranks):
@@ -188,6 +200,10 @@ def test_two_ranks_equal_one_process_and_only_rank0_writes(tmp_path, monkeypatch
     single = run_analyze(config(), tmp_path / "single", quiet=True, log=lambda m: None, threads=1)
     ref = _numbers(single)
     assert len(ref["eigenvalues"]) == 6 and ref["num_samples"] == [90, 90]
+    # a check failing on rank 1 ends both ranks before anything is written
+    assert ranks[1]["busy"][0] == "ValueError" and "holds another run" in ranks[1]["busy"][1]
+    assert ranks[0]["busy"][0] == "RankFailedError" and "[1]" in ranks[0]["busy"][1]
+    assert ranks[0]["busy_left"] == []
     for r, res in enumerate(ranks):
         assert res["ranks"] == 2 and res["initialized_after"] is False
         for key, values in ref.items():
@@ -208,6 +224,43 @@ def test_two_ranks_resume_an_interrupted_run_exactly(tmp_path):
         assert res["interrupted"] and "leaked_group" not in res
         # the resumed 2-rank run continues the interrupted one to the uninterrupted numbers
         assert res["resumed"] == ranks[0]["whole"], r
+
+
+def _fail_worker(rank: int, port: int, folder: str) -> None:
+    """Rank 1 raises outside any collective (in the evaluation after epoch 1)."""
+    torch.set_num_threads(1)
+    subspaces.report.write_report = _summary_only
+    if rank == 1:
+
+        def fail(*args, **kw):
+            raise RuntimeError("rank 1 failed")
+
+        analyze_train._evaluate = fail
+    _as_torchrun(rank, 2, port)
+    t0 = time.perf_counter()
+    result: list[object] = []
+    try:
+        run_analyze(
+            config(),
+            Path(folder) / f"fail{rank}",
+            quiet=True,
+            log=lambda m: None,
+            threads=1,
+            timeout_s=20,
+        )
+    except Exception as err:
+        result = [type(err).__name__, str(err), time.perf_counter() - t0]
+    (Path(folder) / f"fail{rank}.json").write_text(json.dumps(result))
+
+
+@pytest.mark.slow
+def test_a_rank_failing_outside_a_collective_ends_every_rank(tmp_path):
+    mp.spawn(_fail_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    fail = [json.loads((tmp_path / f"fail{r}.json").read_text()) for r in range(2)]
+    # rank 1 its own error; rank 0 fails in its next collective (the peer is gone, or the
+    # 20 s timeout) instead of hanging
+    assert fail[1][:2] == ["RuntimeError", "rank 1 failed"]
+    assert fail[0] and fail[0][0] == "RuntimeError" and fail[0][2] < 60, fail[0]
 
 
 def test_torchrun_environment_detection(monkeypatch):
