@@ -234,8 +234,9 @@ def _verdicts(runs: list[dict[str, Any]], approximations: tuple[str, ...]) -> di
             for curv in approximations:
                 c = row[curv]
                 ok["linear"] &= bool(c["linear"]) and c["iterations"] <= MAX_NEWTON
-                ok["beats_gd"] &= c["iterations"] < row["gd"]
-                ok["within_lbfgs"] &= c["iterations"] <= row["lbfgs"]
+                reached = c["iterations"] <= MAX_NEWTON  # otherwise a sentinel, not a count
+                ok["beats_gd"] &= reached and c["iterations"] < row["gd"]
+                ok["within_lbfgs"] &= reached and c["iterations"] <= row["lbfgs"]
         ok["mlp_monotone"] &= all(v["monotone"] for v in r["mlp"].values())
     return ok
 
