@@ -67,6 +67,13 @@ accuracy > ACT's and its gain on the first half of the blocks >= its gain on the
 (3) G-ACT's rate > the static baseline's -- is still evaluated per seed and kept in
 ``measured["old_criterion"]``.
 
+First full run of this version (5 seeds, 2026-12-07): FAIL on (c) only. G-ACT raises the C
+rate by +0.40 [0.24, 0.56] over unsteered, beats the static baseline by +0.21 [0.13, 0.32]
+and ACT's probe accuracy by +0.28 [0.26, 0.32], and every layer's refinement stopped by
+patience; but the probe gain is smaller in the first third of the blocks than in the rest
+(-0.15 [-0.29, -0.04]): refinement helps the later blocks most here, and on several seeds the
+first blocks' held-out accuracy fell on the first batches, so their initial probe was kept.
+
 Development note: a first version took the contrastive pairs at the end of the signature line
 written in each language and used the gradient x activation baseline; nothing (not even a plain
 mean difference) moved the choice of language after a neutral header, because the state after a
