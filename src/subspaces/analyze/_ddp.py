@@ -269,7 +269,7 @@ def _dist_context(
             f"torchrun environment ({', '.join(TORCHRUN_VARS)}); launch with torchrun "
             "--nproc-per-node N -m subspaces analyze ..."
         )
-    cuda = torch.device(device_spec).type == "cuda"
+    cuda = device_spec.strip().lower().startswith("cuda")  # a bad spec: _resolve_device says so
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         device_spec = f"cuda:{local}"
