@@ -79,6 +79,7 @@ def _measure(data: object, batch: object, distributed: bool) -> dict[str, torch.
     for name, op in _operators(data, distributed).items():
         out[f"{name}/block"] = op @ V  # type: ignore[operator]
         out[f"{name}/vector"] = op @ V[:, 0]  # type: ignore[operator]
+        out[f"{name}/vector_again"] = op @ V[:, 1]  # type: ignore[operator]  # counts stay put
         out[f"{name}/samples"] = torch.tensor(op.num_samples)  # type: ignore[attr-defined]
     hessian = HessianOperator(_model(), "cross_entropy", data, distributed=distributed)
     eig = top_eigen(hessian, 3, rtol=1e-10, generator=torch.Generator().manual_seed(3))

@@ -90,7 +90,7 @@ class HessianOperator(CurvatureOperator):
             reduction=reduction,
             distributed=distributed,
         )
-        self._graph_weight = 1.0
+        self._graph_weight, self._graph_samples = 1.0, 0
         self.method = check_choice(method, "method", METHODS)
         self._forward_mode = True  # False once a loss kernel turned out to lack forward AD
         self._graph: tuple[list[Tensor], tuple[Tensor, ...]] | None = None
@@ -196,7 +196,7 @@ class HessianOperator(CurvatureOperator):
                     check_loss_finite(loss.detach())
                     grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
             self.num_samples, self.num_batches = batch.size, 1
-            self._graph_weight = self._batch_weight(batch)
+            self._graph_weight, self._graph_samples = self._batch_weight(batch), batch.size
             self._graph = (list(leaves.values()), grads)
         return self._graph
 
@@ -213,8 +213,8 @@ class HessianOperator(CurvatureOperator):
 
             def local() -> tuple[Tensor, float, int, int]:
                 out = self._cached_matmat(X)
-                samples = self.num_samples or 0
-                return out * self._graph_weight, self._graph_weight, samples, 1
+                # this rank's own count (num_samples holds the all-rank total after a product)
+                return out * self._graph_weight, self._graph_weight, self._graph_samples, 1
 
             out = self._reduce(local, (X.shape[0], b), X)
         try:
