@@ -583,7 +583,8 @@ def _analyze(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise CommandError(str(error)) from None
-    print(text_summary(summary, out / "report.html"))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 wrote the report
+        print(text_summary(summary, out / "report.html"))
     return EXIT_OK
 
 

@@ -12,7 +12,6 @@ from torch import Tensor, nn
 
 from .._progress import Progress
 from ..curvature import HessianOperator, bulk_outliers, density, top_eigen, trace
-from ._batches import _batch_len
 from ._costs import _cost_line, _measure_product_seconds
 
 
@@ -20,15 +19,8 @@ class _CountedHessian(HessianOperator):
     """A Hessian that reports the columns of every product to ``on_products`` (live progress)."""
 
     on_products: Callable[[int], None] | None = None
-    local_samples: int | None = None  # with distributed: this rank's samples
 
     def _matmat(self, X: Tensor) -> Tensor:
-        if self.local_samples is not None and self.process_group is not None:
-            # HessianOperator's single-vector distributed path reads ``num_samples`` as this
-            # rank's count, but every all-reduce overwrites it with the total, so the count
-            # would grow with each product (the products themselves are weighted correctly):
-            # give it the local count back before each product.
-            self.num_samples = self.local_samples
         out = super()._matmat(X)
         if self.on_products is not None:
             self.on_products(int(X.shape[1]))
@@ -121,8 +113,6 @@ def _final_spectrum(
     H = _CountedHessian(
         model, loss_fn, data, mode_policy="eval", dtype=dtype, distributed=distributed
     )
-    if distributed:
-        H.local_samples = sum(_batch_len(b) for b in data)
     k_final = min(final_k, H.shape[0])
     steps = min(density_steps, H.shape[0])
     parts = [
