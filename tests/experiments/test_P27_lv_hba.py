@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from subspaces.experiments import get
 from subspaces.experiments.P27_lv_hba import VIOLATION_TOL, make_problem, run_aid, run_lv_hba
@@ -16,7 +17,14 @@ def test_both_methods_lower_the_validation_loss_and_lv_hba_stays_feasible() -> N
         assert r.iterations >= 2 and min(r.history.upper) < r.history.upper[0]
         assert r.history.time[-1] >= 0.4
     assert max(lv.history.violation) < VIOLATION_TOL
-    assert float(P.constraints(lv.x, lv.y).max()) < 1e-9  # recomputed from the returned y
+    # recomputed from the returned y: feasible up to the rounding of its terms, whose size grows
+    # with the iterations the time budget allows (|y| reaches 1e6): a dot product of d terms is
+    # exact to d * eps * sum |terms| (Higham's gamma_d)
+    w, b, xi = P.split(lv.y)
+    terms = 1.0 + xi.abs() + P.Z_train.abs() @ w.abs() + b.abs()
+    eps = torch.finfo(lv.y.dtype).eps
+    tol = (P.Z_train.shape[1] + 3) * eps * float(terms.max())
+    assert float(P.constraints(lv.x, lv.y).max()) <= tol
     lo, hi = P.c_bounds
     assert bool(((lv.x >= lo) & (lv.x <= hi)).all() and ((aid.x >= lo) & (aid.x <= hi)).all())
 

@@ -59,7 +59,7 @@ import torch
 from torch import Tensor, nn
 
 from ..geometry.grassmann import GrassmannLinear, RiemannianSGD, orthonormality_error
-from ._common import figure_png, load_digits_tensors, single_thread
+from ._common import checks_text, figure_png, load_digits_tensors, single_thread
 from ._stats import paired_summary, seed_summary
 from .registry import ExperimentResult, register
 
@@ -470,11 +470,7 @@ def run(fast: bool, seed: int) -> ExperimentResult:
         f"[{gain['ci95'][0]:+.3f}, {gain['ci95'][1]:+.3f}]; within-class variance share "
         + ", ".join(f"k={k} {v:.3f}" for k, v in zip(KS, shares_k, strict=True))
         + f" (softmax {m_share['softmax']:.3f}); max ||U^T U - I|| {max(ortho):.1e}; "
-        + (
-            "all checks hold"
-            if passed
-            else "failed: " + ", ".join(k for k, v in checks.items() if not v)
-        )
+        + checks_text(checks)
     )
     summary += f" (old criterion: {'PASS' if measured['old_criterion']['passed'] else 'FAIL'})"
     return ExperimentResult(

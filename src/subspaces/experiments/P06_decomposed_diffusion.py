@@ -58,7 +58,7 @@ from ..solvers import (
     dps,
     fourier_mask,
 )
-from ._common import figure_png, single_thread
+from ._common import checks_text, figure_png, single_thread
 from ._stats import seed_summary
 from .registry import ExperimentResult, register
 
@@ -288,11 +288,7 @@ def run(fast: bool, seed: int) -> ExperimentResult:
         f"{measured['off_tangent_m10']['mean']:.3f}; NFE to 1e-2: DDS "
         f"{[r['nfe_dds'] for r in per_seed]} vs DPS {[r['nfe_dps'] for r in per_seed]} "
         f"(None: not reached in {dps_steps[-1]}{', ratio a lower bound' if lower else ''}); "
-        + (
-            "all checks hold"
-            if passed
-            else "failed: " + ", ".join(k for k, v in checks.items() if not v)
-        )
+        + checks_text(checks)
     )
     return ExperimentResult(
         measured,

@@ -51,7 +51,7 @@ from ..nas.entangled import MacroSupernet, Mixing, Relaxation, relaxed_weights, 
 from ..nas.memory import TensorMemoryTracker
 from ..nas.networks import digits_images
 from ..nas.space import MacroSpace
-from ._common import single_thread
+from ._common import checks_text, single_thread
 from ._stats import seed_summary
 from .registry import ExperimentResult, register
 
@@ -194,12 +194,7 @@ def run(fast: bool, seed: int) -> ExperimentResult:
         f"entangled / output mixing: peak memory {mem_ratio:.2f}x, step time {time_ratio:.2f}x "
         f"(need <= {RATIO}); entangled DARTS picked {', '.join(found['entangled_darts'])} "
         f"({sum(in_top)}/{len(in_top)} in the top 10%, mean percentile "
-        f"{float(np.mean(pct['entangled_darts'])):.2f}); "
-        + (
-            "all checks hold"
-            if passed
-            else "failed: " + ", ".join(k for k, v in checks.items() if not v)
-        )
+        f"{float(np.mean(pct['entangled_darts'])):.2f}); " + checks_text(checks)
     )
     measured["percentile_entangled_darts"] = measured["percentile"]["entangled_darts"]
     return ExperimentResult(measured, passed, summary, headline=("percentile_entangled_darts",))

@@ -42,7 +42,7 @@ import torch
 from ..clustering.denoiser import subspace_recovery_error, train_denoiser_batch
 from ..clustering.mixtures import LowRankGaussianMixture
 from ..linalg.subspace import Subspace
-from ._common import figure_png, single_thread
+from ._common import checks_text, figure_png, single_thread
 from .registry import ExperimentResult, register
 
 AMBIENT = 30
@@ -220,10 +220,6 @@ def run(fast: bool, seed: int) -> ExperimentResult:
         f"recovered / {trials} trials at N_k = "
         + ", ".join(f"{n}: {recovered[n]}" for n in grid)
         + f"; transition (>= 50%) at N_k = {n50} vs predicted d = {DIM}; "
-        + (
-            "all checks hold"
-            if passed
-            else "failed: " + ", ".join(k for k, v in checks.items() if not v)
-        )
+        + checks_text(checks)
     )
     return ExperimentResult(measured, passed, summary, {"transition": _plot(grid, rates, DIM)})

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..clustering.dictionary import SupervisedDictionary
-from ._common import figure_png, single_thread
+from ._common import checks_text, figure_png, single_thread
 from ._stats import paired_summary, seed_summary
 from .registry import ExperimentResult, register
 
@@ -255,12 +255,7 @@ def run(fast: bool, seed: int) -> ExperimentResult:
         f"mean test accuracy over {len(seeds)} seeds: SDL {np.mean(acc['SDL']):.3f}, PCA+LR "
         f"{np.mean(acc['PCA+LR']):.3f}, DL+LR {np.mean(acc['DL+LR']):.3f}; paired gain over PCA "
         f"{gain_pca['mean']:+.3f} {_ci(gain_pca)}, over DL {gain_dl['mean']:+.3f} "
-        f"{_ci(gain_dl)}; "
-        + (
-            "all checks hold"
-            if passed
-            else "failed: " + ", ".join(k for k, v in checks.items() if not v)
-        )
+        f"{_ci(gain_dl)}; " + checks_text(checks)
     )
     return ExperimentResult(
         measured,

@@ -45,7 +45,7 @@ from ..distributed.coding import (
     SelectiveRepeatSGC,
     simulate,
 )
-from ._common import figure_png, single_thread
+from ._common import checks_text, figure_png, single_thread
 from ._stats import paired_summary, seed_summary
 from .registry import ExperimentResult, register
 
@@ -265,12 +265,7 @@ def run(fast: bool, seed: int) -> ExperimentResult:
         f"{100 * red['mean']:.1f}% (95% CI {100 * red['ci95'][0]:.1f}..{100 * red['ci95'][1]:.1f}%;"
         f" paper 16%), load {loads['M-SGC']:.3f} vs {loads['GC']:.3f}; M-SGC vs uncoded "
         f"(s = 0, extra): {100 * measured['reduction_msgc_vs_uncoded']['mean']:.1f}%; runner "
-        f"max error {max(errors.values()):.1e}; "
-        + (
-            "all checks hold"
-            if passed
-            else "failed: " + ", ".join(k for k, v in checks.items() if not v)
-        )
+        f"max error {max(errors.values()):.1e}; " + checks_text(checks)
     )
     figure = _plot(times, loads)
     return ExperimentResult(

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from ..bilevel import MultiTaskRidge, bsvrb, msvr_gamma
-from ._common import figure_png, single_thread
+from ._common import checks_text, figure_png, single_thread
 from ._stats import paired_summary, seed_summary
 from .registry import ExperimentResult, register
 
@@ -212,11 +212,7 @@ def run(fast: bool, seed: int) -> ExperimentResult:
         + f"; plain at (2,2): {seed_summary(iters['plain_I2_B2'])['mean']:.0f} "
         f"({diverged['plain_I2_B2']} of {n_seeds} runs diverged) "
         f"(plain - MSVR {vr['mean']:+.0f}, CI [{vr['ci95'][0]:+.0f}, {vr['ci95'][1]:+.0f}]); "
-        + (
-            "all checks hold"
-            if passed
-            else "failed: " + ", ".join(k for k, v in checks.items() if not v)
-        )
+        + checks_text(checks)
     )
     return ExperimentResult(
         measured, passed, summary, {"hypergradient": _plot(curves)},

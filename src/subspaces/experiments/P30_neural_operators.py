@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from ..operators.data import darcy_flow
 from ..operators.fno import FNO, grid_embedding
 from ..operators.losses import H1Loss, LpLoss
-from ._common import single_thread
+from ._common import checks_text, single_thread
 from ._stats import paired_summary, seed_summary
 from .registry import ExperimentResult, register
 
@@ -278,11 +278,7 @@ def run(fast: bool, seed: int) -> ExperimentResult:
         f"(x{mean(fno['degradation']):.2f}); CNN {mean(cnn['l2_16']):.3f} -> "
         f"{mean(cnn['l2_32']):.3f} (x{mean(cnn['degradation']):.2f}); FNO training "
         f"{mean(fno['train_cpu_s']):.0f} s CPU per seed, data {data_seconds:.0f} s CPU; "
-        + (
-            "all checks hold"
-            if passed
-            else "failed: " + ", ".join(k for k, v in checks.items() if not v)
-        )
+        + checks_text(checks)
     )
     return ExperimentResult(
         measured,

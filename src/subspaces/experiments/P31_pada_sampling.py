@@ -49,7 +49,7 @@ from ..nas.networks import digits_images
 from ..nas.pada import PADASampler
 from ..nas.space import CellSpace
 from ..nas.supernet import CellSupernet, UniformSampler, inherited_accuracies, train_supernet
-from ._common import single_thread
+from ._common import checks_text, single_thread
 from ._stats import paired_summary, seed_summary
 from .registry import ExperimentResult, register
 
@@ -187,12 +187,7 @@ def run(fast: bool, seed: int) -> ExperimentResult:
     summary = (
         f"Kendall tau SPOS {tau['spos']:.3f}, PA&DA {tau['pada']:.3f} (gain {gain['mean']:+.3f}, "
         f"95% CI [{gain['ci95'][0]:+.3f}, {gain['ci95'][1]:+.3f}], need >= {MARGIN}); gradient "
-        f"variance PA&DA/SPOS {float(np.mean(var_ratio)):.2f}x; "
-        + (
-            "all checks hold"
-            if passed
-            else "failed: " + ", ".join(k for k, v in checks.items() if not v)
-        )
+        f"variance PA&DA/SPOS {float(np.mean(var_ratio)):.2f}x; " + checks_text(checks)
     )
     return ExperimentResult(
         measured,

@@ -374,3 +374,20 @@ def figure_png(fig: Any, dpi: int = 110) -> bytes:
     fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def checks_text(checks: dict[str, bool]) -> str:
+    """The end of a verdict summary: ``"all checks hold"`` or the names of the failed checks.
+
+    Args:
+        checks: ``{check name: held}``.
+
+    Returns:
+        The text.
+
+    Example:
+        >>> checks_text({"a": True, "b": False, "c": False})
+        'failed: b, c'
+    """
+    failed = [name for name, held in checks.items() if not held]
+    return "failed: " + ", ".join(failed) if failed else "all checks hold"

@@ -24,6 +24,7 @@ from torch import Tensor
 from .._checks import check_choice, check_positive_float, check_positive_int, default_tol
 from ..linalg.solvers import SolveResult, _validate_system
 from ..linops.base import LinearOperator, as_operator
+from ._cycles import restarted_solve
 
 __all__ = ["Preconditioner", "flexible_cg"]
 
@@ -192,44 +193,15 @@ def _solve_column(
     Returns:
         ``(x, true residual norm, history, status, iterations, num_matvecs)``.
     """
-    bnorm = float(b.norm())
-    thresh = max(rtol * bnorm, atol)
+    thresh = max(rtol * float(b.norm()), atol)
 
-    def residual(x: Tensor) -> Tensor:
-        Ax = op.matvec(x)
-        if not bool(torch.isfinite(Ax).all()):
-            raise ValueError("operator returned non-finite values (A @ x)")
-        return b - Ax
+    def cycle(
+        x: Tensor, r: Tensor, thresh: float, budget: int, done: int, history: list[float]
+    ) -> tuple[Tensor, Tensor, int, int]:
+        x, r, its = _cycle(op, prec, x, r, thresh, budget, done, beta, history)
+        return x, r, its, its  # one product per iteration
 
-    if x0 is None:
-        x, r, num_matvecs = torch.zeros_like(b), b.clone(), 0
-    else:
-        x, num_matvecs = x0.clone(), 1
-        r = residual(x)
-    history = [float(r.norm())]
-    best_x, best_res = x, history[0]
-    iterations, status = 0, "max_iters"
-    while best_res > thresh and iterations < max_iters:
-        start = float(r.norm())
-        x, r, its = _cycle(
-            op, prec, x, r, thresh, max_iters - iterations, iterations, beta, history
-        )
-        iterations += its
-        num_matvecs += its
-        if its == 0:
-            break
-        r = residual(x)
-        num_matvecs += 1
-        res = float(r.norm())
-        if res < best_res:
-            best_x, best_res = x, res
-        if res > thresh and res > 0.5 * start:
-            status = "stagnated"
-            break
-    if best_res <= thresh:
-        status = "converged"
-    hist = torch.tensor(history, dtype=b.dtype, device=b.device)
-    return best_x, torch.tensor(best_res, dtype=b.dtype), hist, status, iterations, num_matvecs
+    return restarted_solve(op, b, x0, thresh, max_iters, cycle)
 
 
 def _cycle(
