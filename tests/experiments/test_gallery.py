@@ -121,3 +121,17 @@ def test_process_backend_equals_serial_and_survives_a_killed_worker(tmp_path: Pa
         # the same deterministic runs: every measurement but the timings agrees
         untimed = [k for k in a["measured"] if "second" not in k and "time" not in k]
         assert untimed and all(b["measured"][k] == a["measured"][k] for k in untimed)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed")
+def test_ray_backend_runs_two_reproductions(tmp_path: Path) -> None:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        records = run_gallery(["C01", "P13"], tmp_path, fast=True, backend="ray")
+    finally:
+        ray.shutdown()
+    assert [r["status"] for r in records] == ["passed", "passed"]
+    assert {p.name for p in tmp_path.glob("*.json")} == {"C01.json", "P13.json"}
