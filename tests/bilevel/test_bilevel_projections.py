@@ -22,16 +22,24 @@ f64 = torch.float64
 
 def _scipy_projection(v, constraints=(), bounds=None):
     v = v.numpy()
+    common = {"jac": lambda u: u - v, "bounds": bounds, "constraints": constraints}
     res = minimize(
         lambda u: 0.5 * np.sum((u - v) ** 2),
         np.zeros_like(v),
-        jac=lambda u: u - v,
         method="SLSQP",
-        bounds=bounds,
-        constraints=constraints,
         options={"ftol": 1e-14, "maxiter": 500},
+        **common,
     )
-    assert res.success
+    if not res.success:  # older SLSQP (scipy 1.11) can stop in its line search: a second solver
+        res = minimize(
+            lambda u: 0.5 * np.sum((u - v) ** 2),
+            res.x,
+            method="trust-constr",
+            hess=lambda u: np.eye(len(v)),
+            options={"gtol": 1e-12, "xtol": 1e-14, "maxiter": 5000},
+            **common,
+        )
+    assert res.success, res.message
     return torch.from_numpy(res.x)
 
 
