@@ -25,10 +25,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positive_float, check_positive_int, default_tol
+from .._checks import check_positive_int
 from ..linalg.solvers import SolveResult, _validate_system
 from ..linops.base import LinearOperator
-from ._cycles import restarted_solve
+from ._cycles import solve_by_columns
 from ._dcdm_training import TrainResult, dcdm_loss, ritz_rhs, train_direction_net
 from .grids import GridDiffusion
 
@@ -203,70 +203,13 @@ def dcdm(
     if b.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dcdm works in float32 or float64, got {b.dtype}")
     direction = _direction_fn(model, op)
-    n = op.shape[0]
-    rtol = (
-        default_tol(b.dtype)
-        if rtol is None
-        else check_positive_float(rtol, "rtol", allow_zero=True)
-    )
-    atol = check_positive_float(atol, "atol", allow_zero=True)
-    max_iters = (
-        10 * n if max_iters is None else check_positive_int(max_iters, "max_iters", minimum=0)
-    )
-    B = b.unsqueeze(1) if b.ndim == 1 else b
-    X0 = None if x0 is None else (x0.unsqueeze(1) if x0.ndim == 1 else x0)
-    xs, norms, hists, statuses = [], [], [], []
-    iterations, num_matvecs = 0, 0
-    for j in range(B.shape[1]):
-        out = _solve_column(
-            op, B[:, j], None if X0 is None else X0[:, j], direction, rtol, atol, max_iters
-        )
-        xs.append(out[0])
-        norms.append(out[1])
-        hists.append(out[2])
-        statuses.append(out[3])
-        iterations = max(iterations, out[4])
-        num_matvecs += out[5]
-    if not xs:
-        return SolveResult(B.clone(), True, 0, B.new_zeros(0), 0, "converged", B.new_zeros(1, 0))
-    reasons = sorted({s for s in statuses if s != "converged"})
-    length = max(h.numel() for h in hists)
-    H = torch.stack([torch.cat([h, h[-1:].expand(length - h.numel())]) for h in hists], dim=1)
-    X, res = torch.stack(xs, dim=1), torch.stack(norms)
-    vec = b.ndim == 1
-    return SolveResult(
-        x=X.squeeze(1) if vec else X,
-        converged=not reasons,
-        iterations=iterations,
-        residual_norm=res.squeeze(0) if vec else res,
-        num_matvecs=num_matvecs,
-        status=", ".join(reasons) if reasons else "converged",
-        residual_history=H.squeeze(1) if vec else H,
-    )
-
-
-def _solve_column(
-    op: LinearOperator,
-    b: Tensor,
-    x0: Tensor | None,
-    direction: Direction,
-    rtol: float,
-    atol: float,
-    max_iters: int,
-) -> tuple[Tensor, Tensor, Tensor, str, int, int]:
-    """DCDM on one column, in cycles certified on the true residual.
-
-    Returns:
-        ``(x, true residual norm, history, status, iterations, num_matvecs)``.
-    """
-    thresh = max(rtol * float(b.norm()), atol)
 
     def cycle(
         x: Tensor, r: Tensor, thresh: float, budget: int, done: int, history: list[float]
     ) -> tuple[Tensor, Tensor, int, int]:
         return _cycle(op, direction, x, r, thresh, budget, done, history)
 
-    return restarted_solve(op, b, x0, thresh, max_iters, cycle)
+    return solve_by_columns(op, b, x0, rtol, atol, max_iters, cycle)
 
 
 def _cycle(

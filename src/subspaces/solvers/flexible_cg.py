@@ -21,10 +21,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_positive_float, check_positive_int, default_tol
+from .._checks import check_choice
 from ..linalg.solvers import SolveResult, _validate_system
 from ..linops.base import LinearOperator, as_operator
-from ._cycles import restarted_solve
+from ._cycles import solve_by_columns
 
 __all__ = ["Preconditioner", "flexible_cg"]
 
@@ -132,68 +132,8 @@ def flexible_cg(
     op, b, x0 = _validate_system(A, b, x0)
     if b.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"flexible_cg works in float32 or float64, got {b.dtype}")
-    n = op.shape[0]
-    prec = _preconditioner(M, n, b.dtype)
-    rtol = (
-        default_tol(b.dtype)
-        if rtol is None
-        else check_positive_float(rtol, "rtol", allow_zero=True)
-    )
-    atol = check_positive_float(atol, "atol", allow_zero=True)
-    max_iters = (
-        10 * n if max_iters is None else check_positive_int(max_iters, "max_iters", minimum=0)
-    )
+    prec = _preconditioner(M, op.shape[0], b.dtype)
     beta = check_choice(beta, "beta", ("polak_ribiere", "fletcher_reeves"))  # type: ignore[assignment]
-    B = b.unsqueeze(1) if b.ndim == 1 else b
-    X0 = None if x0 is None else (x0.unsqueeze(1) if x0.ndim == 1 else x0)
-    xs, norms, hists, statuses = [], [], [], []
-    iterations, num_matvecs = 0, 0
-    for j in range(B.shape[1]):
-        xj, rj, hj, sj, itj, mj = _solve_column(
-            op, B[:, j], None if X0 is None else X0[:, j], prec, rtol, atol, max_iters, beta
-        )
-        xs.append(xj)
-        norms.append(rj)
-        hists.append(hj)
-        statuses.append(sj)
-        iterations = max(iterations, itj)
-        num_matvecs += mj
-    reasons = sorted({s for s in statuses if s != "converged"})
-    if not xs:
-        return SolveResult(B.clone(), True, 0, B.new_zeros(0), 0, "converged", B.new_zeros(1, 0))
-    X = torch.stack(xs, dim=1)
-    res = torch.stack(norms)
-    # Pad shorter histories with their last value (that column had stopped).
-    length = max(h.numel() for h in hists)
-    H = torch.stack([torch.cat([h, h[-1:].expand(length - h.numel())]) for h in hists], dim=1)
-    vec = b.ndim == 1
-    return SolveResult(
-        x=X.squeeze(1) if vec else X,
-        converged=not reasons,
-        iterations=iterations,
-        residual_norm=res.squeeze(0) if vec else res,
-        num_matvecs=num_matvecs,
-        status=", ".join(reasons) if reasons else "converged",
-        residual_history=H.squeeze(1) if vec else H,
-    )
-
-
-def _solve_column(
-    op: LinearOperator,
-    b: Tensor,
-    x0: Tensor | None,
-    prec: Callable[[Tensor, int], Tensor],
-    rtol: float,
-    atol: float,
-    max_iters: int,
-    beta: str,
-) -> tuple[Tensor, Tensor, Tensor, str, int, int]:
-    """Flexible PCG on one column, in cycles certified on the true residual.
-
-    Returns:
-        ``(x, true residual norm, history, status, iterations, num_matvecs)``.
-    """
-    thresh = max(rtol * float(b.norm()), atol)
 
     def cycle(
         x: Tensor, r: Tensor, thresh: float, budget: int, done: int, history: list[float]
@@ -201,7 +141,7 @@ def _solve_column(
         x, r, its = _cycle(op, prec, x, r, thresh, budget, done, beta, history)
         return x, r, its, its  # one product per iteration
 
-    return restarted_solve(op, b, x0, thresh, max_iters, cycle)
+    return solve_by_columns(op, b, x0, rtol, atol, max_iters, cycle)
 
 
 def _cycle(
