@@ -254,6 +254,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status: 0, or 2 for a usage error (with a message on stderr).
+
+    Example:
+        >>> import contextlib, io, json, tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "C01.json").write_text(json.dumps({"id": "C01", "status": "passed"}))
+        >>> out = io.StringIO()
+        >>> with contextlib.redirect_stdout(out):
+        ...     status = main([str(folder)])
+        >>> status, out.getvalue().splitlines()[0]
+        (0, '# Reproductions')
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):

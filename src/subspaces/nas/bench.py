@@ -89,6 +89,11 @@ def default_config(space: CellSpace | MacroSpace) -> BenchConfig:
 
     Returns:
         The :class:`BenchConfig`.
+
+    Example:
+        >>> from subspaces.nas.space import CellSpace, MacroSpace
+        >>> default_config(CellSpace()).seeds, default_config(MacroSpace()).seeds
+        ((0,), (0, 1, 2))
     """
     return BenchConfig(seeds=(0,)) if isinstance(space, CellSpace) else BenchConfig()
 
@@ -105,7 +110,19 @@ class BenchResult(NamedTuple):
 
 
 def space_to_dict(space: Space) -> dict[str, Any]:
-    """A JSON description of a space (inverse of :func:`space_from_dict`)."""
+    """A JSON description of a space (inverse of :func:`space_from_dict`).
+
+    Returns:
+        ``{"kind": "cell", "ops": [...]}`` or ``{"kind": "macro", "kernels", "widths", "layers"}``.
+
+    Raises:
+        TypeError: for another kind of space.
+
+    Example:
+        >>> from subspaces.nas.space import MacroSpace
+        >>> space_to_dict(MacroSpace())
+        {'kind': 'macro', 'kernels': [1, 3, 5], 'widths': [8, 16, 32], 'layers': 2}
+    """
     if isinstance(space, CellSpace):
         return {"kind": "cell", "ops": list(space.ops)}
     if isinstance(space, MacroSpace):
@@ -126,6 +143,11 @@ def space_from_dict(data: dict[str, Any]) -> Space:
 
     Raises:
         ValueError: for an unknown kind.
+
+    Example:
+        >>> from subspaces.nas.space import CellSpace
+        >>> space_from_dict(space_to_dict(CellSpace())) == CellSpace()
+        True
     """
     kind = data.get("kind")
     if kind == "cell":

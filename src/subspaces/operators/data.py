@@ -55,6 +55,15 @@ def default_cache_dir() -> Path:
 
     Returns:
         The directory (not created).
+
+    Example:
+        >>> import os
+        >>> old = os.environ.get("SUBSPACES_CACHE")
+        >>> os.environ["SUBSPACES_CACHE"] = "/tmp/my-cache"
+        >>> str(default_cache_dir())
+        '/tmp/my-cache'
+        >>> _ = os.environ.pop("SUBSPACES_CACHE") if old is None else os.environ.update(
+        ...     SUBSPACES_CACHE=old)
     """
     if os.environ.get("SUBSPACES_CACHE"):
         return Path(os.environ["SUBSPACES_CACHE"])
