@@ -240,6 +240,9 @@ def _print_verdict(record: dict[str, Any], brief: str | None, reused: bool) -> N
     from .experiments.registry import format_interval
 
     seconds = format_seconds(float(record.get("seconds") or 0.0))
+    cpu = record.get("cpu_seconds")
+    if isinstance(cpu, (int, float)):
+        seconds += f", CPU {format_seconds(float(cpu))}"
     when = f"{seconds}, resumed" if reused else seconds
     if record.get("status") == "error":
         error = str(record.get("error") or "").strip().splitlines()

@@ -135,3 +135,26 @@ def test_ray_backend_runs_two_reproductions(tmp_path: Path) -> None:
         ray.shutdown()
     assert [r["status"] for r in records] == ["passed", "passed"]
     assert {p.name for p in tmp_path.glob("*.json")} == {"C01.json", "P13.json"}
+
+
+def _busy_child(fast: bool, seed: int) -> ExperimentResult:
+    """Burns CPU in this process and in a child process it waits for."""
+    import subprocess
+    import sys
+
+    end = time.process_time() + 0.15
+    while time.process_time() < end:
+        pass
+    code = "import time\nend = time.process_time() + 0.15\nwhile time.process_time() < end: pass"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return ExperimentResult({}, passed=True)
+
+
+def test_record_counts_cpu_seconds_of_the_run_and_its_children() -> None:
+    with temporarily_registered("X92", _busy_child):
+        record, _, tb = run_record("X92", fast=True, seed=0)
+    assert tb is None
+    # 0.15 s in this process plus >= 0.15 s in the child (its interpreter start-up adds more)
+    assert record["cpu_seconds"] >= 0.3
+    # CPU time cannot exceed wall time by more than the other core's share (2 threads busy)
+    assert record["cpu_seconds"] <= 2 * record["seconds"] + 0.05

@@ -84,6 +84,24 @@ def _error_record(base: dict[str, Any], message: str, seconds: float) -> dict[st
     }
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its finished child processes.
+
+    Children count because some reproductions spawn worker processes (P26's runner); a
+    reproduction's CPU time is the difference of two calls around its run.
+
+    Returns:
+        Seconds since the process started (children: those waited for so far).
+    """
+    own = time.process_time()
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return own
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own + children.ru_utime + children.ru_stime
+
+
 def run_record(
     id: str, fast: bool, seed: int, threads: int | None = 1
 ) -> tuple[dict[str, Any], Figures, str | None]:
@@ -141,10 +159,12 @@ def run_record(
     np.random.seed(seed)  # noqa: NPY002 (legacy global state, for experiments that use it)
     torch.manual_seed(seed)
     start = time.perf_counter()
+    cpu_start = _cpu_seconds()
     try:
         with intra_op_threads(threads):
             result = experiment.run(fast, seed)
         seconds = time.perf_counter() - start
+        cpu_seconds = _cpu_seconds() - cpu_start
         if not isinstance(result, ExperimentResult):
             raise TypeError(
                 f"{experiment.id}'s run returned {type(result).__name__}, expected ExperimentResult"
@@ -160,6 +180,7 @@ def run_record(
             "headline": list(result.headline),
             "error": None,
             "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
         }
         return record, figures, None
     except Exception as error:

@@ -18,7 +18,7 @@ Example:
     ...           "measured": {"gap": {"mean": 0.5, "ci95": [0.25, 0.75], "n": 5}}}
     >>> _ = (folder / "P99.json").write_text(json.dumps(record))
     >>> print(markdown_table(load_records(folder)))
-    | ID | Title | Verdict | Headline (mean [95% interval], seeds) | Wall time | Setting |
+    | ID | Title | Verdict | Headline (mean [95% interval], seeds) | Wall time (CPU) | Setting |
     |---|---|---|---|---|---|
     | P99 | A claim | PASS | gap 0.5 [0.25, 0.75] (95%, 5 seeds) | 1m15s | full, seed 0 |
 """
@@ -38,7 +38,7 @@ __all__ = ["load_records", "main", "markdown_page", "markdown_table", "merge_rec
 
 _VERDICTS = {"passed": "PASS", "failed": "FAIL", "error": "ERROR"}
 _HEADER = (
-    "| ID | Title | Verdict | Headline (mean [95% interval], seeds) | Wall time | Setting |\n"
+    "| ID | Title | Verdict | Headline (mean [95% interval], seeds) | Wall time (CPU) | Setting |\n"
     "|---|---|---|---|---|---|"
 )
 
@@ -135,8 +135,10 @@ def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
     """
     rows = [_HEADER]
     for r in records:
-        seconds = r.get("seconds")
+        seconds, cpu = r.get("seconds"), r.get("cpu_seconds")
         wall = format_seconds(float(seconds)) if isinstance(seconds, (int, float)) else "-"
+        if isinstance(cpu, (int, float)):
+            wall += f" (CPU {format_seconds(float(cpu))})"
         rows.append(
             "| "
             + " | ".join(
