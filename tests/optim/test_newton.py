@@ -13,9 +13,11 @@ from torch import nn
 
 from subspaces._tensorlist import ParamLayout
 from subspaces.optim import NewtonGR, newton_gr
+from subspaces.optim import newton as newton_module
 from subspaces.optim._newton_autograd import closure_curvature
 from subspaces.optim._newton_diag import DiagonalGGN
 from subspaces.optim._newton_search import regularization
+from subspaces.optim.newton import _operator, materialize
 from subspaces.testing import dense_ggn, dense_hessian, finite_difference_hessian
 
 D = torch.float64
@@ -94,9 +96,10 @@ def test_diagonal_ggn_equals_dense_diagonal() -> None:
     assert torch.allclose(op @ v, want * v, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("dense", [False, True])
 @pytest.mark.parametrize("rule", ["gns", "sqrt"])
 @pytest.mark.parametrize("curvature", ["hessian", "ggn", "empirical_fisher", "diag_ggn"])
-def test_one_step_equals_dense_solve(rule: str, curvature: str) -> None:
+def test_one_step_equals_dense_solve(rule: str, curvature: str, dense: bool) -> None:
     X, y = _data()
     model = _mlp()
     x0 = _flat(model)
@@ -112,12 +115,59 @@ def test_one_step_equals_dense_solve(rule: str, curvature: str) -> None:
     want = x0 - torch.linalg.solve(want_H + lam * torch.eye(len(g), dtype=D), g)
     res = newton_gr(
         model, "cross_entropy", (X, y), curvature=curvature, c=c, rule=rule, adaptive=False,
-        max_iters=1, gtol=0.0, cg_rtol=1e-14,
+        max_iters=1, gtol=0.0, cg_rtol=1e-14, dense=dense,
     )  # fmt: skip
     got = ParamLayout.from_params(res.params).flatten(res.params)
+    assert res.dense == (dense and curvature != "diag_ggn")
     assert res.iterations == 1 and res.lambdas == [pytest.approx(lam, rel=1e-14)]
     assert (got - want).abs().max() < 1e-10
     assert torch.equal(got, _flat(model))  # the model holds the final iterate
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "ggn", "fisher"])
+def test_materialized_curvature_equals_operator(curvature: str) -> None:
+    # the dense fast path: the same matrix as the operator's products (the Fisher's sampled
+    # labels included), to rounding, and exactly symmetric
+    X, y = _data()
+    model = _mlp()
+    op = _operator(curvature, model, "cross_entropy", (X, y), dict(model.named_parameters()),
+                   "error", 2, torch.Generator().manual_seed(0))  # fmt: skip
+    twin = _operator(curvature, model, "cross_entropy", (X, y), dict(model.named_parameters()),
+                     "error", 2, torch.Generator().manual_seed(0))  # fmt: skip
+    M = materialize(op).matrix
+    assert torch.equal(M, M.T)
+    V = torch.randn(M.shape[0], 3, dtype=D, generator=torch.Generator().manual_seed(1))
+    want = twin @ V  # column by column through the operator, 16 at a time
+    assert (M @ V - want).abs().max() < 1e-12 * max(1.0, float(want.abs().max()))
+    if curvature != "fisher":
+        ref = _dense(curvature, model, X, y)
+        assert (M - ref).abs().max() < 1e-12 * max(1.0, float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "ggn", "fisher"])
+def test_dense_path_follows_the_matrix_free_path(curvature: str) -> None:
+    # whole runs: same accepted steps, trials and shifts, iterates equal to 1e-10
+    X, y = _data()
+    runs = []
+    for dense in (False, True):
+        kw = {"fisher_samples": 2, "generator": torch.Generator().manual_seed(0), "dense": dense}
+        res = newton_gr(_mlp(seed=1), "cross_entropy", (X, y), curvature=curvature, max_iters=4,
+                        gtol=0.0, cg_rtol=1e-12, **kw)  # fmt: skip
+        runs.append(res)
+    free, fast = runs
+    assert (free.dense, fast.dense) == (False, True)
+    assert fast.iterations == free.iterations == 4 and fast.trials == free.trials
+    assert fast.lambdas == pytest.approx(free.lambdas, rel=1e-10)
+    for name, p in free.params.items():
+        assert (fast.params[name] - p).abs().max() < 1e-10
+
+
+def test_dense_default_follows_the_parameter_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, X, y = _logistic()  # 10 parameters
+    assert newton_gr(copy.deepcopy(model), "cross_entropy", (X, y), max_iters=1).dense
+    monkeypatch.setattr(newton_module, "DENSE_MAX_PARAMS", 9)
+    assert not newton_gr(copy.deepcopy(model), "cross_entropy", (X, y), max_iters=1).dense
+    assert newton_gr(copy.deepcopy(model), "cross_entropy", (X, y), max_iters=1, dense=True).dense
 
 
 def test_optimizer_step_equals_dense_solve() -> None:
@@ -205,6 +255,8 @@ def test_bad_input() -> None:
         newton_gr(model, "cross_entropy", (X, y), rule="cubic")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="gtol"):
         newton_gr(model, "cross_entropy", (X, y), gtol=float("nan"))
+    with pytest.raises(TypeError, match="dense must be a bool or None, got str"):
+        newton_gr(model, "cross_entropy", (X, y), dense="yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no parameter"):
         newton_gr(nn.ReLU(), "cross_entropy", (X, y))
     with pytest.raises(TypeError, match="model"):

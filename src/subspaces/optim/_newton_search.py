@@ -25,7 +25,7 @@ from torch import Tensor
 from .._checks import check_choice, check_positive_float, check_positive_int
 from ..linalg.solvers import cg
 from ..linops import LinearOperator
-from ..linops.structured import Identity
+from ..linops.structured import Dense, Identity
 
 Rule = Literal["gns", "sqrt"]
 RULES: tuple[str, ...] = ("gns", "sqrt")
@@ -56,6 +56,9 @@ def solve_shifted(
 ) -> tuple[Tensor | None, int]:
     """Solve ``(H + lam I) d = g`` by CG.
 
+    A :class:`~subspaces.linops.structured.Dense` ``H`` (a materialized curvature) is shifted
+    in a dense copy, so every CG product is one small matrix product.
+
     Returns:
         ``(d, iterations)``; ``d`` is ``None`` when ``H + lam I`` is found not to be positive
         definite (an indefinite Hessian with too small a shift), which the search treats as a
@@ -64,7 +67,13 @@ def solve_shifted(
     Raises:
         ValueError: if a product is not finite (other errors of :func:`~subspaces.linalg.cg`).
     """
-    shifted = H + lam * Identity(H.shape[0], dtype=H.dtype, device=H.device)
+    shifted: LinearOperator
+    if isinstance(H, Dense) and H.SELF_ADJOINT:
+        M = H.matrix.clone()
+        M.diagonal().add_(lam)  # stays exactly symmetric
+        shifted = Dense(M, symmetric=True)
+    else:
+        shifted = H + lam * Identity(H.shape[0], dtype=H.dtype, device=H.device)
     try:
         res = cg(shifted, g, rtol=rtol, max_iters=max_iters)
     except ValueError as err:

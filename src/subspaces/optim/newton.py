@@ -6,7 +6,9 @@ diagonal of the GGN, solved matrix-free by CG, and ``lambda`` from an adaptively
 constant (see :mod:`subspaces.optim._newton_search` for the two rules). Two entry points:
 
 * :func:`newton_gr`: a full-batch solver on ``(model, loss_fn, data)`` like the curvature
-  operators of :mod:`subspaces.curvature`, which it builds at every iterate;
+  operators of :mod:`subspaces.curvature`, which it builds at every iterate (for small models
+  it materializes the curvature once per iteration, one batched product with the identity,
+  and runs the same CG on the dense matrix);
 * :class:`NewtonGR`: a ``torch.optim.Optimizer`` for mini-batches whose closure returns the
   loss (or ``(loss, outputs)``), differentiated twice on its autograd graph.
 
@@ -27,9 +29,10 @@ from torch import Tensor, nn
 
 from .._checks import check_choice, check_positive_float, check_positive_int
 from .._tensorlist import ParamLayout
-from ..curvature import FisherOperator, GGNOperator, HessianOperator
+from ..curvature import CurvatureOperator, FisherOperator, GGNOperator, HessianOperator
 from ..curvature._model import LossFn, ModePolicy, ParamSpec, select_params
 from ..linops import LinearOperator
+from ..linops.structured import Dense
 from ._newton_diag import DiagonalGGN
 from ._newton_optimizer import NewtonGR
 from ._newton_search import Rule, check_common, search
@@ -37,7 +40,11 @@ from ._newton_search import Rule, check_common, search
 Curvature = Literal["hessian", "ggn", "fisher", "empirical_fisher", "diag_ggn"]
 CURVATURES: tuple[str, ...] = ("hessian", "ggn", "fisher", "empirical_fisher", "diag_ggn")
 
-__all__ = ["CURVATURES", "NewtonGR", "NewtonResult", "newton_gr"]
+__all__ = ["CURVATURES", "DENSE_MAX_PARAMS", "NewtonGR", "NewtonResult", "newton_gr"]
+
+DENSE_MAX_PARAMS = 2048
+"""Parameter count up to which ``newton_gr(dense=None)`` materializes the curvature."""
+_DENSE_BLOCK = 64  # identity columns per vmap'd product while materializing (measured fastest)
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,6 +66,7 @@ class NewtonResult:
         cg_iterations: CG iterations per iteration (all trials).
         trials: trials per iteration (1 = the first shift was accepted).
         num_evaluations: loss-and-gradient passes over the data.
+        dense: whether the curvature was materialized (see ``dense`` of :func:`newton_gr`).
     """
 
     params: dict[str, Tensor]
@@ -74,6 +82,23 @@ class NewtonResult:
     cg_iterations: list[int] = field(default_factory=list)
     trials: list[int] = field(default_factory=list)
     num_evaluations: int = 0
+    dense: bool = False
+
+
+def materialize(op: LinearOperator) -> Dense:
+    """The curvature operator as a dense symmetric matrix, from products with identity columns.
+
+    The columns are multiplied ``_DENSE_BLOCK`` at a time (one ``vmap``'d product per block
+    instead of the operator's default 16), and the result is symmetrized, which changes it only
+    by rounding (the operators are symmetric).
+
+    Returns:
+        A :class:`~subspaces.linops.structured.Dense` declared symmetric.
+    """
+    if isinstance(op, CurvatureOperator):
+        op.max_block = max(op.max_block, _DENSE_BLOCK)  # this instance only
+    M = op.to_dense()
+    return Dense(0.5 * (M + M.T), symmetric=True)
 
 
 def _operator(
@@ -124,6 +149,7 @@ def newton_gr(
     fisher_samples: int = 1,
     generator: torch.Generator | None = None,
     mode_policy: ModePolicy = "error",
+    dense: bool | None = None,
     callback: Callable[[int, float, float], None] | None = None,
 ) -> NewtonResult:
     """Minimize ``loss_fn(model(X), y)`` over ``data`` by gradient-regularized Newton steps.
@@ -156,6 +182,12 @@ def newton_gr(
         fisher_samples: Monte-Carlo labels per sample (``curvature="fisher"``).
         generator: randomness of the Monte-Carlo labels.
         mode_policy: as for the curvature operators.
+        dense: materialize the curvature at each iterate as a dense matrix (``P`` products
+            with identity columns, batched 64 at a time, instead of one pass over the data
+            per CG iteration) and run the same CG on it; the steps agree with the matrix-free
+            ones to rounding. ``None`` (default): when the selected parameters number at most
+            :data:`DENSE_MAX_PARAMS` (``P^2`` entries, 32 MiB in float64). Not used for
+            ``"diag_ggn"``, whose operator is already a diagonal.
         callback: called as ``callback(iteration, loss, grad_norm)`` after each accepted step.
 
     Returns:
@@ -191,8 +223,14 @@ def newton_gr(
     max_iters = check_positive_int(max_iters, "max_iters", minimum=0)
     gtol = check_positive_float(gtol, "gtol", allow_zero=True)
     fisher_samples = check_positive_int(fisher_samples, "fisher_samples")
+    if dense is not None and not isinstance(dense, bool):
+        raise TypeError(f"dense must be a bool or None, got {type(dense).__name__}")
     selected = select_params(model, params)
     layout = ParamLayout.from_params(selected)
+    if curvature == "diag_ggn":
+        dense = False
+    elif dense is None:
+        dense = layout.numel <= DENSE_MAX_PARAMS
     # Trial points live in a copy of the model: the operator built at the current point reads
     # its model's parameters, which must stay put while trials are evaluated.
     shadow = copy.deepcopy(model)
@@ -237,7 +275,7 @@ def newton_gr(
     for it in range(max_iters):
         if gnorm <= gtol:
             break
-        H = built[slot]
+        H = materialize(built[slot]) if dense else built[slot]
         c_hist.append(c)
         out = search(
             H, x, loss, grad, evaluate, rule=rule_name, c=c, adaptive=adaptive,
@@ -277,4 +315,5 @@ def newton_gr(
         cg_iterations=cg_its,
         trials=trials,
         num_evaluations=evaluations,
+        dense=dense,
     )
