@@ -171,7 +171,7 @@ def test_cg_errors():
 def test_single_vector_path_equals_block_path(monkeypatch, dtype, precondition):
     # One right-hand side runs a vector version of the block recurrence (in-place updates on
     # vectors) with the same floating-point operations: bit for bit the block path's result.
-    import subspaces.linalg.solvers as solvers
+    import subspaces.linalg._cg as solvers
 
     n = 150
     d = torch.logspace(0, 3 if dtype == F64 else 2, n, dtype=F64)  # kappa 1e3 / 1e2
@@ -197,7 +197,7 @@ def test_single_vector_path_equals_block_path(monkeypatch, dtype, precondition):
 
 def test_cg_reports_an_overflowed_curvature(monkeypatch):
     # A p finite but p^T A p = inf: a clear error on both paths, not a NaN iterate.
-    import subspaces.linalg.solvers as solvers
+    import subspaces.linalg._cg as solvers
 
     A = 1e10 * torch.eye(4, dtype=F64)
     for b in (torch.full((4,), 1e149, dtype=F64), torch.full((4, 2), 1e149, dtype=F64)):

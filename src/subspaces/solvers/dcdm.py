@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_positive_int
-from ..linalg.solvers import SolveResult, _validate_system
+from ..linalg._systems import SolveResult, _validate_system
 from ..linops.base import LinearOperator
 from ._cycles import solve_by_columns
 from ._dcdm_training import TrainResult, dcdm_loss, ritz_rhs, train_direction_net

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_choice
-from ..linalg.solvers import SolveResult, _validate_system
+from ..linalg._systems import SolveResult, _validate_system
 from ..linops.base import LinearOperator, as_operator
 from ._cycles import solve_by_columns
 
