@@ -13,11 +13,13 @@ from torch import nn
 
 from subspaces._tensorlist import ParamLayout
 from subspaces.optim import NewtonGR, newton_gr
+from subspaces.optim import _newton_dense as newton_dense
 from subspaces.optim import newton as newton_module
 from subspaces.optim._newton_autograd import closure_curvature
+from subspaces.optim._newton_dense import materialize
 from subspaces.optim._newton_diag import DiagonalGGN
 from subspaces.optim._newton_search import regularization
-from subspaces.optim.newton import _operator, materialize
+from subspaces.optim.newton import _operator
 from subspaces.testing import dense_ggn, dense_hessian, finite_difference_hessian
 
 D = torch.float64
@@ -124,10 +126,18 @@ def test_one_step_equals_dense_solve(rule: str, curvature: str, dense: bool) -> 
     assert torch.equal(got, _flat(model))  # the model holds the final iterate
 
 
-@pytest.mark.parametrize("curvature", ["hessian", "ggn", "fisher"])
-def test_materialized_curvature_equals_operator(curvature: str) -> None:
+@pytest.mark.parametrize(
+    ("curvature", "jacobian_cap"),
+    [("hessian", None), ("ggn", None), ("ggn", 1), ("fisher", None), ("empirical_fisher", None)],
+)
+def test_materialized_curvature_equals_operator(
+    curvature: str, jacobian_cap: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # the dense fast path: the same matrix as the operator's products (the Fisher's sampled
-    # labels included), to rounding, and exactly symmetric
+    # labels included), to rounding, and exactly symmetric; jacobian_cap=1 forces the GGN's
+    # fallback to products with identity columns
+    if jacobian_cap is not None:
+        monkeypatch.setattr(newton_dense, "_JACOBIAN_ENTRIES", jacobian_cap)
     X, y = _data()
     model = _mlp()
     op = _operator(curvature, model, "cross_entropy", (X, y), dict(model.named_parameters()),
@@ -139,7 +149,7 @@ def test_materialized_curvature_equals_operator(curvature: str) -> None:
     V = torch.randn(M.shape[0], 3, dtype=D, generator=torch.Generator().manual_seed(1))
     want = twin @ V  # column by column through the operator, 16 at a time
     assert (M @ V - want).abs().max() < 1e-12 * max(1.0, float(want.abs().max()))
-    if curvature != "fisher":
+    if curvature != "fisher":  # the sampled Fisher has no independent reference
         ref = _dense(curvature, model, X, y)
         assert (M - ref).abs().max() < 1e-12 * max(1.0, float(ref.abs().max()))
 

@@ -7,7 +7,7 @@ constant (see :mod:`subspaces.optim._newton_search` for the two rules). Two entr
 
 * :func:`newton_gr`: a full-batch solver on ``(model, loss_fn, data)`` like the curvature
   operators of :mod:`subspaces.curvature`, which it builds at every iterate (for small models
-  it materializes the curvature once per iteration, one batched product with the identity,
+  it materializes the curvature once per iteration, see :mod:`._newton_dense`,
   and runs the same CG on the dense matrix);
 * :class:`NewtonGR`: a ``torch.optim.Optimizer`` for mini-batches whose closure returns the
   loss (or ``(loss, outputs)``), differentiated twice on its autograd graph.
@@ -29,10 +29,10 @@ from torch import Tensor, nn
 
 from .._checks import check_choice, check_positive_float, check_positive_int
 from .._tensorlist import ParamLayout
-from ..curvature import CurvatureOperator, FisherOperator, GGNOperator, HessianOperator
+from ..curvature import FisherOperator, GGNOperator, HessianOperator
 from ..curvature._model import LossFn, ModePolicy, ParamSpec, select_params
 from ..linops import LinearOperator
-from ..linops.structured import Dense
+from ._newton_dense import materialize
 from ._newton_diag import DiagonalGGN
 from ._newton_optimizer import NewtonGR
 from ._newton_search import Rule, check_common, search
@@ -44,7 +44,6 @@ __all__ = ["CURVATURES", "DENSE_MAX_PARAMS", "NewtonGR", "NewtonResult", "newton
 
 DENSE_MAX_PARAMS = 2048
 """Parameter count up to which ``newton_gr(dense=None)`` materializes the curvature."""
-_DENSE_BLOCK = 64  # identity columns per vmap'd product while materializing (measured fastest)
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,22 +82,6 @@ class NewtonResult:
     trials: list[int] = field(default_factory=list)
     num_evaluations: int = 0
     dense: bool = False
-
-
-def materialize(op: LinearOperator) -> Dense:
-    """The curvature operator as a dense symmetric matrix, from products with identity columns.
-
-    The columns are multiplied ``_DENSE_BLOCK`` at a time (one ``vmap``'d product per block
-    instead of the operator's default 16), and the result is symmetrized, which changes it only
-    by rounding (the operators are symmetric).
-
-    Returns:
-        A :class:`~subspaces.linops.structured.Dense` declared symmetric.
-    """
-    if isinstance(op, CurvatureOperator):
-        op.max_block = max(op.max_block, _DENSE_BLOCK)  # this instance only
-    M = op.to_dense()
-    return Dense(0.5 * (M + M.T), symmetric=True)
 
 
 def _operator(
@@ -182,9 +165,10 @@ def newton_gr(
         fisher_samples: Monte-Carlo labels per sample (``curvature="fisher"``).
         generator: randomness of the Monte-Carlo labels.
         mode_policy: as for the curvature operators.
-        dense: materialize the curvature at each iterate as a dense matrix (``P`` products
-            with identity columns, batched 64 at a time, instead of one pass over the data
-            per CG iteration) and run the same CG on it; the steps agree with the matrix-free
+        dense: materialize the curvature at each iterate as a dense matrix (for the GGN and
+            Fisher ``J^T (H_L J)`` from batched Jacobian-vector products, for the Hessian
+            products with identity columns; once per iteration instead of one pass over the
+            data per CG iteration) and run the same CG on it; the steps agree with the matrix-free
             ones to rounding. ``None`` (default): when the selected parameters number at most
             :data:`DENSE_MAX_PARAMS` (``P^2`` entries, 32 MiB in float64). Not used for
             ``"diag_ggn"``, whose operator is already a diagonal.
