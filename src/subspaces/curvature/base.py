@@ -19,6 +19,7 @@ from .._checks import check_choice, check_finite
 from .._distributed import allreduce_packed, block_checksum, resolve_group
 from .._tensorlist import ParamLayout
 from ..linops import LinearOperator
+from ._fsdp import fsdp_functional_model
 from ._model import (
     MODE_POLICIES,
     Batch,
@@ -79,7 +80,11 @@ class CurvatureOperator(LinearOperator):
             ``all_reduce`` of the packed product per matmat, identical on every rank. Random
             blocks must be drawn identically on every rank (pass a seeded ``generator`` to
             ``top_eigen``, ``trace``, ...): a product of different blocks raises. A rank that
-            fails makes every rank raise instead of hanging.
+            fails makes every rank raise instead of hanging. A model sharded with FSDP2
+            (``fully_shard``, ``DTensor`` parameters) needs ``distributed``: its full
+            parameters are gathered once, when the operator is built (a collective, and the
+            whole model in memory on every rank while the operator lives); vectors are full
+            and replicated (see ``subspaces.curvature._fsdp`` for costs and what is refused).
 
     Raises:
         ValueError: bad ``params``, ``mode_policy``, ``loss_fn`` or ``reduction`` (a loss module
@@ -126,7 +131,10 @@ class CurvatureOperator(LinearOperator):
         super().__init__(
             (n, n), dtype or first.dtype, first.device, ParamLayout.from_params(self.selected)
         )
-        self._fm: FunctionalModel | None = None
+        # an FSDP2 model's parameters are gathered here, once, on every rank (a collective)
+        self._fm: FunctionalModel | None = fsdp_functional_model(
+            model, self.selected, self.dtype, self.process_group
+        )
         self._deterministic = False
         self._fingerprint: tuple[int, int] | None = None
         self.num_samples: int | None = None
