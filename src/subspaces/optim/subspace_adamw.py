@@ -70,6 +70,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.adamw import adamw as _functional_adamw
 
+from ._sharded import has_dtensor, sharded_step
 from .projectors import (
     PROJECTORS,
     CoordinateProjector,
@@ -266,6 +267,9 @@ class SubspaceAdamW(Optimizer):
         self._validate_group(defaults)
         self._projectors: dict[tuple[Any, ...], Projector] = {}
         self.skipped_steps = 0
+        #: bytes handed to ``all_reduce`` by steps on FSDP2 ``DTensor`` shards (see
+        #: :mod:`subspaces.optim._sharded`); stays 0 in one process
+        self.comm_bytes = 0
         super().__init__(params, defaults)
 
     # ------------------------------------------------------------------ configuration
@@ -567,6 +571,9 @@ class SubspaceAdamW(Optimizer):
         todo = [
             (p, group) for group in self.param_groups for p in group["params"] if p.grad is not None
         ]
+        if has_dtensor([p for p, _ in todo]):
+            sharded_step(self)  # FSDP2 shards: every rank steps its rows (see _sharded)
+            return loss
         for p, _ in todo:
             self._check_steppable(p)
         if not self._check_finite(todo):
@@ -609,6 +616,11 @@ class SubspaceAdamW(Optimizer):
             raise ValueError("param is not managed by this optimizer")
         if param.grad is None:
             return
+        if has_dtensor([param]):
+            raise ValueError(
+                f"{self._name(param)} is a DTensor (FSDP2 shard); step it with step(), which "
+                "runs the collectives of a sharded step on every rank together"
+            )
         self._check_steppable(param)
         group = self.param_groups[cast(tuple[int, int], self._locate(param))[1]]
         if not self._check_finite([(param, group)]):

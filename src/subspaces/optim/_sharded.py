@@ -1,0 +1,531 @@
+"""``SubspaceAdamW`` on FSDP2 parameters: ``DTensor`` weights sharded by rows (``Shard(0)``).
+
+With ``torch.distributed.fsdp.fully_shard`` every rank holds rows ``[start, stop)`` of each
+weight ``W`` (``m x n``) and of its gradient (already averaged over ranks by FSDP's
+reduce-scatter). This module runs the projected step on those local rows so that every rank
+holds the SAME basis and the weights follow the single-process run (same global batch) up to
+float rounding. Which side is compressed is chosen exactly as in the single-process optimizer
+(``proj_type``), so the two runs project onto the same subspace:
+
+* **columns compressed** (``m >= n`` under ``proj_type="std"``: ``R = G Q``, ``Q`` is ``n x r``
+  on the unsharded side). Each rank projects its own rows, ``R_i = G_i Q``, and updates them,
+  ``W_i <- W_i - lr N_i Q^T``: **no communication per step**; the moments are row shards
+  (``DTensor`` with ``Shard(0)``, so ``torch.distributed.checkpoint`` saves each rank's rows).
+  A refresh communicates, with ``f`` the gradient's float size (4 bytes for float32):
+
+  - ``random``: nothing (the basis comes from a seed drawn from a generator seeded by
+    ``(seed, parameter index, step)``, the same on every rank);
+  - ``dct`` and ``coordinate``: one all-reduce of the ``n`` column scores (``f n`` bytes);
+  - ``svd``: one all-reduce of the ``n x n`` Gram matrix ``G^T G`` in float64 (``8 n^2``
+    bytes); its top-``r`` eigenvectors are the right singular vectors. An exact SVD basis cannot
+    be had from an ``n x r`` block, use ``rsvd`` for that;
+  - ``rsvd``: the single-process algorithm (Halko et al. 2011) with the same random matrix
+    ``Omega`` (drawn whole on every rank, each rank using its rows): ``1 + q`` all-reduces of
+    ``n x l`` blocks ``G^T Omega`` and ``G^T (G Q_0)`` (``f n l`` bytes each; ``l = r +
+    oversample``, ``q = power_iters``) and one of the ``l x l`` Gram matrix of ``G Q_0``
+    in float64 (``8 l^2`` bytes), whose eigenvectors replace the small SVD;
+  - any other projector: the whole gradient is gathered (``f m n`` bytes, summed from
+    zero-padded row blocks) and the projector selects as in one process.
+
+  The ``svd`` and ``rsvd`` bases come from a symmetric eigendecomposition instead of LAPACK's
+  SVD, so each column's sign is fixed by a convention (its entry of largest magnitude is
+  positive) and may differ from the single-process sign. The update ``N Q^T`` does not depend
+  on the signs, and neither does ``moment_transfer="rotate"`` or ``"reset"``; with GaLore's
+  ``"none"`` the first moments carried over a refresh are read with the new signs, so for
+  ``svd``/``rsvd`` the two runs agree only to the extent that LAPACK's signs agree.
+
+* **rows compressed** (``m < n`` under ``proj_type="std"``: ``R = G^T Q``, ``Q`` is ``m x r``
+  on the *sharded* side). A refresh **gathers the whole gradient** (``f m n`` bytes) and selects
+  with the single-process code, so the basis equals the single-process basis bit for bit given
+  the same gradient; each step then all-reduces the partial products ``G_i^T Q_i`` (``f n r``
+  bytes per weight, all weights of the step packed in one all-reduce), and the ``n x r``
+  moments are replicated on every rank.
+
+Every step makes one packed all-reduce (via :func:`subspaces._distributed.allreduce_packed`)
+that carries the per-parameter counts of non-finite gradient entries and an error flag per rank
+(plus the partial products above), so a NaN on one rank skips or raises on all ranks, and a
+rank whose step raised makes the other ranks raise :class:`~subspaces._distributed.RankFailedError`
+at the next collective instead of hanging. A step with a refresh makes one more such collective
+before the selection. The optimizer's :attr:`~subspaces.optim.SubspaceAdamW.comm_bytes` counts
+the bytes handed to ``all_reduce``.
+
+References:
+    Zhao et al., "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection",
+    arXiv:2403.03507. Halko, Martinsson, Tropp, "Finding structure with randomness",
+    arXiv:0909.4061. Modoranu et al., "SVD-Free Low-Rank Adaptive Gradient Optimization for
+    Large Language Models", arXiv:2505.17967.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, cast
+
+import torch
+from torch import Tensor
+
+from .._distributed import allreduce_packed
+from .projectors import (
+    CoordinateProjector,
+    DCTProjector,
+    RandomizedSVDProjector,
+    RandomProjector,
+    SVDProjector,
+    dct_rows,
+)
+
+if TYPE_CHECKING:
+    from .subspace_adamw import SubspaceAdamW
+
+__all__ = ["has_dtensor", "row_range", "sharded_step"]
+
+#: state entries that are row shards of a columns-compressed weight (stored as ``DTensor``)
+_ROW_KEYS = ("exp_avg", "exp_avg_sq", "error")
+
+
+def _dtensor_types() -> tuple[type, Any]:
+    from torch.distributed.tensor import DTensor, Shard
+
+    return DTensor, Shard
+
+
+def has_dtensor(params: list[Tensor]) -> bool:
+    """Whether any of ``params`` is a ``torch.distributed.tensor.DTensor``.
+
+    Args:
+        params: tensors.
+
+    Returns:
+        ``True`` if one of them is a ``DTensor``.
+
+    Example:
+        >>> has_dtensor([torch.zeros(2)])
+        False
+    """
+    if not torch.distributed.is_available():
+        return False
+    DTensor, _ = _dtensor_types()
+    return any(isinstance(p, DTensor) for p in params)
+
+
+def row_range(m: int, world: int, rank: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of an ``m``-row tensor held by ``rank`` under ``Shard(0)``.
+
+    ``DTensor`` splits like ``torch.chunk``: chunks of ``ceil(m / world)`` rows, the last ones
+    shorter or empty.
+
+    Args:
+        m: number of rows.
+        world: number of ranks.
+        rank: this rank.
+
+    Returns:
+        ``(start, stop)``.
+
+    Example:
+        >>> [row_range(3, 2, r) for r in range(2)]
+        [(0, 2), (2, 3)]
+    """
+    chunk = -(-m // world)
+    start = min(rank * chunk, m)
+    return start, min(start + chunk, m)
+
+
+class _Sync:
+    """Collectives of one step: each carries this rank's error flag; bytes are counted."""
+
+    def __init__(self, opt: SubspaceAdamW, group: Any, device: torch.device) -> None:
+        self.opt, self.group, self.device = opt, group, device
+        self.error: BaseException | None = None
+
+    def run(self, fn: Any) -> Any:
+        """``fn()``, or ``None`` after recording its exception (raised at the next collective)."""
+        if self.error is not None:
+            return None
+        try:
+            return fn()
+        except Exception as exc:  # re-raised by the next collective
+            self.error = exc
+            return None
+
+    def allreduce(
+        self,
+        local: Any,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        scalars: Any = None,
+        n_scalars: int = 0,
+    ) -> tuple[Tensor, list[float]]:
+        """Sum ``local`` and ``scalars`` (values or callables) over the ranks; raise on error.
+
+        ``n_scalars`` is the number of scalars every rank sends (zeros after an error), so the
+        collective has the same size on every rank whatever failed where.
+
+        Returns:
+            The summed block (``shape``) and the summed scalars.
+        """
+        part = self.run(local) if callable(local) else local
+        values = self.run(scalars) if callable(scalars) else scalars
+        values = [0.0] * n_scalars if self.error is not None or values is None else list(values)
+        world = torch.distributed.get_world_size(self.group)
+        self.opt.comm_bytes += (math.prod(shape) + n_scalars + 2 * world) * dtype.itemsize
+        return allreduce_packed(
+            part,
+            values,
+            shape=shape,
+            dtype=dtype,
+            device=self.device,
+            group=self.group,
+            error=self.error,
+        )
+
+
+@dataclass(eq=False)
+class _Layer:
+    """One projected, row-sharded weight of a sharded step."""
+
+    p: Tensor
+    group: dict[str, Any]
+    rank: int
+    index: int
+    local: Tensor  # this rank's rows of the weight
+    G: Tensor  # this rank's rows of the gradient, (m_i, n), maximize applied
+    m: int
+    n: int
+    start: int
+    stop: int
+    transpose: bool
+    refresh: bool
+    R: Tensor | None = None
+    new: dict[str, Tensor] | None = None
+    error: Tensor | None = None
+
+
+def _canonical_signs(Q: Tensor) -> Tensor:
+    """Flip each column so that its entry of largest magnitude is positive."""
+    idx = Q.abs().argmax(0)
+    signs = torch.sign(Q[idx, torch.arange(Q.shape[1])])
+    signs[signs == 0] = 1
+    return Q * signs
+
+
+def _power(work: Tensor, Q0: Tensor) -> Tensor:
+    """This rank's part of ``G^T (G Q_0)`` (a power iteration)."""
+    return work.T @ (work @ Q0)
+
+
+def _small_gram(work: Tensor, Q0: Tensor) -> Tensor:
+    """This rank's part of ``(G Q_0)^T (G Q_0)`` in float64."""
+    B = (work @ Q0).to(torch.float64)
+    return B.T @ B
+
+
+def _top_eigvecs(A: Tensor, k: int) -> Tensor:
+    """Eigenvectors of the ``k`` largest eigenvalues of symmetric ``A``, largest first."""
+    _, V = torch.linalg.eigh(A)
+    return V[:, -k:].flip(1)
+
+
+def _select_columns(opt: SubspaceAdamW, L: _Layer, sync: _Sync) -> None:
+    """A refresh of a columns-compressed weight (basis on the unsharded side), see module doc."""
+    from .subspace_adamw import _pack_basis, _seed_for, _unpacked
+
+    group = L.group
+    proj = opt._projector(group)
+    work = L.G if L.G.dtype in (torch.float32, torch.float64) else L.G.float()
+    if group.get("error_feedback") and "error" in opt.state.get(L.p, {}):
+        err = cast(Tensor, opt.state[L.p]["error"])
+        work = work + err.to_local().to(work.dtype)  # type: ignore[attr-defined]
+    step = int(opt.state[L.p]["step"]) if opt.state.get(L.p) else 0
+    generator = torch.Generator(device="cpu").manual_seed(_seed_for(group["seed"], L.index, step))
+    n, r = L.n, L.rank
+    kind = type(proj)
+    new: dict[str, Tensor]
+    if kind is RandomProjector:
+        new = cast(
+            dict[str, Tensor], sync.run(lambda: proj.select(work, r, generator=generator)[0])
+        )
+    elif kind in (DCTProjector, CoordinateProjector):
+        if kind is DCTProjector:
+            S = cast(Tensor, sync.run(lambda: dct_rows(work)))
+            norm1 = cast(DCTProjector, proj).norm == 1
+            score_fn = (lambda: S.abs().sum(0)) if norm1 else (lambda: S.square().sum(0))
+        else:
+            score_fn = lambda: work.float().square().sum(0)  # noqa: E731
+        dtype = torch.float32 if kind is CoordinateProjector else work.dtype
+        score, _ = sync.allreduce(score_fn, (n,), dtype)
+        idx = torch.topk(score, r, sorted=False).indices.sort().values.to(torch.int64)
+        new = {"indices": idx}
+    elif kind is SVDProjector:
+        gram, _ = sync.allreduce(
+            lambda: work.to(torch.float64).T @ work.to(torch.float64), (n, n), torch.float64
+        )
+        Q = _canonical_signs(_top_eigvecs(gram, r))
+        new = {"basis": Q.to(L.G.dtype).contiguous()}
+    elif kind is RandomizedSVDProjector:
+        rs = cast(RandomizedSVDProjector, proj)
+        width = min(r + rs.oversample, n)
+        omega = torch.randn(L.m, width, generator=generator, dtype=work.dtype)
+        omega_i = omega[L.start : L.stop].to(work.device)
+        Y, _ = sync.allreduce(lambda: work.T @ omega_i, (n, width), work.dtype)
+        Q0 = torch.linalg.qr(Y).Q
+        for _ in range(rs.power_iters):
+            Y, _ = sync.allreduce(partial(_power, work, Q0), (n, width), work.dtype)
+            Q0 = torch.linalg.qr(Y).Q
+        gram, _ = sync.allreduce(partial(_small_gram, work, Q0), (width, width), torch.float64)
+        V = _top_eigvecs(gram, r).to(work.dtype)
+        Q = _canonical_signs((Q0 @ V).to(torch.float64)).to(L.G.dtype)
+        new = {"basis": Q.contiguous()}
+    else:  # any other projector: gather the gradient, select as in one process
+        full = _gather_rows(L, work, sync)
+        new = cast(
+            dict[str, Tensor], sync.run(lambda: proj.select(full, r, generator=generator)[0])
+        )
+    if sync.error is not None:
+        return
+    if group["proj_bits"] == 4 and proj.STORES_BASIS:
+        new = _pack_basis(new, group["proj_group_size"])
+    L.new = new
+    L.R = cast(Tensor, sync.run(lambda: proj.project(work, _unpacked(new))))
+    if group.get("error_feedback") and L.R is not None:
+        L.error = work - proj.project_back(L.R, _unpacked(new), n)
+
+
+def _gather_rows(L: _Layer, work: Tensor, sync: _Sync) -> Tensor:
+    """The whole ``m x n`` gradient on every rank (a sum of zero-padded row blocks: exact)."""
+
+    def padded() -> Tensor:
+        out = work.new_zeros(L.m, L.n)
+        out[L.start : L.stop] = work
+        return out
+
+    full, _ = sync.allreduce(padded, (L.m, L.n), work.dtype)
+    return full
+
+
+def _select_rows(opt: SubspaceAdamW, L: _Layer, sync: _Sync) -> None:
+    """A refresh of a rows-compressed weight: gather ``G`` and select as in one process."""
+    work = L.G if L.G.dtype in (torch.float32, torch.float64) else L.G.float()
+    full = _gather_rows(L, work, sync)
+    if sync.error is not None:
+        return
+    step = int(opt.state[L.p]["step"]) if opt.state.get(L.p) else 0
+    out = sync.run(lambda: opt._select(full.T, L.group, L.rank, L.index, step))
+    if out is not None:
+        L.new, L.R = out
+
+
+def _check_layer(opt: SubspaceAdamW, p: Tensor, group: dict[str, Any], transpose: bool) -> None:
+    """Clear errors for sharded weights this module does not handle."""
+    _, Shard = _dtensor_types()
+    placements = tuple(p.placements)  # type: ignore[attr-defined]
+    if len(placements) != 1 or placements[0] != Shard(0):
+        raise ValueError(
+            f"{opt._name(p)} is a DTensor with placements {placements}; SubspaceAdamW projects "
+            "DTensor weights sharded by rows on a 1-D mesh only (Shard(0), as fully_shard "
+            "makes them); use a group without rank for this parameter"
+        )
+    if p.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"{opt._name(p)} has dtype {p.dtype}; sharded projection supports float32/float64 "
+            "weights (use FSDP's MixedPrecisionPolicy to keep float32 master weights)"
+        )
+    if transpose:
+        proj = opt._projector(group)
+        from .subspace_adamw import _uses_basis_products
+
+        state_dtype = opt._state_dtype(p, group)
+        if (
+            not _uses_basis_products(proj)
+            or group.get("error_feedback")
+            or state_dtype != p.dtype
+            or group.get("proj_dtype") is not None
+        ):
+            raise ValueError(
+                f"{opt._name(p)} compresses its sharded rows (shape {tuple(p.shape)}, "
+                f"proj_type={group['proj_type']!r}); that orientation supports projectors that "
+                "multiply by a dense basis (svd, rsvd, dct, random) with state_dtype equal to "
+                "the weight's dtype, no error_feedback and no proj_dtype; got projector="
+                f"{proj.name!r}, state_dtype={state_dtype}, error_feedback="
+                f"{bool(group.get('error_feedback'))}, proj_dtype={group.get('proj_dtype')}"
+            )
+
+
+def sharded_step(opt: SubspaceAdamW) -> None:
+    """One step of ``opt`` when some parameters are ``DTensor`` shards (see the module doc).
+
+    Args:
+        opt: the optimizer (its gradients are set; the closure has run).
+
+    Raises:
+        NonFiniteGradientError: on every rank when some rank's gradient holds NaN/Inf and
+            ``nonfinite="error"``.
+        RankFailedError: on the other ranks when one rank's step raised.
+    """
+    from torch.distributed.tensor import DTensor
+
+    from .subspace_adamw import NonFiniteGradientError
+
+    todo = [(p, g) for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    sharded = [p for p, _ in todo if isinstance(p, DTensor)]
+    mesh = sharded[0].device_mesh
+    pg = mesh.get_group()
+    world = torch.distributed.get_world_size(pg)
+    me = torch.distributed.get_rank(pg)
+    sync = _Sync(opt, pg, sharded[0].to_local().device)
+
+    def local_of(t: Tensor) -> Tensor:
+        return t.to_local() if isinstance(t, DTensor) else t
+
+    layers: list[_Layer] = []
+    plain: dict[int, list[Tensor]] = {}
+
+    def prepare() -> None:
+        for p, _ in todo:
+            opt._check_steppable(p)
+        for gi, group in enumerate(opt.param_groups):
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                projected, rank = opt._plan(p, group)
+                if not projected or not isinstance(p, DTensor):
+                    plain.setdefault(gi, []).append(p)
+                    continue
+                m = p.shape[0]
+                n = p.numel() // m
+                transpose = opt._transpose((m, n), group["proj_type"])
+                _check_layer(opt, p, group, transpose)
+                start, stop = row_range(m, world, me)
+                local = local_of(p)
+                if local.shape[0] != stop - start:
+                    raise ValueError(
+                        f"{opt._name(p)}: local shard has {local.shape[0]} rows, expected "
+                        f"{stop - start} (rows {start}:{stop} of {m} over {world} ranks)"
+                    )
+                G = local_of(cast(Tensor, p.grad)).reshape(stop - start, n)
+                if group["maximize"]:
+                    G = -G
+                state = opt.state.get(p)
+                refresh = not state or int(state["step"]) >= int(state["next_refresh"])
+                index = cast(tuple[int, int], opt._locate(p))[0]
+                layers.append(
+                    _Layer(p, group, rank, index, local, G, m, n, start, stop, transpose, refresh)
+                )
+
+    partials: list[_Layer] = []
+
+    def project_local() -> list[Tensor]:
+        from .subspace_adamw import _unpacked
+
+        parts = []
+        for L in layers:
+            if L.refresh:
+                continue
+            proj = opt._projector(L.group)
+            ps = _unpacked(opt._proj_state(opt.state[L.p]))
+            work = L.G
+            if L.transpose:
+                Q = proj.basis(ps, L.m, work.dtype)[L.start : L.stop]
+                parts.append((work.T @ Q).reshape(-1))
+                partials.append(L)
+                continue
+            if L.group.get("error_feedback") and "error" in opt.state[L.p]:
+                work = work + local_of(opt.state[L.p]["error"]).to(work.dtype)
+            L.R = proj.project(work, ps)
+            if L.group.get("error_feedback"):
+                L.error = work - proj.project_back(L.R, ps, L.n)
+        return parts
+
+    sync.run(prepare)
+    parts = cast(list[Tensor], sync.run(project_local)) or []
+
+    def counts() -> list[float]:
+        return [float((~torch.isfinite(local_of(cast(Tensor, p.grad)))).sum()) for p, _ in todo]
+
+    # collective 1 (every step): non-finite counts and error flags; after it, every rank has
+    # prepared the same layers
+    _, totals = sync.allreduce(None, (0,), torch.float32, counts, n_scalars=len(todo))
+    for (p, group), c in zip(todo, totals, strict=True):
+        if c:
+            if group["nonfinite"] == "skip":
+                opt.skipped_steps += 1
+                return
+            raise NonFiniteGradientError(
+                f"gradient of {opt._name(p)} has {int(c)} non-finite value(s) (NaN or Inf), "
+                "counted over all ranks; the optimizer state and parameters are unchanged. Use "
+                "nonfinite='skip' to skip such steps."
+            )
+    refreshing = [L for L in layers if L.refresh]
+    for L in refreshing:
+        if L.transpose:
+            _select_rows(opt, L, sync)
+        else:
+            _select_columns(opt, L, sync)
+    if refreshing or partials:
+        # collective 2: partial products G_i^T Q_i of rows-compressed weights, and the error
+        # flags of the selections (no rank commits while another failed)
+        dtype = torch.float32
+        for t in parts:
+            dtype = torch.promote_types(dtype, t.dtype)
+        size = sum(L.n * L.rank for L in partials)
+        summed, _ = sync.allreduce(lambda: torch.cat(parts) if parts else None, (size,), dtype)
+        offset = 0
+        for L in partials:
+            k = L.n * L.rank
+            L.R = summed[offset : offset + k].reshape(L.n, L.rank).to(L.G.dtype)
+            offset += k
+    for gi, params in plain.items():
+        opt._plain_adamw(params, opt.param_groups[gi])
+    for L in layers:
+        _commit(opt, L, mesh)
+
+
+def _commit(opt: SubspaceAdamW, L: _Layer, mesh: Any) -> None:
+    """Moments and weight update of one layer on local tensors; row shards wrapped back."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    from .subspace_adamw import _basis_of, _Item
+
+    stored = opt.state[L.p]
+    local_state: dict[str, Any] = {
+        k: (v.to_local() if isinstance(v, DTensor) else v) for k, v in stored.items()
+    }
+    a = L.n if L.transpose else L.stop - L.start
+    b = L.m if L.transpose else L.n
+    if not local_state:
+        opt._init_projected_state(L.p, L.group, (a, b), L.rank)
+        local_state = dict(opt.state[L.p])
+    if L.new is not None:
+        opt._install(local_state, L.group, L.rank, L.new, int(local_state["step"]), b)
+    if L.error is not None:
+        local_state["error"] = L.error.to(local_state["exp_avg"].dtype)
+    proj = opt._projector(L.group)
+    Q = _basis_of(proj, opt._proj_state(local_state), b, L.local.dtype)
+    if L.transpose:
+        Q = Q[L.start : L.stop]
+    item = _Item(
+        L.local,
+        local_state,
+        cast(Tensor, L.R),
+        L.transpose,
+        L.stop - L.start if L.transpose else b,
+        L.index,
+        Q,
+    )
+    item.refreshed = L.new is not None
+    opt._adam_projected(L.group, [item])
+    stored.clear()
+    for k, value in local_state.items():
+        v = value
+        if not L.transpose and k in _ROW_KEYS:
+            v = DTensor.from_local(
+                value,
+                mesh,
+                [Shard(0)],
+                run_check=False,
+                shape=torch.Size((L.m, v.shape[1])),
+                stride=(v.shape[1], 1),
+            )
+        stored[k] = v
