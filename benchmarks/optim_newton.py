@@ -6,10 +6,12 @@ initialization for every method. Each method runs until the gradient norm at an 
 most ``1e-6 ||g_0||`` (L-BFGS-B and Newton-CG are stopped by a callback; ``ftol``/``gtol``/
 ``xtol`` are set so they do not stop earlier; scipy's Newton-CG may still stop on its own
 criterion, which the output marks), ``--rounds`` alternating repeats, median wall
-time. Ours: :func:`subspaces.optim.newton_gr` with the GGN (the Hessian of a linear model),
-matrix-free through the curvature operators, CG to 1e-6. Newton-CG gets exact Hessian-vector
-products of the same loss by autograd on a flat vector (no operator overhead), L-BFGS-B
-gradients of it.
+time. Ours: :func:`subspaces.optim.newton_gr` with the GGN (the Hessian of a linear model), CG
+to 1e-6, twice: ``ours`` is the default (the curvature materialized once per iteration,
+``dense=True`` below 2048 parameters) and ``ours-mf`` the matrix-free path (``dense=False``, one
+pass of the curvature operator per CG iteration; skipped with ``--no-matrix-free``). Newton-CG
+gets exact Hessian-vector products of the same loss by autograd on a flat vector (no operator
+overhead), L-BFGS-B gradients of it.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/optim_newton.py``
 """
@@ -79,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-matrix-free", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"{today()}  {machine()}  load average {load_average()}  n={args.n}")
@@ -88,16 +91,18 @@ def main() -> None:
         f = _flat_loss(X, y, k)
         w0 = _flat(_start(X, k, 0))
         target = REL_TOL * float(f(w0)[1].norm())
-        times: dict[str, list[float]] = {"ours": [], "L-BFGS-B": [], "Newton-CG": []}
+        ours = {"ours": True} if args.no_matrix_free else {"ours": True, "ours-mf": False}
+        times: dict[str, list[float]] = {m: [] for m in (*ours, "L-BFGS-B", "Newton-CG")}
         its: dict[str, int] = {}
         final: dict[str, float] = {}
         for _ in range(args.rounds):
-            model = _start(X, k, 0)
-            t = time.perf_counter()
-            res = newton_gr(model, "cross_entropy", (X, y), curvature="ggn", gtol=target,
-                            cg_rtol=1e-6, cg_max_iters=200)  # fmt: skip
-            times["ours"].append(time.perf_counter() - t)
-            its["ours"], final["ours"] = res.iterations, res.grad_norm
+            for label, dense in ours.items():
+                model = _start(X, k, 0)
+                t = time.perf_counter()
+                res = newton_gr(model, "cross_entropy", (X, y), curvature="ggn", gtol=target,
+                                cg_rtol=1e-6, cg_max_iters=200, dense=dense)  # fmt: skip
+                times[label].append(time.perf_counter() - t)
+                its[label], final[label] = res.iterations, res.grad_norm
             for method in ("L-BFGS-B", "Newton-CG"):
                 t = time.perf_counter()
                 n_it, last = _scipy(method, f, X, y, k, w0, target)

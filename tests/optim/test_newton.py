@@ -120,7 +120,7 @@ def test_one_step_equals_dense_solve(rule: str, curvature: str, dense: bool) -> 
         max_iters=1, gtol=0.0, cg_rtol=1e-14, dense=dense,
     )  # fmt: skip
     got = ParamLayout.from_params(res.params).flatten(res.params)
-    assert res.dense == (dense and curvature != "diag_ggn")
+    assert res.dense == [dense and curvature != "diag_ggn"]
     assert res.iterations == 1 and res.lambdas == [pytest.approx(lam, rel=1e-14)]
     assert (got - want).abs().max() < 1e-10
     assert torch.equal(got, _flat(model))  # the model holds the final iterate
@@ -165,19 +165,29 @@ def test_dense_path_follows_the_matrix_free_path(curvature: str) -> None:
                         gtol=0.0, cg_rtol=1e-12, **kw)  # fmt: skip
         runs.append(res)
     free, fast = runs
-    assert (free.dense, fast.dense) == (False, True)
+    assert not any(free.dense) and fast.dense == [True] * 4
     assert fast.iterations == free.iterations == 4 and fast.trials == free.trials
     assert fast.lambdas == pytest.approx(free.lambdas, rel=1e-10)
     for name, p in free.params.items():
         assert (fast.params[name] - p).abs().max() < 1e-10
 
 
-def test_dense_default_follows_the_parameter_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    model, X, y = _logistic()  # 10 parameters
-    assert newton_gr(copy.deepcopy(model), "cross_entropy", (X, y), max_iters=1).dense
-    monkeypatch.setattr(newton_module, "DENSE_MAX_PARAMS", 9)
-    assert not newton_gr(copy.deepcopy(model), "cross_entropy", (X, y), max_iters=1).dense
-    assert newton_gr(copy.deepcopy(model), "cross_entropy", (X, y), max_iters=1, dense=True).dense
+def test_dense_default_follows_cg_iterations_and_parameter_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # dense=None: matrix-free first, then dense once the last iteration's CG took at least
+    # DENSE_CG_FRACTION * P iterations; never above DENSE_MAX_PARAMS parameters
+    X, y = _data()
+    P = sum(p.numel() for p in _mlp().parameters())
+    monkeypatch.setattr(newton_module, "DENSE_CG_FRACTION", 30 / P)
+    res = newton_gr(_mlp(), "cross_entropy", (X, y), max_iters=6, gtol=0.0, cg_rtol=1e-10)
+    want = [False] + [its >= 30 for its in res.cg_iterations[:-1]]
+    assert res.dense == want and True in want and want.count(False) > 1  # both paths taken
+    monkeypatch.setattr(newton_module, "DENSE_MAX_PARAMS", P - 1)
+    res = newton_gr(_mlp(), "cross_entropy", (X, y), max_iters=3, gtol=0.0)
+    assert res.dense == [False] * 3
+    res = newton_gr(_mlp(), "cross_entropy", (X, y), max_iters=3, gtol=0.0, dense=True)
+    assert res.dense == [True] * 3
 
 
 def test_optimizer_step_equals_dense_solve() -> None:

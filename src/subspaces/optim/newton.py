@@ -7,8 +7,8 @@ constant (see :mod:`subspaces.optim._newton_search` for the two rules). Two entr
 
 * :func:`newton_gr`: a full-batch solver on ``(model, loss_fn, data)`` like the curvature
   operators of :mod:`subspaces.curvature`, which it builds at every iterate (for small models
-  it materializes the curvature once per iteration, see :mod:`._newton_dense`,
-  and runs the same CG on the dense matrix);
+  it materializes the curvature once per iteration when CG needs many products, see
+  :mod:`._newton_dense`, and runs the same CG on the dense matrix);
 * :class:`NewtonGR`: a ``torch.optim.Optimizer`` for mini-batches whose closure returns the
   loss (or ``(loss, outputs)``), differentiated twice on its autograd graph.
 
@@ -43,7 +43,11 @@ CURVATURES: tuple[str, ...] = ("hessian", "ggn", "fisher", "empirical_fisher", "
 __all__ = ["CURVATURES", "DENSE_MAX_PARAMS", "NewtonGR", "NewtonResult", "newton_gr"]
 
 DENSE_MAX_PARAMS = 2048
-"""Parameter count up to which ``newton_gr(dense=None)`` materializes the curvature."""
+"""Parameter count up to which ``newton_gr(dense=None)`` may materialize the curvature."""
+DENSE_CG_FRACTION = 0.1
+"""``dense=None`` materializes once the previous iteration's CG iterations reach this fraction
+of the parameter count: building the matrix costs about ``P / 60`` to ``P / 11`` products
+(measured on P09's problems), so from there on the dense path is the cheaper one."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,7 +69,8 @@ class NewtonResult:
         cg_iterations: CG iterations per iteration (all trials).
         trials: trials per iteration (1 = the first shift was accepted).
         num_evaluations: loss-and-gradient passes over the data.
-        dense: whether the curvature was materialized (see ``dense`` of :func:`newton_gr`).
+        dense: per iteration (as ``cg_iterations``), whether the curvature was materialized
+            (see ``dense`` of :func:`newton_gr`).
     """
 
     params: dict[str, Tensor]
@@ -81,7 +86,7 @@ class NewtonResult:
     cg_iterations: list[int] = field(default_factory=list)
     trials: list[int] = field(default_factory=list)
     num_evaluations: int = 0
-    dense: bool = False
+    dense: list[bool] = field(default_factory=list)
 
 
 def _operator(
@@ -169,9 +174,11 @@ def newton_gr(
             Fisher ``J^T (H_L J)`` from batched Jacobian-vector products, for the Hessian
             products with identity columns; once per iteration instead of one pass over the
             data per CG iteration) and run the same CG on it; the steps agree with the matrix-free
-            ones to rounding. ``None`` (default): when the selected parameters number at most
-            :data:`DENSE_MAX_PARAMS` (``P^2`` entries, 32 MiB in float64). Not used for
-            ``"diag_ggn"``, whose operator is already a diagonal.
+            ones to rounding. ``None`` (default): when the selected parameters number ``P`` at
+            most :data:`DENSE_MAX_PARAMS` (``P^2`` entries, 32 MiB in float64) and the previous
+            iteration took at least ``DENSE_CG_FRACTION * P`` CG iterations (the first
+            iteration is matrix-free). Not used for ``"diag_ggn"``, whose operator is already a
+            diagonal.
         callback: called as ``callback(iteration, loss, grad_norm)`` after each accepted step.
 
     Returns:
@@ -211,10 +218,8 @@ def newton_gr(
         raise TypeError(f"dense must be a bool or None, got {type(dense).__name__}")
     selected = select_params(model, params)
     layout = ParamLayout.from_params(selected)
-    if curvature == "diag_ggn":
+    if curvature == "diag_ggn" or (dense is None and layout.numel > DENSE_MAX_PARAMS):
         dense = False
-    elif dense is None:
-        dense = layout.numel <= DENSE_MAX_PARAMS
     # Trial points live in a copy of the model: the operator built at the current point reads
     # its model's parameters, which must stay put while trials are evaluated.
     shadow = copy.deepcopy(model)
@@ -255,11 +260,16 @@ def newton_gr(
     lambdas: list[float] = []
     cg_its: list[int] = []
     trials: list[int] = []
+    materialized: list[bool] = []
+    cutoff = DENSE_CG_FRACTION * layout.numel
     status = "max_iters"
     for it in range(max_iters):
         if gnorm <= gtol:
             break
-        H = materialize(built[slot]) if dense else built[slot]
+        # auto: materialize once the last solve took enough products to pay for the build
+        now = dense if dense is not None else bool(cg_its) and cg_its[-1] >= cutoff
+        H = materialize(built[slot]) if now else built[slot]
+        materialized.append(now)
         c_hist.append(c)
         out = search(
             H, x, loss, grad, evaluate, rule=rule_name, c=c, adaptive=adaptive,
@@ -299,5 +309,5 @@ def newton_gr(
         cg_iterations=cg_its,
         trials=trials,
         num_evaluations=evaluations,
-        dense=dense,
+        dense=materialized,
     )
