@@ -170,9 +170,12 @@ def _dequantize(
     n = codes.numel()
     work = _work_dtype(dtype)
     num_groups = scale.numel()
-    padded = torch.zeros(num_groups * group_size, dtype=work, device=codes.device)
-    padded[:n] = codes.reshape(-1).to(work)
-    groups = padded.view(num_groups, group_size)
+    if n == num_groups * group_size:  # whole groups: no padded copy
+        groups = codes.reshape(num_groups, group_size).to(work)
+    else:
+        padded = torch.zeros(num_groups * group_size, dtype=work, device=codes.device)
+        padded[:n] = codes.reshape(-1).to(work)
+        groups = padded.view(num_groups, group_size)
     out = groups * scale.to(work).unsqueeze(1) + zero.to(work).unsqueeze(1)
     return out.reshape(-1)[:n].to(dtype)
 
