@@ -240,6 +240,19 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
                 all(torch.equal(after[n].to_local(), before[n]) for n in params)
             )
             result["hooks_restored"] = torch.tensor(_hooks(model) == hooks)
+            # a model FSDP holds unsharded now: its parameters are copied, not aliased (the
+            # next reshard frees FSDP's all-gather buffer under them)
+            V = torch.ones(NUM_PARAMS, 2, dtype=torch.float64)
+            expected = HessianOperator(model, "cross_entropy", shard, distributed=True) @ V
+            layers = [model[0], model[2]]
+            for layer in layers:
+                layer.unshard()
+            unsharded = [type(p).__name__ for p in model.parameters()]
+            op = HessianOperator(model, "cross_entropy", shard, distributed=True)
+            for layer in layers:
+                layer.reshard()
+            result["unsharded_kinds"] = torch.tensor([k == "DTensor" for k in unsharded])
+            result["unsharded_product"] = (op @ V) - expected
             # a normal FSDP2 training step afterwards
             full = {n: p.full_tensor().clone() for n, p in after.items()}
             optimizer = torch.optim.SGD(model.parameters(), lr=LR)
@@ -269,7 +282,13 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    mp.spawn(_worker, args=(2, port, str(folder)), nprocs=2, join=True)
+    # fork: the workers inherit the imports (spawn would import torch and subspaces again in
+    # each, most of this test's CPU time); they run one intra-op thread and no OpenMP region
+    # before set_num_threads(1)
+    context = "fork" if sys.platform == "linux" else "spawn"
+    mp.start_processes(
+        _worker, args=(2, port, str(folder)), nprocs=2, join=True, start_method=context
+    )
     results = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for r, res in enumerate(results):
         assert "error" not in res, f"rank {r}:\n{res.get('error')}"
@@ -301,6 +320,12 @@ def test_parameters_and_hooks_are_left_as_they_were(ranks) -> None:
         assert bool(res["same_objects"]) and bool(res["dtensors"])
         assert bool(res["bit_identical"]) and bool(res["hooks_restored"])
         assert int(res["hooks_inside"]) == 0  # FSDP's pre-forward hook was the only one
+
+
+def test_a_model_held_unsharded_gives_the_same_products(ranks) -> None:
+    for res in ranks:
+        assert not bool(res["unsharded_kinds"].any())  # plain tensors while unsharded
+        assert bool((res["unsharded_product"] == 0).all())
 
 
 def test_a_training_step_afterwards_is_the_usual_fsdp_step(ranks) -> None:

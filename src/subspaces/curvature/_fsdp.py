@@ -101,22 +101,23 @@ def _check_supported(model: nn.Module, modules: list[nn.Module]) -> None:
                 "(fully_shard([a, b, ...])); curvature operators support one module per "
                 "fully_shard call"
             )
-        mp = state._mp_policy
-        if mp.param_dtype is not None or mp.reduce_dtype is not None or mp.output_dtype:
-            raise ValueError(
-                f"{where} has a mixed precision policy {mp}: its forward computes in another "
-                "dtype than its parameters, a function the operator would not reproduce; shard "
-                "the model without mp_policy to measure its curvature"
-            )
-        group = state._fsdp_param_group
-        if group is None:
-            continue
-        if isinstance(group.offload_policy, CPUOffloadPolicy):
-            raise ValueError(
-                f"{where} uses CPUOffloadPolicy; curvature operators gather the full "
-                "parameters on the compute device and do not support CPU offload"
-            )
-        managed.update(id(fp.sharded_param) for fp in group.fsdp_params)
+        groups = getattr(state, "_fsdp_param_groups", None)
+        if groups is None:  # older torch: at most one parameter group per module
+            groups = [] if state._fsdp_param_group is None else [state._fsdp_param_group]
+        for mp in [state._mp_policy, *(g.mp_policy for g in groups)]:
+            if mp.param_dtype is not None or mp.reduce_dtype is not None or mp.output_dtype:
+                raise ValueError(
+                    f"{where} has a mixed precision policy {mp}: its forward computes in "
+                    "another dtype than its parameters, a function the operator would not "
+                    "reproduce; shard the model without mp_policy to measure its curvature"
+                )
+        for group in groups:
+            if isinstance(group.offload_policy, CPUOffloadPolicy):
+                raise ValueError(
+                    f"{where} uses CPUOffloadPolicy; curvature operators gather the full "
+                    "parameters on the compute device and do not support CPU offload"
+                )
+            managed.update(id(fp.sharded_param) for fp in group.fsdp_params)
     stray = [n for n, p in model.named_parameters() if _is_dtensor(p) and id(p) not in managed]
     if stray:
         raise ValueError(
@@ -126,9 +127,16 @@ def _check_supported(model: nn.Module, modules: list[nn.Module]) -> None:
 
 
 def _full(t: Tensor) -> Tensor:
-    """The whole tensor on every rank: ``full_tensor()`` of a ``DTensor`` (a collective)."""
+    """The whole tensor on every rank, in memory of its own.
+
+    ``full_tensor()`` of a ``DTensor`` (a collective); a copy of a plain tensor (a parameter
+    FSDP holds unsharded now lives in FSDP's all-gather buffer, which its next reshard frees).
+
+    Returns:
+        A plain tensor of the parameter's full shape, detached.
+    """
     with torch.no_grad():
-        return t.detach().full_tensor() if _is_dtensor(t) else t.detach()  # type: ignore[attr-defined]
+        return t.detach().full_tensor() if _is_dtensor(t) else t.detach().clone()  # type: ignore[attr-defined]
 
 
 def _hook_ids(modules: list[nn.Module]) -> list[tuple[nn.Module, set[int]]]:
@@ -201,8 +209,9 @@ class FSDPFunctionalModel(FunctionalModel):
         full = {n: _full(p) for n, p in params.items()}
         super().__init__(model, full, dtype)
         for name, p in model.named_parameters():
-            if name in self.fixed and _is_dtensor(p):
-                self.fixed[name] = _full(p) if dtype is None else _full(p).to(dtype)
+            if name in self.fixed:  # the parameters left out of ``params``
+                whole = _full(p)
+                self.fixed[name] = whole.to(dtype) if dtype is not None else whole
 
     def __call__(self, p: Mapping[str, Tensor], batch: Batch) -> Tensor:
         with fsdp_hooks_bypassed(self.model):
