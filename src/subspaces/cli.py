@@ -5,6 +5,7 @@ Usage::
     subspaces --help | --version
     subspaces reproduce --list
     subspaces reproduce ID... [--fast] [--seed N] [--out DIR] [--quiet]
+                      [--grid-backend serial|process|ray] [--grid-workers N]
     subspaces reproduce --all [--fast] [--seed N] [--out DIR] [--quiet]
                       [--workers N] [--backend process|ray] [--resume]
     subspaces demo [--n N] [--seed S]
@@ -171,6 +172,21 @@ def _configure_reproduce(p: argparse.ArgumentParser) -> None:
         help="keep the finished records (same --fast and --seed) already in --out; run only "
         "the missing ones and those that ended in an error",
     )
+    p.add_argument(
+        "--grid-backend",
+        choices=("serial", "process", "ray"),
+        default=None,
+        help="where the grid points inside a reproduction run (P22, P24): serial (default), "
+        "local processes or Ray (RAY_ADDRESS picks the cluster); sets SUBSPACES_GRID_BACKEND",
+    )
+    p.add_argument(
+        "--grid-workers",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="grid points at once (--grid-backend defaults to process when N > 1); sets "
+        "SUBSPACES_GRID_WORKERS",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output on stderr")
 
 
@@ -290,6 +306,11 @@ def _reproduce(args: argparse.Namespace) -> int:
     from ._io import write_json
     from .experiments import import_errors
 
+    if args.grid_workers is not None or args.grid_backend is not None:
+        workers = args.grid_workers or 1
+        backend = args.grid_backend or ("process" if workers > 1 else "serial")
+        os.environ["SUBSPACES_GRID_BACKEND"] = backend  # read by the grids' grid_settings()
+        os.environ["SUBSPACES_GRID_WORKERS"] = str(workers)
     experiments = _select(args)
     out: Path = args.out
     if out.exists() and not out.is_dir():

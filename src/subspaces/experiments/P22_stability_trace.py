@@ -97,6 +97,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._parallel import grid_settings, map_tasks
 from ._common import single_thread
 from .registry import ExperimentResult, register
 
@@ -537,52 +538,136 @@ def _measure_row(
     return row
 
 
-def _repeat(setting: _Setting, seed: int, check_identity: bool) -> dict[str, Any]:
-    """One repeat: data, shared init, GD and SGD at every eta, curvature, per-repeat checks."""
-    etas = setting.etas
-    X, y = make_data(setting.n, seed)
-    init = make_model(setting.width, seed + 1)
-
-    t0 = time.perf_counter()
-    gd_runs = _train_gd(init, X, y, etas, setting.max_gd_steps)
-    gd_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sgd_runs = _train_sgd(
-        init, X, y, etas, setting.max_sgd_epochs, torch.Generator().manual_seed(seed + 2)
-    )
-    sgd_seconds = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    init_q = stability_quantities(init, X, y, generator=torch.Generator().manual_seed(seed + 3))
-    rep: dict[str, Any] = {"seed": seed}
-    for opt, runs in (("gd", gd_runs), ("sgd", sgd_runs)):
-        rep[opt] = [
-            _measure_row(opt, eta, r, torch.Generator().manual_seed(seed + 10 + k), X, y)
-            for k, (eta, r) in enumerate(zip(etas, runs, strict=True))
-        ]
-    if check_identity:  # tr(H) == (1/n) sum ||grad f_i||^2, on the last GD minimum reached
-        model = gd_runs[-1].model if gd_runs[-1].model is not None else init
-        exact = hessian_trace_exact(model, X, y)
-        ggn = stability_quantities(model, X, y)["trace_ggn"]
-        rep["trace_identity"] = {
-            "hessian_diagonal_trace": exact,
-            "per_sample_gradient_trace": ggn,
-            "relative_error": abs(exact - ggn) / abs(exact),
+def _gd_cell(setting: _Setting, seed: int, k: int, check_identity: bool) -> dict[str, Any]:
+    """Grid task: GD at ``etas[k]`` of one repeat, its curvature, and optionally the identity."""
+    with single_thread():
+        X, y = make_data(setting.n, seed)
+        init = make_model(setting.width, seed + 1)
+        eta = setting.etas[k]
+        t0 = time.perf_counter()
+        run = _train_gd(init, X, y, (eta,), setting.max_gd_steps)[0]
+        train_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out: dict[str, Any] = {
+            "row": _measure_row("gd", eta, run, torch.Generator().manual_seed(seed + 10 + k), X, y)
         }
-    measure_seconds = time.perf_counter() - t0
+        if check_identity:  # tr(H) == (1/n) sum ||grad f_i||^2, on the GD minimum (or the init)
+            model = run.model if run.model is not None else init
+            exact = hessian_trace_exact(model, X, y)
+            ggn = stability_quantities(model, X, y)["trace_ggn"]
+            out["trace_identity"] = {
+                "hessian_diagonal_trace": exact,
+                "per_sample_gradient_trace": ggn,
+                "relative_error": abs(exact - ggn) / abs(exact),
+            }
+        out.update(train_seconds=train_seconds, measure_seconds=time.perf_counter() - t0)
+        return out
 
+
+def _sgd_cell(setting: _Setting, seed: int) -> dict[str, Any]:
+    """Grid task: SGD at every eta of one repeat (one index stream), curvature of the minima."""
+    with single_thread():
+        X, y = make_data(setting.n, seed)
+        init = make_model(setting.width, seed + 1)
+        t0 = time.perf_counter()
+        runs = _train_sgd(
+            init,
+            X,
+            y,
+            setting.etas,
+            setting.max_sgd_epochs,
+            torch.Generator().manual_seed(seed + 2),
+        )
+        train_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        init_q = stability_quantities(init, X, y, generator=torch.Generator().manual_seed(seed + 3))
+        rows = [
+            _measure_row("sgd", eta, r, torch.Generator().manual_seed(seed + 10 + k), X, y)
+            for k, (eta, r) in enumerate(zip(setting.etas, runs, strict=True))
+        ]
+        return {
+            "rows": rows,
+            "init": {k: init_q[k] for k in ("loss", "lambda_max", "trace_ggn")},
+            "train_seconds": train_seconds,
+            "measure_seconds": time.perf_counter() - t0,
+        }
+
+
+def stability_grid(
+    setting: _Setting, seeds: list[int], *, backend: str = "serial", workers: int = 1
+) -> list[dict[str, Any]]:
+    """Train and measure every repeat's GD and SGD runs over the ``eta`` grid, as parallel tasks.
+
+    The tasks are, per repeat, one GD run per ``eta`` and one SGD run over all ``eta`` at once
+    (they share one index stream, as in Wu & Su, "The implicit regularization of dynamical
+    stability in stochastic gradient descent", ICML 2023, arXiv:2305.17490). Each task rebuilds
+    its data and initialization from the repeat's seed and the results are assembled in grid
+    order, so every number is identical, bit for bit, whatever the backend.
+
+    Args:
+        setting: the grid (:data:`FAST` or :data:`FULL`).
+        seeds: one seed per repeat; the first repeat also checks the trace identity.
+        backend: ``"serial"``, ``"process"`` or ``"ray"`` (:func:`subspaces._parallel.map_tasks`).
+        workers: local processes or Ray tasks in flight.
+
+    Returns:
+        One dict per repeat with its per-``eta`` rows (``"gd"``, ``"sgd"``), the initialization's
+        curvature, the timings and (first repeat) ``"trace_identity"``.
+
+    Raises:
+        ValueError: for no seeds, or a bad backend/workers.
+        TaskFailedError: if a grid task failed (its label names it).
+
+    Example:
+        >>> tiny = _Setting(n=8, width=4, etas=(0.01,), max_gd_steps=3, max_sgd_epochs=1, repeats=1)
+        >>> rep = stability_grid(tiny, [0])[0]
+        >>> [r["eta"] for r in rep["gd"] + rep["sgd"]], sorted(rep["trace_identity"])[-1]
+        ([0.01, 0.01], 'relative_error')
+    """
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed, got an empty list")
+    E = len(setting.etas)
+    tasks: list[tuple[Any, ...]] = []
+    labels: list[str] = []
+    for r, seed in enumerate(seeds):
+        tasks += [(setting, seed, k, r == 0 and k == E - 1) for k in range(E)] + [(setting, seed)]
+        labels += [f"repeat {r} (seed {seed}) GD eta={eta}" for eta in setting.etas]
+        labels.append(f"repeat {r} (seed {seed}) SGD eta={list(setting.etas)}")
+
+    results = map_tasks(_cell, tasks, backend=backend, workers=workers, labels=labels)
+    repeats = []
+    for r, seed in enumerate(seeds):
+        gd, sgd = results[r * (E + 1) : r * (E + 1) + E], results[r * (E + 1) + E]
+        rep: dict[str, Any] = {"seed": seed, "gd": [g["row"] for g in gd], "sgd": sgd["rows"]}
+        if r == 0:
+            rep["trace_identity"] = gd[-1]["trace_identity"]
+        rep.update(
+            init=sgd["init"],
+            gd_seconds=sum(g["train_seconds"] for g in gd),
+            sgd_seconds=sgd["train_seconds"],
+            measure_seconds=sum(g["measure_seconds"] for g in gd) + sgd["measure_seconds"],
+        )
+        repeats.append(rep)
+    return repeats
+
+
+def _cell(*args: Any) -> dict[str, Any]:
+    """A grid task: ``(setting, seed, k, check_identity)`` is GD, ``(setting, seed)`` SGD."""
+    return _gd_cell(*args) if len(args) == 4 else _sgd_cell(*args)
+
+
+def _verdict(rep: dict[str, Any]) -> dict[str, Any]:
+    """The per-repeat checks, added to ``rep`` (keys in the order the records always had)."""
     gd, sgd = rep["gd"], rep["sgd"]
     sgd_traces = [r["trace"] for r in sgd]
+    seconds = {k: rep.pop(k) for k in ("gd_seconds", "sgd_seconds", "measure_seconds")}
     rep.update(
-        init={k: init_q[k] for k in ("loss", "lambda_max", "trace_ggn")},
         all_converged=all(r["status"] == "converged" for r in gd + sgd),
         gd_max_ratio_gd_bound=max(r["ratio_gd_bound"] for r in gd),
         sgd_max_ratio_sgd_bound=max(r["ratio_sgd_bound"] for r in sgd),
         gd_etas_violating_sgd_bound=[r["eta"] for r in gd if r["ratio_sgd_bound"] > 1 + SLACK],
         sgd_trace_strictly_decreasing=all(b < a for a, b in itertools.pairwise(sgd_traces)),
-        gd_seconds=gd_seconds,
-        sgd_seconds=sgd_seconds,
-        measure_seconds=measure_seconds,
+        **seconds,
     )
     rep["passed"] = bool(
         rep["all_converged"]
@@ -637,8 +722,10 @@ def run(fast: bool, seed: int) -> ExperimentResult:
 def _run(fast: bool, seed: int) -> ExperimentResult:
     start = time.perf_counter()
     setting = FAST if fast else FULL
+    backend, workers = grid_settings()
+    seeds = [seed + 1000 * r for r in range(setting.repeats)]
     repeats = [
-        _repeat(setting, seed + 1000 * r, check_identity=r == 0) for r in range(setting.repeats)
+        _verdict(rep) for rep in stability_grid(setting, seeds, backend=backend, workers=workers)
     ]
     identity = repeats[0]["trace_identity"]
     identity_ok = identity["relative_error"] <= MAX_TRACE_IDENTITY_ERROR

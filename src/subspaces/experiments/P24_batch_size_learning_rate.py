@@ -60,6 +60,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._parallel import grid_settings, map_tasks
 from ._common import figure_png, load_digits_tensors, loglog_fit, mlp, single_thread, train
 from ._stats import paired_summary, seed_summary
 from .registry import ExperimentResult, register
@@ -312,6 +313,89 @@ def max_stable_lr(
     return lo, runs
 
 
+def _stable_lr_point(
+    X: Tensor, y: Tensor, seed: int, name: str, B: int, s: int, bisections: int
+) -> tuple[float, int]:
+    """One grid point of part 2 (a module-level function, so processes and Ray can run it)."""
+    init_seed = _seeded(seed, 10, s)
+
+    def make_model() -> nn.Module:
+        return mlp(X.shape[1], WIDTH, 10, depth=DEPTH, seed=init_seed).double()
+
+    def stable(lr: float) -> bool:
+        return is_stable(
+            make_model, X, y, optimizer=name, lr=lr, batch_size=B, seed=_seeded(seed, 11, s, B)
+        )
+
+    with single_thread():
+        return max_stable_lr(stable, LR_START[name], bisections)
+
+
+def stable_lr_grid(
+    X: Tensor,
+    y: Tensor,
+    seed: int,
+    lr_seeds: int,
+    bisections: int,
+    *,
+    batch_sizes: Sequence[int] = LR_BATCHES,
+    backend: str = "serial",
+    workers: int = 1,
+) -> dict[str, Any]:
+    """The largest stable learning rate of SGD and Adam on the batch-size x seed grid.
+
+    Each grid point (optimizer, ``B``, seed index) is one task of
+    :func:`subspaces._parallel.map_tasks`; the results come back in grid order, so the numbers
+    are identical, bit for bit, for every backend. Part 2 of the reproduction of Granziol, Zohren
+    and Roberts, "Learning rates as a function of batch size: a random matrix theory approach to
+    neural network training" (JMLR 2022, arXiv:2006.09092); see the module docstring.
+
+    Args:
+        X: training inputs.
+        y: training labels.
+        seed: the reproduction's seed (initializations and batch sequences derive from it).
+        lr_seeds: seeds per batch size.
+        bisections: log-scale bisection steps of :func:`max_stable_lr`.
+        batch_sizes: the batch sizes ``B``.
+        backend: ``"serial"``, ``"process"`` or ``"ray"``.
+        workers: local processes or Ray tasks in flight.
+
+    Returns:
+        ``{"sgd": rows, "adam": rows, "training_runs": int}`` where ``rows[b][s]`` is the
+        largest stable learning rate at ``batch_sizes[b]`` for seed index ``s``.
+
+    Raises:
+        ValueError: for ``lr_seeds`` or ``bisections`` out of range, or a bad backend/workers.
+        TaskFailedError: if a grid point failed (its label names it).
+
+    Example:
+        >>> from subspaces.experiments._common import load_digits_tensors
+        >>> X, y, _, _ = load_digits_tensors(None, seed=0)
+        >>> grid = stable_lr_grid(X[:60], y[:60], 0, 1, 0, batch_sizes=[8])
+        >>> sorted(grid), len(grid["sgd"]), len(grid["sgd"][0])
+        (['adam', 'sgd', 'training_runs'], 1, 1)
+    """
+    if isinstance(lr_seeds, bool) or not isinstance(lr_seeds, int) or lr_seeds < 1:
+        raise ValueError(f"lr_seeds must be an int >= 1, got {lr_seeds!r}")
+    if isinstance(bisections, bool) or not isinstance(bisections, int) or bisections < 0:
+        raise ValueError(f"bisections must be an int >= 0, got {bisections!r}")
+    points = [
+        (name, int(B), s) for name in ("sgd", "adam") for B in batch_sizes for s in range(lr_seeds)
+    ]
+    results = map_tasks(
+        _stable_lr_point,
+        [(X, y, seed, name, B, s, bisections) for name, B, s in points],
+        backend=backend,
+        workers=workers,
+        labels=[f"{name} B={B} seed index {s}" for name, B, s in points],
+    )
+    out: dict[str, Any] = {"training_runs": sum(runs for _, runs in results)}
+    it = iter(results)
+    for name in ("sgd", "adam"):
+        out[name] = [[next(it)[0] for _ in range(lr_seeds)] for _ in batch_sizes]
+    return out
+
+
 def _fit_range(batch_sizes: Sequence[int], excess: Sequence[float], full: float) -> list[int]:
     return [i for i, e in enumerate(excess) if 0 < e <= full]
 
@@ -474,38 +558,11 @@ def run(fast: bool, seed: int) -> ExperimentResult:
                 f"a check (every {LR_CHECK_EVERY} steps), or final full-data loss >= initial"
             ),
         }
-        runs = 0
+        backend, workers = grid_settings()
+        grid = stable_lr_grid(X, y, seed, lr_seeds, bisections, backend=backend, workers=workers)
+        runs = grid.pop("training_runs")
         for name in ("sgd", "adam"):
-            per_seed: list[list[float]] = []
-            for B in LR_BATCHES:
-                row = []
-                for s in range(lr_seeds):
-                    init_seed = _seeded(seed, 10, s)
-
-                    def make_model(init_seed: int = init_seed) -> nn.Module:
-                        return mlp(X.shape[1], WIDTH, 10, depth=DEPTH, seed=init_seed).double()
-
-                    def stable(
-                        lr: float,
-                        name: str = name,
-                        B: int = B,
-                        s: int = s,
-                        make_model: Callable[[], nn.Module] = make_model,
-                    ) -> bool:
-                        return is_stable(
-                            make_model,
-                            X,
-                            y,
-                            optimizer=name,
-                            lr=lr,
-                            batch_size=B,
-                            seed=_seeded(seed, 11, s, B),
-                        )
-
-                    lr, n_runs = max_stable_lr(stable, LR_START[name], bisections)
-                    runs += n_runs
-                    row.append(lr)
-                per_seed.append(row)
+            per_seed = grid[name]
             median = [float(torch.tensor(r).median()) for r in per_seed]
             slope, icept = loglog_fit(LR_BATCHES, median)
             seed_slopes = [

@@ -15,7 +15,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .._io import settings_hash, write_json
+from .._parallel import map_tasks
 from .networks import CellNetwork, MacroNetwork, digits_images
 from .space import CellSpace, MacroSpace
 
@@ -411,7 +411,9 @@ def build_benchmark(
         config: the budget (default :func:`default_config`: the shipped tables' budget).
         workers: processes (``local``) or Ray tasks in flight (``ray``).
         backend: ``"local"`` (``concurrent.futures`` processes; in-process when ``workers == 1``)
-            or ``"ray"`` (imported only then; a local Ray is started if none is running).
+            or ``"ray"`` (imported only then; joins the cluster at ``RAY_ADDRESS`` when set, else
+            starts a local Ray if none is running). Both run
+            :func:`subspaces._parallel.map_tasks`.
         resume: reuse ``<out>.partial`` written by an interrupted run with the same space and
             config.
         archs: only these architectures (default: the whole space); the table is then partial
@@ -425,6 +427,8 @@ def build_benchmark(
         ValueError: for ``workers < 1``, an unknown backend, an empty space or a partial file
             written for another space or config.
         ImportError: for ``backend="ray"`` without Ray installed.
+        subspaces._parallel.TaskFailedError: if training an architecture raised, or its worker
+            died twice (the architectures finished before it are kept in ``<out>.partial``).
 
     Example:
         >>> space = CellSpace(ops=("none", "skip_connect"))
@@ -466,22 +470,14 @@ def build_benchmark(
         if progress is not None:
             progress(len(records), len(todo_all))
 
-    if backend == "ray":
-        _run_ray(todo, space_dict, config_dict, workers, done)
-    elif workers == 1:
-        for arch in todo:
-            done(arch, _evaluate(space_dict, arch, config_dict))
-    else:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {pool.submit(_evaluate, space_dict, a, config_dict): a for a in todo}
-            pending = set(futures)
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    done(futures[future], future.result())
+    map_tasks(
+        _evaluate,
+        [(space_dict, a, config_dict) for a in todo],
+        backend="ray" if backend == "ray" else "process",
+        workers=workers,
+        labels=todo,
+        on_result=lambda i, record: done(todo[i], record),
+    )
     save(force=True)
     bench = TabularBenchmark(space, config, {a: records[a] for a in todo_all})
     if out is not None and len(bench) == len(space):
@@ -489,29 +485,3 @@ def build_benchmark(
         if partial is not None:
             partial.unlink(missing_ok=True)
     return bench
-
-
-def _run_ray(
-    todo: list[str],
-    space_dict: dict[str, Any],
-    config_dict: dict[str, Any],
-    workers: int,
-    done: Callable[[str, dict[str, Any]], None],
-) -> None:
-    """Run :func:`_evaluate` as Ray tasks, at most ``workers`` in flight."""
-    try:
-        import ray
-    except ImportError as error:
-        raise ImportError("backend='ray' needs Ray: pip install 'ray[default]'") from error
-    if not ray.is_initialized():
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-    remote = ray.remote(num_cpus=1)(_evaluate)
-    queue = list(todo)
-    in_flight: dict[Any, str] = {}
-    while queue or in_flight:
-        while queue and len(in_flight) < workers:
-            arch = queue.pop(0)
-            in_flight[remote.remote(space_dict, arch, config_dict)] = arch
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
-        for ref in ready:
-            done(in_flight.pop(ref), ray.get(ref))
