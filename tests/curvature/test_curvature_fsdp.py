@@ -17,6 +17,8 @@ import os
 import socket
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -150,6 +152,28 @@ def _hooks(model: nn.Module) -> list[list[tuple[str, int, object]]]:
     ]
 
 
+@contextmanager
+def _counting(counts: dict[str, int]) -> Iterator[None]:
+    """Count calls of the collectives FSDP2 (all-gather, reduce-scatter) and we (all-reduce) use."""
+    names = ("all_gather_single", "reduce_scatter_single", "all_reduce")
+    originals = {name: getattr(dist, name) for name in names}
+
+    def counted(name: str) -> object:
+        def call(*args: object, **kwargs: object) -> object:
+            counts[name] = counts.get(name, 0) + 1
+            return originals[name](*args, **kwargs)
+
+        return call
+
+    try:
+        for name in names:
+            setattr(dist, name, counted(name))
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(dist, name, original)
+
+
 def _refusals(rank: int) -> dict[str, str]:
     """Each unsupported setting's error as ``"ExceptionType: message"``."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
@@ -253,11 +277,25 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
                 layer.reshard()
             result["unsharded_kinds"] = torch.tensor([k == "DTensor" for k in unsharded])
             result["unsharded_product"] = (op @ V) - expected
+            # products run one all-reduce each and none of FSDP's collectives
+            product_counts: dict[str, int] = {}
+            ops = [
+                HessianOperator(model, "cross_entropy", shard, distributed=True),
+                GGNOperator(model, "cross_entropy", shard, distributed=True),
+            ]
+            with _counting(product_counts):
+                for op in ops:
+                    op @ V
+                    op @ V[:, 0]
+            result["product_counts"] = product_counts
             # a normal FSDP2 training step afterwards
             full = {n: p.full_tensor().clone() for n, p in after.items()}
             optimizer = torch.optim.SGD(model.parameters(), lr=LR)
             X, y = shard[0]
-            nn.functional.cross_entropy(model(X), y).backward()
+            step_counts: dict[str, int] = {}
+            with _counting(step_counts):
+                nn.functional.cross_entropy(model(X), y).backward()
+            result["step_counts"] = step_counts
             result["grad"] = {n: p.grad.full_tensor() for n, p in after.items()}
             optimizer.step()
             result["step"] = {n: full[n] - p.full_tensor() for n, p in after.items()}
@@ -326,6 +364,14 @@ def test_a_model_held_unsharded_gives_the_same_products(ranks) -> None:
     for res in ranks:
         assert not bool(res["unsharded_kinds"].any())  # plain tensors while unsharded
         assert bool((res["unsharded_product"] == 0).all())
+
+
+def test_products_run_one_all_reduce_and_no_fsdp_collective(ranks) -> None:
+    for res in ranks:
+        assert res["product_counts"] == {"all_reduce": 4}, res["product_counts"]
+        # the counter sees FSDP's collectives where they do run: the training step
+        step = res["step_counts"]
+        assert step.get("all_gather_single", 0) > 0 and step.get("reduce_scatter_single", 0) > 0
 
 
 def test_a_training_step_afterwards_is_the_usual_fsdp_step(ranks) -> None:
