@@ -50,9 +50,13 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 5))
 
 
-def _optimizer(model: nn.Module, projector: object, transfer: str) -> SubspaceAdamW:
+def _optimizer(
+    model: nn.Module, projector: object, transfer: str, feedback: bool = False
+) -> SubspaceAdamW:
     mats = [p for p in model.parameters() if p.ndim == 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
+    if feedback:  # error feedback: only the columns-compressed 16 x 8 weight is projected
+        rest, mats = [*rest, mats[1]], mats[:1]
     groups = [
         {"params": rest},
         {
@@ -61,6 +65,7 @@ def _optimizer(model: nn.Module, projector: object, transfer: str) -> SubspaceAd
             "update_proj_gap": 5,
             "projector": projector,
             "moment_transfer": transfer,
+            "error_feedback": feedback,
         },
     ]
     return SubspaceAdamW(groups, lr=1e-2, weight_decay=0.1)
@@ -141,17 +146,20 @@ def _worker_main(rank: int, world: int, port: int, out: str, ckpt: str) -> None:
     _setup(rank, world, port)
     result: dict[str, object] = {}
     try:
-        for projector in PROJECTORS:
+        for projector in (*PROJECTORS, "dct+feedback"):
             transfer = "rotate" if projector in ("svd", "rsvd") else "none"
+            name, feedback = projector.split("+")[0], projector.endswith("feedback")
             model = _sharded_model()
-            opt = _optimizer(model, projector, transfer)
+            opt = _optimizer(model, name, transfer, feedback)
             _train(model, opt, 20, rank=rank, world=world)
-            ref = _model()
-            ref_opt = _optimizer(ref, projector, transfer)
-            _train(ref, ref_opt, 20)
-            flat = torch.cat([p.detach().reshape(-1) for p in ref.parameters()])
             result[f"{projector}/sharded"] = _full(model)
-            result[f"{projector}/single"] = flat
+            if feedback:
+                result["feedback/layout"] = type(opt.state[model[0].weight]["error"]).__name__
+            if rank == 0:  # the single-process reference on the global batch
+                ref = _model()
+                _train(ref, _optimizer(ref, name, transfer, feedback), 20)
+                flat = torch.cat([p.detach().reshape(-1) for p in ref.parameters()])
+                result[f"{projector}/single"] = flat
             mine = torch.cat(_bases(opt))
             both = [torch.zeros_like(mine) for _ in range(world)]
             dist.all_gather(both, mine)
@@ -187,6 +195,7 @@ def _worker_main(rank: int, world: int, port: int, out: str, ckpt: str) -> None:
         before = _full(model)
         result["fail/nan"] = _error_name(opt.step)
         result["fail/nan_unchanged"] = torch.equal(before, _full(model))
+        result["bad"] = _bad_inputs(rank, world)
     except Exception:  # reported to the test
         result["crash"] = traceback.format_exc()
     if rank == 0:
@@ -194,6 +203,41 @@ def _worker_main(rank: int, world: int, port: int, out: str, ckpt: str) -> None:
     else:
         torch.save(result, out + ".1")
     dist.destroy_process_group()
+
+
+def _bad_inputs(rank: int, world: int) -> list[str]:
+    """Error type and message of each unsupported sharded setting (raised on every rank)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+
+    def param(shape, placement, dtype=torch.float32):
+        p = nn.Parameter(distribute_tensor(torch.ones(shape, dtype=dtype), mesh, [placement]))
+        p.grad = distribute_tensor(torch.ones(shape, dtype=dtype), mesh, [placement])
+        return p
+
+    cases = [
+        (param((8, 4), Replicate()), "svd", {}),
+        (param((8, 4), Shard(0), torch.bfloat16), "svd", {}),
+        (param((4, 16), Shard(0)), "coordinate", {}),
+        (param((4, 16), Shard(0)), "dct", {"error_feedback": True}),
+    ]
+    out = []
+    for p, projector, extra in cases:
+        opt = SubspaceAdamW([p], rank=1, projector=projector, **extra)
+        try:
+            opt.step()
+            out.append("none")
+        except Exception as exc:  # the test reads type and message
+            out.append(f"{type(exc).__name__}: {exc}")
+    p = param((8, 4), Shard(0))
+    try:
+        SubspaceAdamW([p], rank=1).step_param(p)
+        out.append("none")
+    except Exception as exc:  # the test reads type and message
+        out.append(f"{type(exc).__name__}: {exc}")
+    return out
 
 
 def _resume(rank: int, world: int, ckpt: str) -> torch.Tensor:
@@ -234,7 +278,7 @@ def runs(tmp_path_factory):
     return main, other, ckpt
 
 
-@pytest.mark.parametrize("projector", PROJECTORS)
+@pytest.mark.parametrize("projector", [*PROJECTORS, "dct+feedback"])
 def test_sharded_run_equals_single_process(runs, projector):
     main, _, _ = runs
     sharded, single = main[f"{projector}/sharded"], main[f"{projector}/single"]
@@ -273,6 +317,7 @@ def test_dcp_checkpoint_reloads_bit_identically(runs):
 
 def test_moments_of_unsharded_side_are_row_shards(runs):
     main, other, _ = runs
+    assert main["feedback/layout"] == other["feedback/layout"] == "DTensor"
     # 16 x 8 weight: columns compressed, moments are DTensor row shards (8 rows each);
     # 5 x 16 weight: rows compressed, 16 x 3 moments replicated as plain tensors
     assert main["layout"] == other["layout"] == ["DTensor", (8, 3), "Tensor", (16, 3)]
@@ -304,3 +349,14 @@ def test_row_range_matches_torch_chunk():
                 start, stop = row_range(m, world, r)
                 want = chunks[r].tolist() if r < len(chunks) else []
                 assert list(range(start, stop)) == want
+
+
+def test_unsupported_sharded_settings_raise_on_every_rank(runs):
+    main, other, _ = runs
+    for bad in (main["bad"], other["bad"]):
+        replicated, half, coordinate, feedback, step_param = bad
+        assert replicated.startswith("ValueError") and "Shard(0)" in replicated
+        assert half.startswith("TypeError") and "torch.bfloat16" in half
+        assert coordinate.startswith("ValueError") and "'coordinate'" in coordinate
+        assert feedback.startswith("ValueError") and "error_feedback=True" in feedback
+        assert step_param.startswith("ValueError") and "step()" in step_param

@@ -41,13 +41,18 @@ float rounding. Which side is compressed is chosen exactly as in the single-proc
   bytes per weight, all weights of the step packed in one all-reduce), and the ``n x r``
   moments are replicated on every rank.
 
-Every step makes one packed all-reduce (via :func:`subspaces._distributed.allreduce_packed`)
-that carries the per-parameter counts of non-finite gradient entries and an error flag per rank
-(plus the partial products above), so a NaN on one rank skips or raises on all ranks, and a
-rank whose step raised makes the other ranks raise :class:`~subspaces._distributed.RankFailedError`
-at the next collective instead of hanging. A step with a refresh makes one more such collective
-before the selection. The optimizer's :attr:`~subspaces.optim.SubspaceAdamW.comm_bytes` counts
-the bytes handed to ``all_reduce``.
+Every step begins with one small packed all-reduce (via
+:func:`subspaces._distributed.allreduce_packed`: one float per parameter with the count of its
+non-finite gradient entries, and two floats per rank: an error flag and a checksum slot), so a
+NaN on one rank skips or raises on all ranks and a rank whose preparation raised makes the other
+ranks raise :class:`~subspaces._distributed.RankFailedError` instead of hanging. A step with a
+refresh, or with rows-compressed weights, ends with a second one (the partial products above, or
+nothing but the flags), so a failure inside a selection reaches every rank before any rank
+changes its state. The optimizer's :attr:`~subspaces.optim.SubspaceAdamW.comm_bytes` counts the
+bytes handed to ``all_reduce``. Supported: float32/float64 weights on a 1-D mesh; a
+rows-compressed weight additionally needs a projector that multiplies by a dense basis (``svd``,
+``rsvd``, ``dct``, ``random``), moments in the weight's dtype, no ``error_feedback`` and no
+``proj_dtype``; anything else raises a clear error on every rank.
 
 References:
     Zhao et al., "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection",
@@ -442,7 +447,8 @@ def sharded_step(opt: SubspaceAdamW) -> None:
     parts = cast(list[Tensor], sync.run(project_local)) or []
 
     def counts() -> list[float]:
-        return [float((~torch.isfinite(local_of(cast(Tensor, p.grad)))).sum()) for p, _ in todo]
+        bad = [(~torch.isfinite(local_of(cast(Tensor, p.grad)))).sum() for p, _ in todo]
+        return [float(c) for c in torch.stack(bad).tolist()]  # one host sync
 
     # collective 1 (every step): non-finite counts and error flags; after it, every rank has
     # prepared the same layers

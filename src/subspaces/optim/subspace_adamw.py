@@ -50,6 +50,17 @@ state tensor's dtype across a load, and resuming at step ``k`` reproduces uninte
 bit for bit on CPU. Randomized projectors draw from generators seeded by
 ``(seed, parameter index, step)``, never from the global RNG.
 
+FSDP2 (``torch.distributed.fsdp.fully_shard``): parameters that are ``DTensor`` row shards
+(``Shard(0)``) are stepped on their local rows with the collectives described in
+:mod:`subspaces.optim._sharded`: every rank holds the same basis; a weight compressed on its
+unsharded columns needs no communication per step; a refresh needs nothing (``random``), one
+all-reduce of ``n`` scores (``dct``), of the ``n x n`` Gram matrix (``svd``) or of ``n x l``
+and ``l x l`` blocks (``rsvd``); a weight compressed on its sharded rows gathers its gradient at
+a refresh and all-reduces ``n x r`` partial products per step. The state then holds ``DTensor``
+row shards of the moments, so ``torch.distributed.checkpoint`` (``get_state_dict`` /
+``set_state_dict``) saves and resumes it bit for bit; :attr:`SubspaceAdamW.comm_bytes` counts
+what was communicated.
+
 References:
     Zhao et al., "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection", ICML 2024.
     Modoranu et al., "SVD-Free Low-Rank Adaptive Gradient Optimization for Large Language Models"
@@ -1013,7 +1024,9 @@ class SubspaceAdamW(Optimizer):
                 Q = it.Q
                 if Q is None or Q.dtype != N.dtype:
                     Q = _basis_of(proj, self._proj_state(it.state), it.b, N.dtype)
-                W = p.view(-1, it.b) if not it.transpose else p.view(it.b, -1)
+                # explicit sizes (not -1) so that an empty FSDP2 row shard views too
+                a = N.shape[0]
+                W = p.view(a, it.b) if not it.transpose else p.view(it.b, a)
                 beta = 1 - lr * wd if wd else 1.0
                 if pdtype is not None and not it.refreshed:
                     # bfloat16 product (float32 accumulation), added to the float weight
