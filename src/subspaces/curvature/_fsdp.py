@@ -105,11 +105,13 @@ def _check_supported(model: nn.Module, modules: list[nn.Module]) -> None:
         if groups is None:  # older torch: at most one parameter group per module
             groups = [] if state._fsdp_param_group is None else [state._fsdp_param_group]
         for mp in [state._mp_policy, *(g.mp_policy for g in groups)]:
-            if mp.param_dtype is not None or mp.reduce_dtype is not None or mp.output_dtype:
+            dtypes = (mp.param_dtype, mp.reduce_dtype, mp.output_dtype)
+            if any(d is not None for d in dtypes):
                 raise ValueError(
-                    f"{where} has a mixed precision policy {mp}: its forward computes in "
-                    "another dtype than its parameters, a function the operator would not "
-                    "reproduce; shard the model without mp_policy to measure its curvature"
+                    f"{where} has a mixed precision policy {mp}: the operator evaluates the "
+                    "model in one dtype (the parameters', or dtype=...) and would not reproduce "
+                    "the policy's casts; shard the model without mp_policy to measure its "
+                    "curvature"
                 )
         for group in groups:
             if isinstance(group.offload_policy, CPUOffloadPolicy):
