@@ -176,10 +176,10 @@ def test_dense_default_follows_cg_iterations_and_parameter_count(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # dense=None: matrix-free first, then dense once the last iteration's CG took at least
-    # DENSE_CG_FRACTION * P iterations; never above DENSE_MAX_PARAMS parameters
+    # DENSE_CG_PER_BLOCK iterations per 64 parameters; never above DENSE_MAX_PARAMS parameters
     X, y = _data()
     P = sum(p.numel() for p in _mlp().parameters())
-    monkeypatch.setattr(newton_module, "DENSE_CG_FRACTION", 30 / P)
+    monkeypatch.setattr(newton_module, "DENSE_CG_PER_BLOCK", 30)  # P = 43: one block
     res = newton_gr(_mlp(), "cross_entropy", (X, y), max_iters=6, gtol=0.0, cg_rtol=1e-10)
     want = [False] + [its >= 30 for its in res.cg_iterations[:-1]]
     assert res.dense == want and True in want and want.count(False) > 1  # both paths taken

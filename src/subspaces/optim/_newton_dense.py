@@ -10,7 +10,7 @@ once per iteration and run the same CG on it:
   ``jvp`` of every identity column (batched), then ``G = J^T (H_L J)`` as one matrix product:
   no ``vjp`` at all;
 * Hessian (and a GGN whose Jacobian would be too large to hold): products with identity
-  columns, ``_DENSE_BLOCK`` of them per ``vmap``'d product.
+  columns, ``DENSE_BLOCK`` of them per ``vmap``'d product.
 
 The result is symmetrized, which changes it only by rounding.
 """
@@ -26,7 +26,7 @@ from ..curvature._model import Batch, FunctionalModel, check_loss_finite
 from ..linops import LinearOperator
 from ..linops.structured import Dense
 
-_DENSE_BLOCK = 64  # identity columns per vmap'd product (measured fastest on P09's problems)
+DENSE_BLOCK = 64  # identity columns per vmap'd product (measured fastest on P09's problems)
 _JACOBIAN_ENTRIES = 2**23  # entries of J (and of H_L J) held at once per batch: 64 MiB in float64
 
 
@@ -50,7 +50,7 @@ def _ggn_gram(op: GGNOperator) -> Tensor:
         with torch.no_grad():
             out = f(fm.params)
         check_loss_finite(op.loss_fn(out, batch.targets))
-        blocks = [layout.unflatten(eye[:, s : s + _DENSE_BLOCK]) for s in range(0, n, _DENSE_BLOCK)]
+        blocks = [layout.unflatten(eye[:, s : s + DENSE_BLOCK]) for s in range(0, n, DENSE_BLOCK)]
         if n * out.numel() > _JACOBIAN_ENTRIES:  # J too large for this batch: column products
             return torch.cat([layout.flatten(op._batch_matmat(fm, batch, V)) for V in blocks], 1)
         cols = []
@@ -74,7 +74,7 @@ def materialize(op: LinearOperator) -> Dense:
 
     A :class:`~subspaces.curvature.GGNOperator` (and the Fisher, its subclass) is built as
     ``J^T (H_L J)`` from batched Jacobian-vector products; any other operator from products with
-    identity columns, ``_DENSE_BLOCK`` per ``vmap``'d product. The matrix is symmetrized (the
+    identity columns, ``DENSE_BLOCK`` per ``vmap``'d product. The matrix is symmetrized (the
     operators are symmetric, so this changes it only by rounding).
 
     Args:
@@ -107,6 +107,6 @@ def materialize(op: LinearOperator) -> Dense:
         M = _ggn_gram(op)
     else:
         if isinstance(op, CurvatureOperator):
-            op.max_block = max(op.max_block, _DENSE_BLOCK)  # this instance only
+            op.max_block = max(op.max_block, DENSE_BLOCK)  # this instance only
         M = op.to_dense()
     return Dense(0.5 * (M + M.T), symmetric=True)

@@ -20,6 +20,7 @@ Reference:
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,7 +33,7 @@ from .._tensorlist import ParamLayout
 from ..curvature import FisherOperator, GGNOperator, HessianOperator
 from ..curvature._model import LossFn, ModePolicy, ParamSpec, select_params
 from ..linops import LinearOperator
-from ._newton_dense import materialize
+from ._newton_dense import DENSE_BLOCK, materialize
 from ._newton_diag import DiagonalGGN
 from ._newton_optimizer import NewtonGR
 from ._newton_search import Rule, check_common, search
@@ -44,10 +45,11 @@ __all__ = ["CURVATURES", "DENSE_MAX_PARAMS", "NewtonGR", "NewtonResult", "newton
 
 DENSE_MAX_PARAMS = 2048
 """Parameter count up to which ``newton_gr(dense=None)`` may materialize the curvature."""
-DENSE_CG_FRACTION = 0.1
-"""``dense=None`` materializes once the previous iteration's CG iterations reach this fraction
-of the parameter count: building the matrix costs about ``P / 60`` to ``P / 11`` products
-(measured on P09's problems), so from there on the dense path is the cheaper one."""
+DENSE_CG_PER_BLOCK = 4
+"""``dense=None`` materializes once the previous iteration took at least this many CG
+iterations per block of 64 parameters: building the matrix costs one batched product per block,
+1 to 6 times a single product (measured on P09's linear models and MLP, 108 to 1077
+parameters), so from there on the dense path is the cheaper one."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,9 +178,9 @@ def newton_gr(
             data per CG iteration) and run the same CG on it; the steps agree with the matrix-free
             ones to rounding. ``None`` (default): when the selected parameters number ``P`` at
             most :data:`DENSE_MAX_PARAMS` (``P^2`` entries, 32 MiB in float64) and the previous
-            iteration took at least ``DENSE_CG_FRACTION * P`` CG iterations (the first
-            iteration is matrix-free). Not used for ``"diag_ggn"``, whose operator is already a
-            diagonal.
+            iteration took at least ``DENSE_CG_PER_BLOCK * ceil(P / 64)`` CG iterations (the
+            first iteration is matrix-free). Not used for ``"diag_ggn"``, whose operator is
+            already a diagonal.
         callback: called as ``callback(iteration, loss, grad_norm)`` after each accepted step.
 
     Returns:
@@ -261,7 +263,7 @@ def newton_gr(
     cg_its: list[int] = []
     trials: list[int] = []
     materialized: list[bool] = []
-    cutoff = DENSE_CG_FRACTION * layout.numel
+    cutoff = DENSE_CG_PER_BLOCK * math.ceil(layout.numel / DENSE_BLOCK)
     status = "max_iters"
     for it in range(max_iters):
         if gnorm <= gtol:
