@@ -87,6 +87,11 @@ def _measure(data: object, batch: object, distributed: bool) -> dict[str, torch.
     out["trace"] = torch.tensor(
         curvature_trace(hessian, generator=torch.Generator().manual_seed(4)).estimate
     )
+    for name in ("ggn", "fisher_emp"):  # rank_bound sums over ranks: the same sketch everywhere
+        op = _operators(data, distributed)[name]
+        out[f"{name}/rank_bound"] = torch.tensor(op.rank_bound())  # type: ignore[attr-defined]
+        estimate = curvature_trace(op, generator=torch.Generator().manual_seed(4)).estimate
+        out[f"{name}/trace"] = torch.tensor(estimate)
     loss, grad = hessian.loss_and_gradient()
     out["loss"], out["gradient"] = torch.tensor(loss), grad
     # distributed: the tracker's default generator, manual_seed(0), the same on every rank

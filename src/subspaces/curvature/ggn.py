@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._distributed import allreduce_packed
 from ._model import Batch, FunctionalModel, check_loss_finite, mode_policy_applied
 from .base import CurvatureOperator
 
@@ -61,16 +62,43 @@ class GGNOperator(CurvatureOperator):
         output-space matrices ``H_i``: with few samples it is far below the number of
         parameters, and :func:`~subspaces.curvature.trace` uses that to get the trace exactly.
 
+        With ``distributed``, the ranks of every rank's data are summed (one all-reduce of one
+        number, which every rank joins even when its forward pass fails), so every rank gets the
+        same bound and :func:`~subspaces.curvature.trace` picks the same sketch everywhere.
+
         Returns:
             ``min(P, sum over the data of the output-space ranks)``.
         """
+        n = self.shape[0]
+        group = self.process_group
+        if group is None:
+            return min(n, self._local_rank_sum(stop_at=n))
+        error: BaseException | None = None
+        local = 0
+        try:
+            local = self._local_rank_sum(stop_at=n)
+        except Exception as err:  # every rank must join the all-reduce, then raise
+            error = err
+        _, (total,) = allreduce_packed(
+            None,
+            (min(local, n),),
+            shape=(0,),
+            dtype=torch.float64,
+            device=self.device,
+            group=group,
+            error=error,
+        )
+        return min(n, round(total))
+
+    def _local_rank_sum(self, stop_at: int) -> int:
+        """Summed output-space ranks of this process's data, stopping at ``stop_at``."""
         fm = self.functional_model()
-        n, total = self.shape[0], 0
+        total = 0
         with torch.no_grad(), mode_policy_applied(self.model, self.mode_policy):
             for batch in self._batches():
                 total += self._output_rank(fm(fm.params, batch), batch)
-                if total >= n:
-                    return n
+                if total >= stop_at:
+                    break
         return total
 
     def _output_matmat(self, out: Tensor, batch: Batch, U: Tensor) -> Tensor:
