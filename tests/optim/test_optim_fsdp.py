@@ -36,6 +36,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 PROJECTORS = ("svd", "rsvd", "dct", "random")
+#: svd and rsvd with moment_transfer="rotate" take the Gram / n x l path (signs by convention),
+#: with "none" (GaLore's default) the gathered-gradient path (signs as in one process)
+CASES = (*PROJECTORS, "svd+none", "rsvd+none", "dct+feedback")
 GLOBAL_BATCH = 8
 
 
@@ -146,7 +149,7 @@ def _worker_main(rank: int, world: int, port: int, out: str, ckpt: str) -> None:
     _setup(rank, world, port)
     result: dict[str, object] = {}
     try:
-        for projector in (*PROJECTORS, "dct+feedback"):
+        for projector in CASES:
             transfer = "rotate" if projector in ("svd", "rsvd") else "none"
             name, feedback = projector.split("+")[0], projector.endswith("feedback")
             model = _sharded_model()
@@ -278,7 +281,7 @@ def runs(tmp_path_factory):
     return main, other, ckpt
 
 
-@pytest.mark.parametrize("projector", [*PROJECTORS, "dct+feedback"])
+@pytest.mark.parametrize("projector", CASES)
 def test_sharded_run_equals_single_process(runs, projector):
     main, _, _ = runs
     sharded, single = main[f"{projector}/sharded"], main[f"{projector}/single"]
@@ -292,7 +295,7 @@ def _model_flat() -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in _model().parameters()])
 
 
-@pytest.mark.parametrize("projector", PROJECTORS)
+@pytest.mark.parametrize("projector", CASES)
 def test_every_rank_holds_the_same_basis(runs, projector):
     main, _, _ = runs
     both = main[f"{projector}/bases"]
@@ -307,6 +310,9 @@ def test_communication_is_counted(runs):
     # Gram matrix (plus 2 flags per rank) at each of its 4 refreshes
     extra = int(main["svd/comm_bytes"]) - int(main["random/comm_bytes"])
     assert extra == 4 * (8 * 8 + 2 * 2) * 8
+    # under moment_transfer="none" svd gathers the 16 x 8 gradient instead (float32)
+    extra = int(main["svd+none/comm_bytes"]) - int(main["random/comm_bytes"])
+    assert extra == 4 * (16 * 8 + 2 * 2) * 4
 
 
 def test_dcp_checkpoint_reloads_bit_identically(runs):

@@ -24,15 +24,19 @@ float rounding. Which side is compressed is chosen exactly as in the single-proc
     ``n x l`` blocks ``G^T Omega`` and ``G^T (G Q_0)`` (``f n l`` bytes each; ``l = r +
     oversample``, ``q = power_iters``) and one of the ``l x l`` Gram matrix of ``G Q_0``
     in float64 (``8 l^2`` bytes), whose eigenvectors replace the small SVD;
-  - any other projector: the whole gradient is gathered (``f m n`` bytes, summed from
+  - ``svd`` and ``rsvd`` under ``moment_transfer="none"``, and any other projector: the whole
+    gradient is gathered (``f m n`` bytes, summed from
     zero-padded row blocks) and the projector selects as in one process.
 
-  The ``svd`` and ``rsvd`` bases come from a symmetric eigendecomposition instead of LAPACK's
-  SVD, so each column's sign is fixed by a convention (its entry of largest magnitude is
-  positive) and may differ from the single-process sign. The update ``N Q^T`` does not depend
-  on the signs, and neither does ``moment_transfer="rotate"`` or ``"reset"``; with GaLore's
-  ``"none"`` the first moments carried over a refresh are read with the new signs, so for
-  ``svd``/``rsvd`` the two runs agree only to the extent that LAPACK's signs agree.
+  These ``svd`` and ``rsvd`` bases come from a symmetric eigendecomposition instead of
+  LAPACK's SVD, so each column's sign is fixed by a convention (its entry of largest magnitude
+  is positive) and may differ from the single-process sign. The update ``N Q^T`` does not depend
+  on the signs, and neither do ``moment_transfer="rotate"`` and ``"reset"``, which take this
+  path. With GaLore's ``moment_transfer="none"`` (the default) the first moments carried over a
+  refresh are read in the new basis, so a sign flip changes the trajectory (by about 5e-2 after
+  20 steps in the test's small model): ``svd`` and ``rsvd`` then gather the gradient (``f m n``
+  bytes per refresh) and select with the single-process code, whose signs are a function of
+  the gradient.
 
 * **rows compressed** (``m < n`` under ``proj_type="std"``: ``R = G^T Q``, ``Q`` is ``m x r``
   on the *sharded* side). A refresh **gathers the whole gradient** (``f m n`` bytes) and selects
@@ -263,13 +267,13 @@ def _select_columns(opt: SubspaceAdamW, L: _Layer, sync: _Sync) -> None:
         score, _ = sync.allreduce(score_fn, (n,), dtype)
         idx = torch.topk(score, r, sorted=False).indices.sort().values.to(torch.int64)
         new = {"indices": idx}
-    elif kind is SVDProjector:
+    elif kind is SVDProjector and group["moment_transfer"] != "none":
         gram, _ = sync.allreduce(
             lambda: work.to(torch.float64).T @ work.to(torch.float64), (n, n), torch.float64
         )
         Q = _canonical_signs(_top_eigvecs(gram, r))
         new = {"basis": Q.to(L.G.dtype).contiguous()}
-    elif kind is RandomizedSVDProjector:
+    elif kind is RandomizedSVDProjector and group["moment_transfer"] != "none":
         rs = cast(RandomizedSVDProjector, proj)
         width = min(r + rs.oversample, n)
         omega = torch.randn(L.m, width, generator=generator, dtype=work.dtype)
@@ -283,7 +287,7 @@ def _select_columns(opt: SubspaceAdamW, L: _Layer, sync: _Sync) -> None:
         V = _top_eigvecs(gram, r).to(work.dtype)
         Q = _canonical_signs((Q0 @ V).to(torch.float64)).to(L.G.dtype)
         new = {"basis": Q.contiguous()}
-    else:  # any other projector: gather the gradient, select as in one process
+    else:  # gather the gradient and select as in one process (signs included)
         full = _gather_rows(L, work, sync)
         new = cast(
             dict[str, Tensor], sync.run(lambda: proj.select(full, r, generator=generator)[0])
