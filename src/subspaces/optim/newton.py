@@ -41,7 +41,14 @@ from ._newton_search import Rule, check_common, search
 Curvature = Literal["hessian", "ggn", "fisher", "empirical_fisher", "diag_ggn"]
 CURVATURES: tuple[str, ...] = ("hessian", "ggn", "fisher", "empirical_fisher", "diag_ggn")
 
-__all__ = ["CURVATURES", "DENSE_MAX_PARAMS", "NewtonGR", "NewtonResult", "newton_gr"]
+__all__ = [
+    "CURVATURES",
+    "DENSE_CG_PER_BLOCK",
+    "DENSE_MAX_PARAMS",
+    "NewtonGR",
+    "NewtonResult",
+    "newton_gr",
+]
 
 DENSE_MAX_PARAMS = 2048
 """Parameter count up to which ``newton_gr(dense=None)`` may materialize the curvature."""
