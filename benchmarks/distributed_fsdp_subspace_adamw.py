@@ -6,9 +6,10 @@ Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/distributed_fsdp_subspace_a
 An MLP 256-512-512-256 (0.5M parameters; its weights are 512 x 256 and 512 x 512, compressed on
 their unsharded columns, and 256 x 512, compressed on its sharded rows) trains on a global batch
 of 128 random samples split over ``P`` gloo processes (one thread each), ``SubspaceAdamW`` with
-rank 64 on the three weights, refresh every 10 steps, for each projector (``svd``, ``rsvd``,
-``dct``, ``random``). After one warm-up step, ``--steps`` steps are timed; the optimizer step is
-timed separately at refresh steps and at the others (median over steps).
+rank 64 on the three weights, refresh every 10 steps, for each projector (``svd`` and ``rsvd``
+under ``moment_transfer`` ``none`` and ``rotate``, ``dct``, ``random``). After one warm-up
+step, ``--steps`` steps are timed; the optimizer step is timed separately at refresh steps and
+at the others (median over steps).
 
 Bytes are the sizes of the tensors handed to the collectives (``all_reduce``,
 ``all_gather_into_tensor``, ``reduce_scatter_tensor``, counted by wrapping the
@@ -45,7 +46,16 @@ from subspaces.optim import SubspaceAdamW  # noqa: E402
 WIDTHS = (256, 512, 512, 256)
 BATCH = 128
 GAP = 10
-PROJECTORS = ("svd", "rsvd", "dct", "random")
+#: (projector, moment_transfer): svd/rsvd under "none" gather the gradient at a refresh (signs
+#: as in one process), under "rotate" they all-reduce an n x n Gram matrix / n x l blocks
+CONFIGS = (
+    ("svd", "none"),
+    ("svd", "rotate"),
+    ("rsvd", "none"),
+    ("rsvd", "rotate"),
+    ("dct", "none"),
+    ("random", "none"),
+)
 
 
 class _Counter:
@@ -85,17 +95,23 @@ def _model() -> nn.Module:
     return nn.Sequential(*layers[:-1])
 
 
-def _optimizer(model: nn.Module, projector: str) -> SubspaceAdamW:
+def _optimizer(model: nn.Module, projector: str, transfer: str) -> SubspaceAdamW:
     mats = [p for p in model.parameters() if p.ndim == 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
     groups = [
         {"params": rest},
-        {"params": mats, "rank": 64, "update_proj_gap": GAP, "projector": projector},
+        {
+            "params": mats,
+            "rank": 64,
+            "update_proj_gap": GAP,
+            "projector": projector,
+            "moment_transfer": transfer,
+        },
     ]
     return SubspaceAdamW(groups, lr=1e-3)
 
 
-def _run(setup: str, projector: str, rank: int, world: int, steps: int, counter: _Counter):
+def _run(setup: str, config, rank: int, world: int, steps: int, counter: _Counter):
     model = _model()
     frame = {"bytes": 0}
     if setup == "fsdp":
@@ -115,7 +131,7 @@ def _run(setup: str, projector: str, rank: int, world: int, steps: int, counter:
             return fut.then(lambda f: f.value()[0])
 
         net.register_comm_hook(None, hook)
-    opt = _optimizer(model, projector)
+    opt = _optimizer(model, *config)
     g = torch.Generator().manual_seed(1)
     per = BATCH // world
     times = {"refresh": [], "plain": [], "iter": []}
@@ -157,9 +173,9 @@ def _worker(rank: int, world: int, port: int, steps: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     counter = _Counter()
     rows = {}
-    for projector in PROJECTORS:
+    for config in CONFIGS:
         for setup in ("ddp", "fsdp"):
-            rows[(projector, setup)] = _run(setup, projector, rank, world, steps, counter)
+            rows[(config, setup)] = _run(setup, config, rank, world, steps, counter)
     if rank == 0:
         torch.save(rows, out)
     dist.barrier()
@@ -179,7 +195,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"uptime: {os.popen('uptime').read().strip()}")
     header = (
-        f"{'projector':9} {'P':>2} {'setup':5} {'step ms':>8} {'refresh ms':>10} {'iter ms':>8} "
+        f"{'projector':11} {'P':>2} {'setup':5} {'step ms':>8} {'refresh ms':>10} {'iter ms':>8} "
         f"{'opt B/step':>10} {'opt B/refresh':>13} {'fwd+bwd B':>10}  FSDP2/DDP (step, iter, bytes)"
     )
     print(header)
@@ -188,8 +204,9 @@ def main() -> None:
             out = str(Path(tmp) / "rows.pt")
             mp.spawn(_worker, args=(world, _free_port(), args.steps, out), nprocs=world)
             rows = torch.load(out, weights_only=False)
-        for projector in PROJECTORS:
-            ddp, fsdp = rows[(projector, "ddp")], rows[(projector, "fsdp")]
+        for config in CONFIGS:
+            ddp, fsdp = rows[(config, "ddp")], rows[(config, "fsdp")]
+            projector = "/".join(config)
             for setup, r in (("ddp", ddp), ("fsdp", fsdp)):
                 ratio = ""
                 if setup == "fsdp":
@@ -201,7 +218,7 @@ def main() -> None:
                         f"{total_f / total_d if total_d else float('nan'):.2f}x"
                     )
                 print(
-                    f"{projector:9} {world:>2} {setup:5} {r['step_ms']:8.2f} "
+                    f"{projector:11} {world:>2} {setup:5} {r['step_ms']:8.2f} "
                     f"{r['refresh_ms']:10.2f} {r['iter_ms']:8.2f} {r['opt_B_step']:10.0f} "
                     f"{r['opt_B_refresh']:13.0f} {r['fwd_bwd_B']:10.0f}{ratio}"
                 )

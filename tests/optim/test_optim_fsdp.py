@@ -2,7 +2,7 @@
 
 * the sharded run equals the single-process run on the same global batch (1e-6, float32) for the
   ``svd``, ``rsvd``, ``dct`` and ``random`` projectors, with one weight whose compressed side is
-  unsharded (16 x 8) and one whose compressed side is the sharded rows (5 x 16, uneven shards);
+  unsharded (24 x 8) and one whose compressed side is the sharded rows (5 x 24, uneven shards);
 * every rank holds the same basis, bit for bit;
 * a checkpoint written with ``torch.distributed.checkpoint`` on 2 ranks resumes bit for bit
   (10 steps, save, load, 10 steps == 20 steps) into a fresh model and optimizer, and (slow
@@ -50,7 +50,7 @@ def _free_port() -> int:
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 5))
+    return nn.Sequential(nn.Linear(8, 24), nn.Tanh(), nn.Linear(24, 5))
 
 
 def _optimizer(
@@ -58,7 +58,7 @@ def _optimizer(
 ) -> SubspaceAdamW:
     mats = [p for p in model.parameters() if p.ndim == 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
-    if feedback:  # error feedback: only the columns-compressed 16 x 8 weight is projected
+    if feedback:  # error feedback: only the columns-compressed 24 x 8 weight is projected
         rest, mats = [*rest, mats[1]], mats[:1]
     groups = [
         {"params": rest},
@@ -69,6 +69,7 @@ def _optimizer(
             "projector": projector,
             "moment_transfer": transfer,
             "error_feedback": feedback,
+            "rsvd_oversample": 2,  # so that rsvd's n x l blocks are smaller than the gradient
         },
     ]
     return SubspaceAdamW(groups, lr=1e-2, weight_decay=0.1)
@@ -305,14 +306,18 @@ def test_every_rank_holds_the_same_basis(runs, projector):
 
 def test_communication_is_counted(runs):
     main, _, _ = runs
-    # both gather the rows-compressed 5 x 16 gradient at a refresh and all-reduce its partial
-    # products otherwise; random needs nothing for the 16 x 8 weight, svd one 8 x 8 float64
+    # all gather the rows-compressed 5 x 24 gradient at a refresh and all-reduce its partial
+    # products otherwise; for the 24 x 8 weight random needs nothing, svd one 8 x 8 float64
     # Gram matrix (plus 2 flags per rank) at each of its 4 refreshes
     extra = int(main["svd/comm_bytes"]) - int(main["random/comm_bytes"])
     assert extra == 4 * (8 * 8 + 2 * 2) * 8
-    # under moment_transfer="none" svd gathers the 16 x 8 gradient instead (float32)
-    extra = int(main["svd+none/comm_bytes"]) - int(main["random/comm_bytes"])
-    assert extra == 4 * (16 * 8 + 2 * 2) * 4
+    # rsvd (l = 3 + 2, one power iteration): two 8 x 5 float32 blocks, one 5 x 5 float64 Gram
+    extra = int(main["rsvd/comm_bytes"]) - int(main["random/comm_bytes"])
+    assert extra == 4 * (2 * (8 * 5 + 2 * 2) * 4 + (5 * 5 + 2 * 2) * 8)
+    # under moment_transfer="none" both gather the 24 x 8 gradient instead (float32)
+    for name in ("svd+none", "rsvd+none"):
+        extra = int(main[f"{name}/comm_bytes"]) - int(main["random/comm_bytes"])
+        assert extra == 4 * (24 * 8 + 2 * 2) * 4
 
 
 def test_dcp_checkpoint_reloads_bit_identically(runs):
@@ -324,9 +329,9 @@ def test_dcp_checkpoint_reloads_bit_identically(runs):
 def test_moments_of_unsharded_side_are_row_shards(runs):
     main, other, _ = runs
     assert main["feedback/layout"] == other["feedback/layout"] == "DTensor"
-    # 16 x 8 weight: columns compressed, moments are DTensor row shards (8 rows each);
-    # 5 x 16 weight: rows compressed, 16 x 3 moments replicated as plain tensors
-    assert main["layout"] == other["layout"] == ["DTensor", (8, 3), "Tensor", (16, 3)]
+    # 24 x 8 weight: columns compressed, moments are DTensor row shards (12 rows each);
+    # 5 x 24 weight: rows compressed, 24 x 3 moments replicated as plain tensors
+    assert main["layout"] == other["layout"] == ["DTensor", (12, 3), "Tensor", (24, 3)]
 
 
 @pytest.mark.slow

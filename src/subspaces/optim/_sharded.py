@@ -9,7 +9,8 @@ float rounding. Which side is compressed is chosen exactly as in the single-proc
 
 * **columns compressed** (``m >= n`` under ``proj_type="std"``: ``R = G Q``, ``Q`` is ``n x r``
   on the unsharded side). Each rank projects its own rows, ``R_i = G_i Q``, and updates them,
-  ``W_i <- W_i - lr N_i Q^T``: **no communication per step**; the moments are row shards
+  ``W_i <- W_i - lr N_i Q^T``: **no matrix is communicated per step** (only the small
+  all-reduce of flags that every step makes, see below); the moments are row shards
   (``DTensor`` with ``Shard(0)``, so ``torch.distributed.checkpoint`` saves each rank's rows).
   A refresh communicates, with ``f`` the gradient's float size (4 bytes for float32):
 
@@ -24,9 +25,10 @@ float rounding. Which side is compressed is chosen exactly as in the single-proc
     ``n x l`` blocks ``G^T Omega`` and ``G^T (G Q_0)`` (``f n l`` bytes each; ``l = r +
     oversample``, ``q = power_iters``) and one of the ``l x l`` Gram matrix of ``G Q_0``
     in float64 (``8 l^2`` bytes), whose eigenvectors replace the small SVD;
-  - ``svd`` and ``rsvd`` under ``moment_transfer="none"``, and any other projector: the whole
-    gradient is gathered (``f m n`` bytes, summed from
-    zero-padded row blocks) and the projector selects as in one process.
+  - ``svd`` and ``rsvd`` under ``moment_transfer="none"``, or when the blocks above would take
+    at least as many bytes as the gradient (for ``svd``: ``8 n^2 >= f m n``, i.e. ``m <= 2 n``
+    in float32), and any other projector: the whole gradient is gathered (``f m n`` bytes,
+    summed from zero-padded row blocks) and the projector selects as in one process.
 
   These ``svd`` and ``rsvd`` bases come from a symmetric eigendecomposition instead of
   LAPACK's SVD, so each column's sign is fixed by a convention (its entry of largest magnitude
@@ -251,6 +253,14 @@ def _select_columns(opt: SubspaceAdamW, L: _Layer, sync: _Sync) -> None:
     generator = torch.Generator(device="cpu").manual_seed(_seed_for(group["seed"], L.index, step))
     n, r = L.n, L.rank
     kind = type(proj)
+    f, gather = work.element_size(), work.element_size() * L.m * n
+    signless = group["moment_transfer"] != "none"
+    if kind is RandomizedSVDProjector:
+        rs = cast(RandomizedSVDProjector, proj)
+        width = min(r + rs.oversample, n)
+        sketch = (1 + rs.power_iters) * f * n * width + 8 * width * width
+    else:
+        sketch = 8 * n * n
     new: dict[str, Tensor]
     if kind is RandomProjector:
         new = cast(
@@ -267,15 +277,13 @@ def _select_columns(opt: SubspaceAdamW, L: _Layer, sync: _Sync) -> None:
         score, _ = sync.allreduce(score_fn, (n,), dtype)
         idx = torch.topk(score, r, sorted=False).indices.sort().values.to(torch.int64)
         new = {"indices": idx}
-    elif kind is SVDProjector and group["moment_transfer"] != "none":
+    elif kind is SVDProjector and signless and sketch < gather:
         gram, _ = sync.allreduce(
             lambda: work.to(torch.float64).T @ work.to(torch.float64), (n, n), torch.float64
         )
         Q = _canonical_signs(_top_eigvecs(gram, r))
         new = {"basis": Q.to(L.G.dtype).contiguous()}
-    elif kind is RandomizedSVDProjector and group["moment_transfer"] != "none":
-        rs = cast(RandomizedSVDProjector, proj)
-        width = min(r + rs.oversample, n)
+    elif kind is RandomizedSVDProjector and signless and sketch < gather:
         omega = torch.randn(L.m, width, generator=generator, dtype=work.dtype)
         omega_i = omega[L.start : L.stop].to(work.device)
         Y, _ = sync.allreduce(lambda: work.T @ omega_i, (n, width), work.dtype)
