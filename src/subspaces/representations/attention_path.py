@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_choice, check_positive_float, check_positive_int
-from .attention_svm import _check_problem, token_scores
+from .attention_svm import _check_problem, _einsum, token_scores
 
 __all__ = ["AttentionPathResult", "attention_excess_loss", "attention_regularization_path"]
 
@@ -95,8 +95,12 @@ def attention_excess_loss(W: Tensor, X: Tensor, Z: Tensor, y: Tensor, v: Tensor)
         True
     """
     scores = token_scores(X, v, y)
-    top = scores.max(dim=1, keepdim=True).values
-    logits = torch.einsum("ntd,de,ne->nt", X, W, Z)
+    return _excess_loss(W, X, Z, scores, scores.max(dim=1, keepdim=True).values)
+
+
+def _excess_loss(W: Tensor, X: Tensor, Z: Tensor, scores: Tensor, top: Tensor) -> Tensor:
+    """:func:`attention_excess_loss` given the token scores and their ``(n, 1)`` maxima."""
+    logits = _einsum("ntd,de,ne->nt", X, W, Z)
     log_s = torch.log_softmax(logits, dim=-1)
     delta = (log_s.exp() * (top - scores)).sum(-1)
     return torch.log1p(torch.sigmoid(-top[:, 0]) * torch.expm1(delta)).mean()
@@ -190,10 +194,12 @@ def attention_regularization_path(
         raise ValueError(f"radii must be increasing, got {radii!r}")
     Xd, Zd, yd, vd = (t.detach().double() for t in (X, Z, y, v))
     d = Xd.shape[2]
+    scores = token_scores(Xd, vd, yd)  # fixed along the path: computed once
+    top = scores.max(dim=1, keepdim=True).values
 
     def value_and_grad(W: Tensor) -> tuple[float, Tensor]:
         Wg = W.detach().requires_grad_(True)
-        f = attention_excess_loss(Wg, Xd, Zd, yd, vd)
+        f = _excess_loss(Wg, Xd, Zd, scores, top)
         (g,) = torch.autograd.grad(f, Wg)
         value = float(f.detach())
         if not math.isfinite(value) or not bool(torch.isfinite(g).all()):

@@ -66,6 +66,36 @@ __all__ = [
     "token_scores",
 ]
 
+
+def _einsum(equation: str, *operands: Tensor) -> Tensor:
+    """``torch.einsum`` with the contraction path cached per equation and operand shapes.
+
+    ``torch.einsum`` asks opt_einsum for the path of every call with three or more operands,
+    which costs far more than the contraction itself on these small problems; the path depends
+    only on the shapes (and the configured strategy), so the cached call runs the same
+    contraction order and returns the same bits.
+
+    Returns:
+        The contraction, bit-identical to ``torch.einsum(equation, *operands)``.
+    """
+    if len(operands) <= 2 or not torch.backends.opt_einsum.enabled:
+        return torch.einsum(equation, *operands)
+    key = (equation, tuple(tuple(t.shape) for t in operands), torch.backends.opt_einsum.strategy)
+    path = _EINSUM_PATHS.get(key)
+    if path is None:
+        if not torch.backends.opt_einsum.is_available():
+            return torch.einsum(equation, *operands)
+        pairs, _ = torch.backends.opt_einsum.get_opt_einsum().contract_path(
+            equation, *operands, optimize=torch.backends.opt_einsum.strategy
+        )
+        path = [i for pair in pairs for i in pair]
+        _EINSUM_PATHS[key] = path
+    return torch._VF.einsum(equation, operands, path=path)  # type: ignore[attr-defined]
+
+
+_EINSUM_PATHS: dict[tuple[Any, ...], list[int]] = {}
+
+
 CITATION = (
     'Tarzanagh, Li, Thrampoulidis & Oymak, "Transformers as Support Vector Machines", '
     "NeurIPS 2023 (arXiv:2308.16898)"
@@ -607,7 +637,7 @@ def attention_gd(
     stopped = False
     for step in range(steps):
         W = combined()
-        logits = torch.einsum("ntd,de,ne->nt", Xd, W, Zd)
+        logits = _einsum("ntd,de,ne->nt", Xd, W, Zd)
         log_s = torch.log_softmax(logits, dim=-1)
         u = (log_s.exp() * scores).sum(-1)  # y_i f_i
         if loss == "logistic":
@@ -639,7 +669,7 @@ def attention_gd(
             gnorms.append(0.0)
             stopped = True
             break
-        G_W = torch.einsum("nt,ntd,ne->de", c, Xd, Zd)
+        G_W = _einsum("nt,ntd,ne->de", c, Xd, Zd)
         grads = [G_W] if parameterization == "W" else [G_W @ params[1], G_W.T @ params[0]]
         gn_scaled = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
         gn = gn_scaled * math.exp(shift)  # may underflow to 0 (then only the direction is known)
@@ -655,7 +685,7 @@ def attention_gd(
     W_final = combined().detach()
     if not recs:
         rec_steps, recs = [0], [W_final.clone()]
-    selected = torch.einsum("ntd,de,ne->nt", Xd, W_final, Zd).argmax(-1)
+    selected = _einsum("ntd,de,ne->nt", Xd, W_final, Zd).argmax(-1)
     out_dtype = X.dtype
     return AttentionGDResult(
         W=W_final.to(out_dtype),
