@@ -28,6 +28,7 @@ variables ``SUBSPACES_GRID_BACKEND`` and ``SUBSPACES_GRID_WORKERS`` (what ``subs
 from __future__ import annotations
 
 import concurrent.futures as cf
+import inspect
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -193,6 +194,10 @@ def _run_process(
             return
 
 
+def _call(fn: Callable[..., R], *args: Any) -> R:
+    return fn(*args)
+
+
 def _run_ray(
     fn: Callable[..., R],
     tasks: Sequence[tuple[Any, ...]],
@@ -211,13 +216,22 @@ def _run_ray(
             ray.init()  # joins the cluster at RAY_ADDRESS
         else:
             ray.init(num_cpus=workers, include_dashboard=False)
-    remote = ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)(fn)
+    options = {"num_cpus": 1, "max_retries": 1, "retry_exceptions": False}
+    if inspect.isfunction(fn):
+        remote = ray.remote(**options)(fn)
+        submit = remote.remote
+    else:  # Ray wraps only Python functions; builtins and other callables go through _call
+        remote = ray.remote(**options)(_call)
+
+        def submit(*args: Any) -> Any:
+            return remote.remote(fn, *args)
+
     queue = list(range(len(tasks)))
     in_flight: dict[Any, int] = {}
     while queue or in_flight:
         while queue and len(in_flight) < workers:
             i = queue.pop(0)
-            in_flight[remote.remote(*tasks[i])] = i
+            in_flight[submit(*tasks[i])] = i
         ready, _ = ray.wait(list(in_flight), num_returns=1)
         for ref in ready:
             i = in_flight.pop(ref)
