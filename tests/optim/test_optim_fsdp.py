@@ -200,6 +200,7 @@ def _worker_main(rank: int, world: int, port: int, out: str, ckpt: str) -> None:
         result["fail/nan"] = _error_name(opt.step)
         result["fail/nan_unchanged"] = torch.equal(before, _full(model))
         result["bad"] = _bad_inputs(rank, world)
+        result["mixed"] = _mixed(rank, world)
     except Exception:  # reported to the test
         result["crash"] = traceback.format_exc()
     if rank == 0:
@@ -242,6 +243,28 @@ def _bad_inputs(rank: int, world: int) -> list[str]:
     except Exception as exc:  # the test reads type and message
         out.append(f"{type(exc).__name__}: {exc}")
     return out
+
+
+def _mixed(rank: int, world: int) -> list[torch.Tensor]:
+    """A regular (non-DTensor) weight next to FSDP2 shards steps as in one process."""
+    runs = []
+    for sharded in (True, False):
+        model = _sharded_model() if sharded else _model()
+        extra = nn.Parameter(torch.linspace(-1, 1, 60).reshape(10, 6))
+        params = [*model.parameters(), extra]
+        opt = SubspaceAdamW(params, lr=1e-2, rank=2, update_proj_gap=3)
+        for t in range(6):
+            x, y = _batch(t)
+            if sharded:
+                half = GLOBAL_BATCH // world
+                x, y = x[rank * half : (rank + 1) * half], y[rank * half : (rank + 1) * half]
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y) + (extra - 1).square().sum()
+            loss.backward()
+            opt.step()
+        flat = _full(model) if sharded else torch.cat([p.detach().reshape(-1) for p in params[:-1]])
+        runs += [flat, extra.detach().clone()]
+    return runs
 
 
 def _resume(rank: int, world: int, ckpt: str) -> torch.Tensor:
@@ -371,3 +394,11 @@ def test_unsupported_sharded_settings_raise_on_every_rank(runs):
         assert coordinate.startswith("ValueError") and "'coordinate'" in coordinate
         assert feedback.startswith("ValueError") and "error_feedback=True" in feedback
         assert step_param.startswith("ValueError") and "step()" in step_param
+
+
+def test_regular_weights_next_to_shards_step_as_in_one_process(runs):
+    main, other, _ = runs
+    for sharded, extra, single, extra_single in (main["mixed"], other["mixed"]):
+        assert not torch.equal(extra, torch.linspace(-1, 1, 60).reshape(10, 6))
+        assert torch.equal(extra, extra_single)
+        assert torch.allclose(sharded, single, rtol=0, atol=1e-6)

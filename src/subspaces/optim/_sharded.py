@@ -398,6 +398,7 @@ def sharded_step(opt: SubspaceAdamW) -> None:
 
     layers: list[_Layer] = []
     plain: dict[int, list[Tensor]] = {}
+    ordinary: dict[int, list[tuple[Tensor, int]]] = {}  # regular tensors: one-process step
 
     def prepare() -> None:
         for p, _ in todo:
@@ -407,7 +408,10 @@ def sharded_step(opt: SubspaceAdamW) -> None:
                 if p.grad is None:
                     continue
                 projected, rank = opt._plan(p, group)
-                if not projected or not isinstance(p, DTensor):
+                if not isinstance(p, DTensor):  # a regular tensor: the one-process step
+                    ordinary.setdefault(gi, []).append((p, rank))
+                    continue
+                if not projected:
                     plain.setdefault(gi, []).append(p)
                     continue
                 m = p.shape[0]
@@ -500,8 +504,25 @@ def sharded_step(opt: SubspaceAdamW) -> None:
             offset += k
     for gi, params in plain.items():
         opt._plain_adamw(params, opt.param_groups[gi])
+    for gi, items in ordinary.items():
+        _step_ordinary(opt, opt.param_groups[gi], items)
     for L in layers:
         _commit(opt, L, mesh)
+
+
+def _step_ordinary(opt: SubspaceAdamW, group: dict[str, Any], items: list) -> None:
+    """Step regular (non-``DTensor``) parameters of a group exactly as ``step()`` does."""
+    from .quantization import int8_module_of
+
+    floats = [p for p, rank in items if not rank and int8_module_of(p) is None]
+    if floats:
+        opt._plain_adamw(floats, group)
+    for p, rank in items:
+        if not rank and int8_module_of(p) is not None:
+            opt._int8_dense_step(p, group, cast(tuple[int, int], opt._locate(p))[0])
+    projected = [(p, rank) for p, rank in items if rank]
+    if projected:
+        opt._projected_group_step(group, projected)
 
 
 def _commit(opt: SubspaceAdamW, L: _Layer, mesh: Any) -> None:
