@@ -379,10 +379,8 @@ def _run_seed(fast: bool, seed: int) -> dict[str, Any]:
     kmeans_seed = seed + 7
     act = ACT(2, sites=sites, generator=torch.Generator().manual_seed(kmeans_seed))
     act.fit(model, pos_prompts, neg_prompts, pad_token_id=tok.pad_id or 0)
-    gact = GACT(
-        2, sites=sites, refine_steps=3, generator=torch.Generator().manual_seed(kmeans_seed)
-    )
-    gact.fit(model, pos_prompts, neg_prompts, pad_token_id=tok.pad_id or 0)
+    # G-ACT's initial fit is ACT's (same prompts, same k-means seed): copy it, do not redo it
+    gact = GACT.from_act(act, refine_steps=3)
     sel_pos, sel_neg = _boundary_acts(model, select_progs, sites)
     history = gact.refine_until_stable(
         _refine_stream(model, refine_progs, sites, refine_batch),

@@ -369,6 +369,60 @@ class GACT(ACT):
         self.refine_lr = refine_lr
         self.refine_steps = check_positive_int(refine_steps, "refine_steps")
 
+    @classmethod
+    def from_act(cls, act: ACT, *, refine_lr: float = 0.05, refine_steps: int = 1) -> GACT:
+        """A :class:`GACT` that starts from a fitted :class:`ACT`'s clusters and probes.
+
+        G-ACT's fit is ACT's (Sharma & Raman 2025, "Steering Conceptual Bias via Transformer
+        Latent-Subspace Activation", arXiv:2506.18887), so when both are wanted on the same
+        prompts this skips the second collection and probe fit: the result equals
+        ``GACT(...).fit(...)`` with the same settings and an identically seeded generator.
+        The clusters and probes are deep copies (refining the G-ACT leaves ``act`` as it is).
+
+        Args:
+            act: a fitted ACT (not modified).
+            refine_lr: Adam step size of the online refinement.
+            refine_steps: gradient steps per refinement batch.
+
+        Returns:
+            The new, fitted G-ACT.
+
+        Raises:
+            TypeError: if ``act`` is not an :class:`ACT`.
+            RuntimeError: if ``act`` is not fitted.
+
+        Example:
+            >>> g = torch.Generator().manual_seed(0)
+            >>> neg = torch.randn(40, 4, generator=g, dtype=torch.float64)
+            >>> pos = neg + torch.tensor([2.0, 0, 0, 0], dtype=torch.float64)
+            >>> act = ACT(1).fit_activations({"a": pos}, {"a": neg})
+            >>> gact = GACT.from_act(act, refine_steps=3)
+            >>> bool((gact.probes_["a"].coef_ == act.probes_["a"].coef_).all())
+            True
+            >>> gact.probes_["a"] is act.probes_["a"], gact.refine_steps
+            (False, 3)
+        """
+        if not isinstance(act, ACT):
+            raise TypeError(f"act must be an ACT, got {type(act).__name__}")
+        act._require_fitted()
+        out = cls(
+            act.n_clusters,
+            sites=act.sites,
+            l2=act.l2,
+            adaptive=act.adaptive,
+            refine_lr=refine_lr,
+            refine_steps=refine_steps,
+            normalize_clusters=act.normalize_clusters,
+            generator=act.generator,
+        )
+        out._sites = dict(act._sites)
+        out.site_keys_ = list(act.site_keys_)
+        out.clusters_ = copy.deepcopy(act.clusters_)
+        out.probes_ = copy.deepcopy(act.probes_)
+        out._centroids = copy.deepcopy(act._centroids)
+        out.steered_ = list(act.steered_)
+        return out
+
     def refine(self, pos_by_site: Mapping[str, Tensor], neg_by_site: Mapping[str, Tensor]) -> GACT:
         """One online refinement step of every probe on a new batch of paired activations.
 
