@@ -402,3 +402,60 @@ def test_regular_weights_next_to_shards_step_as_in_one_process(runs):
         assert not torch.equal(extra, torch.linspace(-1, 1, 60).reshape(10, 6))
         assert torch.equal(extra, extra_single)
         assert torch.allclose(sharded, single, rtol=0, atol=1e-6)
+
+
+def _tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 4), nn.Tanh(), nn.Linear(4, 4))
+
+
+def _worker_empty(rank: int, world: int, port: int, out: str) -> None:
+    # 4-row weights on 3 ranks: rows 0:2, 2:4 and none on rank 2
+    from torch.distributed.fsdp import fully_shard
+
+    _setup(rank, world, port)
+    result: dict[str, object] = {}
+    try:
+        for projector in ("svd", "dct"):
+            runs = []
+            for sharded in (True, False):
+                model = _tiny_model()
+                if sharded:
+                    for layer in model:
+                        if isinstance(layer, nn.Linear):
+                            fully_shard(layer)
+                    fully_shard(model)
+                opt = SubspaceAdamW(
+                    model.parameters(), lr=1e-2, rank=1, update_proj_gap=3, projector=projector
+                )
+                for t in range(8):
+                    g = torch.Generator().manual_seed(t)
+                    x, y = torch.randn(6, 16, generator=g), torch.randn(6, 4, generator=g)
+                    if sharded:
+                        x, y = x[2 * rank : 2 * rank + 2], y[2 * rank : 2 * rank + 2]
+                    opt.zero_grad()
+                    nn.functional.mse_loss(model(x), y).backward()
+                    opt.step()
+                if sharded:
+                    result[f"{projector}/local_rows"] = model[0].weight.to_local().shape[0]
+                    runs.append(_full(model))
+                else:
+                    runs.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+            result[projector] = runs
+    except Exception:  # reported to the test
+        result["crash"] = traceback.format_exc()
+    torch.save(result, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ranks_with_empty_row_shards(tmp_path):
+    out = str(tmp_path / "empty")
+    mp.spawn(_worker_empty, args=(3, _free_port(), out), nprocs=3, join=True)
+    for rank in range(3):
+        result = torch.load(f"{out}.{rank}", weights_only=True)
+        assert "crash" not in result, result.get("crash")
+        for projector in ("svd", "dct"):
+            assert result[f"{projector}/local_rows"] == (0 if rank == 2 else 2)
+            sharded, single = result[projector]
+            assert torch.allclose(sharded, single, rtol=0, atol=1e-6), projector

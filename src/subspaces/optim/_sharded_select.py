@@ -160,7 +160,8 @@ def _select_columns(opt: SubspaceAdamW, L: _Layer, sync: _Sync) -> None:
         )
     elif kind in (DCTProjector, CoordinateProjector):
         if kind is DCTProjector:
-            S = cast(Tensor, sync.run(lambda: dct_rows(work)))
+            # a rank without rows scores nothing (MKL's FFT refuses an empty batch)
+            S = cast(Tensor, sync.run(lambda: dct_rows(work) if len(work) else work))
             norm1 = cast(DCTProjector, proj).norm == 1
             score_fn = (lambda: S.abs().sum(0)) if norm1 else (lambda: S.square().sum(0))
         else:
