@@ -236,6 +236,14 @@ def _bad_inputs(rank: int, world: int) -> list[str]:
             out.append("none")
         except Exception as exc:  # the test reads type and message
             out.append(f"{type(exc).__name__}: {exc}")
+    other = init_device_mesh("cpu", (world,), mesh_dim_names=("other",))
+    q = nn.Parameter(distribute_tensor(torch.ones(8, 4), other, [Shard(0)]))
+    q.grad = distribute_tensor(torch.ones(8, 4), other, [Shard(0)])
+    try:
+        SubspaceAdamW([param((8, 4), Shard(0)), q], rank=1).step()
+        out.append("none")
+    except Exception as exc:  # the test reads type and message
+        out.append(f"{type(exc).__name__}: {exc}")
     p = param((8, 4), Shard(0))
     try:
         SubspaceAdamW([p], rank=1).step_param(p)
@@ -388,7 +396,8 @@ def test_row_range_matches_torch_chunk():
 def test_unsupported_sharded_settings_raise_on_every_rank(runs):
     main, other, _ = runs
     for bad in (main["bad"], other["bad"]):
-        replicated, half, coordinate, feedback, step_param = bad
+        replicated, half, coordinate, feedback, meshes, step_param = bad
+        assert meshes.startswith("ValueError") and "one mesh" in meshes
         assert replicated.startswith("ValueError") and "Shard(0)" in replicated
         assert half.startswith("TypeError") and "torch.bfloat16" in half
         assert coordinate.startswith("ValueError") and "'coordinate'" in coordinate

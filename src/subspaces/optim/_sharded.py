@@ -217,6 +217,12 @@ def sharded_step(opt: SubspaceAdamW) -> None:
                 n = p.numel() // m
                 transpose = opt._transpose((m, n), group["proj_type"])
                 _check_layer(opt, p, group, transpose)
+                if p.device_mesh != mesh:
+                    raise ValueError(
+                        f"{opt._name(p)} lives on device mesh {p.device_mesh}, another projected "
+                        f"shard on {mesh}; a sharded SubspaceAdamW step needs one mesh (one "
+                        "optimizer per mesh)"
+                    )
                 start, stop = row_range(m, world, me)
                 local = local_of(p)
                 if local.shape[0] != stop - start:
