@@ -36,6 +36,9 @@ REGISTRY: dict[str, Factory] = {
         _galore_groups(m, rank=3, update_proj_gap=3, projector="rsvd", moment_transfer="rotate"),
         lr=1e-2,
     ),
+    "nystrom": lambda m: SubspaceAdamW(
+        _galore_groups(m, rank=3, update_proj_gap=3, projector="nystrom"), lr=1e-2
+    ),
     "dct-lazy": lambda m: SubspaceAdamW(
         _galore_groups(
             m, rank=3, update_proj_gap=2, projector="dct", refresh="lazy", lazy_threshold=0.0

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.skipif(
 PROJECTORS = ("svd", "rsvd", "dct", "random")
 #: svd and rsvd with moment_transfer="rotate" take the Gram / n x l path (signs by convention),
 #: with "none" (GaLore's default) the gathered-gradient path (signs as in one process)
-CASES = (*PROJECTORS, "svd+none", "rsvd+none", "dct+feedback")
+CASES = (*PROJECTORS, "svd+none", "rsvd+none", "dct+feedback", "nystrom+none")
 GLOBAL_BATCH = 8
 
 
@@ -345,7 +345,10 @@ def test_communication_is_counted(runs):
     # rsvd (l = 3 + 2, one power iteration): two 8 x 5 float32 blocks, one 5 x 5 float64 Gram
     extra = int(main["rsvd/comm_bytes"]) - int(main["random/comm_bytes"])
     assert extra == 4 * (2 * (8 * 5 + 2 * 2) * 4 + (5 * 5 + 2 * 2) * 8)
-    # under moment_transfer="none" both gather the 24 x 8 gradient instead (float32)
+    # nystrom, also under "none" (canonical signs): one 8 x 5 float32 sketch per refresh
+    extra = int(main["nystrom+none/comm_bytes"]) - int(main["random/comm_bytes"])
+    assert extra == 4 * (8 * 5 + 2 * 2) * 4
+    # under moment_transfer="none" svd and rsvd gather the 24 x 8 gradient instead (float32)
     for name in ("svd+none", "rsvd+none"):
         extra = int(main[f"{name}/comm_bytes"]) - int(main["random/comm_bytes"])
         assert extra == 4 * (24 * 8 + 2 * 2) * 4

@@ -19,6 +19,7 @@ from subspaces.optim import (
     dct_rows,
     get_projector,
 )
+from subspaces.optim.projectors import NystromProjector, canonical_signs
 
 
 def _run(opt: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[list[torch.Tensor]]):
@@ -123,12 +124,40 @@ def test_svd_projector_captures_optimal_energy_and_rsvd_nearly():
     s = 0.7 ** torch.arange(40, dtype=torch.float64)
     G = U @ torch.diag(s) @ V.T
     best = float(s[:5].square().sum())
-    for name, rel in (("svd", 1e-10), ("rsvd", 1e-3)):
+    for name, rel in (("svd", 1e-10), ("rsvd", 1e-3), ("nystrom", 1e-3)):
         proj = get_projector(name)
         state, _ = proj.select(G, 5, generator=torch.Generator().manual_seed(1))
         energy = float((G @ proj.basis(state, 40, torch.float64)).square().sum())
         assert energy <= best * (1 + 1e-12)
         assert energy >= best * (1 - rel), name
+
+
+def test_nystrom_is_exact_for_low_rank_gradients_and_signs_are_canonical():
+    # rank(G) = 6 <= l = 4 + 8: the sketch sees all of G^T G, so the basis is the exact top-4
+    # right singular subspace (distinct singular values: the vectors themselves, up to sign)
+    g = torch.Generator().manual_seed(5)
+    U, _ = torch.linalg.qr(torch.randn(50, 6, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(30, 6, generator=g, dtype=torch.float64))
+    s = torch.tensor([9.0, 7.0, 5.0, 3.0, 2.0, 1.0], dtype=torch.float64)
+    G = U @ torch.diag(s) @ V.T
+    proj = NystromProjector()
+    state, _ = proj.select(G, 4, generator=torch.Generator().manual_seed(1))
+    Q = proj.basis(state, 30, torch.float64)
+    torch.testing.assert_close(Q, canonical_signs(V[:, :4]), rtol=0, atol=1e-10)
+    # the same sketch summed from two row blocks (what FSDP2 ranks all-reduce) gives that basis
+    omega = proj.test_matrix(30, 4, torch.float64, torch.Generator().manual_seed(1))
+    Y = G[:20].T @ (G[:20] @ omega) + G[20:].T @ (G[20:] @ omega)
+    torch.testing.assert_close(
+        NystromProjector.basis_from_sketch(Y, omega, 4), Q, rtol=0, atol=1e-10
+    )
+    # a zero gradient still gives an orthonormal basis (the shift keeps the core definite)
+    state, _ = proj.select(torch.zeros(50, 30, dtype=torch.float64), 4, generator=g)
+    Q0 = proj.basis(state, 30, torch.float64)
+    torch.testing.assert_close(Q0.T @ Q0, torch.eye(4, dtype=torch.float64), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="not finite"):
+        NystromProjector.basis_from_sketch(torch.full((30, 5), float("nan")), omega[:, :5], 4)
+    with pytest.raises(ValueError, match="oversample must be"):
+        NystromProjector(oversample=-1)
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 16, 33])

@@ -25,6 +25,11 @@ float rounding. Which side is compressed is chosen exactly as in the single-proc
     ``n x l`` blocks ``G^T Omega`` and ``G^T (G Q_0)`` (``f n l`` bytes each; ``l = r +
     oversample``, ``q = power_iters``) and one of the ``l x l`` Gram matrix of ``G Q_0``
     in float64 (``8 l^2`` bytes), whose eigenvectors replace the small SVD;
+  - ``nystrom``: ONE all-reduce of the ``n x l`` sketch ``G^T (G Omega)`` (``f n l`` bytes),
+    with ``Omega`` on the unsharded side (the same on every rank); the basis comes from the
+    Nystrom factorization with canonical signs in one process too, so this is the one-block
+    refresh under every ``moment_transfer``, including ``"none"``
+    (:class:`~subspaces.optim.projectors.NystromProjector`);
   - ``svd`` and ``rsvd`` under ``moment_transfer="none"``, or when the blocks above would take
     at least as many bytes as the gradient (for ``svd``: ``8 n^2 >= f m n``, i.e. ``m <= 2 n``
     in float32), and any other projector: the whole gradient is gathered (``f m n`` bytes,
@@ -56,9 +61,9 @@ refresh, or with rows-compressed weights, ends with a second one (the partial pr
 nothing but the flags), so a failure inside a selection reaches every rank before any rank
 changes its state. The optimizer's :attr:`~subspaces.optim.SubspaceAdamW.comm_bytes` counts the
 bytes handed to ``all_reduce``. Supported: float32/float64 weights on a 1-D mesh; a
-rows-compressed weight additionally needs a projector that multiplies by a dense basis (``svd``,
-``rsvd``, ``dct``, ``random``), moments in the weight's dtype, no ``error_feedback`` and no
-``proj_dtype``; anything else raises a clear error on every rank.
+rows-compressed weight additionally needs a projector that multiplies by a dense basis
+(``svd``, ``rsvd``, ``nystrom``, ``dct``, ``random``), moments in the weight's dtype, no
+``error_feedback`` and no ``proj_dtype``; anything else raises a clear error on every rank.
 
 References:
     Zhao et al., "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection",

@@ -24,9 +24,11 @@ from .._distributed import allreduce_packed
 from .projectors import (
     CoordinateProjector,
     DCTProjector,
+    NystromProjector,
     RandomizedSVDProjector,
     RandomProjector,
     SVDProjector,
+    canonical_signs,
     dct_rows,
 )
 
@@ -106,14 +108,6 @@ class _Layer:
     error: Tensor | None = None
 
 
-def _canonical_signs(Q: Tensor) -> Tensor:
-    """Flip each column so that its entry of largest magnitude is positive."""
-    idx = Q.abs().argmax(0)
-    signs = torch.sign(Q[idx, torch.arange(Q.shape[1])])
-    signs[signs == 0] = 1
-    return Q * signs
-
-
 def _power(work: Tensor, Q0: Tensor) -> Tensor:
     """This rank's part of ``G^T (G Q_0)`` (a power iteration)."""
     return work.T @ (work @ Q0)
@@ -170,11 +164,17 @@ def _select_columns(opt: SubspaceAdamW, L: _Layer, sync: _Sync) -> None:
         score, _ = sync.allreduce(score_fn, (n,), dtype)
         idx = torch.topk(score, r, sorted=False).indices.sort().values.to(torch.int64)
         new = {"indices": idx}
+    elif kind is NystromProjector:  # one all-reduce of the b x l sketch, canonical signs
+        ny = cast(NystromProjector, proj)
+        omega = ny.test_matrix(n, r, work.dtype, generator).to(work.device)
+        Y, _ = sync.allreduce(lambda: work.T @ (work @ omega), (n, omega.shape[1]), work.dtype)
+        Q = cast(Tensor, sync.run(lambda: ny.basis_from_sketch(Y, omega, r)))
+        new = {} if Q is None else {"basis": Q.to(L.G.dtype).contiguous()}
     elif kind is SVDProjector and signless and sketch < gather:
         gram, _ = sync.allreduce(
             lambda: work.to(torch.float64).T @ work.to(torch.float64), (n, n), torch.float64
         )
-        Q = _canonical_signs(_top_eigvecs(gram, r))
+        Q = canonical_signs(_top_eigvecs(gram, r))
         new = {"basis": Q.to(L.G.dtype).contiguous()}
     elif kind is RandomizedSVDProjector and signless and sketch < gather:
         omega = torch.randn(L.m, width, generator=generator, dtype=work.dtype)
@@ -186,7 +186,7 @@ def _select_columns(opt: SubspaceAdamW, L: _Layer, sync: _Sync) -> None:
             Q0 = torch.linalg.qr(Y).Q
         gram, _ = sync.allreduce(partial(_small_gram, work, Q0), (width, width), torch.float64)
         V = _top_eigvecs(gram, r).to(work.dtype)
-        Q = _canonical_signs((Q0 @ V).to(torch.float64)).to(L.G.dtype)
+        Q = canonical_signs((Q0 @ V).to(torch.float64)).to(L.G.dtype)
         new = {"basis": Q.contiguous()}
     else:  # gather the gradient and select as in one process (signs included)
         full = _gather_rows(L, work, sync)

@@ -86,6 +86,7 @@ from .projectors import (
     PROJECTORS,
     CoordinateProjector,
     DCTProjector,
+    NystromProjector,
     Projector,
     RandomizedSVDProjector,
     RandomProjector,
@@ -140,8 +141,9 @@ class SubspaceAdamW(Optimizer):
         scale: multiplier of the projected update (GaLore's ``alpha``).
         proj_type: ``"std"`` compresses the smaller side, ``"reverse_std"`` the larger,
             ``"right"`` always the columns, ``"left"`` always the rows.
-        projector: ``"svd"``, ``"rsvd"``, ``"dct"``, ``"random"`` or ``"coordinate"`` (see
-            :mod:`subspaces.optim.projectors`).
+        projector: ``"svd"``, ``"rsvd"``, ``"nystrom"``, ``"dct"``, ``"random"`` or
+            ``"coordinate"`` (see :mod:`subspaces.optim.projectors`; ``"nystrom"`` takes its
+            oversampling from ``rsvd_oversample`` and is the one-all-reduce choice under FSDP2).
         moment_transfer: on a refresh, ``"none"`` keeps the moments as they are (GaLore),
             ``"rotate"`` maps them into the new basis, ``"reset"`` zeroes them.
         refresh: ``"fixed"`` refreshes every ``update_proj_gap`` steps; ``"lazy"`` multiplies a
@@ -155,7 +157,7 @@ class SubspaceAdamW(Optimizer):
         max_update_proj_gap: cap on a layer's gap under lazy refresh (``None``: no cap).
         proj_bits: ``None`` keeps a stored basis in the parameter's dtype; ``4`` stores it in
             4 bits per value with per-group scales (Q-GaLore; only projectors that store a
-            basis, ``svd`` and ``rsvd``, are affected).
+            basis, ``svd``, ``rsvd`` and ``nystrom``, are affected).
         proj_group_size: group size of the 4-bit quantization.
         proj_dtype: ``None`` multiplies by the basis in the gradient's float dtype;
             ``torch.bfloat16`` runs the two products of a non-refresh step (``G Q`` and
@@ -174,7 +176,7 @@ class SubspaceAdamW(Optimizer):
         seed: seed of the randomized projectors' generators.
         maximize: maximize the objective instead of minimizing it.
         foreach: passed to the plain-AdamW kernel (``None``: torch's default).
-        rsvd_oversample: oversampling of the ``rsvd`` projector.
+        rsvd_oversample: oversampling of the ``rsvd`` and ``nystrom`` projectors.
         rsvd_power_iters: power iterations of the ``rsvd`` projector.
         dct_norm: column norm (1 or 2) used by the ``dct`` projector to score frequencies
             (1 is the paper's choice for DCT-AdamW, P11).
@@ -404,6 +406,8 @@ class SubspaceAdamW(Optimizer):
         if proj is None:
             if spec == "rsvd":
                 proj = PROJECTORS["rsvd"](group["rsvd_oversample"], group["rsvd_power_iters"])  # type: ignore[call-arg]
+            elif spec == "nystrom":
+                proj = NystromProjector(group["rsvd_oversample"])
             elif spec == "dct":
                 proj = PROJECTORS["dct"](group["dct_norm"])  # type: ignore[call-arg]
             else:
@@ -1261,6 +1265,8 @@ def _describe(proj: Projector) -> dict[str, Any]:
             "rsvd_oversample": proj.oversample,
             "rsvd_power_iters": proj.power_iters,
         }
+    if type(proj) is NystromProjector:
+        return {"projector": "nystrom", "rsvd_oversample": proj.oversample}
     if type(proj) is DCTProjector:
         return {"projector": "dct", "dct_norm": proj.norm}
     if type(proj) in (SVDProjector, RandomProjector, CoordinateProjector):
