@@ -6,7 +6,7 @@ per experiment with its id, title, verdict, the seed intervals its result names 
 (mean and bootstrap 95 % interval, see :mod:`subspaces.experiments._stats`), the wall time, and
 the setting (fast or full, seed). Regenerate the page with::
 
-    subspaces reproduce --all --out runs/repro
+    subspaces reproduce --all --workers 2 --out runs/repro
     python -m subspaces.experiments.table runs/repro > docs/reproductions.md
 
 Example:
@@ -239,7 +239,7 @@ def markdown_page(folder: str | Path | Sequence[str | Path]) -> str:
         "interval for the quantities the verdict rests on; per-seed values are in each `ID.json`."
         "\n\nThis page is generated; regenerate it with\n\n"
         "```bash\n"
-        "subspaces reproduce --all --out runs/repro\n"
+        "subspaces reproduce --all --workers 2 --out runs/repro\n"
         "python -m subspaces.experiments.table runs/repro > docs/reproductions.md\n"
         "```\n\n"
         f"{total}"
