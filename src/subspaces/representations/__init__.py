@@ -29,7 +29,11 @@ from .attention_svm import (
     make_attention_data,
     token_scores,
 )
+from .bootstrap import BootstrapResult, bootstrap_ci
 from .capture import capture_activations, collect_activations, layer_similarity_matrix
+from .cca import CCAResult, pwcca, svcca
+from .cka import StreamingLinearCKA, linear_cka, rbf_cka
+from .cka_pairs import StreamingCKAMatrix, cka_matrix
 from .convergent import (
     SparsePredictionResult,
     UnitClusters,
@@ -39,21 +43,8 @@ from .convergent import (
     sparse_prediction,
     unit_correlation,
 )
-from .similarity import (
-    BootstrapResult,
-    CCAResult,
-    StreamingCKAMatrix,
-    StreamingLinearCKA,
-    SubspaceSimilarityResult,
-    bootstrap_ci,
-    cka_matrix,
-    linear_cka,
-    procrustes_distance,
-    pwcca,
-    rbf_cka,
-    subspace_similarity,
-    svcca,
-)
+from .principal_subspace import SubspaceSimilarityResult, subspace_similarity
+from .procrustes import procrustes_distance
 
 __all__ = [
     "AttentionGDResult",

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .._checks import check_choice, check_positive_int
 from .._modes import eval_mode
-from .similarity import StreamingCKAMatrix
+from .cka_pairs import StreamingCKAMatrix
 
 __all__ = [
     "capture_activations",

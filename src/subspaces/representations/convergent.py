@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_choice, check_positive_float, check_positive_int
-from .similarity import _check_pair
+from ._reps import _check_pair
 
 __all__ = [
     "SparsePredictionResult",
