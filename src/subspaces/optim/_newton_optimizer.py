@@ -17,6 +17,7 @@ from torch import Tensor
 from .._checks import check_choice, check_positive_float
 from ..linops import LinearOperator
 from ._newton_autograd import closure_curvature
+from ._newton_dense import DENSE_BLOCK, DENSE_CG_PER_BLOCK, DENSE_MAX_PARAMS, closure_matrix
 from ._newton_search import Rule, check_common, search
 
 CLOSURE_CURVATURES: tuple[str, ...] = ("hessian", "ggn", "empirical_fisher")
@@ -34,7 +35,14 @@ class NewtonGR(torch.optim.Optimizer):
     regularized step of the curvature ``H / lr``). All parameters form one Newton system, so
     the hyperparameters must be equal in every parameter group. The state is the exponent ``k`` of
     ``c = c0 * factor**k`` (a small integer stored in the parameter dtype, exact there, so a
-    reload keeps ``c`` exactly) and a step counter.
+    reload keeps ``c`` exactly), a step counter and a flag ``many_cg``: whether the last step
+    took enough CG iterations for ``dense=None`` to materialize the next curvature (so a resumed
+    run takes the same path).
+
+    For small models the curvature of the mini-batch is materialized once per step (``dense``)
+    and CG runs on the matrix: building it costs one batched backward pass per 64 parameters,
+    while matrix-free CG costs a double-backward pass per iteration, and a rejected trial then
+    needs no re-evaluation of the closure at ``x``. Both paths take the same steps to rounding.
 
     Args:
         params: parameters or parameter groups.
@@ -48,8 +56,14 @@ class NewtonGR(torch.optim.Optimizer):
         max_trials: trials per step; if none passes, the parameters are left unchanged.
         cg_rtol: CG relative tolerance.
         cg_max_iters: CG iteration limit.
+        dense: materialize the mini-batch curvature each step (see
+            :func:`~subspaces.optim._newton_dense.closure_matrix`) and run the same CG on it.
+            ``None`` (default): as ``newton_gr``, when there are at most
+            :data:`DENSE_MAX_PARAMS` parameters and the previous step took at least
+            ``DENSE_CG_PER_BLOCK * ceil(P / 64)`` CG iterations (the first step is matrix-free).
 
     Raises:
+        TypeError: ``dense`` not a bool or ``None``.
         ValueError: bad hyperparameters, a missing closure, a closure that already called
             ``backward()``, or a non-finite loss or gradient.
 
@@ -81,18 +95,24 @@ class NewtonGR(torch.optim.Optimizer):
         max_trials: int = 40,
         cg_rtol: float | None = None,
         cg_max_iters: int | None = None,
+        dense: bool | None = None,
     ) -> None:
         lr = check_positive_float(lr, "lr")
         check_choice(curvature, "curvature", CLOSURE_CURVATURES)
         c, rule_name, max_trials = check_common(c, rule, max_trials)
+        if dense is not None and not isinstance(dense, bool):
+            raise TypeError(f"dense must be a bool or None, got {type(dense).__name__}")
         defaults = dict(
             lr=lr, curvature=curvature, c=c, rule=rule_name, adaptive=bool(adaptive),
-            max_trials=max_trials, cg_rtol=cg_rtol, cg_max_iters=cg_max_iters,
+            max_trials=max_trials, cg_rtol=cg_rtol, cg_max_iters=cg_max_iters, dense=dense,
         )  # fmt: skip
         super().__init__(params, defaults)
 
     def _shared(self) -> dict[str, Any]:
-        keys = ("lr", "curvature", "c", "rule", "adaptive", "max_trials", "cg_rtol", "cg_max_iters")
+        keys = (
+            "lr", "curvature", "c", "rule", "adaptive", "max_trials", "cg_rtol", "cg_max_iters",
+            "dense",
+        )  # fmt: skip
         first = self.param_groups[0]
         for group in self.param_groups[1:]:
             for k in keys:
@@ -137,7 +157,16 @@ class NewtonGR(torch.optim.Optimizer):
             # (load_state_dict casts floating state to it), so a reload keeps c exactly
             state["log_c"] = torch.zeros((), dtype=params[0].dtype)
             state["step"] = torch.zeros((), dtype=torch.int64)
+        if "many_cg" not in state:
+            # 1 when the last step took enough CG iterations to pay for materializing (0 or 1:
+            # exact in any dtype, which load_state_dict casts floating-point state to)
+            state["many_cg"] = torch.zeros((), dtype=params[0].dtype)
         factor = 2.0 if hp["rule"] == "gns" else 4.0
+        n = sum(p.numel() for p in params)
+        cutoff = DENSE_CG_PER_BLOCK * math.ceil(n / DENSE_BLOCK)
+        dense = hp["dense"]
+        if dense is None:  # the rule of newton_gr: materialize once CG takes enough products
+            dense = n <= DENSE_MAX_PARAMS and bool(state["many_cg"] > 0)
 
         def load(x: Tensor) -> None:
             start = 0
@@ -146,6 +175,7 @@ class NewtonGR(torch.optim.Optimizer):
                 start += p.numel()
 
         def grad_and_op(need_op: bool) -> tuple[float, Tensor, LinearOperator | None]:
+            op: LinearOperator | None
             with torch.enable_grad():
                 loss, outputs = self._unpack(closure())
                 kind = hp["curvature"] if need_op else "hessian"
@@ -158,6 +188,8 @@ class NewtonGR(torch.optim.Optimizer):
                         ]
                     )
                     op = None
+                elif dense:
+                    g, op = closure_matrix(kind, loss, params, outputs)
                 else:
                     g, op = closure_curvature(kind, loss, params, outputs)
             if not bool(torch.isfinite(g).all()):
@@ -188,8 +220,10 @@ class NewtonGR(torch.optim.Optimizer):
         out = search(
             H, x, loss, g, evaluate, rule=hp["rule"], c=hp["c"] * factor**k,
             adaptive=hp["adaptive"], max_trials=hp["max_trials"], lr=hp["lr"],
-            cg_rtol=hp["cg_rtol"], cg_max_iters=hp["cg_max_iters"], refresh=refresh,
+            cg_rtol=hp["cg_rtol"], cg_max_iters=hp["cg_max_iters"],
+            refresh=None if dense else refresh,  # a dense H is detached: it stays valid
         )  # fmt: skip
+        state["many_cg"] = torch.tensor(float(out.cg_iterations >= cutoff), dtype=params[0].dtype)
         load(out.x)  # the accepted point, or back to x when every trial failed
         if hp["adaptive"]:
             state["log_c"] = torch.tensor(
