@@ -23,32 +23,13 @@ from .grassmann import (
     project_tangent,
     split_grassmann_parameters,
 )
-from .spd import (
-    SPDMeanResult,
-    ai_distance,
-    ai_exp,
-    ai_karcher_mean,
-    ai_log,
-    ai_transport,
-    bw_barycenter,
-    bw_distance,
-    bw_exp,
-    bw_log,
-    bw_transport,
-    gbw_barycenter,
-    gbw_deform,
-    gbw_distance,
-    gbw_geodesic,
-    gbw_undeform,
-    is_spd,
-    lyapunov,
-    spd_exp,
-    spd_log,
-    spd_power,
-    spd_sqrt,
-    sym,
-)
+from .spd_ai import ai_distance, ai_exp, ai_karcher_mean, ai_log, ai_transport
+from .spd_bw import bw_barycenter, bw_distance, bw_exp, bw_log, bw_transport
+from .spd_functions import lyapunov, spd_exp, spd_log, spd_power, spd_sqrt
+from .spd_gbw import gbw_barycenter, gbw_deform, gbw_distance, gbw_geodesic, gbw_undeform
 from .spd_layers import BiMap, LogEig, ReEig, SPDBatchNorm
+from .spd_mean import SPDMeanResult
+from .spd_validation import is_spd, sym
 
 __all__ = [
     "BiMap",

@@ -59,22 +59,11 @@ from .._checks import (
 # The layers use the unvalidated matrix functions: their inputs are SPD by construction and a
 # validation (a host sync, and an error on rounding-level negative eigenvalues) per call would
 # change training; the public ``spd_*`` functions validate.
-from .spd import (
-    _ai_mean,
-    _bw_barycenter,
-    _bw_geodesic,
-    _check_theta,
-    _clamp_eig,
-    _exp,
-    _gbw_chart,
-    _gbw_unchart,
-    _log,
-    _pair_kernel,
-    _pow,
-    _sqrt,
-    _transport_map,
-    sym,
-)
+from .spd_ai import _ai_mean
+from .spd_bw import _bw_barycenter, _bw_geodesic, _pair_kernel, _transport_map
+from .spd_functions import _clamp_eig, _exp, _log, _pow, _sqrt
+from .spd_gbw import _check_theta, _gbw_chart, _gbw_unchart
+from .spd_validation import sym
 
 __all__ = ["BiMap", "LogEig", "ReEig", "SPDBatchNorm"]
 
