@@ -25,8 +25,8 @@ reported. Methods:
 * direct Gram: unbiased HSIC_1 on ``N x N`` float32 Grams of the captured activations (the 12
   Grams of model A held, each Gram of model B formed once; float64 reductions) -- exact, the
   same estimator as ours, ``O(N^2)`` memory;
-* the previous implementation (``git HEAD`` before this change: one float64
-  ``StreamingLinearCKA`` per pair, recomputing each layer's Gram for every pair) on
+* the per-pair path that the layer matrix replaced (one float64 ``StreamingLinearCKA`` per
+  pair, recomputing each layer's Gram for every pair; the library's current class) on
   ``LAYER_BENCH_OLD_N`` rows, extrapolated linearly to ``N``.
 
 Writes ``benchmarks/results/similarity_layer_matrix.json``; ``ratio`` is torch-cka's median time
@@ -40,9 +40,7 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
-import types
 import warnings
 from pathlib import Path
 from typing import Any
@@ -156,22 +154,14 @@ def direct_gram(A: list[torch.Tensor], B: list[torch.Tensor]) -> list[list[float
 
 
 def old_per_pair(A: list[torch.Tensor], B: list[torch.Tensor]) -> list[list[float]]:
-    """The pre-change code path: one float64 StreamingLinearCKA per pair, batches of 500."""
-    root = Path(__file__).resolve().parents[1]
-    src = subprocess.run(
-        ["git", "-C", str(root), "show", "HEAD:src/subspaces/representations/similarity.py"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    src = src.replace("from .._checks", "from subspaces._checks").replace(
-        "from ..linalg.subspace", "from subspaces.linalg.subspace"
-    )
-    mod = types.ModuleType("old_similarity")
-    mod.__dict__["__name__"] = "old_similarity"
-    sys.modules["old_similarity"] = mod
-    exec(compile(src, "old_similarity.py", "exec"), mod.__dict__)
-    stats = [[mod.StreamingLinearCKA() for _ in B] for _ in A]
+    """The per-pair path: one float64 :class:`StreamingLinearCKA` per layer pair, batches of 500.
+
+    (Before the shared-product matrix of issue 6 this was how a layer-by-layer matrix was
+    computed; the class itself is the library's current one.)
+    """
+    from subspaces.representations.cka import StreamingLinearCKA
+
+    stats = [[StreamingLinearCKA() for _ in B] for _ in A]
     for r in range(0, A[0].shape[0], BATCH):
         for i, a in enumerate(A):
             for j, b in enumerate(B):
