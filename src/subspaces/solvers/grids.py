@@ -131,6 +131,7 @@ class GridDiffusion(LinearOperator):
         self._ky = torch.cat([k[:1, :], inner_y, k[-1:, :]], dim=0) / self.hy**2  # (ny+1, nx)
         self._diag_grid = self._kx[:, 1:] + self._kx[:, :-1] + self._ky[1:, :] + self._ky[:-1, :]
         self._csr: Any = None  # built on the first product that can use it
+        self._csr_arrays: tuple[Any, ...] = ()  # its (n, n, indptr, indices, data)
 
     # ----- grid <-> vector ---------------------------------------------------------------------
     def to_grid(self, x: Tensor) -> Tensor:
@@ -214,16 +215,18 @@ class GridDiffusion(LinearOperator):
             ``A @ X``, ``(n, b)``, in ``X``'s dtype.
         """
         if self._csr is None:
-            self._csr = self._stencil_ordered_csr()
-        S = self._csr
-        x = X.detach().resolve_neg().numpy()
+            self._csr = S = self._stencil_ordered_csr()
+            self._csr_arrays = (self.n, self.n, S.indptr, S.indices, S.data)
+        if X.requires_grad:  # only under no_grad: the fast path never builds a graph
+            X = X.detach()
+        x = X.resolve_neg().numpy()
         if X.shape[1] == 1 and _csr_matvec is not None:
             # The kernel behind ``S @ x``, called directly: scipy's dispatch costs as much as
-            # the product itself at these sizes.
+            # the product itself at these sizes (so do attribute look-ups: the arrays are kept).
             out = np.zeros(self.n, dtype=x.dtype)
-            _csr_matvec(self.n, self.n, S.indptr, S.indices, S.data, x[:, 0], out)
-            return torch.from_numpy(out).unsqueeze(1)
-        return torch.from_numpy(S @ x)
+            _csr_matvec(*self._csr_arrays, x[:, 0], out)
+            return torch.from_numpy(out[:, None])
+        return torch.from_numpy(self._csr @ x)
 
     def _stencil_ordered_csr(self) -> Any:
         """CSR matrix of the operator with each row's entries in the stencil's order.
