@@ -17,7 +17,12 @@ from torch import Tensor
 from .._checks import check_choice, check_positive_float
 from ..linops import LinearOperator
 from ._newton_autograd import closure_curvature
-from ._newton_dense import DENSE_BLOCK, DENSE_CG_PER_BLOCK, DENSE_MAX_PARAMS, closure_matrix
+from ._newton_dense import (
+    CLOSURE_DENSE_CG_PER_BLOCK,
+    CLOSURE_DENSE_MAX_PARAMS,
+    DENSE_BLOCK,
+    closure_matrix,
+)
 from ._newton_search import Rule, check_common, search
 
 CLOSURE_CURVATURES: tuple[str, ...] = ("hessian", "ggn", "empirical_fisher")
@@ -58,9 +63,10 @@ class NewtonGR(torch.optim.Optimizer):
         cg_max_iters: CG iteration limit.
         dense: materialize the mini-batch curvature each step (see
             :func:`~subspaces.optim._newton_dense.closure_matrix`) and run the same CG on it.
-            ``None`` (default): as ``newton_gr``, when there are at most
-            :data:`DENSE_MAX_PARAMS` parameters and the previous step took at least
-            ``DENSE_CG_PER_BLOCK * ceil(P / 64)`` CG iterations (the first step is matrix-free).
+            ``None`` (default): ``newton_gr``'s rule with constants measured for closures: when
+            there are at most ``CLOSURE_DENSE_MAX_PARAMS`` (1024) parameters and the previous
+            step took at least ``CLOSURE_DENSE_CG_PER_BLOCK * ceil(P / 64)`` (24 per 64
+            parameters) CG iterations, all trials together (the first step is matrix-free).
 
     Raises:
         TypeError: ``dense`` not a bool or ``None``.
@@ -163,10 +169,10 @@ class NewtonGR(torch.optim.Optimizer):
             state["many_cg"] = torch.zeros((), dtype=params[0].dtype)
         factor = 2.0 if hp["rule"] == "gns" else 4.0
         n = sum(p.numel() for p in params)
-        cutoff = DENSE_CG_PER_BLOCK * math.ceil(n / DENSE_BLOCK)
+        cutoff = CLOSURE_DENSE_CG_PER_BLOCK * math.ceil(n / DENSE_BLOCK)
         dense = hp["dense"]
         if dense is None:  # the rule of newton_gr: materialize once CG takes enough products
-            dense = n <= DENSE_MAX_PARAMS and bool(state["many_cg"] > 0)
+            dense = n <= CLOSURE_DENSE_MAX_PARAMS and bool(state["many_cg"] > 0)
 
         def load(x: Tensor) -> None:
             start = 0
