@@ -23,20 +23,60 @@ last block.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_finite, check_float_tensor, check_positive_int
-from .spectral_conv import Factorization, SpectralConv
+from .._checks import check_float_tensor, check_positive_int
+from .spectral_conv import Factorization, SpectralConv, _check_finite_fast
 
 __all__ = ["FNO", "ChannelMLP", "grid_embedding"]
 
 
+def _pointwise_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``1 x 1`` convolution as one batched matrix product over the flattened grid.
+
+    On CPU this is several times faster than ``mkldnn``'s ``1 x 1`` convolution on
+    channels-first data (the FNO's largest cost); the sums run over the same input channels, in
+    another order, so results differ from ``F.conv*d`` by float rounding only.
+
+    Returns:
+        ``(batch, out, *grid)``: ``weight[:, :, 0, ..., 0] @ x`` at every grid point, plus bias.
+    """
+    b, c, *grid = x.shape
+    out = weight.shape[0]
+    w = weight.reshape(out, c).expand(b, out, c)  # a view: no copy per batch element
+    x3 = x.reshape(b, c, -1)
+    y = torch.bmm(w, x3) if bias is None else torch.baddbmm(bias.view(1, out, 1), w, x3)
+    return y.view(b, out, *grid)
+
+
+class _Pointwise1d(nn.Conv1d):
+    """``nn.Conv1d`` with ``kernel_size=1`` (same parameters, initialisation and state dict)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return _pointwise_forward(input, self.weight, self.bias)
+
+
+class _Pointwise2d(nn.Conv2d):
+    """``nn.Conv2d`` with ``kernel_size=1`` computed as a matrix product."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return _pointwise_forward(input, self.weight, self.bias)
+
+
+class _Pointwise3d(nn.Conv3d):
+    """``nn.Conv3d`` with ``kernel_size=1`` computed as a matrix product."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return _pointwise_forward(input, self.weight, self.bias)
+
+
 def _pointwise(cin: int, cout: int, d: int, *, bias: bool = True) -> nn.Module:
-    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[d]
+    conv = {1: _Pointwise1d, 2: _Pointwise2d, 3: _Pointwise3d}[d]
     return conv(cin, cout, kernel_size=1, bias=bias)
 
 
@@ -197,7 +237,7 @@ class FNO(nn.Module):
                 f"x has {x.shape[1]} channels (shape {tuple(x.shape)}), expected "
                 f"in_channels={self.in_channels}"
             )
-        check_finite(x, "x")
+        _check_finite_fast(x, "x")
         if self.positional_embedding:
             x = grid_embedding(x)
         x = self.lifting(x)
@@ -208,4 +248,18 @@ class FNO(nn.Module):
                 y = y if last else F.gelu(y)
                 y = self.channel_mlps[i](y) + self.mlp_skips[i](x)
             x = y if last else F.gelu(y)
-        return self.projection(x)
+        out = self.projection(x)
+        if not _all_finite(out):
+            raise ValueError(
+                "the FNO output contains NaN or Inf although its input is finite: the weights "
+                "(or the hidden state) overflowed"
+            )
+        return out
+
+
+def _all_finite(x: Tensor) -> bool:
+    """One-pass finiteness test (NaN and Inf propagate through ``aminmax``)."""
+    if not x.numel():
+        return True
+    lo, hi = torch.aminmax(x.detach())
+    return math.isfinite(float(lo)) and math.isfinite(float(hi))
