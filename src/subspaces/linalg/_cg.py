@@ -341,7 +341,7 @@ def _cg_cycle_vector(
     if bool(frozen[0]):
         return x_t.unsqueeze(1), r_t.unsqueeze(1), 0, 0
     r_col = r_t.unsqueeze(1)  # a view: in-place updates of r show through
-    z_t = r_t if apply_m is None else apply_m(r_col).squeeze(1)
+    z_t = r_t if apply_m is None else apply_m(r_col)[:, 0]
     p_t = z_t.clone()
     p_col = p_t.unsqueeze(1)
     tmp_t = torch.empty_like(x_t)
@@ -355,8 +355,8 @@ def _cg_cycle_vector(
     with np.errstate(all="ignore"):  # every non-finite value is checked below
         # r^T M r = 0 with r != 0 is underflow: that column cannot move any more and stops.
         while res_f > thresh_f and rz_f > 0 and iterations < max_iters:
-            Ap_t = product(p_col).squeeze(1)
-            Ap = _numpy(Ap_t)
+            Ap_t = product(p_col)
+            Ap = _numpy(Ap_t)[:, 0]
             np.multiply(p, Ap, out=tmp)
             pAp = _numpy(tmp_t.sum())
             pAp_f = float(pAp)
@@ -372,7 +372,7 @@ def _cg_cycle_vector(
             x += np.multiply(p, alpha, out=tmp)
             r -= np.multiply(Ap, alpha, out=tmp)
             if apply_m is not None:
-                z = _numpy(apply_m(r_col).squeeze(1))
+                z = _numpy(apply_m(r_col))[:, 0]
             np.multiply(r, z, out=tmp)
             rz_new = _numpy(tmp_t.sum())
             rz_new_f, res_f = float(rz_new), torch.linalg.vector_norm(r_t).item()
