@@ -346,8 +346,9 @@ def _cg_cycle_vector(
     p_col = p_t.unsqueeze(1)
     tmp_t = torch.empty_like(x_t)
     x, r, z, p, tmp = (_numpy(t) for t in (x_t, r_t, z_t, p_t, tmp_t))
+    scalar = x.dtype.type  # exact: a sum's ``item`` is its value in double precision
     np.multiply(r, z, out=tmp)
-    rz = _numpy(tmp_t.sum())
+    rz = scalar(tmp_t.sum().item())
     rz_f, res_f = float(rz), torch.linalg.vector_norm(r_t).item()
     if not (rz_f >= 0 and math.isfinite(rz_f)):
         raise ValueError("the preconditioner M is not positive definite: r^T M r < 0")
@@ -358,7 +359,7 @@ def _cg_cycle_vector(
             Ap_t = product(p_col)
             Ap = _numpy(Ap_t)[:, 0]
             np.multiply(p, Ap, out=tmp)
-            pAp = _numpy(tmp_t.sum())
+            pAp = scalar(tmp_t.sum().item())
             pAp_f = float(pAp)
             iterations += 1
             if not math.isfinite(pAp_f):
@@ -374,7 +375,7 @@ def _cg_cycle_vector(
             if apply_m is not None:
                 z = _numpy(apply_m(r_col))[:, 0]
             np.multiply(r, z, out=tmp)
-            rz_new = _numpy(tmp_t.sum())
+            rz_new = scalar(tmp_t.sum().item())
             rz_new_f, res_f = float(rz_new), torch.linalg.vector_norm(r_t).item()
             if rz_new_f < 0:
                 raise ValueError("the preconditioner M is not positive definite: r^T M r < 0")
