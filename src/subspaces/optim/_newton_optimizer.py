@@ -44,10 +44,13 @@ class NewtonGR(torch.optim.Optimizer):
     took enough CG iterations for ``dense=None`` to materialize the next curvature (so a resumed
     run takes the same path).
 
-    For small models the curvature of the mini-batch is materialized once per step (``dense``)
-    and CG runs on the matrix: building it costs one batched backward pass per 64 parameters,
-    while matrix-free CG costs a double-backward pass per iteration, and a rejected trial then
-    needs no re-evaluation of the closure at ``x``. Both paths take the same steps to rounding.
+    For small models the curvature of the mini-batch can be materialized once per step
+    (``dense``) and CG run on the matrix: building it costs a few batched backward passes per 64
+    parameters, while matrix-free CG costs a double-backward pass per iteration, and a rejected
+    trial then needs no re-evaluation of the closure at ``x``. Both paths take the same steps to
+    rounding. A closure's products are cheap (a fraction of a millisecond for a small MLP), so
+    this pays only for a few hundred parameters and steps of many CG iterations (measured up to
+    2.5x faster on a 160-parameter MLP, slower from about 600 parameters).
 
     Args:
         params: parameters or parameter groups.
