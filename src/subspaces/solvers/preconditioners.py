@@ -203,6 +203,12 @@ class IncompleteCholesky(LinearOperator):
     matrix it may break down (a non-positive pivot), which raises unless a diagonal ``shift``
     (``A + shift * diag(A)``, Manteuffel 1980) makes it succeed.
 
+    Cost: SuperLU's triangular solves walk one column at a time, so on the 5-point Poisson
+    operator one application costs about 4-8 products (about 80 us against 10-20 us per product
+    on a 64 x 64 grid, measured; a level-scheduled NumPy solve, one vectorised step per
+    anti-diagonal, was 4-10x slower still). IC(0)-PCG there takes about 3x fewer iterations than
+    CG, but not less time.
+
     Args:
         A: symmetric matrix: scipy sparse, dense tensor/array, or an operator with
             ``to_scipy_sparse()``.
