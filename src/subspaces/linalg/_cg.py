@@ -1,9 +1,10 @@
 """Preconditioned conjugate gradients for a block of right-hand sides (``cg``).
 
-The block path runs the CG recurrence on every column at once; a single right-hand side runs a
-vector version of the same recurrence (in-place updates, the same floating-point operations,
-bit-identical results). Convergence is certified on the true residual recomputed at exit, with
-one restart from it when the recursive estimate drifted.
+The block path runs the CG recurrence on every column at once; a single right-hand side on the
+CPU runs a vector version of the same recurrence (in-place NumPy updates on buffers shared with
+the tensors, the same floating-point operations, bit-identical results). Convergence is
+certified on the true residual recomputed at exit, with one restart from it when the recursive
+estimate drifted.
 
 References:
     Hestenes, Stiefel. "Methods of conjugate gradients for solving linear systems." J. Res. Nat.
