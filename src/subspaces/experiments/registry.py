@@ -254,6 +254,15 @@ def unregister(id: str) -> Experiment:
 
     Returns:
         The removed experiment.
+
+    Raises:
+        KeyError: for an id that is not registered.
+
+    Example:
+        >>> _ = register("X97", "Doc example", "core", "claim", "criterion")(
+        ...     lambda fast, seed: ExperimentResult({}, passed=True))
+        >>> unregister("X97").id, "X97" in [e.id for e in all_experiments()]
+        ('X97', False)
     """
     get(id)  # the same clear error for an unknown id
     return _REGISTRY.pop(id)
@@ -350,6 +359,12 @@ def import_errors() -> dict[str, str]:
 
     Returns:
         ``{module name: "ErrorType: message"}``.
+
+    Example:
+        >>> len(all_experiments()) >= 34  # imports every bundled reproduction module
+        True
+        >>> import_errors()  # and none failed
+        {}
     """
     return dict(_IMPORT_ERRORS)
 
