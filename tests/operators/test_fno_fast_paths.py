@@ -94,3 +94,24 @@ def test_fno_matches_conv_modules_in_float64():
             setattr(model.get_submodule(parent), leaf, plain)
     assert not any(type(m).__name__.startswith("_Pointwise") for m in model.modules())
     torch.testing.assert_close(fast, model(x), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize(("modes", "grid"), [((4, 24), (9, 26)), ((3, 5), (8, 64)), ((30,), (64,))])
+def test_pruned_transforms_equal_rfftn_float64(modes, grid):
+    """Against the unpruned ``rfftn`` / ``irfftn`` formula, also where the modes fill the grid."""
+    gen = torch.Generator().manual_seed(0)
+    conv = SpectralConv(3, 2, modes, dtype=torch.float64, generator=gen)
+    x = torch.randn(2, 3, *grid, dtype=torch.float64, generator=gen)
+    w = conv.dense_weight().detach()
+    dims = tuple(range(2, x.ndim))
+    xf = torch.fft.rfftn(x, dim=dims, norm="forward")
+    full = torch.zeros(2, 2, *xf.shape[2:], dtype=torch.complex128)
+    lead = [torch.tensor(f) % n for f, n in zip(conv.frequencies[:-1], grid[:-1], strict=True)]
+    index = torch.meshgrid(*lead, torch.arange(len(conv.frequencies[-1])), indexing="ij")
+    letters = "xyz"[: len(grid)]
+    picked = xf[(slice(None), slice(None), *index)]
+    full[(slice(None), slice(None), *index)] = torch.einsum(
+        f"bi{letters},io{letters}->bo{letters}", picked, w
+    )
+    ref = torch.fft.irfftn(full, s=grid, dim=dims, norm="forward") + conv.bias.detach()
+    torch.testing.assert_close(conv(x), ref, rtol=0, atol=1e-12)
