@@ -19,6 +19,8 @@ Backends:
 
 A task that raises, or whose worker dies twice, stops the map with :class:`TaskFailedError`
 naming the task's label (its grid point); no result is ever silently dropped.
+:func:`for_each_task` is the engine underneath: it reports each task as it ends, a failure to a
+callback, and goes on (the reproduction gallery records a failure as an ``error`` record).
 
 The default backend of the reproductions' grids can be set without code through the environment
 variables ``SUBSPACES_GRID_BACKEND`` and ``SUBSPACES_GRID_WORKERS`` (what ``subspaces reproduce
@@ -36,7 +38,7 @@ from typing import Any, TypeVar
 
 from ._checks import check_choice, check_positive_int
 
-__all__ = ["BACKENDS", "TaskFailedError", "grid_settings", "map_tasks"]
+__all__ = ["BACKENDS", "TaskFailedError", "for_each_task", "grid_settings", "map_tasks"]
 
 BACKENDS: tuple[str, ...] = ("serial", "process", "ray")
 BACKEND_ENV = "SUBSPACES_GRID_BACKEND"
@@ -133,39 +135,85 @@ def map_tasks(
         >>> map_tasks(pow, [(2, 3), (3, 2), (10, 0)])
         [8, 9, 1]
     """
-    check_choice(backend, "backend", BACKENDS)
-    workers = check_positive_int(workers, "workers")
-    for i, args in enumerate(tasks):
-        if not isinstance(args, tuple):
-            raise TypeError(f"task {i} must be a tuple of arguments, got {type(args).__name__}")
-    names = _labels(len(tasks), labels)
     results: dict[int, R] = {}
+    names = _labels(len(tasks), labels)
 
     def done(i: int, value: R) -> None:
         results[i] = value
         if on_result is not None:
             on_result(i, value)
 
+    def failed(i: int, why: str) -> None:
+        raise TaskFailedError(names[i], i, why)
+
+    for_each_task(fn, tasks, backend=backend, workers=workers, on_result=done, on_failure=failed)
+    return [results[i] for i in range(len(tasks))]
+
+
+def for_each_task(
+    fn: Callable[..., R],
+    tasks: Sequence[tuple[Any, ...]],
+    *,
+    backend: str = "serial",
+    workers: int = 1,
+    cpus_per_task: int = 1,
+    on_result: Callable[[int, R], None],
+    on_failure: Callable[[int, str], None],
+) -> None:
+    """Run every task on the chosen backend and report each as it ends.
+
+    The engine of :func:`map_tasks` and of the reproduction gallery. A task that raises, or
+    whose worker died twice (one retry), is reported to ``on_failure(index, why)`` and the other
+    tasks go on; if ``on_failure`` raises, the tasks not started yet are cancelled and the
+    exception propagates (what :func:`map_tasks` does).
+
+    Args:
+        fn: the task function (module-level for ``"process"`` and ``"ray"``).
+        tasks: one tuple of positional arguments per task.
+        backend: ``"serial"``, ``"process"`` or ``"ray"``.
+        workers: local processes or Ray tasks in flight (a local Ray gets that many CPUs).
+        cpus_per_task: CPUs a Ray task asks for (``"ray"`` only).
+        on_result: ``on_result(index, result)`` for each task that returned (completion order).
+        on_failure: ``on_failure(index, why)`` for each task that failed.
+
+    Raises:
+        ValueError: for an unknown backend, ``workers < 1`` or ``cpus_per_task < 1``.
+        TypeError: if a task is not a tuple.
+        ImportError: for ``backend="ray"`` without Ray installed.
+
+    Example:
+        >>> ok, bad = [], []
+        >>> for_each_task(divmod, [(7, 2), (1, 0)], on_result=lambda i, r: ok.append((i, r)),
+        ...               on_failure=lambda i, why: bad.append((i, why)))
+        >>> ok, bad
+        ([(0, (3, 1))], [(1, 'ZeroDivisionError: integer division or modulo by zero')])
+    """
+    check_choice(backend, "backend", BACKENDS)
+    workers = check_positive_int(workers, "workers")
+    cpus_per_task = check_positive_int(cpus_per_task, "cpus_per_task")
+    for i, args in enumerate(tasks):
+        if not isinstance(args, tuple):
+            raise TypeError(f"task {i} must be a tuple of arguments, got {type(args).__name__}")
     if backend == "ray":
-        _run_ray(fn, tasks, workers, names, done)
+        _run_ray(fn, tasks, workers, cpus_per_task, on_result, on_failure)
     elif backend == "process" and workers > 1 and len(tasks) > 1:
-        _run_process(fn, tasks, workers, names, done)
+        _run_process(fn, tasks, workers, on_result, on_failure)
     else:
         for i, args in enumerate(tasks):
             try:
                 value = fn(*args)
             except Exception as error:
-                raise TaskFailedError(names[i], i, f"{type(error).__name__}: {error}") from error
-            done(i, value)
-    return [results[i] for i in range(len(tasks))]
+                on_failure(i, f"{type(error).__name__}: {error}")
+                continue
+            on_result(i, value)
 
 
 def _run_process(
     fn: Callable[..., R],
     tasks: Sequence[tuple[Any, ...]],
     workers: int,
-    names: list[str],
-    done: Callable[[int, R], None],
+    on_result: Callable[[int, R], None],
+    on_failure: Callable[[int, str], None],
 ) -> None:
     pending = list(range(len(tasks)))
     context = multiprocessing.get_context("spawn")
@@ -173,22 +221,25 @@ def _run_process(
         crashed: list[int] = []
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             futures = {pool.submit(fn, *tasks[i]): i for i in pending}
-            for future in cf.as_completed(futures):
-                i = futures[future]
-                try:
-                    value = future.result()
-                except cf.process.BrokenProcessPool as error:
-                    if attempt == 2:
-                        why = f"worker process died, also on the retry ({error})"
-                        raise TaskFailedError(names[i], i, why) from error
-                    crashed.append(i)
-                    continue
-                except Exception as error:
-                    for other in futures:
-                        other.cancel()
-                    why = f"{type(error).__name__}: {error}"
-                    raise TaskFailedError(names[i], i, why) from error
-                done(i, value)
+            try:
+                for future in cf.as_completed(futures):
+                    i = futures[future]
+                    try:
+                        value = future.result()
+                    except cf.process.BrokenProcessPool as error:
+                        if attempt == 1:
+                            crashed.append(i)
+                        else:
+                            on_failure(i, f"worker process died, also on the retry ({error})")
+                        continue
+                    except Exception as error:
+                        on_failure(i, f"{type(error).__name__}: {error}")
+                        continue
+                    on_result(i, value)
+            except BaseException:
+                for other in futures:
+                    other.cancel()
+                raise
         pending = sorted(crashed)
         if not pending:
             return
@@ -202,8 +253,9 @@ def _run_ray(
     fn: Callable[..., R],
     tasks: Sequence[tuple[Any, ...]],
     workers: int,
-    names: list[str],
-    done: Callable[[int, R], None],
+    cpus_per_task: int,
+    on_result: Callable[[int, R], None],
+    on_failure: Callable[[int, str], None],
 ) -> None:
     try:
         import ray
@@ -215,8 +267,8 @@ def _run_ray(
         if os.environ.get("RAY_ADDRESS"):
             ray.init()  # joins the cluster at RAY_ADDRESS
         else:
-            ray.init(num_cpus=workers, include_dashboard=False)
-    options = {"num_cpus": 1, "max_retries": 1, "retry_exceptions": False}
+            ray.init(num_cpus=workers * cpus_per_task, include_dashboard=False)
+    options = {"num_cpus": cpus_per_task, "max_retries": 1, "retry_exceptions": False}
     if inspect.isfunction(fn):
         remote = ray.remote(**options)(fn)
         submit = remote.remote
@@ -228,18 +280,21 @@ def _run_ray(
 
     queue = list(range(len(tasks)))
     in_flight: dict[Any, int] = {}
-    while queue or in_flight:
-        while queue and len(in_flight) < workers:
-            i = queue.pop(0)
-            in_flight[submit(*tasks[i])] = i
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
-        for ref in ready:
-            i = in_flight.pop(ref)
-            try:
-                value = ray.get(ref)
-            except Exception as error:  # the task raised, or its worker died twice
-                for other in in_flight:
-                    ray.cancel(other)
-                why = f"{type(error).__name__}: {error}"
-                raise TaskFailedError(names[i], i, why) from error
-            done(i, value)
+    try:
+        while queue or in_flight:
+            while queue and len(in_flight) < workers:
+                i = queue.pop(0)
+                in_flight[submit(*tasks[i])] = i
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in ready:
+                i = in_flight.pop(ref)
+                try:
+                    value = ray.get(ref)
+                except Exception as error:  # the task raised, or its worker died twice
+                    on_failure(i, f"{type(error).__name__}: {error}")
+                    continue
+                on_result(i, value)
+    except BaseException:
+        for other in in_flight:
+            ray.cancel(other)
+        raise

@@ -157,14 +157,16 @@ def _configure_reproduce(p: argparse.ArgumentParser) -> None:
         type=_int_at_least(1),
         default=1,
         metavar="N",
-        help="run N reproductions at once on local processes (default 1: one after the other)",
+        help="run N reproductions at once: local processes, or Ray tasks in flight with "
+        "--backend ray (default 1: one after the other)",
     )
     p.add_argument(
         "--backend",
         choices=("process", "ray"),
         default="process",
         help="where parallel reproductions run: local processes (default) or Ray (pip install "
-        "ray; RAY_ADDRESS picks the cluster; one Ray task per reproduction)",
+        "ray; RAY_ADDRESS picks the cluster, else a local Ray with --workers CPUs; one Ray task "
+        "per reproduction)",
     )
     p.add_argument(
         "--resume",

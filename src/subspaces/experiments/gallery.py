@@ -13,18 +13,20 @@ Backends:
 - ``"process"``: ``workers`` local processes (``spawn``). If a worker dies (killed, out of
   memory), the unfinished reproductions are retried once in a fresh pool; a second death is
   recorded as an ``error`` record naming the crash, so no reproduction silently goes missing.
-- ``"ray"``: one Ray task per reproduction (``pip install ray``; imported only here), on the
-  cluster that ``ray.init()`` finds: ``RAY_ADDRESS`` when set, else a local one. Ray retries a
-  task whose worker died once (``max_retries=1``); a task that still fails becomes an ``error``
-  record. Records come back to this process, so the cluster needs no shared file system.
+- ``"ray"``: one Ray task per reproduction, ``workers`` of them in flight (``pip install ray``;
+  imported only then), on the cluster named by ``RAY_ADDRESS`` when set, else on a local Ray
+  with ``workers`` CPUs. Ray retries a task whose worker died once (``max_retries=1``); a task
+  that still fails becomes an ``error`` record. Records come back to this process, so the
+  cluster needs no shared file system.
+
+Both parallel backends are :func:`subspaces._parallel.for_each_task`, the engine of the
+reproductions' grids too.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import datetime as _dt
 import json
-import multiprocessing
 import platform
 import random
 import time
@@ -33,11 +35,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._parallel import BACKENDS, for_each_task
+
 __all__ = ["BACKENDS", "finished_record", "run_gallery", "run_record", "write_record"]
 
-BACKENDS: tuple[str, ...] = ("serial", "process", "ray")
 Figures = dict[str, bytes]
-Done = Callable[[dict[str, Any], "str | None", "Figures | None"], None]
 
 
 def _now() -> str:
@@ -266,56 +268,6 @@ def _crash_record(id: str, fast: bool, seed: int, why: str) -> dict[str, Any]:
     return _error_record(base, why, 0.0)
 
 
-def _run_process(
-    ids: Sequence[str], fast: bool, seed: int, threads: int | None, workers: int, done: Done
-) -> None:
-    pending = list(ids)
-    for attempt in (1, 2):
-        if not pending:
-            return
-        context = multiprocessing.get_context("spawn")
-        crashed: list[str] = []
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = {pool.submit(run_record, i, fast, seed, threads): i for i in pending}
-            for future in cf.as_completed(futures):
-                id = futures[future]
-                try:
-                    record, figures, tb = future.result()
-                except cf.process.BrokenProcessPool as error:
-                    crashed.append(id)
-                    why = f"worker process died ({error})"
-                    if attempt == 2:
-                        done(_crash_record(id, fast, seed, why + "; after one retry"), None, None)
-                    continue
-                done(record, tb, figures)
-        pending = crashed
-
-
-def _run_ray(ids: Sequence[str], fast: bool, seed: int, threads: int | None, done: Done) -> None:
-    try:
-        import ray
-    except ImportError as err:
-        raise ImportError(
-            'backend="ray" needs Ray, which is optional: pip install ray (or use --backend process)'
-        ) from err
-    if not ray.is_initialized():
-        ray.init()  # RAY_ADDRESS when set, else a local cluster
-    task = ray.remote(num_cpus=threads or 1, max_retries=1)(run_record)
-    refs = {task.remote(i, fast, seed, threads): i for i in ids}
-    remaining = list(refs)
-    while remaining:
-        ready, remaining = ray.wait(remaining, num_returns=1)
-        ref = ready[0]
-        id = refs[ref]
-        try:
-            record, figures, tb = ray.get(ref)
-        except Exception as error:  # the worker died twice, or Ray failed the task
-            why = f"Ray task failed after one retry: {type(error).__name__}: {error}"
-            done(_crash_record(id, fast, seed, why), None, None)
-            continue
-        done(record, tb, figures)
-
-
 def run_gallery(
     ids: Sequence[str],
     out: str | Path,
@@ -336,7 +288,8 @@ def run_gallery(
         fast: the small setting.
         seed: the seed of every run.
         backend: ``"serial"``, ``"process"`` or ``"ray"`` (see the module docstring).
-        workers: worker processes for ``"process"`` (``1`` runs serially).
+        workers: worker processes for ``"process"`` (``1`` runs serially), Ray tasks in flight
+            for ``"ray"``.
         threads: torch intra-op threads per reproduction.
         resume: reuse finished records of the same setting in ``out``
             (:func:`finished_record`) instead of running them again.
@@ -348,6 +301,7 @@ def run_gallery(
 
     Raises:
         ValueError: for an unknown backend, ``workers < 1`` or duplicate ids.
+        KeyError: for an id that is not registered.
         ImportError: for ``backend="ray"`` without Ray.
 
     Example:
@@ -364,6 +318,10 @@ def run_gallery(
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     if len(set(ids)) != len(ids):
         raise ValueError(f"duplicate experiment ids in {list(ids)}")
+    from .registry import get
+
+    for id in ids:
+        get(id)  # an unknown id is a clear KeyError here, not an error record later
     records: dict[str, dict[str, Any]] = {}
     todo: list[str] = []
     for id in ids:
@@ -381,12 +339,20 @@ def run_gallery(
         if on_done is not None:
             on_done(record, tb, False)
 
-    if backend == "ray":
-        _run_ray(todo, fast, seed, threads, done)
-    elif backend == "process" and workers > 1 and len(todo) > 1:
-        _run_process(todo, fast, seed, threads, workers, done)
-    else:
-        for id in todo:
-            record, figures, tb = run_record(id, fast, seed, threads)
-            done(record, tb, figures)
+    def finished(i: int, out: tuple[dict[str, Any], Figures, str | None]) -> None:
+        record, figures, tb = out
+        done(record, tb, figures)
+
+    def crashed(i: int, why: str) -> None:  # run_record catches the run's own exceptions
+        done(_crash_record(todo[i], fast, seed, why), None, None)
+
+    for_each_task(
+        run_record,
+        [(id, fast, seed, threads) for id in todo],
+        backend=backend,
+        workers=workers,
+        cpus_per_task=threads or 1,
+        on_result=finished,
+        on_failure=crashed,
+    )
     return [records[id] for id in ids]
