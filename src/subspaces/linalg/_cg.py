@@ -23,7 +23,7 @@ from torch import Tensor
 from .._checks import check_positive_float, check_positive_int, default_tol
 from ..linops.base import LinearOperator, as_operator
 from ._precision import in_working_precision
-from ._systems import SolveResult, _as_block, _validate_system
+from ._systems import SolveResult, _as_block, _working_system
 
 __all__ = ["cg"]
 
@@ -84,11 +84,7 @@ def cg(
     References:
         Hestenes, Stiefel, J. Res. Nat. Bur. Standards 49(6), 1952.
     """
-    op, b, x0 = _validate_system(A, b, x0)
-    out_dtype = b.dtype
-    op = in_working_precision(op)
-    b = b.to(op.dtype)
-    x0 = None if x0 is None else x0.to(op.dtype)
+    op, b, x0, out_dtype = _working_system(A, b, x0)
     n = op.shape[0]
     Mop: LinearOperator | None = None
     if M is not None:

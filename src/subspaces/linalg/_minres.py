@@ -14,8 +14,7 @@ from torch import Tensor
 
 from .._checks import check_positive_float, check_positive_int, default_tol
 from ..linops.base import LinearOperator
-from ._precision import in_working_precision
-from ._systems import SolveResult, _as_block, _validate_system
+from ._systems import SolveResult, _as_block, _working_system
 
 __all__ = ["minres"]
 
@@ -239,11 +238,7 @@ def minres(
     References:
         Paige, Saunders, SIAM J. Numer. Anal. 12(4), 1975.
     """
-    op, b, x0 = _validate_system(A, b, x0)
-    out_dtype = b.dtype
-    op = in_working_precision(op)
-    b = b.to(op.dtype)
-    x0 = None if x0 is None else x0.to(op.dtype)
+    op, b, x0, out_dtype = _working_system(A, b, x0)
     n = op.shape[0]
     if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not math.isfinite(shift):
         raise ValueError(f"shift must be a finite real number, got {shift!r}")

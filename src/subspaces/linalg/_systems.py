@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from .._checks import check_finite, check_float_tensor
 from ..linops.base import LinearOperator, as_operator
+from ._precision import in_working_precision
 
 __all__ = ["SolveResult"]
 
@@ -84,3 +86,19 @@ def _validate_system(
 
 def _as_block(x: Tensor) -> Tensor:
     return x.unsqueeze(1) if x.ndim == 1 else x
+
+
+def _working_system(
+    A: Tensor | LinearOperator, b: Tensor, x0: Tensor | None
+) -> tuple[LinearOperator, Tensor, Tensor | None, torch.dtype]:
+    """:func:`_validate_system`, then the system in its working precision.
+
+    Returns:
+        ``(operator, b, x0, dtype of the caller's b)``: half-precision operators run in float32
+        (:func:`~subspaces.linalg._precision.in_working_precision`), ``b`` and ``x0`` cast to
+        match; the solver casts its solution back to the last dtype.
+    """
+    op, b, x0 = _validate_system(A, b, x0)
+    out_dtype = b.dtype
+    op = in_working_precision(op)
+    return op, b.to(op.dtype), None if x0 is None else x0.to(op.dtype), out_dtype
