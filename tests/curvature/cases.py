@@ -298,3 +298,25 @@ def residual_models():
             "error",
         ),
     }
+
+
+#: batch sizes of each rank's shard in the 2-rank distributed and FSDP2 curvature tests
+SHARDS = ((7, 6), (9,))
+
+
+def shard_data():
+    """All the samples of the distributed tests: 4 features, 3 classes, float64."""
+    g = gen(1)
+    n = sum(sum(s) for s in SHARDS)
+    return torch.randn(n, 4, generator=g, dtype=F64), torch.randint(0, 3, (n,), generator=g)
+
+
+def rank_shard(rank):
+    """Rank ``rank``'s batches (sizes ``SHARDS[rank]``), slices of :func:`shard_data`."""
+    X, y = shard_data()
+    start = sum(sum(s) for s in SHARDS[:rank])
+    batches = []
+    for size in SHARDS[rank]:
+        batches.append((X[start : start + size], y[start : start + size]))
+        start += size
+    return batches

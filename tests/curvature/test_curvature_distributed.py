@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from cases import rank_shard, shard_data
 from torch import nn
 
 from subspaces.curvature import FisherOperator, GGNOperator, HessianOperator, top_eigen
@@ -29,30 +30,10 @@ pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or not dist.is_available(), reason="gloo over TCP on localhost"
 )
 
-SHARDS = ((7, 6), (9,))  # batch sizes per rank
-
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
-
-
-def _data() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    n = sum(sum(s) for s in SHARDS)
-    return torch.randn(n, 4, generator=g, dtype=torch.float64), torch.randint(
-        0, 3, (n,), generator=g
-    )
-
-
-def _shard(rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    X, y = _data()
-    start = sum(sum(s) for s in SHARDS[:rank])
-    batches = []
-    for size in SHARDS[rank]:
-        batches.append((X[start : start + size], y[start : start + size]))
-        start += size
-    return batches
 
 
 def _operators(data: object, distributed: bool) -> dict[str, object]:
@@ -115,7 +96,7 @@ def _measure(data: object, batch: object, distributed: bool) -> dict[str, torch.
 def _failures(rank: int) -> dict[str, str]:
     """Each failure as ``"ExceptionType: message"`` on this rank."""
     seen: dict[str, str] = {}
-    shard = _shard(rank)
+    shard = rank_shard(rank)
     if rank == 1:  # a NaN in one rank's shard only
         X, y = shard[0]
         X = X.clone()
@@ -126,7 +107,7 @@ def _failures(rank: int) -> dict[str, str]:
         op @ torch.ones(NUM_PARAMS, 2, dtype=torch.float64)
     except Exception as err:
         seen["nan"] = f"{type(err).__name__}: {err}"
-    op = HessianOperator(_model(), "cross_entropy", _shard(rank), distributed=True)
+    op = HessianOperator(_model(), "cross_entropy", rank_shard(rank), distributed=True)
     torch.manual_seed(100 + rank)  # a different global RNG on every rank
     try:
         top_eigen(op, 2)  # no generator: each rank draws its own start block
@@ -143,7 +124,7 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
     try:
         result: dict[str, object] = {}
         try:
-            shard = _shard(rank)
+            shard = rank_shard(rank)
             result["measured"] = _measure(shard, shard[0], distributed=True)
             result["failures"] = _failures(rank)
         except Exception:
@@ -168,7 +149,7 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 
 
 def test_products_spectra_and_gradients_equal_one_process_on_all_data(ranks) -> None:
-    X, y = _data()
+    X, y = shard_data()
     first = torch.cat([torch.arange(7), 13 + torch.arange(9)])  # each rank's first batch
     reference = _measure([(X, y)], (X[first], y[first]), distributed=False)
     for r, res in enumerate(ranks):
@@ -200,4 +181,4 @@ def test_distributed_without_a_process_group_is_an_error() -> None:
     if dist.is_initialized():
         pytest.skip("a process group is initialized in this process")
     with pytest.raises(ValueError, match=r"initialized torch\.distributed process group"):
-        HessianOperator(_model(), "cross_entropy", _shard(0), distributed=True)
+        HessianOperator(_model(), "cross_entropy", rank_shard(0), distributed=True)

@@ -25,6 +25,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from cases import rank_shard, shard_data
 from torch import nn
 
 from subspaces.curvature import (
@@ -43,7 +44,6 @@ pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or not dist.is_available(), reason="gloo over TCP on localhost"
 )
 
-SHARDS = ((7, 6), (9,))  # batch sizes per rank
 NUM_PARAMS = 4 * 6 + 6 + 6 * 3 + 3  # 6 rows: Shard(0) splits them 3 + 3 over 2 ranks
 LR = 0.1
 
@@ -62,24 +62,6 @@ def _sharded(**kwargs: object) -> nn.Module:
             fully_shard(layer, **kwargs)  # type: ignore[arg-type]
     fully_shard(model, **kwargs)  # type: ignore[arg-type]
     return model
-
-
-def _data() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    n = sum(sum(s) for s in SHARDS)
-    return torch.randn(n, 4, generator=g, dtype=torch.float64), torch.randint(
-        0, 3, (n,), generator=g
-    )
-
-
-def _shard(rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    X, y = _data()
-    start = sum(sum(s) for s in SHARDS[:rank])
-    batches = []
-    for size in SHARDS[rank]:
-        batches.append((X[start : start + size], y[start : start + size]))
-        start += size
-    return batches
 
 
 def _operators(model: nn.Module, data: object, distributed: bool) -> dict[str, object]:
@@ -183,7 +165,7 @@ def _refusals(rank: int) -> dict[str, str]:
 
     def attempt(key: str, make: object) -> None:
         try:
-            HessianOperator(make(), "cross_entropy", _shard(rank), distributed=True)  # type: ignore[operator]
+            HessianOperator(make(), "cross_entropy", rank_shard(rank), distributed=True)  # type: ignore[operator]
         except Exception as err:
             seen[key] = f"{type(err).__name__}: {err}"
 
@@ -214,7 +196,7 @@ def _refusals(rank: int) -> dict[str, str]:
 
     attempt("tensor_parallel", tensor_parallel)
     try:
-        HessianOperator(_sharded(), "cross_entropy", _shard(rank))
+        HessianOperator(_sharded(), "cross_entropy", rank_shard(rank))
     except Exception as err:
         seen["not_distributed"] = f"{type(err).__name__}: {err}"
     return seen
@@ -228,7 +210,7 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
     try:
         result: dict[str, object] = {}
         try:
-            shard = _shard(rank)
+            shard = rank_shard(rank)
             model = _sharded()
             params = dict(model.named_parameters())
             before = {n: p.to_local().clone() for n, p in params.items()}
@@ -301,7 +283,7 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
             result["step"] = {n: full[n] - p.full_tensor() for n, p in after.items()}
             result["refusals"] = _refusals(rank)
             if rank == 0:  # the single-process reference (here, where torch.func is warm)
-                X, y = _data()
+                X, y = shard_data()
                 first = torch.cat([torch.arange(7), 13 + torch.arange(9)])  # first batches
                 result["reference"] = _measure(
                     _model(), [(X, y)], (X[first], y[first]), distributed=False
@@ -345,7 +327,7 @@ def test_sharded_curvature_equals_one_process_on_all_data(ranks) -> None:
             assert torch.allclose(got, ref, rtol=0, atol=1e-10 * scale), (r, key, got, ref)
     for key in reference:  # one all-reduce gives every rank the same bits
         assert torch.equal(ranks[0]["measured"][key], ranks[1]["measured"][key]), key
-    assert int(ranks[0]["measured"]["hessian/samples"]) == len(_data()[1])
+    assert int(ranks[0]["measured"]["hessian/samples"]) == len(shard_data()[1])
 
 
 def test_a_failing_rank_makes_every_rank_raise(ranks) -> None:
@@ -380,7 +362,7 @@ def test_a_training_step_afterwards_is_the_usual_fsdp_step(ranks) -> None:
     grads = []
     for rank in range(2):
         model.zero_grad()
-        X, y = _shard(rank)[0]
+        X, y = rank_shard(rank)[0]
         nn.functional.cross_entropy(model(X), y).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for res in ranks:
