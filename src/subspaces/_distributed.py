@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["RankFailedError", "allreduce_packed", "block_checksum", "resolve_group"]
+__all__ = ["RankFailedError", "allreduce_packed", "block_checksum", "is_dtensor", "resolve_group"]
 
 
 class RankFailedError(RuntimeError):
@@ -149,3 +149,23 @@ def allreduce_packed(
                 "generator=torch.Generator().manual_seed(0)"
             )
     return packed[:numel].reshape(shape), packed[numel : numel + m].tolist()
+
+
+def is_dtensor(t: object) -> bool:
+    """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (an FSDP2 or tensor-parallel shard).
+
+    Args:
+        t: anything.
+
+    Returns:
+        ``False`` also where torch is built without ``torch.distributed``.
+
+    Example:
+        >>> is_dtensor(torch.zeros(2))
+        False
+    """
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)

@@ -53,6 +53,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._distributed import is_dtensor
 from ._model import Batch, FunctionalModel
 
 __all__ = ["FSDPFunctionalModel", "fsdp_functional_model", "fsdp_hooks_bypassed"]
@@ -64,14 +65,6 @@ _HOOK_DICTS = (
     "_forward_hooks_with_kwargs",
     "_forward_hooks_always_called",
 )
-
-
-def _is_dtensor(t: Tensor) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - torch built without distributed
-        return False
-    return isinstance(t, DTensor)
 
 
 def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
@@ -120,7 +113,7 @@ def _check_supported(model: nn.Module, modules: list[nn.Module]) -> None:
                     "parameters on the compute device and do not support CPU offload"
                 )
             managed.update(id(fp.sharded_param) for fp in group.fsdp_params)
-    stray = [n for n, p in model.named_parameters() if _is_dtensor(p) and id(p) not in managed]
+    stray = [n for n, p in model.named_parameters() if is_dtensor(p) and id(p) not in managed]
     if stray:
         raise ValueError(
             f"parameters {stray[:5]} are DTensors that no fully_shard manages (tensor "
@@ -138,7 +131,7 @@ def _full(t: Tensor) -> Tensor:
         A plain tensor of the parameter's full shape, detached.
     """
     with torch.no_grad():
-        return t.detach().full_tensor() if _is_dtensor(t) else t.detach().clone()  # type: ignore[attr-defined]
+        return t.detach().full_tensor() if is_dtensor(t) else t.detach().clone()  # type: ignore[attr-defined]
 
 
 def _hook_ids(modules: list[nn.Module]) -> list[tuple[nn.Module, set[int]]]:
@@ -244,7 +237,7 @@ def fsdp_functional_model(
         >>> fsdp_functional_model(torch.nn.Linear(2, 1), {}, None, None) is None
         True
     """
-    sharded = any(_is_dtensor(p) for p in model.parameters()) or bool(_fsdp_modules(model))
+    sharded = any(is_dtensor(p) for p in model.parameters()) or bool(_fsdp_modules(model))
     if not sharded:
         return None
     if group is None:

@@ -79,6 +79,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import Tensor
 
+from .._distributed import is_dtensor
 from ._sharded_select import _Layer, _select_columns, _select_rows, _Sync
 
 if TYPE_CHECKING:
@@ -109,10 +110,7 @@ def has_dtensor(params: list[Tensor]) -> bool:
         >>> has_dtensor([torch.zeros(2)])
         False
     """
-    if not torch.distributed.is_available():
-        return False
-    DTensor, _ = _dtensor_types()
-    return any(isinstance(p, DTensor) for p in params)
+    return any(is_dtensor(p) for p in params)
 
 
 def row_range(m: int, world: int, rank: int) -> tuple[int, int]:
