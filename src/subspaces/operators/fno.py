@@ -23,15 +23,14 @@ last block.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_float_tensor, check_positive_int
-from .spectral_conv import Factorization, SpectralConv, _check_finite_fast
+from .._checks import all_finite, check_finite, check_float_tensor, check_positive_int
+from .spectral_conv import Factorization, SpectralConv
 
 __all__ = ["FNO", "ChannelMLP", "grid_embedding"]
 
@@ -237,7 +236,7 @@ class FNO(nn.Module):
                 f"x has {x.shape[1]} channels (shape {tuple(x.shape)}), expected "
                 f"in_channels={self.in_channels}"
             )
-        _check_finite_fast(x, "x")
+        check_finite(x, "x")
         if self.positional_embedding:
             x = grid_embedding(x)
         x = self.lifting(x)
@@ -249,17 +248,9 @@ class FNO(nn.Module):
                 y = self.channel_mlps[i](y) + self.mlp_skips[i](x)
             x = y if last else F.gelu(y)
         out = self.projection(x)
-        if not _all_finite(out):
+        if not all_finite(out):
             raise ValueError(
                 "the FNO output contains NaN or Inf although its input is finite: the weights "
                 "(or the hidden state) overflowed"
             )
         return out
-
-
-def _all_finite(x: Tensor) -> bool:
-    """One-pass finiteness test (NaN and Inf propagate through ``aminmax``)."""
-    if not x.numel():
-        return True
-    lo, hi = torch.aminmax(x.detach())
-    return math.isfinite(float(lo)) and math.isfinite(float(hi))

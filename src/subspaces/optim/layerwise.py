@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
-from .._checks import check_positive_int
+from .._checks import all_finite, check_positive_int
 
 __all__ = ["LayerwiseStepper"]
 
@@ -89,12 +89,6 @@ def _enclosing_node() -> Any:
     """The autograd node whose execution encloses the current (nested) backward, or ``None``."""
     get = getattr(torch._C, "_current_autograd_node", None)
     return get() if get is not None else None
-
-
-def _finite(grad: Tensor) -> bool:
-    if not grad.numel():
-        return True
-    return all(bool(torch.isfinite(v)) for v in torch.aminmax(grad.detach().reshape(-1)))
 
 
 class LayerwiseStepper:
@@ -208,7 +202,7 @@ class LayerwiseStepper:
         grad = p.grad
         if grad is None:
             return
-        if not _finite(grad):
+        if not all_finite(grad):
             self._nonfinite(p, grad)
             return
         if not self._two_phase or key in self._deferred or _in_nested_backward():
@@ -271,7 +265,7 @@ class LayerwiseStepper:
                     grad = p.grad
                     if grad is None:
                         continue
-                    if not _finite(grad):
+                    if not all_finite(grad):
                         self._nonfinite(p, grad)
                         return
                     if self._two_phase:
@@ -343,7 +337,7 @@ class LayerwiseStepper:
         todo = [p for p in self._params() if p.grad is not None and self._window.get(id(p), 0) > 0]
         for p in todo:
             grad = p.grad
-            if grad is not None and not _finite(grad):
+            if grad is not None and not all_finite(grad):
                 self._nonfinite(p, grad)
                 self._reset_backward()
                 return 0

@@ -12,15 +12,8 @@ from .._checks import check_finite, check_float_tensor
 from ..linalg._precision import pow2_exponent
 
 
-def _check_finite_fast(x: Tensor, name: str) -> Tensor:
-    """:func:`check_finite` with one reduction: a finite sum means no NaN/Inf entry."""
-    if x.numel() and not bool(torch.isfinite(x.sum())):
-        check_finite(x, name)  # names the bad values, or passes if the sum merely overflowed
-    return x
-
-
 def _as_matrix(x: Any, name: str, cast: bool = True) -> Tensor:
-    x = _check_finite_fast(check_float_tensor(x, name, ndim=2), name)
+    x = check_finite(check_float_tensor(x, name, ndim=2), name)
     if x.shape[1] == 0:
         raise ValueError(f"{name} must have at least one column, got shape {tuple(x.shape)}")
     return x.to(torch.float64) if cast else x
