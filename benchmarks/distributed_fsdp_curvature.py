@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -38,6 +37,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 
 from subspaces.curvature import HessianOperator  # noqa: E402
+from subspaces.testing import free_port  # noqa: E402
 
 WIDTHS = (64, 128, 128, 10)
 COLUMNS = 8
@@ -131,12 +131,6 @@ def _worker(rank: int, world: int, port: int, folder: str, repeats: int) -> None
         dist.destroy_process_group()
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--procs", default="1,2")
@@ -145,7 +139,9 @@ def main() -> None:
     print(f"uptime: {os.popen('uptime').read().strip()}")
     for world in (int(p) for p in args.procs.split(",")):
         with tempfile.TemporaryDirectory() as folder:
-            mp.spawn(_worker, args=(world, _port(), folder, args.repeats), nprocs=world, join=True)
+            mp.spawn(
+                _worker, args=(world, free_port(), folder, args.repeats), nprocs=world, join=True
+            )
             r = torch.load(Path(folder) / "rank0.pt", weights_only=True)
         rep, fsdp = r["product"]["replicated"], r["product"]["fsdp"]
         print(

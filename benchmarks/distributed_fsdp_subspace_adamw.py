@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -42,6 +41,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 
 from subspaces.optim import SubspaceAdamW  # noqa: E402
+from subspaces.testing import free_port  # noqa: E402
 
 WIDTHS = (256, 512, 512, 256)
 BATCH = 128
@@ -182,12 +182,6 @@ def _worker(rank: int, world: int, port: int, steps: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--procs", default="1,2")
@@ -202,7 +196,7 @@ def main() -> None:
     for world in [int(p) for p in args.procs.split(",")]:
         with tempfile.TemporaryDirectory() as tmp:
             out = str(Path(tmp) / "rows.pt")
-            mp.spawn(_worker, args=(world, _free_port(), args.steps, out), nprocs=world)
+            mp.spawn(_worker, args=(world, free_port(), args.steps, out), nprocs=world)
             rows = torch.load(out, weights_only=False)
         for config in CONFIGS:
             ddp, fsdp = rows[(config, "ddp")], rows[(config, "fsdp")]

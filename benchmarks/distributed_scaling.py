@@ -27,7 +27,6 @@ import argparse
 import itertools
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -44,6 +43,7 @@ sys.path.insert(0, str(ROOT.parent / "src"))
 
 from subspaces.curvature import HessianOperator, top_eigen  # noqa: E402
 from subspaces.optim import SubspaceAdamW  # noqa: E402
+from subspaces.testing import free_port  # noqa: E402
 
 
 def _digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,12 +153,6 @@ def _worker(rank: int, world: int, port: int, folder: str, repeats: int) -> None
         dist.destroy_process_group()
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--procs", default="1,2,4")
@@ -167,7 +161,7 @@ def main() -> None:
     procs = [int(p) for p in args.procs.split(",")]
     torch.set_num_threads(1)
     # the single-process reference: no process group at all
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(_port())
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(free_port())
     dist.init_process_group("gloo", rank=0, world_size=1)
     reference = _hessian(0, 1, distributed=False)
     dist.destroy_process_group()
@@ -179,7 +173,9 @@ def main() -> None:
     rows = []
     for world in procs:
         with tempfile.TemporaryDirectory() as folder:
-            mp.spawn(_worker, args=(world, _port(), folder, args.repeats), nprocs=world, join=True)
+            mp.spawn(
+                _worker, args=(world, free_port(), folder, args.repeats), nprocs=world, join=True
+            )
             ranks = [
                 torch.load(Path(folder) / f"rank{r}.pt", weights_only=True) for r in range(world)
             ]

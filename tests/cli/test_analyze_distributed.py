@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import sys
 import time
 import traceback
@@ -35,6 +34,7 @@ import subspaces.analyze._train as analyze_train
 import subspaces.report
 from subspaces.analyze import AnalyzeConfig, run_analyze
 from subspaces.analyze._ddp import _check_shards, _dist_context, _DistContext, launched_by_torchrun
+from subspaces.testing import free_port
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or not dist.is_available(), reason="gloo over TCP on localhost"
@@ -94,12 +94,6 @@ def _numbers(summary):
         "final_trace": [final["trace"]],
         "density_nodes": torch.tensor(final["density"]["nodes"]).flatten().tolist(),
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _as_torchrun(rank: int, world: int, port: int) -> None:
@@ -186,7 +180,7 @@ def _close(a: list[float | None], b: list[float | None]) -> bool:
 
 
 def _spawn(tmp_path, resume):
-    ports = [_free_port() for _ in range(4)]
+    ports = [free_port() for _ in range(4)]
     mp.spawn(_worker, args=(2, ports, str(tmp_path), resume), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for r, res in enumerate(ranks):
@@ -255,7 +249,7 @@ def _fail_worker(rank: int, port: int, folder: str) -> None:
 
 @pytest.mark.slow
 def test_a_rank_failing_outside_a_collective_ends_every_rank(tmp_path):
-    mp.spawn(_fail_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_fail_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     fail = [json.loads((tmp_path / f"fail{r}.json").read_text()) for r in range(2)]
     # rank 1 its own error; rank 0 fails in its next collective (the peer is gone, or the
     # 20 s timeout) instead of hanging

@@ -10,7 +10,6 @@ instead of hanging: a NaN in one rank's shard, and blocks drawn from unseeded ge
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import traceback
 from datetime import timedelta
@@ -25,6 +24,7 @@ from torch import nn
 from subspaces.curvature import FisherOperator, GGNOperator, HessianOperator, top_eigen
 from subspaces.curvature import trace as curvature_trace
 from subspaces.dynamics import CurvatureTracker
+from subspaces.testing import free_port
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or not dist.is_available(), reason="gloo over TCP on localhost"
@@ -138,9 +138,7 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     folder = tmp_path_factory.mktemp("curvature_ddp")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     mp.spawn(_worker, args=(2, port, str(folder)), nprocs=2, join=True)
     results = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for r, res in enumerate(results):

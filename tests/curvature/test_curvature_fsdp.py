@@ -14,7 +14,6 @@ must give FSDP's usual gradient (the mean over ranks of each rank's gradient).
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import traceback
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from subspaces.curvature import (
 from subspaces.curvature import trace as curvature_trace
 from subspaces.curvature._fsdp import fsdp_functional_model, fsdp_hooks_bypassed
 from subspaces.dynamics import CurvatureTracker
+from subspaces.testing import free_port
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or not dist.is_available(), reason="gloo over TCP on localhost"
@@ -299,9 +299,7 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     folder = tmp_path_factory.mktemp("curvature_fsdp")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     # fork: the workers inherit the imports (spawn would import torch and subspaces again in
     # each, most of this test's CPU time); they run one intra-op thread and no OpenMP region
     # before set_num_threads(1)

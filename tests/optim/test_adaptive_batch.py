@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import socket
 import sys
 
 import pytest
@@ -25,6 +24,7 @@ from subspaces.optim import (
     pool_moments,
     required_batch_size,
 )
+from subspaces.testing import free_port
 
 F64 = torch.float64
 TOL = 1e-10  # float64 sums over <= 100 terms of O(1) values: rounding ~1e-14, far below this
@@ -326,12 +326,6 @@ def test_bad_sampler_arguments() -> None:
 # ---------------------------------------------------------------- two gloo processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -367,7 +361,7 @@ def test_distributed_statistics_equal_single_process(tmp_path) -> None:
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
     out = str(tmp_path / "req.pt")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), out), nprocs=2, join=True)
     got = torch.load(out, weights_only=True)
     model, (x, y) = _mlp(), _data(n=11, seed=7)
     stats = gradient_statistics(per_sample_gradients(model, nn.functional.cross_entropy, x, y))

@@ -10,7 +10,6 @@ across ranks, even though each rank's global RNG is seeded differently on purpos
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
 import pytest
@@ -21,12 +20,7 @@ from torch import nn
 
 from subspaces.optim import SubspaceAdamW, projected_param_groups
 from subspaces.optim.quantization import Int8Linear, quantize_linear_layers
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from subspaces.testing import free_port
 
 
 def _train(projector: str, rank: int) -> torch.Tensor:
@@ -105,7 +99,7 @@ def test_ranks_stay_bitwise_identical_under_ddp(tmp_path):
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
     out = str(tmp_path / "params.pt")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), out), nprocs=2, join=True)
     params = torch.load(out, weights_only=True)
     assert sorted(params) == sorted((*PROJECTORS, "int8"))
     for projector, both in params.items():

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 import sys
 import traceback
 
@@ -30,6 +29,7 @@ from subspaces.optim import SubspaceAdamW
 from subspaces.optim._sharded import row_range
 from subspaces.optim.projectors import SVDProjector
 from subspaces.optim.subspace_adamw import NonFiniteGradientError
+from subspaces.testing import free_port
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or not dist.is_available(), reason="gloo over TCP on localhost"
@@ -40,12 +40,6 @@ PROJECTORS = ("svd", "rsvd", "dct", "random")
 #: with "none" (GaLore's default) the gathered-gradient path (signs as in one process)
 CASES = (*PROJECTORS, "svd+none", "rsvd+none", "dct+feedback", "nystrom+none")
 GLOBAL_BATCH = 8
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _model() -> nn.Module:
@@ -305,7 +299,7 @@ def _worker_resume(rank: int, world: int, port: int, out: str, ckpt: str) -> Non
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fsdp")
     out, ckpt = str(tmp / "main.pt"), str(tmp / "ckpt")
-    mp.spawn(_worker_main, args=(2, _free_port(), out, ckpt), nprocs=2, join=True)
+    mp.spawn(_worker_main, args=(2, free_port(), out, ckpt), nprocs=2, join=True)
     main = torch.load(out, weights_only=True)
     other = torch.load(out + ".1", weights_only=True)
     assert "crash" not in main, main.get("crash")
@@ -372,7 +366,7 @@ def test_moments_of_unsharded_side_are_row_shards(runs):
 def test_dcp_checkpoint_resumes_in_new_processes_bit_identically(runs, tmp_path):
     main, _, ckpt = runs
     out = str(tmp_path / "resume.pt")
-    mp.spawn(_worker_resume, args=(2, _free_port(), out, ckpt), nprocs=2, join=True)
+    mp.spawn(_worker_resume, args=(2, free_port(), out, ckpt), nprocs=2, join=True)
     resumed = torch.load(out, weights_only=True)
     assert "crash" not in resumed, resumed.get("crash")
     assert torch.equal(resumed["ckpt/resumed"], main["ckpt/uninterrupted"])
@@ -463,7 +457,7 @@ def _worker_empty(rank: int, world: int, port: int, out: str) -> None:
 @pytest.mark.slow
 def test_ranks_with_empty_row_shards(tmp_path):
     out = str(tmp_path / "empty")
-    mp.spawn(_worker_empty, args=(3, _free_port(), out), nprocs=3, join=True)
+    mp.spawn(_worker_empty, args=(3, free_port(), out), nprocs=3, join=True)
     for rank in range(3):
         result = torch.load(f"{out}.{rank}", weights_only=True)
         assert "crash" not in result, result.get("crash")

@@ -14,6 +14,7 @@ from .matrices import (
     polynomial_spectrum,
     random_orthogonal,
 )
+from .processes import free_port
 from .reference import dense_ggn, dense_hessian, finite_difference_hessian
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "dense_ggn",
     "dense_hessian",
     "finite_difference_hessian",
+    "free_port",
     "gap_spectrum",
     "geometric_spectrum",
     "marchenko_pastur_spectrum",
