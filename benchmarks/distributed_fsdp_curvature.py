@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 
 from subspaces.curvature import HessianOperator  # noqa: E402
-from subspaces.testing import free_port  # noqa: E402
+from subspaces.testing import free_port, init_gloo  # noqa: E402
 
 WIDTHS = (64, 128, 128, 10)
 COLUMNS = 8
@@ -80,9 +80,7 @@ def _timed_product(H: HessianOperator, V: torch.Tensor, counts: dict) -> tuple[f
 
 
 def _worker(rank: int, world: int, port: int, folder: str, repeats: int) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    init_gloo(rank, world, port, timeout_s=1800)
     try:
         X, y = _digits()
         idx = torch.arange(rank, len(y), world)

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 
 from subspaces.optim import SubspaceAdamW  # noqa: E402
-from subspaces.testing import free_port  # noqa: E402
+from subspaces.testing import free_port, init_gloo  # noqa: E402
 
 WIDTHS = (256, 512, 512, 256)
 BATCH = 128
@@ -167,10 +167,7 @@ def _run(setup: str, config, rank: int, world: int, steps: int, counter: _Counte
 
 
 def _worker(rank: int, world: int, port: int, steps: int, out: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    init_gloo(rank, world, port, timeout_s=1800)
     counter = _Counter()
     rows = {}
     for config in CONFIGS:

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT.parent / "src"))
 
 from subspaces.curvature import HessianOperator, top_eigen  # noqa: E402
 from subspaces.optim import SubspaceAdamW  # noqa: E402
-from subspaces.testing import free_port  # noqa: E402
+from subspaces.testing import free_port, init_gloo  # noqa: E402
 
 
 def _digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,10 +140,7 @@ def _step(rank: int, world: int, steps: int = 30, warmup: int = 5) -> dict:
 
 
 def _worker(rank: int, world: int, port: int, folder: str, repeats: int) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    init_gloo(rank, world, port, timeout_s=1800)
     try:
         runs = [_hessian(rank, world, True) for _ in range(repeats)]
         step = _step(rank, world)

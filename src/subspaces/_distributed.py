@@ -22,11 +22,51 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["RankFailedError", "allreduce_packed", "block_checksum", "is_dtensor", "resolve_group"]
+__all__ = [
+    "RankFailedError",
+    "allreduce_packed",
+    "block_checksum",
+    "import_before_process_group",
+    "is_dtensor",
+    "resolve_group",
+]
+
+GROUP_PINNING_MODULES = ("torch.distributed.fsdp",)
+"""Modules that, first imported while a process group exists, keep that group alive (torch 2.13).
+
+Importing ``torch.distributed.fsdp`` (also done by ``torch._dynamo``, which every
+``torch.optim`` optimizer's constructor imports, and by ``DistributedDataParallel``) while a
+gloo group exists keeps the group, and its worker threads, alive after
+``destroy_process_group`` until the process ends. A worker still releasing the last
+collective's tensors when the interpreter finalizes needs the GIL, cannot take it, and the
+process aborts (``terminate called without an active exception``, SIGABRT) though its work
+finished. Imported before the group exists, these modules pin nothing.
+"""
 
 
 class RankFailedError(RuntimeError):
     """Another rank of the process group failed during a collective product."""
+
+
+def import_before_process_group() -> None:
+    """Import :data:`GROUP_PINNING_MODULES` now; call it before ``init_process_group``.
+
+    After it, the process group a run creates ends with ``destroy_process_group`` (once nothing
+    else refers to it) and gloo's worker threads with it, so the process exits cleanly. It costs
+    the import (about half a second, paid anyway by the first optimizer).
+
+    Example:
+        >>> import sys
+        >>> import_before_process_group()
+        >>> "torch.distributed.fsdp" in sys.modules or not torch.distributed.is_available()
+        True
+    """
+    import importlib
+
+    if not torch.distributed.is_available():
+        return
+    for name in GROUP_PINNING_MODULES:
+        importlib.import_module(name)
 
 
 def resolve_group(distributed: Any) -> Any:

@@ -17,6 +17,7 @@ slices) changes the numbers by about 1e-3 and fails.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -33,8 +34,15 @@ import torch.multiprocessing as mp
 import subspaces.analyze._train as analyze_train
 import subspaces.report
 from subspaces.analyze import AnalyzeConfig, run_analyze
-from subspaces.analyze._ddp import _check_shards, _dist_context, _DistContext, launched_by_torchrun
-from subspaces.testing import free_port
+from subspaces.analyze._ddp import (
+    _broadcast_state,
+    _check_shards,
+    _dist_context,
+    _DistContext,
+    _sum_gradients,
+    launched_by_torchrun,
+)
+from subspaces.testing import free_port, gloo_worker_threads
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or not dist.is_available(), reason="gloo over TCP on localhost"
@@ -132,6 +140,8 @@ def _worker(rank: int, world: int, ports: list[int], folder: str, resume: bool) 
         except Exception as err:
             results["busy"] = [type(err).__name__, str(err)]
         results["busy_left"] = sorted(p.name for p in (root / "busy0").iterdir())
+        gc.collect()  # the error's traceback held the failed run's frames (and its group)
+        results["gloo_threads"] = [gloo_worker_threads()]
         # 1. a whole run; rank r writes into its own folder, so rank 1's must stay unmade
         _as_torchrun(rank, world, ports[0])
         s = run_analyze(config(), root / f"whole{rank}", **quiet)
@@ -139,7 +149,10 @@ def _worker(rank: int, world: int, ports: list[int], folder: str, resume: bool) 
         results["whole_files"] = sorted(s.get("files", {}))
         results["ranks"] = s["config"].get("ranks")
         results["initialized_after"] = dist.is_initialized()
+        gc.collect()
+        results["gloo_threads"].append(gloo_worker_threads())
         if not resume:
+            results.update(_state_and_gradients(rank, world, ports[4]))
             return
         # 2. interrupted in epoch 2 (both ranks, after the epoch-1 checkpoint), then resumed
         real = analyze_train._evaluate
@@ -171,6 +184,30 @@ def _worker(rank: int, world: int, ports: list[int], folder: str, resume: bool) 
         (root / f"rank{rank}.json").write_text(json.dumps(results))
 
 
+def _state_and_gradients(rank: int, world: int, port: int) -> dict[str, object]:
+    """Rank 0's parameters and buffers reach every rank; gradients are summed over the ranks."""
+    _as_torchrun(rank, world, port)
+    ctx, _ = _dist_context(True, "cpu", 60)
+    try:
+        torch.manual_seed(rank)  # different weights on every rank
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+        model[1].running_mean += rank + 1.0
+        _broadcast_state(ctx, model)
+        state = {k: v.tolist() for k, v in model.state_dict().items()}
+        model[1].running_var += rank + 1.0  # a forward on this rank changed its statistics
+        _broadcast_state(ctx, model, buffers_only=True)
+        running_var = model[1].running_var.tolist()
+        for p in model.parameters():
+            p.grad = torch.full_like(p, rank + 1.0)
+        if rank == 1:
+            model[0].bias.grad = None  # no gradient here: contributes zeros
+        _sum_gradients(ctx, model, torch.device("cpu"))
+        grads = {n: p.grad.tolist() for n, p in model.named_parameters()}
+    finally:
+        ctx.close()
+    return {"state": state, "running_var": running_var, "grads": grads}
+
+
 def _close(a: list[float | None], b: list[float | None]) -> bool:
     return len(a) == len(b) and all(
         (x is None and y is None)
@@ -180,7 +217,7 @@ def _close(a: list[float | None], b: list[float | None]) -> bool:
 
 
 def _spawn(tmp_path, resume):
-    ports = [free_port() for _ in range(4)]
+    ports = [free_port() for _ in range(5)]
     mp.spawn(_worker, args=(2, ports, str(tmp_path), resume), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for r, res in enumerate(ranks):
@@ -200,6 +237,9 @@ def test_two_ranks_equal_one_process_and_only_rank0_writes(tmp_path, monkeypatch
     assert ranks[0]["busy_left"] == []
     for r, res in enumerate(ranks):
         assert res["ranks"] == 2 and res["initialized_after"] is False
+        # each run's group ended with it, gloo's threads too: nothing may release a collective's
+        # tensors while the interpreter exits (that aborted the process, SIGABRT, in CI)
+        assert all(n in (0, None) for n in res["gloo_threads"]), (r, res["gloo_threads"])
         for key, values in ref.items():
             assert _close(res["whole"][key], values), (r, key, res["whole"][key], values)
     # identical on every rank, bit for bit (the all-reduced sums are the same numbers)
@@ -209,6 +249,13 @@ def test_two_ranks_equal_one_process_and_only_rank0_writes(tmp_path, monkeypatch
     assert (tmp_path / "whole0" / "summary.json").exists()
     assert (tmp_path / "whole0" / "checkpoint.pt").exists()
     assert not (tmp_path / "whole1").exists()
+    # the pieces of a training step: rank 0's state everywhere, gradients summed over ranks
+    assert ranks[0]["state"] == ranks[1]["state"]
+    assert ranks[0]["state"]["1.running_mean"] == [1.0] * 4  # rank 0's (+ 1), not rank 1's
+    assert ranks[0]["running_var"] == ranks[1]["running_var"] == [2.0] * 4
+    for name, grad in ranks[1]["grads"].items():
+        assert grad == ranks[0]["grads"][name]
+        assert torch.tensor(grad).eq(1.0 if name == "0.bias" else 3.0).all(), name
 
 
 @pytest.mark.slow

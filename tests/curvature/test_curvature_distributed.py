@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from datetime import timedelta
 
 import pytest
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 from subspaces.curvature import FisherOperator, GGNOperator, HessianOperator, top_eigen
 from subspaces.curvature import trace as curvature_trace
 from subspaces.dynamics import CurvatureTracker
-from subspaces.testing import free_port
+from subspaces.testing import free_port, init_gloo
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or not dist.is_available(), reason="gloo over TCP on localhost"
@@ -117,10 +116,7 @@ def _failures(rank: int) -> dict[str, str]:
 
 
 def _worker(rank: int, world: int, port: int, folder: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    init_gloo(rank, world, port)
     try:
         result: dict[str, object] = {}
         try:

@@ -18,7 +18,6 @@ import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 
 import pytest
 import torch
@@ -38,7 +37,7 @@ from subspaces.curvature import (
 from subspaces.curvature import trace as curvature_trace
 from subspaces.curvature._fsdp import fsdp_functional_model, fsdp_hooks_bypassed
 from subspaces.dynamics import CurvatureTracker
-from subspaces.testing import free_port
+from subspaces.testing import free_port, init_gloo
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or not dist.is_available(), reason="gloo over TCP on localhost"
@@ -203,10 +202,7 @@ def _refusals(rank: int) -> dict[str, str]:
 
 
 def _worker(rank: int, world: int, port: int, folder: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    init_gloo(rank, world, port)
     try:
         result: dict[str, object] = {}
         try:

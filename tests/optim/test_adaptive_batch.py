@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import sys
 
 import pytest
@@ -24,7 +23,7 @@ from subspaces.optim import (
     pool_moments,
     required_batch_size,
 )
-from subspaces.testing import free_port
+from subspaces.testing import free_port, init_gloo
 
 F64 = torch.float64
 TOL = 1e-10  # float64 sums over <= 100 terms of O(1) values: rounding ~1e-14, far below this
@@ -327,10 +326,7 @@ def test_bad_sampler_arguments() -> None:
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    init_gloo(rank, world, port)
     try:
         x, y = _data(n=11, seed=7)
         mine = slice(0, 4) if rank == 0 else slice(4, 11)  # unequal shares

@@ -9,7 +9,6 @@ across ranks, even though each rank's global RNG is seeded differently on purpos
 
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
@@ -20,7 +19,7 @@ from torch import nn
 
 from subspaces.optim import SubspaceAdamW, projected_param_groups
 from subspaces.optim.quantization import Int8Linear, quantize_linear_layers
-from subspaces.testing import free_port
+from subspaces.testing import free_port, init_gloo
 
 
 def _train(projector: str, rank: int) -> torch.Tensor:
@@ -73,10 +72,7 @@ def _train_int8(rank: int) -> torch.Tensor:
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    init_gloo(rank, world, port)
     try:
         result = {}
         for projector in (*PROJECTORS, "int8"):

@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import datetime
-import os
 import sys
 import traceback
 
@@ -29,7 +27,7 @@ from subspaces.optim import SubspaceAdamW
 from subspaces.optim._sharded import row_range
 from subspaces.optim.projectors import SVDProjector
 from subspaces.optim.subspace_adamw import NonFiniteGradientError
-from subspaces.testing import free_port
+from subspaces.testing import free_port, init_gloo
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or not dist.is_available(), reason="gloo over TCP on localhost"
@@ -121,12 +119,7 @@ class _FailingOnRank1(SVDProjector):
 
 
 def _setup(rank, world, port):
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60)
-    )
+    init_gloo(rank, world, port)
 
 
 def _error_name(fn) -> str:

@@ -27,9 +27,9 @@ resuming), ``_costs`` (predicted phase costs), ``_final`` (the final spectrum), 
 
 Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` set),
 :func:`run_analyze` and so ``subspaces analyze`` run data-parallel: each rank trains on its slice
-of every global batch inside ``DistributedDataParallel`` and measures curvature on its shard of
-the curvature samples, with the numbers of one process with the same global batch; only rank 0
-writes (see :mod:`subspaces.analyze._ddp`).
+of every global batch (the ranks' gradients summed by one all-reduce) and measures curvature on
+its shard of the curvature samples, with the numbers of one process with the same global batch;
+only rank 0 writes (see :mod:`subspaces.analyze._ddp`).
 """
 
 from __future__ import annotations

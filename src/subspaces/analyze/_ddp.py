@@ -9,9 +9,10 @@ CUDA, with a timeout so that a lost rank ends the run instead of hanging it) and
 
 * a training step's global batch is the same as in one process (the seeded permutation is drawn
   identically on every rank) and each rank takes a contiguous slice of it
-  (:meth:`_DistContext.shard`); the local loss is scaled so that DDP's gradient average is the
-  gradient of the mean loss over the global batch (:func:`_ddp_step`), so the
-  learning rate means what it means for one process with that batch;
+  (:meth:`_DistContext.shard`); the local loss is scaled so that the sum of the ranks'
+  gradients (one packed ``all_reduce``, :func:`_sum_gradients`) is the gradient of the mean
+  loss over the global batch (:func:`_ddp_step`), so the learning rate means what it means for
+  one process with that batch;
 * the curvature samples are split the same way, and the curvature operators
   (``distributed=True``) sum their products over the ranks: every measurement is of the whole
   curvature set and identical on every rank.
@@ -33,7 +34,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from .._distributed import RankFailedError, allreduce_packed
+from .._distributed import RankFailedError, allreduce_packed, import_before_process_group
 
 T = TypeVar("T")
 
@@ -194,17 +195,73 @@ def _local_batch(ctx: _DistContext, idx: Tensor, X: Tensor, t: Tensor) -> tuple[
     return X[local], t[local]
 
 
-def _wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``model`` in ``DistributedDataParallel`` (on the rank's GPU under CUDA)."""
-    from torch.nn.parallel import DistributedDataParallel
+def _flat_groups(tensors: list[Tensor]) -> list[list[Tensor]]:
+    """``tensors`` grouped by dtype (in order of first appearance): one packed message each."""
+    groups: dict[torch.dtype, list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.dtype, []).append(t)
+    return list(groups.values())
 
-    ids = [device.index] if device.type == "cuda" and device.index is not None else None
-    return DistributedDataParallel(model, device_ids=ids)
+
+def _broadcast_state(ctx: _DistContext, model: torch.nn.Module, buffers_only: bool = False) -> None:
+    """Every rank takes rank 0's parameters and buffers (one ``broadcast`` per dtype).
+
+    What ``DistributedDataParallel`` does when it wraps a model (parameters and buffers) and
+    before every forward (buffers: batch-norm statistics). The ranks build the model from the
+    same seeded factory, so this changes nothing unless a factory draws unseeded numbers.
+    """
+    import torch.distributed as dist
+
+    if not ctx.active:
+        return
+    tensors = list(model.buffers()) if buffers_only else [*model.parameters(), *model.buffers()]
+    for group in _flat_groups([t for t in tensors if t.numel()]):
+        flat = torch.cat([t.detach().reshape(-1) for t in group])
+        dist.broadcast(flat, src=0, group=ctx.group)
+        with torch.no_grad():
+            offset = 0
+            for t in group:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+
+def _sum_gradients(ctx: _DistContext, model: torch.nn.Module, device: torch.device) -> None:
+    """Replace every trainable parameter's gradient by its sum over the ranks.
+
+    One packed ``all_reduce`` per dtype (:func:`subspaces._distributed.allreduce_packed`). A
+    parameter without a gradient on this rank contributes zeros (and gets the sum: on every
+    rank the same gradients, as the optimizer step must be the same everywhere).
+
+    Why not ``DistributedDataParallel``: in torch 2.13 its C++ ``Reducer`` holds the process
+    group and is freed with the GIL held. When it drops the group's last reference, the group's
+    destructor joins gloo's worker threads while one of them waits for the GIL to release a
+    finished collective: the process hangs (observed in our 2-rank tests). Without DDP the
+    group's last references are Python ones, whose release lets go of the GIL.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    for group in _flat_groups(params):
+        local = torch.cat(
+            [
+                (p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1)
+                for p in group
+            ]
+        )
+        total, _ = allreduce_packed(
+            local, [], shape=tuple(local.shape), dtype=local.dtype, device=device, group=ctx.group
+        )
+        offset = 0
+        for p in group:
+            g = total[offset : offset + p.numel()].view_as(p)
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.copy_(g)
+            offset += p.numel()
 
 
 def _ddp_step(
     ctx: _DistContext,
-    net: torch.nn.Module,
+    model: torch.nn.Module,
     loss_name: str,
     xb: Tensor,
     tb: Tensor,
@@ -214,15 +271,17 @@ def _ddp_step(
 ) -> None:
     """Forward and backward of this rank's slice of a global batch of ``total`` samples.
 
-    After the backward (DDP averages the ranks' gradients) every rank holds the gradient of the
-    mean loss over the global batch, as one process with that batch would: the local loss is
-    the sum over the slice divided by ``total`` (times the number of entries per sample for
-    ``mse``, whose mean runs over every entry) and multiplied by ``world`` (DDP divides by it).
+    Afterwards every rank holds the gradient of the mean loss over the global batch, as one
+    process with that batch would: the local loss is the sum over the slice divided by
+    ``total`` (times the number of entries per sample for ``mse``, whose mean runs over every
+    entry), and the ranks' gradients are summed (:func:`_sum_gradients`). Buffers (batch-norm
+    statistics) are taken from rank 0 before the forward, as DDP does.
 
     Raises:
         ValueError: on every rank, if the mean loss over the global batch is not finite.
     """
-    out = net(xb)
+    _broadcast_state(ctx, model, buffers_only=True)
+    out = model(xb)
     if loss_name == "cross_entropy":
         local_sum, per = torch.nn.functional.cross_entropy(out, tb, reduction="sum"), 1
     else:
@@ -230,7 +289,8 @@ def _ddp_step(
     loss = ctx.global_loss(local_sum.detach(), len(xb) * per, device)
     if not math.isfinite(loss):
         raise ValueError(f"training diverged at step {step} (loss {loss}); lower --lr")
-    (local_sum * (ctx.world / (total * per))).backward()
+    (local_sum / (total * per)).backward()
+    _sum_gradients(ctx, model, device)
 
 
 def _dist_context(
@@ -276,6 +336,7 @@ def _dist_context(
         torch.cuda.set_device(local)
     owned = False
     if not ready:
+        import_before_process_group()  # else the group outlives close(): see that function
         dist.init_process_group(
             backend="nccl" if cuda else "gloo", timeout=dt.timedelta(seconds=timeout_s)
         )

@@ -30,12 +30,12 @@ from ._config import DTYPES, AnalyzeConfig, _resolve_device
 from ._costs import _log_tracking_cost, _TrainingEta
 from ._ddp import (
     DEFAULT_TIMEOUT_S,
+    _broadcast_state,
     _check_shards,
     _ddp_step,
     _dist_context,
     _DistContext,
     _local_batch,
-    _wrap_ddp,
 )
 from ._final import _final_spectrum
 from ._loop import _evaluate, _make_optimizer, _reraise, _Run, _silent
@@ -93,7 +93,7 @@ def run_analyze(
             rank) or when a process group is already initialised; ``True`` to require it;
             ``False`` for one process. Each rank trains on its slice of every global batch
             (the batch of ``config.batch_size`` samples of one process, so the learning rate
-            keeps its meaning) inside ``DistributedDataParallel`` and measures curvature on
+            keeps its meaning), the ranks' gradients summed, and measures curvature on
             its shard of the curvature samples (``distributed=True`` operators: identical
             measurements on every rank); only rank 0 writes; every rank resumes from the same
             checkpoint; an error on one rank ends every rank. A group this run initialises
@@ -265,7 +265,8 @@ def _run_analyze(
         if force and not resume:
             for name in _previous_run_files(out):  # the old run's files go; figures redrawn
                 os.unlink(out / name)
-    net = _wrap_ddp(model, device) if ctx.active else None
+    if ctx.active:  # every rank starts from rank 0's weights
+        _broadcast_state(ctx, model)
 
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
     total_steps = steps_per_epoch * config.epochs
@@ -302,7 +303,7 @@ def _run_analyze(
         model.train()
         for i in range(steps_per_epoch):
             idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
-            xb, tb = (Xtr[idx], ttr[idx]) if net is None else _local_batch(ctx, idx, Xtr, ttr)
+            xb, tb = _local_batch(ctx, idx, Xtr, ttr) if ctx.active else (Xtr[idx], ttr[idx])
             if run.step % config.every == 0:
                 tc = time.perf_counter()
                 rec = tracker.step(run.step, batch=(xb, tb))
@@ -311,8 +312,8 @@ def _run_analyze(
                 if rec is not None:
                     progress.note = f"λmax {rec['lambda_max']:.3g} (2/η {2 / rec['lr']:.3g})"
             optimizer.zero_grad()
-            if net is not None:  # DDP: the gradient of the mean loss over the global batch
-                _ddp_step(ctx, net, config.loss, xb, tb, len(idx), run.step, device)
+            if ctx.active:  # the gradient of the mean loss over the global batch
+                _ddp_step(ctx, model, config.loss, xb, tb, len(idx), run.step, device)
                 optimizer.step()
                 run.step += 1
                 eta.steps += 1

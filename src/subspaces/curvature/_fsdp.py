@@ -46,6 +46,7 @@ References:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -68,11 +69,21 @@ _HOOK_DICTS = (
 
 
 def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # pragma: no cover - torch built without distributed
+    """The ``fully_shard`` modules of ``model`` (none unless FSDP was imported).
+
+    A model can only hold ``FSDPModule`` instances if ``torch.distributed.fsdp`` has been
+    imported (``fully_shard`` lives there), so this never imports it: in torch 2.13 importing it
+    while a process group exists keeps that group (and gloo's worker threads) alive after
+    ``destroy_process_group``, and a worker still releasing a collective's tensors when the
+    interpreter exits aborts the process (SIGABRT).
+
+    Returns:
+        The modules that are ``FSDPModule`` instances, in ``model.modules()`` order.
+    """
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is None:
         return []
-    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+    return [m for m in model.modules() if isinstance(m, fsdp.FSDPModule)]
 
 
 def _check_supported(model: nn.Module, modules: list[nn.Module]) -> None:

@@ -14,7 +14,7 @@ from .matrices import (
     polynomial_spectrum,
     random_orthogonal,
 )
-from .processes import free_port
+from .processes import free_port, gloo_worker_threads, init_gloo
 from .reference import dense_ggn, dense_hessian, finite_difference_hessian
 
 __all__ = [
@@ -28,6 +28,8 @@ __all__ = [
     "free_port",
     "gap_spectrum",
     "geometric_spectrum",
+    "gloo_worker_threads",
+    "init_gloo",
     "marchenko_pastur_spectrum",
     "matrix_with_spectrum",
     "polynomial_spectrum",
