@@ -38,7 +38,14 @@ from typing import Any, TypeVar
 
 from ._checks import check_choice, check_positive_int
 
-__all__ = ["BACKENDS", "TaskFailedError", "for_each_task", "grid_settings", "map_tasks"]
+__all__ = [
+    "BACKENDS",
+    "TaskFailedError",
+    "ensure_ray",
+    "for_each_task",
+    "grid_settings",
+    "map_tasks",
+]
 
 BACKENDS: tuple[str, ...] = ("serial", "process", "ray")
 BACKEND_ENV = "SUBSPACES_GRID_BACKEND"
@@ -245,6 +252,45 @@ def _run_process(
             return
 
 
+def ensure_ray(cpus: int) -> tuple[Any, bool]:
+    """Import Ray and make sure it is initialized (the one place that starts Ray).
+
+    A running Ray is used as it is. Otherwise ``ray.init()`` joins the cluster named by
+    ``RAY_ADDRESS`` when that is set, else starts a local Ray with ``cpus`` CPUs (no dashboard).
+
+    Args:
+        cpus: CPUs of a local Ray started here.
+
+    Returns:
+        ``(ray, started)``: the module, and whether this call initialized it (the caller may
+        then ``ray.shutdown()`` when done).
+
+    Raises:
+        ImportError: if Ray is not installed (it is optional: ``pip install ray``).
+
+    Example:
+        >>> try:  # no Ray installed (ImportError), or 0 CPUs refused before Ray starts
+        ...     ensure_ray(0)
+        ... except (ImportError, ValueError):
+        ...     print("not started")
+        not started
+    """
+    try:
+        import ray
+    except ImportError as error:
+        raise ImportError(
+            'backend="ray" needs Ray, which is optional: pip install ray (or use "process")'
+        ) from error
+    if ray.is_initialized():
+        return ray, False
+    cpus = check_positive_int(cpus, "cpus")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()  # joins the cluster at RAY_ADDRESS
+    else:
+        ray.init(num_cpus=cpus, include_dashboard=False)
+    return ray, True
+
+
 def _call(fn: Callable[..., R], *args: Any) -> R:
     return fn(*args)
 
@@ -257,17 +303,7 @@ def _run_ray(
     on_result: Callable[[int, R], None],
     on_failure: Callable[[int, str], None],
 ) -> None:
-    try:
-        import ray
-    except ImportError as error:
-        raise ImportError(
-            'backend="ray" needs Ray, which is optional: pip install ray (or use "process")'
-        ) from error
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init()  # joins the cluster at RAY_ADDRESS
-        else:
-            ray.init(num_cpus=workers * cpus_per_task, include_dashboard=False)
+    ray, _ = ensure_ray(workers * cpus_per_task)
     options = {"num_cpus": cpus_per_task, "max_retries": 1, "retry_exceptions": False}
     if inspect.isfunction(fn):
         remote = ray.remote(**options)(fn)

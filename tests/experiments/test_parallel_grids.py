@@ -208,3 +208,44 @@ def test_p24_and_p22_grids_on_local_ray_equal_serial() -> None:
             map_tasks(os._exit, [(3,)], backend="ray", workers=1, labels=["exit"])
     finally:
         ray.shutdown()
+
+
+class _RecordingRay:
+    """A stand-in for the ``ray`` module that records how it was initialized."""
+
+    def __init__(self, initialized: bool) -> None:
+        self.initialized = initialized
+        self.calls: list[dict] = []
+
+    def is_initialized(self) -> bool:
+        return self.initialized
+
+    def init(self, **kwargs: object) -> None:
+        self.calls.append(kwargs)
+        self.initialized = True
+
+
+@pytest.mark.parametrize(
+    ("address", "running", "expected"),
+    [
+        (None, False, [{"num_cpus": 3, "include_dashboard": False}]),  # a local Ray, 3 CPUs
+        ("ray://head:10001", False, [{}]),  # joins RAY_ADDRESS: no local resources asked for
+        ("ray://head:10001", True, []),  # a running Ray is used as it is
+    ],
+)
+def test_ensure_ray_starts_joins_or_reuses(
+    monkeypatch: pytest.MonkeyPatch, address: str | None, running: bool, expected: list
+) -> None:
+    from subspaces._parallel import ensure_ray
+
+    fake = _RecordingRay(running)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    if address is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    ray, started = ensure_ray(3)
+    assert ray is fake and started is (not running) and fake.calls == expected
+    fake.initialized = False
+    with pytest.raises(ValueError, match="cpus"):
+        ensure_ray(0)

@@ -17,9 +17,11 @@ Backends (Li, Farkhoor, Liu and Yosinski, ICLR 2018, arXiv:1804.08838, train one
   module-level functions or classes (or :func:`functools.partial` of them) in a module the
   workers can import, not lambdas, local functions or functions defined in an interactive
   ``__main__``; a script using workers needs the ``if __name__ == "__main__":`` guard.
-* ``"ray"``: Ray tasks with one CPU each on the running Ray instance, or on a local one started
-  with ``workers`` CPUs (and shut down afterwards); the driver's ``sys.path`` is appended to the
-  workers' so the same modules unpickle. Ray is optional: ``pip install ray``.
+* ``"ray"``: Ray tasks with one CPU each on the running Ray instance, on the cluster named by
+  ``RAY_ADDRESS``, or on a local one started with ``workers`` CPUs (and shut down afterwards;
+  :func:`subspaces._parallel.ensure_ray`, as for every Ray grid); a point whose worker dies is
+  retried once. The driver's ``sys.path`` is appended to the workers' so the same modules
+  unpickle. Ray is optional: ``pip install ray``.
 
 Example:
     >>> import torch
@@ -46,6 +48,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .._parallel import ensure_ray
 
 __all__ = ["BACKENDS", "PointRunner", "PointTask", "bisection_tree", "make_runner", "run_point"]
 
@@ -237,16 +241,15 @@ def _ray_point(payload: bytes, paths: list[str], d: int | None) -> dict[str, flo
 
 class _RayRunner(PointRunner):
     def __init__(self, task: PointTask, workers: int, payload: bytes) -> None:
-        import ray
-
         super().__init__(task)
         self.workers = workers
-        self._ray = ray
-        self._owns = not ray.is_initialized()
-        if self._owns:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-        self._remote = ray.remote(num_cpus=1)(_ray_point)
-        self._payload = ray.put(payload)
+        # the same start-up as every Ray grid: a running Ray, RAY_ADDRESS, or a local one
+        self._ray, self._owns = ensure_ray(workers)
+        # a point whose worker dies is retried once; a point that raises is reported
+        self._remote = self._ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)(
+            _ray_point
+        )
+        self._payload = self._ray.put(payload)
         self._paths = [p for p in sys.path if p]
         self._refs: dict[Any, Key] = {}
 
@@ -326,13 +329,6 @@ def make_runner(task: PointTask, workers: int, backend: str) -> PointRunner:
     if backend == "serial" or workers == 1:
         return PointRunner(task)
     if backend == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError as err:
-            raise ImportError(
-                'backend="ray" needs Ray, which is optional: pip install ray '
-                '(or use backend="process")'
-            ) from err
         return _RayRunner(task, workers, _payload(task))
     return _ProcessRunner(task, workers, _payload(task))
 
