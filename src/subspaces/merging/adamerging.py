@@ -109,6 +109,28 @@ class AdaMergingResult:
         names: the merged tensor names (the rows of layer-wise coefficients).
         state_dict: the merged tensors (every name of the base), detached.
         losses: the summed entropy at each step (before its update).
+
+    Example:
+        Layer-wise coefficients: one row per merged tensor; the result's tensors are the base
+        plus the coefficient-weighted task vectors, and tensors without a task vector stay the
+        base's.
+
+        >>> import torch
+        >>> from subspaces.merging import adamerging
+        >>> g = torch.Generator().manual_seed(0)
+        >>> net = torch.nn.Linear(4, 3)
+        >>> base = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        >>> tvs = [{"weight": torch.randn(3, 4, generator=g)} for _ in range(2)]
+        >>> data = [[torch.randn(8, 4, generator=g)] for _ in range(2)]
+        >>> res = adamerging(net, base, tvs, data, granularity="layer", steps=10, lr=0.05)
+        >>> res.names, res.coefficients.shape, len(res.losses)
+        (['weight'], torch.Size([1, 2]), 10)
+        >>> c = res.coefficients[0]
+        >>> merged = base["weight"] + c[0] * tvs[0]["weight"] + c[1] * tvs[1]["weight"]
+        >>> torch.allclose(res.state_dict["weight"], merged)
+        True
+        >>> torch.equal(res.state_dict["bias"], base["bias"])
+        True
     """
 
     coefficients: Tensor

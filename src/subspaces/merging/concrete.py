@@ -153,6 +153,26 @@ class ConcreteResult:
         losses: the outer (mask) entropy loss at each step.
         sparsity: :meth:`ConcreteMask.sparsity` of the learned mask.
         adamerging: the final AdaMerging run (inner ``"adamerging"`` only).
+
+    Example:
+        With the default task-arithmetic inner merge the result is the base plus ``scale``
+        times the masked (and mean-rescaled) sum of the task vectors:
+
+        >>> import torch
+        >>> from subspaces.merging import concrete_merging
+        >>> g = torch.Generator().manual_seed(0)
+        >>> net = torch.nn.Linear(4, 3)
+        >>> base = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        >>> tvs = [{"weight": torch.randn(3, 4, generator=g)} for _ in range(2)]
+        >>> data = [[torch.randn(8, 4, generator=g)] for _ in range(2)]
+        >>> res = concrete_merging(net, base, tvs, data, steps=10, lr=0.1, scale=0.3,
+        ...                        generator=torch.Generator().manual_seed(0))
+        >>> m = res.mask.evaluation_mask("continuous")["weight"]
+        >>> merged = base["weight"] + 0.3 * m * (tvs[0]["weight"] + tvs[1]["weight"])
+        >>> torch.allclose(res.state_dict["weight"], merged)
+        True
+        >>> res.names, len(res.losses), res.sparsity == res.mask.sparsity(), res.adamerging
+        (['weight'], 10, True, None)
     """
 
     mask: ConcreteMask

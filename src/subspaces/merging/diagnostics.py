@@ -110,6 +110,19 @@ class LayerRank:
         effective_rank: ``exp`` of the entropy of the normalised singular values (Roy & Vetterli
             2007): between 1 (one direction) and ``K`` (all equal).
         subspace: the span of the top ``rank`` left singular vectors (``None`` for a zero tensor).
+
+    Example:
+        Three task vectors along one direction ``d`` stack to a rank-1 matrix whose singular
+        value is ``||(1, 2, -1)|| ||d||``:
+
+        >>> import torch
+        >>> from subspaces.merging import layer_ranks
+        >>> d = torch.randn(50, generator=torch.Generator().manual_seed(0))
+        >>> r = layer_ranks([{"w": d}, {"w": 2 * d}, {"w": -d}])["w"]
+        >>> r.rank, round(r.effective_rank, 6), r.subspace.dim
+        (1, 1.0, 1)
+        >>> round(float(r.singular_values[0] / d.norm()) ** 2, 5)
+        6.0
     """
 
     singular_values: Tensor

@@ -58,6 +58,22 @@ class Recipe:
         base: the base model file (``None`` for ``linear`` and ``slerp``).
         weights: one weight or schedule per model (``None``: 1 each).
         parameters: keyword arguments for :func:`~subspaces.merging.iter_merge`.
+
+    Example:
+        A recipe built in code (rather than read by :func:`load_recipe`) runs the same way;
+        ``linear`` averages the models with normalised weights:
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import torch
+        >>> from subspaces.merging import Recipe, load_state_dict, run_recipe, save_safetensors
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = save_safetensors({"w": torch.tensor([1.0, 0.0])}, folder / "a.safetensors")
+        >>> _ = save_safetensors({"w": torch.tensor([0.0, 4.0])}, folder / "b.safetensors")
+        >>> recipe = Recipe("linear", (folder / "a.safetensors", folder / "b.safetensors"),
+        ...                 weights=(3.0, 1.0))
+        >>> load_state_dict(run_recipe(recipe, folder / "merged.safetensors"))["w"]
+        tensor([0.7500, 1.0000])
     """
 
     method: str
