@@ -58,6 +58,16 @@ class RangeResult:
     Attributes:
         basis: ``(m, l)`` orthonormal basis ``Q`` of the approximate range of ``A``.
         num_matvecs: columns multiplied by ``A`` and ``A^T`` together.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> F = torch.randn(12, 3, dtype=torch.float64, generator=g)
+        >>> A = F @ torch.randn(3, 8, dtype=torch.float64, generator=g)  # rank 3
+        >>> res = randomized_range_finder(A, 3, oversample=1, power_iters=0, generator=g)
+        >>> tuple(res.basis.shape), res.num_matvecs
+        ((12, 4), 4)
+        >>> bool(torch.allclose(res.basis.T @ res.basis, torch.eye(4, dtype=torch.float64)))
+        True
     """
 
     basis: Tensor
@@ -73,6 +83,16 @@ class SVDResult:
         S: ``(rank,)`` singular values, descending.
         V: ``(n, rank)`` right singular vectors (orthonormal columns).
         num_matvecs: columns multiplied by ``A`` and ``A^T`` together.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> F = torch.randn(12, 3, dtype=torch.float64, generator=g)
+        >>> A = F @ torch.randn(3, 8, dtype=torch.float64, generator=g)  # rank 3
+        >>> res = randomized_svd(A, 3, oversample=2, power_iters=1, generator=g)
+        >>> res.num_matvecs, tuple(res.U.shape), tuple(res.S.shape), tuple(res.V.shape)
+        (20, (12, 3), (3,), (8, 3))
+        >>> bool(torch.allclose(res.operator().to_dense(), A, atol=1e-10))
+        True
     """
 
     U: Tensor
@@ -98,6 +118,16 @@ class EighResult:
             (descending magnitude or descending value).
         eigenvectors: ``(n, rank)`` orthonormal approximate eigenvectors.
         num_matvecs: columns multiplied by ``A``.
+
+    Example:
+        >>> from subspaces.testing import matrix_with_spectrum
+        >>> lam = torch.tensor([3.0, 1.0] + [0.0] * 8, dtype=torch.float64)
+        >>> A = matrix_with_spectrum(lam, generator=torch.Generator().manual_seed(0))
+        >>> res = nystrom(A, 2, oversample=0, generator=torch.Generator().manual_seed(1))
+        >>> [round(float(x), 8) for x in res.eigenvalues], res.num_matvecs
+        ([3.0, 1.0], 2)
+        >>> bool(torch.allclose(res.operator().to_dense(), A, atol=1e-10))
+        True
     """
 
     eigenvalues: Tensor

@@ -67,6 +67,12 @@ class LewisResult(NamedTuple):
         weights: ``(n,)`` l_p Lewis weights (they sum to ``d``).
         num_iters: fixed-point iterations used.
         converged: whether the relative change fell below ``tol``.
+
+    Example:
+        >>> A = torch.randn(200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        >>> res = lewis_weights(A, 2.0)  # for p = 2 the Lewis weights are the leverage scores
+        >>> res.converged, bool(torch.allclose(res.weights, leverage_scores(A)))
+        (True, True)
     """
 
     weights: Tensor
@@ -80,6 +86,14 @@ class SampleResult(NamedTuple):
     Attributes:
         indices: ``(k,)`` sampled row indices (``int64``).
         weights: ``(k,)`` row weights (``1`` for rows kept with certainty).
+
+    Example:
+        >>> A = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        >>> scores = torch.tensor([100.0, 1, 1, 1, 1, 1], dtype=torch.float64)
+        >>> s = sensitivity_sample(A, scores, 3, torch.Generator().manual_seed(0))
+        >>> # row 0 is kept with certainty; 2 draws among 5 rows weigh (2 * 1/5)^-1 = 2.5 each
+        >>> int(s.indices[0]), [round(float(w), 6) for w in s.weights]
+        (0, [1.0, 2.5, 2.5])
     """
 
     indices: Tensor
@@ -94,6 +108,15 @@ class LpRegressionResult(NamedTuple):
         objective: ``||A x - b||_p^p`` on the full problem (``sum |r_i|`` for ``p = 1``).
         num_iters: IRLS iterations used.
         converged: whether the relative objective change fell below ``tol``.
+
+    Example:
+        >>> A = torch.ones(5, 1, dtype=torch.float64)
+        >>> b = torch.tensor([0.0, 1.0, 2.0, 3.0, 100.0], dtype=torch.float64)
+        >>> res = lp_regression(A, b, 1.0)  # the l1 fit of a constant is the median
+        >>> res.converged, round(float(res.x[0]), 6)
+        (True, 2.0)
+        >>> abs(res.objective - float((A @ res.x - b).abs().sum())) < 1e-8
+        True
     """
 
     x: Tensor
@@ -109,6 +132,15 @@ class DistortionResult(NamedTuple):
         low: smallest ratio ``||S A x||_p / ||A x||_p`` seen.
         high: largest ratio seen.
         ratios: all ratios (random ``x`` first, then the ``d`` coordinate vectors).
+
+    Example:
+        >>> A = torch.randn(200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        >>> w = lewis_weights(A, 1.0).weights
+        >>> s = sensitivity_sample(A, w, 100, torch.Generator().manual_seed(0))
+        >>> g = torch.Generator().manual_seed(1)
+        >>> res = distortion(A, s.indices, s.weights, 1.0, num_x=20, generator=g)
+        >>> tuple(res.ratios.shape), 0.8 < res.low <= res.high < 1.2  # 20 random + 3 basis
+        ((23,), True)
     """
 
     low: float

@@ -66,6 +66,20 @@ class DensityResult:
         dim: the dimension ``n`` of the operator.
         num_matvecs: columns multiplied by the operator (``runs * k``).
         num_samples: data samples behind the operator, when it is a curvature operator.
+
+    Example:
+        >>> import math
+        >>> lam = torch.arange(1.0, 6.0, dtype=torch.float64)  # eigenvalues 1, ..., 5
+        >>> g = torch.Generator().manual_seed(0)
+        >>> res = slq_density(torch.diag(lam), num_runs=3, generator=g)
+        >>> res.num_runs, tuple(res.nodes.shape), res.num_matvecs  # 5 steps: exact quadrature
+        (3, (3, 5), 15)
+        >>> [round(x, 10) for x in res.spectral_range]
+        [1.0, 5.0]
+        >>> abs(float(res.trace(torch.log)) - math.log(120)) < 1e-10  # log det = log 5!
+        True
+        >>> round(float(res.moments(2)), 10)  # tr(A^2) / n = 55 / 5
+        11.0
     """
 
     nodes: Tensor
