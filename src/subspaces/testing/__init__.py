@@ -1,6 +1,8 @@
 """Tools to test operators and estimators: matrices of known spectrum and checking functions.
 
-Exported so users can check their own operators the way the library checks its own.
+Exported so users can check their own operators the way the library checks its own; also the
+set-up of local multi-process (gloo) tests: :func:`free_port`, :func:`init_gloo` and
+:func:`gloo_worker_threads`.
 """
 
 from .checks import assert_matches_dense, check_estimator_convergence
