@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -37,6 +37,7 @@ from torch import Tensor
 from .._distributed import RankFailedError, allreduce_packed, import_before_process_group
 
 T = TypeVar("T")
+T_ = TypeVar("T_", bound=Tensor)
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 """The environment variables that mark a process launched by ``torchrun``."""
@@ -195,9 +196,9 @@ def _local_batch(ctx: _DistContext, idx: Tensor, X: Tensor, t: Tensor) -> tuple[
     return X[local], t[local]
 
 
-def _flat_groups(tensors: list[Tensor]) -> list[list[Tensor]]:
+def _flat_groups(tensors: Iterable[T_]) -> list[list[T_]]:
     """``tensors`` grouped by dtype (in order of first appearance): one packed message each."""
-    groups: dict[torch.dtype, list[Tensor]] = {}
+    groups: dict[torch.dtype, list[T_]] = {}
     for t in tensors:
         groups.setdefault(t.dtype, []).append(t)
     return list(groups.values())
