@@ -51,6 +51,22 @@ class MultiBlockProblem(Protocol):
     indices ``(I,)`` and ``samples`` per-block sample indices ``(I, B)``. Both functions return
     the **sum over the sampled blocks** of the per-block mini-batch means, so that gradients with
     respect to ``Y`` are per-block gradients.
+
+    Example:
+        A conforming problem (no base class needed): every block has ``y_i*(x) = x`` and
+        ``f_i = ||y_i - 1||^2 / 2``, so the bilevel minimizer is ``x = 1``.
+
+        >>> class ToOne:
+        ...     num_blocks, samples_per_block = 3, 1
+        ...     def lower(self, x, Y, blocks, samples):
+        ...         return 0.5 * ((Y - x) ** 2).sum()
+        ...     def upper(self, x, Y, blocks, samples):
+        ...         return 0.5 * ((Y - 1.0) ** 2).sum()
+        >>> x0, y0 = torch.zeros(2, dtype=torch.float64), torch.zeros(3, 2, dtype=torch.float64)
+        >>> r = bsvrb(ToOne(), x0, y0, iters=200, blocks_per_iter=3, lr=0.3, lr_lower=0.5,
+        ...           lr_s=0.5, beta=0.5, beta_x=1.0, generator=torch.Generator().manual_seed(0))
+        >>> float((r.x - 1).abs().max()) < 1e-4
+        True
     """
 
     @property

@@ -36,6 +36,20 @@ class SVMHyperparameters:
     Attributes:
         Z_train, y_train, Z_val, y_val, Z_test, y_test: data (labels in ``{-1, +1}``).
         c_bounds: the box of ``c``.
+
+    Example:
+        >>> P = SVMHyperparameters.digits(n_train=40, n_val=30)
+        >>> c = torch.zeros(P.n, dtype=torch.float64)  # log-costs
+        >>> g = torch.Generator().manual_seed(0)
+        >>> u = torch.randn(P.d + 1, dtype=torch.float64, generator=g)  # (w, b)
+        >>> y = P.lift(u)  # with the optimal slacks: feasible for the coupled constraints
+        >>> float(P.constraints(c, y).max()) <= 1e-12
+        True
+        >>> bool(torch.isclose(P.lower_objective(c, y), P.squared_hinge_objective(c, u)))
+        True
+        >>> X, C_y = P.feasible_set()
+        >>> X.violation(c), C_y.violation(y) < 1e-8
+        (0.0, True)
     """
 
     Z_train: Tensor
@@ -200,6 +214,21 @@ class MultiTaskRidge:
         A, b: training inputs ``(m, n, d)`` and targets ``(m, n)``.
         Av, bv: validation inputs and targets (same shapes).
         upper_reg: weight of ``||x||^2 / 2`` in every ``f_i``.
+
+    Example:
+        >>> P = MultiTaskRidge.random(3, 4, 10, generator=torch.Generator().manual_seed(0))
+        >>> x = torch.zeros(4, dtype=torch.float64)
+        >>> # the exact hypergradient against central differences of the exact objective
+        >>> eps, E = 1e-6, torch.eye(4, dtype=torch.float64)
+        >>> fd = [(P.objective(x + eps * e) - P.objective(x - eps * e)) / (2 * eps) for e in E]
+        >>> bool(torch.allclose(P.hypergradient(x), torch.tensor(fd, dtype=torch.float64),
+        ...                     atol=1e-7))
+        True
+        >>> # the stochastic interface: all blocks, all samples give m times the exact objective
+        >>> Y, blocks = P.lower_solution(x), torch.arange(3)
+        >>> full = P.upper(x, Y, blocks, torch.arange(10).expand(3, 10))
+        >>> abs(float(full) / 3 - P.objective(x)) < 1e-12
+        True
     """
 
     A: Tensor

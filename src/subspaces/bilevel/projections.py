@@ -47,6 +47,16 @@ class ConvexSet:
 
     Subclasses implement :meth:`project`; :meth:`violation` is ``||project(v) - v||`` (0 exactly
     on the set, up to round-off).
+
+    Example:
+        A new set needs only :meth:`project`:
+
+        >>> class NonPositive(ConvexSet):
+        ...     def project(self, v):
+        ...         return v.clamp(max=0.0)
+        >>> v = torch.tensor([3.0, -1.0, 4.0])
+        >>> NonPositive().project(v).tolist(), NonPositive().violation(v)
+        ([0.0, -1.0, 0.0], 5.0)
     """
 
     def project(self, v: Tensor) -> Tensor:  # pragma: no cover - abstract

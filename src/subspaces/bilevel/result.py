@@ -23,6 +23,17 @@ class History:
         grad_norm: LV-HBA: the norm of the upper-level direction ``||d_x||``; AID: the norm of
             its hypergradient; BSVRB: the second value of ``evaluate`` (e.g. the exact
             hypergradient norm), or the norm of its hypergradient estimate without ``evaluate``.
+
+    Example:
+        >>> from subspaces.bilevel import aid_solve
+        >>> F = lambda x, y: 0.5 * ((y - 1.0) ** 2).sum()  # y*(x) = x, so x* = 1
+        >>> g = lambda x, y: 0.5 * ((y - x) ** 2).sum()
+        >>> z = torch.zeros(2, dtype=torch.float64)
+        >>> h = aid_solve(F, g, z, z, outer_iters=40, lr=0.5, inner_lr=0.5, record_every=10).history
+        >>> h.iteration, len(h), h.upper[0]
+        ([0, 10, 20, 30, 40], 5, 1.0)
+        >>> h.upper[-1] < 1e-12, h.grad_norm[-1] < 1e-6, max(h.violation)
+        (True, True, 0.0)
     """
 
     iteration: list[int] = field(default_factory=list)
@@ -56,6 +67,17 @@ class BilevelResult:
         state: solver-specific final auxiliaries (LV-HBA: ``theta``, ``lam``, ``z``; BSVRB: the
             estimators), tensors only.
         iterations: iterations run.
+
+    Example:
+        >>> from subspaces.bilevel import aid_solve
+        >>> F = lambda x, y: 0.5 * ((y - 1.0) ** 2).sum()  # y*(x) = x, so x* = 1
+        >>> g = lambda x, y: 0.5 * ((y - x) ** 2).sum()
+        >>> z = torch.zeros(2, dtype=torch.float64)
+        >>> r = aid_solve(F, g, z, z, outer_iters=40, lr=0.5, inner_lr=0.5)
+        >>> r.iterations, len(r.history), tuple(r.x.shape), tuple(r.y.shape)
+        (40, 41, (2,), (2,))
+        >>> bool(torch.allclose(r.x, torch.ones(2, dtype=torch.float64), atol=1e-6))
+        True
     """
 
     x: Tensor
