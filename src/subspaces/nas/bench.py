@@ -59,6 +59,16 @@ class BenchConfig:
 
     Raises:
         ValueError: for a non-positive value or no seeds.
+
+    Example:
+        >>> from subspaces.nas.bench import BenchConfig
+        >>> BenchConfig(epochs=1, seeds=[0, 1]).seeds  # any iterable of ints, kept as a tuple
+        (0, 1)
+        >>> try:
+        ...     BenchConfig(epochs=0)
+        ... except ValueError as e:
+        ...     print(e)
+        epochs must be a positive int, got 0
     """
 
     epochs: int = 4
@@ -99,7 +109,14 @@ def default_config(space: CellSpace | MacroSpace) -> BenchConfig:
 
 
 class BenchResult(NamedTuple):
-    """One row of a benchmark: what :meth:`TabularBenchmark.query` returns."""
+    """One row of a benchmark: what :meth:`TabularBenchmark.query` returns.
+
+    Example:
+        >>> from subspaces.nas.bench import TabularBenchmark
+        >>> row = TabularBenchmark.builtin("macro").query("k3w16-k5w8")
+        >>> row.params, 0.9 < row.accuracy <= 1.0, row.train_time > 0
+        (8498, True, True)
+    """
 
     accuracy: float
     """Mean test accuracy over the seeds (in ``[0, 1]``)."""

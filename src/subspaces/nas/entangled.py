@@ -245,7 +245,22 @@ def relaxed_weights(
 
 @dataclass
 class SearchResult:
-    """What :func:`search` returns."""
+    """What :func:`search` returns: the architecture and its logits.
+
+    Example:
+        >>> import torch
+        >>> from subspaces.nas.entangled import MacroSupernet, search
+        >>> from subspaces.nas.networks import digits_images
+        >>> from subspaces.nas.space import MacroSpace
+        >>> X, y, _, _ = digits_images()
+        >>> torch.manual_seed(0) and None
+        >>> space = MacroSpace(layers=2, kernels=(1, 3), widths=(4, 8))
+        >>> r = search(MacroSupernet(space), X[:64], y[:64], epochs=1)
+        >>> tuple(r.alphas.shape), len(r.loss)  # (layers, candidates per layer), one per epoch
+        ((2, 4), 1)
+        >>> r.arch == tuple(space.choices[int(i)] for i in r.alphas.argmax(1))
+        True
+    """
 
     arch: tuple[tuple[int, int], ...]
     """The argmax architecture."""

@@ -109,7 +109,32 @@ class CellSupernet(nn.Module):
 
 
 class Sampler(Protocol):
-    """What :func:`train_supernet` asks of a path/data sampler."""
+    """What :func:`train_supernet` asks of a path/data sampler (:class:`UniformSampler`: SPOS).
+
+    Example:
+        A minimal conforming sampler: one fixed path, the data in order, counting the steps.
+
+        >>> import torch
+        >>> from subspaces.nas.networks import digits_images
+        >>> from subspaces.nas.supernet import CellSupernet, train_supernet
+        >>> class OnePath:
+        ...     def __init__(self, n, arch):
+        ...         self.n, self.arch, self.steps = n, arch, 0
+        ...     def begin_epoch(self, epoch, num_epochs, generator):
+        ...         return torch.arange(self.n)
+        ...     def sample_path(self, generator):
+        ...         return self.arch
+        ...     def observe(self, supernet, arch, indices, logits, targets):
+        ...         self.steps += 1
+        ...     def end_epoch(self, generator):
+        ...         pass
+        >>> X, y, _, _ = digits_images()
+        >>> torch.manual_seed(0) and None
+        >>> sampler = OnePath(64, (3, 1, 2, 4))
+        >>> h = train_supernet(CellSupernet(), X[:64], y[:64], sampler, epochs=2, batch_size=32)
+        >>> sampler.steps, len(h.loss)  # 2 epochs of 64 / 32 steps
+        (4, 2)
+    """
 
     def begin_epoch(self, epoch: int, num_epochs: int, generator: torch.Generator) -> Tensor:
         """The epoch's sample indices, in order."""
@@ -143,6 +168,16 @@ class UniformSampler:
         num_samples: training-set size.
         num_ops: operations per edge.
         num_edges: edges.
+
+    Example:
+        >>> import torch
+        >>> from subspaces.nas.supernet import UniformSampler
+        >>> sampler, g = UniformSampler(6), torch.Generator().manual_seed(0)
+        >>> sorted(sampler.begin_epoch(0, 1, g).tolist())  # a permutation of the data
+        [0, 1, 2, 3, 4, 5]
+        >>> path = sampler.sample_path(g)
+        >>> len(path), all(0 <= op < 5 for op in path)  # one of 5 operations on each of 4 edges
+        (4, True)
     """
 
     num_samples: int
@@ -169,7 +204,21 @@ class UniformSampler:
 
 @dataclass
 class SupernetHistory:
-    """What :func:`train_supernet` recorded, one entry per epoch."""
+    """What :func:`train_supernet` recorded, one entry per epoch.
+
+    Example:
+        >>> import torch
+        >>> from subspaces.nas.networks import digits_images
+        >>> from subspaces.nas.supernet import CellSupernet, UniformSampler, train_supernet
+        >>> X, y, _, _ = digits_images()
+        >>> torch.manual_seed(0) and None
+        >>> h = train_supernet(CellSupernet(), X[:64], y[:64], UniformSampler(64), epochs=2,
+        ...                    batch_size=32, generator=torch.Generator().manual_seed(0))
+        >>> len(h.loss), len(h.grad_variance), len(h.grad_sq_mean)
+        (2, 2, 2)
+        >>> all(v > 0 for v in h.grad_variance + h.grad_sq_mean)
+        True
+    """
 
     loss: list[float] = field(default_factory=list)
     grad_variance: list[float] = field(default_factory=list)
