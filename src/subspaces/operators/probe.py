@@ -56,6 +56,21 @@ class SpectralProbe:
             ``energy`` of its squared sum.
         energy: the share used for ``tucker_ranks``.
         stored_ranks: the ranks of a factorised weight (empty for dense).
+
+    Example:
+        A Tucker-factorised weight of ranks ``(2, 2, 3, 2)``: the measured multilinear ranks
+        are the stored ones, and each frequency's norm is that of its ``c_in x c_out`` slice.
+
+        >>> import torch
+        >>> from subspaces.operators import SpectralConv, probe_spectral_conv
+        >>> torch.manual_seed(0) and None
+        >>> conv = SpectralConv(4, 4, (4, 4), factorization="tucker", rank=(2, 2, 3, 2))
+        >>> p = probe_spectral_conv(conv)
+        >>> p.frequencies, p.stored_ranks, p.tucker_ranks
+        ([[-2, -1, 0, 1], [0, 1, 2]], (2, 2, 3, 2), (2, 2, 3, 2))
+        >>> w = conv.dense_weight()  # (c_in, c_out, 4, 3)
+        >>> torch.allclose(p.mode_norms, w.abs().pow(2).sum((0, 1)).sqrt())
+        True
     """
 
     frequencies: list[list[int]]
