@@ -53,7 +53,18 @@ EXIT_INTERRUPTED = 130
 
 
 class CommandError(Exception):
-    """A user error found after argument parsing; printed as one line, exit status 2."""
+    """A user error found after argument parsing; printed as one line, exit status 2.
+
+    Example:
+        >>> args = build_parser().parse_args(["reproduce"])  # no ids, no --all
+        >>> try:
+        ...     args.handler(args)
+        ... except CommandError as error:
+        ...     print(type(error).__name__, error)
+        CommandError nothing to run: give experiment ids (e.g. C01), --all or --list
+        >>> main(["reproduce"])  # main prints the message to stderr and exits with status 2
+        2
+    """
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,28 @@ class Command:
         help: one line for ``subspaces --help``.
         configure: adds the subcommand's arguments to its parser.
         handler: runs it and returns the exit status.
+
+    Example:
+        A subcommand is a name, a help line and two functions; :func:`build_parser` wires every
+        entry of :data:`COMMANDS` the same way:
+
+        >>> def configure(parser):
+        ...     parser.add_argument("--name", default="world")
+        >>> def greet(args):
+        ...     print(f"hello {args.name}")
+        ...     return 0
+        >>> hello = Command("hello", "print a greeting", configure, greet)
+        >>> parser = argparse.ArgumentParser(prog="demo")
+        >>> sub = parser.add_subparsers(dest="command")
+        >>> p = sub.add_parser(hello.name, help=hello.help)
+        >>> hello.configure(p)
+        >>> p.set_defaults(handler=hello.handler)
+        >>> args = parser.parse_args(["hello", "--name", "subspaces"])
+        >>> args.handler(args)
+        hello subspaces
+        0
+        >>> "analyze" in [command.name for command in COMMANDS]
+        True
     """
 
     name: str
