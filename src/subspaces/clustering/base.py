@@ -42,6 +42,24 @@ class ClusterEstimator:
     """Base class: parameter handling, ``fit_predict`` and a readable ``repr``.
 
     Subclasses implement ``fit(X) -> self`` setting ``labels_`` (a ``torch.long`` tensor).
+
+    Example:
+        The built-in estimators share this shell, so scikit-learn's ``clone`` works on them:
+
+        >>> from sklearn.base import clone
+        >>> from subspaces.clustering import KSubspaces, clustering_accuracy
+        >>> g = torch.Generator().manual_seed(0)
+        >>> B = [torch.linalg.qr(torch.randn(6, 2, generator=g, dtype=torch.float64))[0]
+        ...      for _ in range(2)]
+        >>> X = torch.cat([torch.randn(30, 2, generator=g, dtype=torch.float64) @ b.T for b in B])
+        >>> est = KSubspaces(2, subspace_dim=2, random_state=0)
+        >>> est
+        KSubspaces(n_clusters=2, subspace_dim=2, n_init=10, max_iter=100, random_state=0)
+        >>> other = clone(est).set_params(random_state=1)
+        >>> other.get_params()["random_state"], est.get_params()["random_state"]
+        (1, 0)
+        >>> clustering_accuracy(torch.arange(60) // 30, other.fit_predict(X))
+        1.0
     """
 
     labels_: Tensor

@@ -272,6 +272,18 @@ class DenoiserFit:
         loss_history: training loss per step of that run.
         final_loss: its loss on a fixed noise draw (the selection criterion).
         final_losses: the final loss of every run.
+
+    Example:
+        >>> import torch
+        >>> g = torch.Generator().manual_seed(0)
+        >>> axis = torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64)
+        >>> X = torch.randn(30, 1, dtype=torch.float64, generator=g) * axis  # a line in R^3
+        >>> fit = train_denoiser(X, 1, 1, steps=80, noise_draws=1, n_init=3, generator=0)
+        >>> len(fit.loss_history), len(fit.final_losses), fit.final_loss == min(fit.final_losses)
+        (80, 3, True)
+        >>> U = fit.denoiser.bases()[0, :, 0].detach()  # the learned line is the y axis
+        >>> abs(float(U[1])) > 0.999
+        True
     """
 
     denoiser: LowRankDenoiser
