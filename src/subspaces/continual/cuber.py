@@ -35,7 +35,23 @@ __all__ = ["Regime", "layer_regimes", "regime", "transfer_basis"]
 
 
 class Regime(enum.IntEnum):
-    """CUBER's three regimes of an old task for one layer."""
+    """CUBER's three regimes of an old task for one layer.
+
+    Example:
+        Tasks in ``TRANSFER`` are released: their directions are removed from the basis the new
+        gradient is projected off.
+
+        >>> m = GPMMemory(0.99).update({"fc": torch.tensor([[1.0], [0.0], [0.0]])})  # task 0: e_1
+        >>> m = m.update({"fc": torch.tensor([[0.0], [1.0], [0.0]])})  # task 1: e_2
+        >>> old = [{"fc": torch.tensor([[2.0, -5.0, 0.0]])},  # last gradients of tasks 0, 1
+        ...        {"fc": torch.tensor([[0.0, 1.0, 0.0]])}]
+        >>> regimes = layer_regimes({"fc": torch.tensor([[1.0, 0.1, 0.0]])}, m, old)
+        >>> regimes
+        {'fc': [<Regime.TRANSFER: 3>, <Regime.INSUFFICIENT: 1>]}
+        >>> transfer = [j for j, r in enumerate(regimes["fc"]) if r == Regime.TRANSFER]
+        >>> transfer, transfer_basis(m, "fc", transfer).abs().flatten().tolist()  # only e_2 left
+        ([0], [0.0, 1.0, 0.0])
+    """
 
     INSUFFICIENT = 1
     """Small projection: the old subspace stays frozen (GPM)."""
