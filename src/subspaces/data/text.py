@@ -302,6 +302,15 @@ class TwoLanguageCorpus(NamedTuple):
         a: text of the first language (Python source, or the Python-like toy language).
         b: text of the second language (C headers, or the C-like toy language).
         names: the two languages' names, e.g. ``("python", "c")``.
+
+    Example:
+        >>> python, c, names = two_language_corpus(300, source="generated", seed=0)
+        >>> names, len(python.encode()), len(c.encode())
+        (('toy_python', 'toy_c'), 300, 300)
+        >>> print(python.splitlines()[0])  # program 0 in both languages
+        def merge_step(width, acc, height):
+        >>> print(c.splitlines()[0])
+        int merge_step(int width, int acc, int height) {
     """
 
     a: str
