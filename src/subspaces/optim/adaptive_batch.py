@@ -72,6 +72,20 @@ def all_reduce_moments(
 
     Returns:
         The pooled ``(n, mean, M2)``.
+
+    Example:
+        In a process group of one rank (in ``torch.distributed`` runs each rank calls it
+        with its own samples) the pooled moments are the rank's own:
+
+        >>> import torch
+        >>> import torch.distributed as dist
+        >>> from subspaces.testing import free_port, init_gloo
+        >>> init_gloo(0, 1, free_port())
+        >>> x = torch.tensor([[1.0, 2.0], [3.0, 6.0], [5.0, 4.0]], dtype=torch.float64)
+        >>> n, mean, m2 = all_reduce_moments(3, x.mean(0), ((x - x.mean(0)) ** 2).sum(0))
+        >>> n, mean.tolist(), (m2 / (n - 1)).tolist()  # the sample variance per column
+        (3, [3.0, 4.0], [4.0, 4.0])
+        >>> dist.destroy_process_group()
     """
     import torch.distributed as dist
 
@@ -95,6 +109,22 @@ class BatchSizeRecord:
         batch_size: the batch size after the test (global under data parallelism).
         required: the test statistic, the batch size the test asked for (may be ``inf``).
         test_samples: per-sample gradients used (pooled over ranks).
+
+    Example:
+        Below the cap, a test that fails grows the batch to the size it asked for:
+
+        >>> import math
+        >>> import torch
+        >>> from subspaces.optim import BatchSizeController
+        >>> torch.manual_seed(0) and None
+        >>> model = torch.nn.Linear(4, 1)
+        >>> ctrl = BatchSizeController(model, torch.nn.functional.mse_loss, initial_batch_size=4,
+        ...                            max_batch_size=4096, eta=0.1, test_interval=1)
+        >>> x = torch.randn(16, 4); y = x.sum(1, keepdim=True) + 3 * torch.randn(16, 1)
+        >>> batch = ctrl.observe(x, y)
+        >>> rec = ctrl.history[-1]
+        >>> rec.step, rec.test_samples, rec.batch_size == batch == math.ceil(rec.required)
+        (0, 16, True)
     """
 
     step: int

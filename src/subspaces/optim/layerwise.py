@@ -123,6 +123,32 @@ class LayerwiseStepper:
 
     Attributes:
         boundaries: number of completed accumulation boundaries (steps of the slowest parameter).
+
+    Example:
+        Four micro-batches with ``accumulation_steps=2`` take the same two steps as ordinary
+        training on the summed gradients (here with a rank-2 projected weight):
+
+        >>> import copy
+        >>> import torch
+        >>> from subspaces.optim import LayerwiseStepper, SubspaceAdamW
+        >>> torch.manual_seed(0) and None
+        >>> a = torch.nn.Linear(8, 4)
+        >>> b = copy.deepcopy(a)
+        >>> opt_a = SubspaceAdamW(a.parameters(), lr=0.1, rank=2)
+        >>> opt_b = SubspaceAdamW(b.parameters(), lr=0.1, rank=2)
+        >>> x = torch.randn(16, 8)
+        >>> with LayerwiseStepper(opt_a, accumulation_steps=2) as stepper:
+        ...     for micro in x.split(4):
+        ...         a(micro).square().mean().backward()
+        >>> for pair in x.split(8):
+        ...     for micro in pair.split(4):
+        ...         b(micro).square().mean().backward()
+        ...     opt_b.step()
+        ...     opt_b.zero_grad()
+        >>> stepper.boundaries, a.weight.grad is None, tuple(opt_a.state[a.weight]["exp_avg"].shape)
+        (2, True, (8, 2))
+        >>> torch.allclose(a.weight, b.weight, atol=1e-6), torch.allclose(a.bias, b.bias, atol=1e-6)
+        (True, True)
     """
 
     def __init__(self, optimizer: _StepsOneParam, accumulation_steps: int = 1) -> None:

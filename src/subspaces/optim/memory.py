@@ -183,6 +183,21 @@ class MemoryReport:
         num_parameters: entries of the model's distinct parameters.
         weight_bytes: bytes of parameters and buffers (:func:`model_bytes`).
         optimizer_state_bytes: bytes of the optimizer state (:func:`optimizer_state_bytes`).
+
+    Example:
+        AdamW keeps two float32 moments per parameter (plus a 4-byte step count per tensor):
+
+        >>> import torch
+        >>> from subspaces.optim import memory_report
+        >>> model = torch.nn.Linear(100, 10, bias=False)
+        >>> opt = torch.optim.AdamW(model.parameters())
+        >>> model(torch.ones(2, 100)).sum().backward(); opt.step()
+        >>> print(memory_report(model, opt))
+                                   bytes        MiB   B/param
+        weights                    4,000       0.00     4.000
+        optimizer state            8,004       0.01     8.004
+        total                     12,004       0.01    12.004
+        parameters: 1,000
     """
 
     num_parameters: int

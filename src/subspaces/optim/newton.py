@@ -80,6 +80,22 @@ class NewtonResult:
         num_evaluations: loss-and-gradient passes over the data.
         dense: per iteration (as ``cg_iterations``), whether the curvature was materialized
             (see ``dense`` of :func:`newton_gr`).
+
+    Example:
+        >>> import torch
+        >>> from subspaces.optim import newton_gr
+        >>> g = torch.Generator().manual_seed(0)
+        >>> X = torch.randn(100, 5, generator=g, dtype=torch.float64)
+        >>> noise = torch.randn(100, generator=g, dtype=torch.float64)
+        >>> y = (X[:, 0] - X[:, 1] + noise > 0).long()
+        >>> model = torch.nn.Linear(5, 2).double()
+        >>> res = newton_gr(model, "cross_entropy", (X, y), curvature="ggn", gtol=1e-9)
+        >>> res.status, len(res.losses) == res.iterations + 1, res.losses[-1] == res.loss
+        ('converged', True, True)
+        >>> res.grad_norm <= 1e-9, torch.equal(res.params["weight"], model.weight.detach())
+        (True, True)
+        >>> all(b < a for a, b in zip(res.lambdas, res.lambdas[1:]))  # the shift shrinks
+        True
     """
 
     params: dict[str, Tensor]

@@ -141,10 +141,30 @@ class Projector(ABC):
     """Chooses an orthonormal basis of the compressed side of a gradient matrix.
 
     Subclasses implement :meth:`select` (a refresh: new state from a gradient) and
-    :meth:`basis` (the ``(b, r)`` basis described by a state). :meth:`project` and
-    :meth:`project_back` multiply by the basis; subclasses may override them with something
-    cheaper. A projector object holds configuration only; everything that must survive a
-    checkpoint is in the state dictionary it returns.
+    ``_build_basis(state, b, dtype)`` (the ``(b, r)`` basis described by a state, which
+    :meth:`basis` caches). :meth:`project` and :meth:`project_back` multiply by the basis;
+    subclasses may override them with something cheaper. A projector object holds
+    configuration only; everything that must survive a checkpoint is in the state dictionary
+    it returns.
+
+    Example:
+        A minimal projector that keeps the first ``r`` columns:
+
+        >>> import torch
+        >>> class FirstColumns(Projector):
+        ...     name = "first"
+        ...     def select(self, G, rank, *, generator=None):
+        ...         return {"rank": torch.tensor(rank)}, None
+        ...     def _build_basis(self, state, b, dtype):
+        ...         return torch.eye(b, dtype=dtype)[:, : int(state["rank"])]
+        >>> p = FirstColumns()
+        >>> G = torch.arange(12.0).reshape(3, 4)
+        >>> state, _ = p.select(G, 2)
+        >>> R = p.project(G, state)  # coordinates (3, 2)
+        >>> R.tolist()
+        [[0.0, 1.0], [4.0, 5.0], [8.0, 9.0]]
+        >>> p.project_back(R, state, 4).tolist()
+        [[0.0, 1.0, 0.0, 0.0], [4.0, 5.0, 0.0, 0.0], [8.0, 9.0, 0.0, 0.0]]
     """
 
     name: ClassVar[str]

@@ -114,7 +114,22 @@ _CHUNK = 16
 
 
 class NonFiniteGradientError(ValueError):
-    """A gradient held NaN or Inf; the optimizer state and the parameters were left unchanged."""
+    """A gradient held NaN or Inf; the optimizer state and the parameters were left unchanged.
+
+    Example:
+        >>> import torch
+        >>> from subspaces.optim import NonFiniteGradientError, SubspaceAdamW
+        >>> w = torch.nn.Parameter(torch.ones(3))
+        >>> opt = SubspaceAdamW([w], lr=0.1)
+        >>> w.grad = torch.tensor([1.0, float("nan"), 0.0])
+        >>> try:
+        ...     opt.step()
+        ... except NonFiniteGradientError as e:
+        ...     print(type(e).__name__, isinstance(e, ValueError))
+        NonFiniteGradientError True
+        >>> w.tolist(), len(opt.state)  # nothing changed
+        ([1.0, 1.0, 1.0], 0)
+    """
 
 
 def _seed_for(seed: int, index: int, step: int) -> int:

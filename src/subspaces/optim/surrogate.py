@@ -40,6 +40,26 @@ class SurrogateStep:
         surrogate: the surrogate's value at the parameters the inner steps ended at (one
             extra forward pass, no backward).
         target_grad_norm: ``||grad_z l(z_t)||``.
+
+    Example:
+        The surrogate equals ``l(z_t)`` where the inner steps start, and they lower it:
+
+        >>> import torch
+        >>> from subspaces.optim import TargetSurrogate
+        >>> _ = torch.manual_seed(0)
+        >>> X, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+        >>> model = torch.nn.Linear(5, 3)
+        >>> z = model(X).detach().requires_grad_()
+        >>> loss = torch.nn.functional.cross_entropy(z, y)
+        >>> loss.backward()
+        >>> sso = TargetSurrogate(model, torch.nn.functional.cross_entropy,
+        ...                       torch.optim.SGD(model.parameters(), lr=0.5),
+        ...                       inner_steps=5, eta=20.0)
+        >>> s = sso.step(X, y)
+        >>> s.loss == loss.item(), abs(s.target_grad_norm - z.grad.norm().item()) < 1e-6
+        (True, True)
+        >>> s.surrogate < s.loss
+        True
     """
 
     loss: float
