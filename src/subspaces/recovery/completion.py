@@ -64,7 +64,23 @@ class CompletionResult:
         history: relative error ``||P_Omega(X - M)||_F / ||P_Omega(M)||_F`` on the revealed
             entries after each iteration.
         iterations: number of iterations run.
-        converged: whether the last entry of ``history`` reached ``tol``.
+        converged: whether the method's stopping test passed within its iteration budget:
+            the last entry of ``history`` reached ``tol`` (:func:`altmin_complete`), or the
+            relative change of the iterate did (:func:`soft_impute`).
+
+    Example:
+        >>> import torch
+        >>> from subspaces.recovery import altmin_complete, low_rank_matrix, sample_entries
+        >>> g = torch.Generator().manual_seed(0)
+        >>> M = low_rank_matrix(60, 50, 2, generator=g)
+        >>> obs = sample_entries(M, 0.4, generator=g)
+        >>> res = altmin_complete(obs, 2, tol=1e-10, generator=g)
+        >>> res.converged, res.history[-1] <= 1e-10, len(res.history) == res.iterations
+        (True, True, True)
+        >>> torch.allclose(res.entries(obs.rows, obs.cols), obs.values, atol=1e-8)
+        True
+        >>> tuple(res.to_dense().shape), M.relative_error(res.U, res.V) < 1e-8
+        ((60, 50), True)
     """
 
     U: Tensor

@@ -106,6 +106,19 @@ class LowRankMatrix:
     Attributes:
         A: ``(m, r)`` left factor.
         B: ``(n, r)`` right factor.
+
+    Example:
+        >>> import torch
+        >>> from subspaces.recovery import LowRankMatrix
+        >>> M = LowRankMatrix(torch.tensor([[1.0], [2.0]]), torch.tensor([[3.0], [4.0], [5.0]]))
+        >>> M.shape, M.rank
+        ((2, 3), 1)
+        >>> M.to_dense().tolist()
+        [[3.0, 4.0, 5.0], [6.0, 8.0, 10.0]]
+        >>> M.entries(torch.tensor([1, 0]), torch.tensor([2, 0])).tolist()  # M[1, 2], M[0, 0]
+        [10.0, 3.0]
+        >>> M.relative_error(2 * M.A, M.B)  # ||2M - M|| / ||M||
+        1.0
     """
 
     A: Tensor

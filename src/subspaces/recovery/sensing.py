@@ -279,6 +279,20 @@ class FactoredResult:
             ``||F G^T - M*||_F / ||M*||_F`` when a target was given, else the relative residual
             ``||A(F G^T) - y|| / ||y||``.
         rebalance_step: the step at which the one-step modification was applied, or ``None``.
+
+    Example:
+        >>> import torch
+        >>> from subspaces.recovery import gaussian_measurements, psd_target, symmetric_gd
+        >>> g = torch.Generator().manual_seed(0)
+        >>> Xs = psd_target(10, 2, generator=g)
+        >>> meas = gaussian_measurements(400, 10, generator=g)
+        >>> M = Xs @ Xs.T
+        >>> res = symmetric_gd(meas, meas.apply(M), 2, steps=500, target=M, generator=g)
+        >>> res.G is res.F, tuple(res.errors.shape), res.rebalance_step
+        (True, (501,), None)
+        >>> err = torch.linalg.matrix_norm(res.estimate - M) / torch.linalg.matrix_norm(M)
+        >>> bool(abs(err - res.errors[-1]) < 1e-12), float(res.errors[-1]) < 1e-8
+        (True, True)
     """
 
     F: Tensor
