@@ -62,6 +62,23 @@ class Scheme:
         n: number of workers.
         jobs: number of jobs ``J``.
         seed: seed of the gradient codes (the same on every process).
+
+    Example:
+        One round of the built-in :class:`GradientCodingScheme` (``n = 3`` workers, ``s = 1``
+        straggler) with scalar stand-ins for the gradients of the job's 3 data parts:
+
+        >>> gc = GradientCodingScheme(3, 1, jobs=1)
+        >>> gc.assignment(0)  # one coded task per worker
+        [[(0, 'gc', 0)], [(0, 'gc', 1)], [(0, 'gc', 2)]]
+        >>> g = [0.5, -2.0, 3.0]  # gradients of the 3 parts; the full gradient is their sum
+        >>> results = {w: sum(c * g[p] for p, c in gc.task_coefficients(w, t).items())
+        ...            for w, tasks in enumerate(gc.assignment(0)) for t in tasks}
+        >>> gc.record(0, np.array([True, False, True]))  # worker 1 straggled
+        >>> gc.decodable(0)
+        True
+        >>> decoded = sum(c * results[w] for _, w, _, c in gc.decoding(0))
+        >>> abs(decoded - sum(g)) < 1e-12
+        True
     """
 
     name = "scheme"

@@ -34,6 +34,15 @@ class SimulationResult:
         waits: rounds in which the master waited for every worker (pattern outside the model).
         round_times: ``(jobs + T,)`` durations of the rounds.
         stragglers: ``(n, jobs + T)`` who was left out.
+
+    Example:
+        >>> from subspaces.distributed.coding import GradientCodingScheme
+        >>> S = np.array([[1.0, 1.0], [1.0, 1.0], [5.0, 1.0]])  # worker 2 slow in round 0
+        >>> res = simulate(GradientCodingScheme(3, 1, jobs=2), S)
+        >>> res.scheme, res.jobs, round(res.load, 4), res.total_time, res.waits
+        ('GC', 2, 0.6667, 6.0, 0)
+        >>> res.round_times.tolist(), res.stragglers[:, 0].tolist()  # round 0 ends at 2 x 2
+        ([4.0, 2.0], [False, False, True])
     """
 
     scheme: str

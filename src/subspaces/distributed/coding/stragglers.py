@@ -54,6 +54,18 @@ class StragglerModel:
     Attributes:
         slowdown: factor by which a straggler is slower (``> 1``).
         jitter: scale of the multiplicative ``|N(0, 1)|`` noise on every worker (``>= 0``).
+
+    Example:
+        A model only says who straggles when; :meth:`sample` applies ``slowdown`` and jitter:
+
+        >>> @dataclass(frozen=True)
+        ... class FirstWorkerSlow(StragglerModel):
+        ...     def straggling(self, n, rounds, rng):
+        ...         out = np.zeros((n, rounds), dtype=bool)
+        ...         out[0] = True
+        ...         return out
+        >>> FirstWorkerSlow(slowdown=3.0, jitter=0.0).sample(3, 2).tolist()
+        [[3.0, 3.0], [1.0, 1.0], [1.0, 1.0]]
     """
 
     slowdown: float = 5.0
