@@ -483,6 +483,19 @@ class ErrorCurves:
         times: ``(T,)`` float64 flow times or step counts (``inf`` = converged).
         train: ``(T,)`` float64 training MSE ``||y - X w_t||^2 / P``.
         test: ``(T,)`` float64 generalization error ``||w_t - w*||^2 + sigma_eps^2``.
+
+    Example:
+        At ``alpha = P / N = 1`` with label noise the training error goes to 0 while the test
+        error blows up: early stopping wins.
+
+        >>> g = torch.Generator().manual_seed(0)
+        >>> p = student_teacher(40, 40, noise_std=0.5, generator=g)
+        >>> c = error_curves(p, [0.0, 1.0, 3.0, 10.0, 30.0, 100.0, math.inf])
+        >>> float(c.train[-1]) < 1e-20, float(c.test[-1]) > 1000
+        (True, True)
+        >>> t, err = c.optimal_stopping()
+        >>> t, round(err, 4)
+        (3.0, 0.5992)
     """
 
     times: Tensor
