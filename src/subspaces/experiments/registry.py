@@ -163,6 +163,16 @@ class Experiment:
         criterion: the measured condition that decides pass or fail.
         run: ``run(fast, seed) -> ExperimentResult``.
         slow: whether the full (not ``fast``) setting takes more than a few minutes.
+
+    Example:
+        >>> def run(fast: bool, seed: int) -> ExperimentResult:
+        ...     error = abs(sum(1 / 2**k for k in range(60)) - 2.0)
+        ...     return ExperimentResult({"error": error}, passed=error < 1e-12)
+        >>> with temporarily_registered("X96", run, claim="the geometric series sums to 2") as e:
+        ...     print(e.id, e.paper, e.slow, "|", e.claim)
+        ...     print(e.run(True, 0).passed)
+        X96 core False | the geometric series sums to 2
+        True
     """
 
     id: str
@@ -308,7 +318,15 @@ def temporarily_registered(
 
 
 class UnknownExperimentError(KeyError):
-    """An experiment id that is not registered; the message lists the known ids."""
+    """An experiment id that is not registered; the message lists the known ids.
+
+    Example:
+        >>> try:
+        ...     get("Z99")
+        ... except UnknownExperimentError as error:
+        ...     print(type(error).__name__, isinstance(error, KeyError), str(error).split(";")[0])
+        UnknownExperimentError True unknown experiment id 'Z99'
+    """
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
