@@ -35,6 +35,20 @@ class SPDMeanResult:
             from the mean to ``X_i``, whose weighted sum is ``I`` exactly at the barycenter) for
             the BW barycenter (of the deformed matrices, for GBW).
         tol: the tolerance it was compared with.
+
+    Example:
+        The affine-invariant mean of two matrices is their geometric mean ``M = A # B``, the
+        SPD solution of ``M A^{-1} M = B``:
+
+        >>> from subspaces.geometry.spd_ai import ai_karcher_mean
+        >>> A = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+        >>> B = torch.tensor([[3.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+        >>> res = ai_karcher_mean(torch.stack([A, B]), return_info=True)
+        >>> res.converged, res.residual <= res.tol, res.tol
+        (True, True, 1e-12)
+        >>> M = res.mean
+        >>> bool(torch.allclose(M @ torch.linalg.solve(A, M), B, atol=1e-12))
+        True
     """
 
     mean: Tensor
