@@ -52,6 +52,25 @@ class AttentionPathResult:
             spectral for ``"nuclear"``). It is 0 exactly when ``-g`` lies in the normal cone
             of the ball at ``W`` (``W`` on the sphere and ``-g`` attaining the dual norm).
         norm_type: ``"fro"`` or ``"nuclear"``.
+
+    Example:
+        Each solution lies on its sphere, at a certified stationary point, and a larger radius
+        lowers the excess loss:
+
+        >>> import torch
+        >>> from subspaces.representations import (
+        ...     attention_regularization_path, attention_svm, make_attention_data)
+        >>> data = make_attention_data(2, 3, 6, generator=torch.Generator().manual_seed(0))
+        >>> X, Z, y, v = data["X"], data["Z"], data["y"], data["v"]
+        >>> R = attention_svm(X, Z, data["alpha"]).norm
+        >>> path = attention_regularization_path(X, Z, y, v, [R, 20 * R])
+        >>> [round(float(torch.linalg.matrix_norm(W)) / r, 6) for W, r in
+        ...  zip(path.solutions, path.radii)]
+        [1.0, 1.0]
+        >>> all(path.converged), max(path.kkt_residual) < 1e-6, path.norm_type
+        (True, True, 'fro')
+        >>> path.excess_loss[1] < path.excess_loss[0]
+        True
     """
 
     radii: list[float]

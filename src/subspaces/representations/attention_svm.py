@@ -116,6 +116,23 @@ class AttentionSVMResult:
         gap: relative duality gap ``(norm - dual_value) / norm`` (a certificate of optimality).
         iterations: SLSQP runs used for ``"nuclear"`` (1 for the Frobenius norm, solved by NNLS).
         norm_type: ``"fro"`` or ``"nuclear"``.
+
+    Example:
+        Every non-selected token is separated by a margin of at least 1, with equality on the
+        support tokens, and the duality gap certifies the minimal norm:
+
+        >>> import torch
+        >>> from subspaces.representations import attention_svm, make_attention_data
+        >>> data = make_attention_data(2, 3, 6, generator=torch.Generator().manual_seed(0))
+        >>> sol = attention_svm(data["X"], data["Z"], data["alpha"])
+        >>> others = torch.ones(2, 3, dtype=torch.bool)
+        >>> others[torch.arange(2), data["alpha"]] = False
+        >>> bool((sol.margins[others] >= 1 - 1e-9).all())
+        True
+        >>> bool(torch.allclose(sol.margins[sol.support], torch.ones(()).double()))
+        True
+        >>> sol.gap < 1e-9, abs(sol.norm - float(torch.linalg.matrix_norm(sol.W))) < 1e-9
+        (True, True)
     """
 
     W: Tensor
@@ -143,6 +160,17 @@ class AttentionGDResult:
         stopped_early: whether the gradient vanished (underflow) before ``steps`` iterations.
         K: final keys ``(d, r)`` (``None`` for the ``"W"`` parameterization).
         Q: final queries ``(d, r)`` (``None`` for the ``"W"`` parameterization).
+
+    Example:
+        >>> import torch
+        >>> from subspaces.representations import attention_gd, make_attention_data
+        >>> data = make_attention_data(4, 3, 8, generator=torch.Generator().manual_seed(0))
+        >>> X, Z, y, v = data["X"], data["Z"], data["y"], data["v"]
+        >>> gd = attention_gd(X, Z, y, v, steps=100, record_every=25)
+        >>> gd.steps, tuple(gd.checkpoints.shape), torch.equal(gd.checkpoints[-1], gd.W)
+        ([25, 50, 75, 100], (4, 8, 8), True)
+        >>> gd.loss[-1] < gd.loss[0], torch.equal(gd.selected, data["alpha"]), gd.K is None
+        (True, True, True)
     """
 
     W: Tensor

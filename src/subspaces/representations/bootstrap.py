@@ -15,7 +15,18 @@ __all__ = ["BootstrapResult", "bootstrap_ci"]
 
 
 class BootstrapResult(NamedTuple):
-    """``(estimate, low, high)`` from :func:`bootstrap_ci`."""
+    """``(estimate, low, high)`` from :func:`bootstrap_ci`.
+
+    Example:
+        >>> import torch
+        >>> from subspaces.representations import bootstrap_ci, linear_cka
+        >>> g = torch.Generator().manual_seed(0)
+        >>> X = torch.randn(80, 4, generator=g, dtype=torch.float64)
+        >>> Y = X + 0.5 * torch.randn(80, 4, generator=g, dtype=torch.float64)
+        >>> ci = bootstrap_ci(linear_cka, X, Y, num_samples=50, generator=g)
+        >>> ci.estimate == float(linear_cka(X, Y)), ci.low < ci.estimate < ci.high
+        (True, True)
+    """
 
     estimate: float
     low: float

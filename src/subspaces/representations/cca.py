@@ -22,6 +22,25 @@ class CCAResult:
         correlations: the canonical correlations, descending, in ``[0, 1]``.
         weights: the PWCCA weights of each correlation (summing to 1), or ``None`` for SVCCA.
         dims: the number of directions kept for ``X`` and ``Y``.
+
+    Example:
+        ``Y`` holds two mixtures of ``X``'s first two units and two unrelated units: two
+        canonical correlations are 1.
+
+        >>> import torch
+        >>> from subspaces.representations import pwcca, svcca
+        >>> g = torch.Generator().manual_seed(0)
+        >>> X = torch.randn(200, 4, generator=g, dtype=torch.float64)
+        >>> mix = torch.tensor([[1.0, 2.0], [0.5, -1.0]], dtype=torch.float64)
+        >>> Y = torch.cat([X[:, :2] @ mix, torch.randn(200, 2, generator=g).double()], 1)
+        >>> res = svcca(X, Y, keep=1.0)
+        >>> res.dims, [round(c, 6) for c in res.correlations[:2].tolist()], res.weights
+        ((4, 4), [1.0, 1.0], None)
+        >>> float(res) == res.mean == float(res.correlations.mean())
+        True
+        >>> w = pwcca(X, Y).weights
+        >>> abs(float(w.sum()) - 1) < 1e-12
+        True
     """
 
     mean: float

@@ -98,6 +98,16 @@ class UnitMatching:
         cols: index of the unit of net B matched to each of ``rows``.
         correlations: ``corr[rows, cols]``.
         method: ``"bipartite"`` or ``"semi"``.
+
+    Example:
+        >>> import torch
+        >>> from subspaces.representations import match_units
+        >>> corr = torch.tensor([[0.1, 0.9, 0.0], [0.2, 0.8, 0.7], [0.95, 0.1, 0.3]])
+        >>> m = match_units(corr)  # one-to-one: unit 1 of A takes B's unit 2
+        >>> m.rows.tolist(), m.cols.tolist(), m.method
+        ([0, 1, 2], [1, 2, 0], 'bipartite')
+        >>> round(m.mean, 4), round(m.fraction_above(0.8), 4)
+        (0.85, 0.6667)
     """
 
     rows: Tensor
@@ -173,6 +183,19 @@ class SparsePredictionResult:
             with at most ``k`` non-zero weights (column 0 is 0; with ``refit`` column 1 is the
             exact best single-unit R^2, the largest squared correlation).
         target_r2: the target.
+
+    Example:
+        B's first unit mixes two units of A, its second copies one:
+
+        >>> import torch
+        >>> from subspaces.representations import sparse_prediction
+        >>> X = torch.randn(200, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        >>> B = torch.cat([X[:, [1]] - 2 * X[:, [4]], X[:, [0]]], dim=1)
+        >>> res = sparse_prediction(X, B, target_r2=0.99)
+        >>> res.num_units.tolist(), [s.tolist() for s in res.supports], res.fraction_reached
+        ([2, 1], [[1, 4], [0]], 1.0)
+        >>> bool((res.r2 >= 0.99).all()), res.r2_by_units[:, 0].tolist()
+        (True, [0.0, 0.0])
     """
 
     num_units: Tensor
@@ -306,6 +329,22 @@ class UnitClusters:
         composition: ``(num_clusters, 2)``: units of A and of B in each cluster.
         mean_cross_correlation: ``(num_clusters,)`` mean absolute correlation between the A
             units and the B units of each cluster (0 where a side is empty).
+
+    Example:
+        Two latent features, each carried by units of both nets:
+
+        >>> import torch
+        >>> from subspaces.representations import cluster_units
+        >>> g = torch.Generator().manual_seed(0)
+        >>> Z = torch.randn(300, 2, generator=g, dtype=torch.float64)
+        >>> X = Z[:, [0, 0, 1]] + 0.1 * torch.randn(300, 3, generator=g, dtype=torch.float64)
+        >>> Y = Z[:, [1, 0, 1]] + 0.1 * torch.randn(300, 3, generator=g, dtype=torch.float64)
+        >>> res = cluster_units(X, Y, 2)
+        >>> a, b = res.labels_a.tolist(), res.labels_b.tolist()
+        >>> a[0] == a[1] == b[1], a[2] == b[0] == b[2], a[0] != a[2], res.fraction_mixed
+        (True, True, True, 1.0)
+        >>> bool((res.mean_cross_correlation > 0.9).all())
+        True
     """
 
     labels_a: Tensor

@@ -26,6 +26,23 @@ class SubspaceSimilarityResult:
             ``||Q_x^T Q_y||_F^2 / min(k_x, k_y)``), in ``[0, 1]``.
         subspace_x: the top-``k_x`` principal subspace of ``X``, in ``R^N``.
         subspace_y: the top-``k_y`` principal subspace of ``Y``, in ``R^N``.
+
+    Example:
+        Two representations sharing one of their two principal directions (orthogonal,
+        centred columns): one angle is 0, the other a right angle.
+
+        >>> import math
+        >>> import torch
+        >>> from subspaces.representations import subspace_similarity
+        >>> Q = torch.randn(60, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        >>> Q, _ = torch.linalg.qr(Q - Q.mean(0))
+        >>> X = torch.stack([3 * Q[:, 0], Q[:, 1]], 1)
+        >>> Y = torch.stack([2 * Q[:, 0], Q[:, 2]], 1)
+        >>> res = subspace_similarity(X, Y, 2)
+        >>> [round(a / (math.pi / 2), 6) for a in res.angles.tolist()], round(float(res), 6)
+        ([0.0, 1.0], 0.5)
+        >>> res.subspace_x.dim, res.subspace_y.dim
+        (2, 2)
     """
 
     angles: Tensor
