@@ -72,6 +72,22 @@ class PointTask:
         batch_size: minibatch size.
         optimizer: ``"adam"`` or ``"sgd"``.
         baseline_lr: learning rate of the full-model baseline.
+
+    Example:
+        >>> y = torch.arange(64) % 2
+        >>> X = torch.randn(64, 5, generator=torch.Generator().manual_seed(0))
+        >>> X[:, 0] += 3 * (2 * y - 1)  # separable
+        >>> def make_model():
+        ...     torch.manual_seed(0)
+        ...     return nn.Linear(5, 2)  # D = 12 parameters
+        >>> task = PointTask(make_model, nn.functional.cross_entropy, (X, y), None, "dense",
+        ...                  seed=0, epochs=3, lr=0.1, batch_size=32, optimizer="adam",
+        ...                  baseline_lr=0.1)
+        >>> point = run_point(task, 2)  # train z in a random 2-dimensional subspace
+        >>> sorted(point), point["d"]
+        (['accuracy', 'd', 'loss', 'seconds'], 2)
+        >>> run_point(task, None)["accuracy"]  # d=None: the full-model baseline
+        1.0
     """
 
     make_model: Callable[[], nn.Module]
@@ -146,6 +162,25 @@ class PointRunner:
 
     Args:
         task: the search's settings.
+
+    Example:
+        >>> y = torch.arange(64) % 2
+        >>> X = torch.randn(64, 5, generator=torch.Generator().manual_seed(0))
+        >>> X[:, 0] += 3 * (2 * y - 1)  # separable
+        >>> def make_model():
+        ...     torch.manual_seed(0)
+        ...     return nn.Linear(5, 2)  # D = 12 parameters
+        >>> task = PointTask(make_model, nn.functional.cross_entropy, (X, y), None, "dense",
+        ...                  seed=0, epochs=3, lr=0.1, batch_size=32, optimizer="adam",
+        ...                  baseline_lr=0.1)
+        >>> runner = PointRunner(task)  # the in-process runner: trains on submit
+        >>> runner.submit("2", 2)
+        >>> runner.submit("baseline", None)
+        >>> runner.in_flight
+        2
+        >>> [(key, point["d"]) for key, point in runner.wait()], runner.in_flight
+        ([('2', 2), ('baseline', 12)], 0)
+        >>> runner.close()
     """
 
     workers = 1

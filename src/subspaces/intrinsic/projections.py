@@ -100,6 +100,20 @@ class Projection:
     Raises:
         TypeError: for non-integer sizes or seed, or a dtype that is not floating.
         ValueError: if ``d < 1``, ``D < 1`` or ``d > D``.
+
+    Example:
+        A subclass implements ``_matmat`` on ``(d, b)`` blocks; the base class checks inputs
+        and provides ``__call__``, :meth:`to_dense` and ``repr``:
+
+        >>> class FirstCoordinates(Projection):
+        ...     kind = "first"
+        ...     def _matmat(self, z):
+        ...         return torch.cat([z, z.new_zeros(self.D - self.d, z.shape[1])])
+        >>> P = FirstCoordinates(2, 4)
+        >>> P(torch.tensor([1.0, 2.0])), P(torch.ones(2, 3)).shape
+        (tensor([1., 2., 0., 0.]), torch.Size([4, 3]))
+        >>> P.to_dense().T.tolist(), P
+        ([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]], FirstCoordinates(d=2, D=4, seed=0))
     """
 
     kind = "base"

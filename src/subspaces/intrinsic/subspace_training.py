@@ -69,6 +69,23 @@ class SubspaceTrainingResult:
         history: per epoch, ``loss`` (mean training minibatch loss) and ``accuracy`` (training
             accuracy at the end of the epoch, ``nan`` when the outputs are not class scores).
         seconds: wall-clock time of the training.
+
+    Example:
+        >>> y = torch.arange(128) % 2
+        >>> X = torch.randn(128, 5, generator=torch.Generator().manual_seed(0))
+        >>> X[:, 0] += 3 * (2 * y - 1)  # separable along the first coordinate
+        >>> torch.manual_seed(0) and None
+        >>> model = nn.Linear(5, 2)
+        >>> res = train_in_subspace(model, nn.functional.cross_entropy, (X, y), 2, epochs=3,
+        ...                         lr=0.1, seed=5)
+        >>> res.d, res.D, res.projection, len(res.history["loss"])
+        (2, 12, DenseProjection(d=2, D=12, seed=5), 3)
+        >>> # (kind, d, D, seed) rebuild P, so z alone stores the trained model
+        >>> P = make_projection(res.projection.kind, res.d, res.D, res.projection_seed)
+        >>> torch.equal(P.to_dense(), res.projection.to_dense())
+        True
+        >>> evaluate(model, res.z, P, (X, y))["accuracy"] == res.history["accuracy"][-1]
+        True
     """
 
     z: Tensor
@@ -302,6 +319,19 @@ class IntrinsicDimensionResult:
         bracket: ``(largest failing d, smallest passing d)``; either may be ``None``.
         num_trained: trainings run by this call (points reloaded from the checkpoint excluded;
             the baseline counts as one).
+
+    Example:
+        >>> y = torch.arange(128) % 2
+        >>> X = torch.randn(128, 5, generator=torch.Generator().manual_seed(0))
+        >>> X[:, 0] += 3 * (2 * y - 1)  # separable along the first coordinate
+        >>> def make_model():
+        ...     torch.manual_seed(0)
+        ...     return nn.Linear(5, 2)
+        >>> r = d_int90_search(make_model, (X, y), dims=[1, 12], epochs=5, lr=0.1)
+        >>> r.baseline_accuracy, r.target, r.d_int90, r.bracket, r.num_trained
+        (1.0, 0.9, 1, (None, 1), 2)
+        >>> [p["d"] for p in r.points], r.points[0]["accuracy"] >= r.target
+        ([1], True)
     """
 
     d_int90: int | None
