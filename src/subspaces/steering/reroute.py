@@ -68,6 +68,25 @@ class RerouteTarget:
     Raises:
         ValueError: unless exactly one kind of target is given, or for a missing
             ``target_class``.
+
+    Example:
+        Entering the span of ``e_0`` in ``R^3``: the loss is the share of ``||h||^2`` outside it.
+
+        >>> import torch
+        >>> from subspaces.steering import RerouteTarget
+        >>> t = RerouteTarget("transformer.h.0", subspace=torch.eye(3)[:, :1], tol=0.1)
+        >>> h = torch.tensor([[3.0, 4.0, 0.0], [1.0, 0.0, 0.1]])
+        >>> [round(x, 6) for x in t.loss(h).tolist()], t.satisfied(h).tolist()
+        ([0.64, 0.009901], [False, True])
+        >>> d = RerouteTarget("transformer.h.0", direction=torch.tensor([1.0, 0.0, 0.0]),
+        ...                   target_cos=0.6)
+        >>> [round(x, 6) for x in d.loss(h).tolist()]  # (0.6 - cos)^2
+        [0.0, 0.156054]
+        >>> try:
+        ...     RerouteTarget("transformer.h.0")
+        ... except ValueError as e:
+        ...     print(e)
+        give exactly one of probe, direction or subspace
     """
 
     site: Site | str
@@ -160,6 +179,28 @@ class SearchResult:
         losses: the loss after each step.
         history: the current optimized tokens after each step.
         times: cumulative search seconds after each step.
+
+    Example:
+        >>> import torch
+        >>> from subspaces.steering import RerouteTarget, SubspaceRerouting
+        >>> from subspaces.testing.tiny_lm import tiny_causal_lm
+        >>> model = tiny_causal_lm("gpt2", vocab_size=12, hidden=16, layers=3, heads=2)
+        >>> direction = torch.randn(16, generator=torch.Generator().manual_seed(0))
+        >>> target = RerouteTarget("transformer.h.0", direction=direction, target_cos=0.5)
+        >>> ssr = SubspaceRerouting(model, target, n_steps=5, search_width=16,
+        ...                         generator=torch.Generator().manual_seed(0))
+        >>> prefix, init = torch.tensor([1, 2]), torch.tensor([3, 3, 3])
+        >>> res = ssr.run(prefix, init)  # no suffix: the last optimized token is read
+        >>> torch.equal(res.input_ids, torch.cat([prefix, res.tokens]))
+        True
+        >>> abs(res.loss - ssr.loss(res.input_ids)) < 1e-6, res.loss <= min(res.losses)
+        (True, True)
+        >>> res.loss < ssr.loss(torch.cat([prefix, init]))
+        True
+        >>> len(res.losses) == len(res.history) == len(res.times) == res.steps
+        True
+        >>> res.success, res.success_step == res.steps  # early stop at the first success
+        (True, True)
     """
 
     tokens: Tensor

@@ -277,6 +277,37 @@ class SteeringHandle:
     Attributes:
         interventions: the interventions, with their sites resolved to :class:`Site`.
         sites: the resolved sites, one per intervention.
+
+    Example:
+        With ``positions="new"`` the prompt (the first call's tokens) is left alone and only the
+        tokens after it are steered, also when the sequence is recomputed in full:
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from subspaces.steering import Intervention, steer
+        >>> class LM(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.embed = nn.Embedding(5, 2)
+        ...         self.layers = nn.ModuleList([nn.Linear(2, 2) for _ in range(2)])
+        ...     def forward(self, input_ids):
+        ...         h = self.embed(input_ids)
+        ...         for layer in self.layers:
+        ...             h = layer(h)
+        ...         return h
+        >>> model, prompt, longer = LM(), torch.tensor([[1, 2, 3]]), torch.tensor([[1, 2, 3, 4]])
+        >>> before = model(longer).detach()
+        >>> iv = Intervention("layers.1", torch.tensor([1.0, -1.0]), alpha=2.0, positions="new")
+        >>> with steer(model, iv) as handle:
+        ...     _ = model(prompt)
+        ...     after = model(longer).detach()
+        ...     length = handle.prompt_length
+        ...     handle.reset()  # the next cache-free call starts a new prompt
+        ...     _ = model(longer)
+        >>> [s.name for s in handle.sites], length, handle.prompt_length
+        (['layers.1'], 3, 4)
+        >>> (after - before).tolist()
+        [[[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [2.0, -2.0]]]
     """
 
     def __init__(self, interventions: list[Intervention], sites: list[Site], state: _CallState):
