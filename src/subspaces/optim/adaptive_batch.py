@@ -80,7 +80,7 @@ def all_reduce_moments(
         >>> import torch
         >>> import torch.distributed as dist
         >>> from subspaces.testing import free_port, init_gloo
-        >>> init_gloo(0, 1, free_port())
+        >>> init_gloo(0, 1, free_port(), threads=None)
         >>> x = torch.tensor([[1.0, 2.0], [3.0, 6.0], [5.0, 4.0]], dtype=torch.float64)
         >>> n, mean, m2 = all_reduce_moments(3, x.mean(0), ((x - x.mean(0)) ** 2).sum(0))
         >>> n, mean.tolist(), (m2 / (n - 1)).tolist()  # the sample variance per column

@@ -32,11 +32,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def init_gloo(rank: int, world: int, port: int, timeout_s: float = 60.0) -> None:
+def init_gloo(
+    rank: int, world: int, port: int, timeout_s: float = 60.0, threads: int | None = 1
+) -> None:
     """Join a gloo process group of ``world`` local processes as ``rank`` (one thread each).
 
-    Sets ``MASTER_ADDR``/``MASTER_PORT``, limits torch to one thread (the ranks share the
-    machine's cores) and imports what would otherwise keep the group alive after
+    Sets ``MASTER_ADDR``/``MASTER_PORT``, limits torch to ``threads`` threads (the ranks share
+    the machine's cores) and imports what would otherwise keep the group alive after
     ``destroy_process_group`` (:func:`subspaces._distributed.import_before_process_group`), so
     a worker that destroys its group exits cleanly.
 
@@ -45,10 +47,11 @@ def init_gloo(rank: int, world: int, port: int, timeout_s: float = 60.0) -> None
         world: the number of processes.
         port: the rendezvous port on ``127.0.0.1`` (one :func:`free_port` shared by all ranks).
         timeout_s: seconds a collective waits for a lost rank.
+        threads: torch's intra-op threads in this process (``None``: leave torch's setting).
 
     Example:
         >>> import torch.distributed as dist
-        >>> init_gloo(0, 1, free_port())
+        >>> init_gloo(0, 1, free_port(), threads=None)  # a group of one, in this process
         >>> dist.get_world_size()
         1
         >>> dist.destroy_process_group()
@@ -57,7 +60,8 @@ def init_gloo(rank: int, world: int, port: int, timeout_s: float = 60.0) -> None
 
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
+    if threads is not None:
+        torch.set_num_threads(threads)
     import_before_process_group()
     dist.init_process_group(
         "gloo", rank=rank, world_size=world, timeout=dt.timedelta(seconds=timeout_s)
