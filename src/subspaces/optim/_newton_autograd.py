@@ -37,6 +37,60 @@ def _split(v: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
     return out
 
 
+def closure_grads(
+    kind: str,
+    loss: Tensor,
+    params: Sequence[Tensor],
+    outputs: Tensor | None,
+    create_graph: bool,
+) -> tuple[Tensor | None, ...]:
+    """The gradients of a closure's ``loss`` (``None`` for unused parameters), graph kept.
+
+    The first step of both curvature builders (:func:`closure_curvature` and the dense
+    ``closure_matrix``): the GGN and the Fisher need ``outputs``, and a closure that already
+    called ``backward()`` has freed the graph.
+
+    Args:
+        kind: ``"hessian"``, ``"ggn"`` or ``"empirical_fisher"``.
+        loss: a scalar with a graph to ``params``.
+        params: the parameters.
+        outputs: the model outputs (needed unless ``kind == "hessian"``).
+        create_graph: differentiate the gradients again (the Hessian's rows).
+
+    Returns:
+        One gradient per parameter.
+
+    Raises:
+        ValueError: if ``outputs`` is needed and absent, or the graph is gone.
+
+    Example:
+        >>> w = torch.tensor([1.0, 2.0], requires_grad=True)
+        >>> [g.tolist() for g in closure_grads("hessian", (w**3).sum(), [w], None, True)]
+        [[3.0, 12.0]]
+        >>> loss = (w**3).sum()
+        >>> loss.backward()  # a closure's mistake: the graph is freed
+        >>> try:
+        ...     closure_grads("hessian", loss, [w], None, True)
+        ... except ValueError as err:
+        ...     print(str(err)[:62])
+        NewtonGR differentiates the closure's loss itself: the closure
+    """
+    if kind != "hessian" and outputs is None:
+        raise ValueError(
+            f"curvature={kind!r} needs the closure to return (loss, outputs), the model "
+            "outputs the loss was computed from"
+        )
+    try:
+        return torch.autograd.grad(
+            loss, params, create_graph=create_graph, retain_graph=True, allow_unused=True
+        )
+    except RuntimeError as err:
+        raise ValueError(
+            "NewtonGR differentiates the closure's loss itself: the closure must return the "
+            f"loss without calling backward() ({err})"
+        ) from None
+
+
 def closure_curvature(
     kind: str, loss: Tensor, params: Sequence[Tensor], outputs: Tensor | None
 ) -> tuple[Tensor, MatmatOperator]:
@@ -57,21 +111,7 @@ def closure_curvature(
     """
     n = sum(p.numel() for p in params)
     dtype, device = params[0].dtype, params[0].device
-    try:
-        if kind == "hessian":
-            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-        else:
-            if outputs is None:
-                raise ValueError(
-                    f"curvature={kind!r} needs the closure to return (loss, outputs), the model "
-                    "outputs the loss was computed from"
-                )
-            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    except RuntimeError as err:
-        raise ValueError(
-            "NewtonGR differentiates the closure's loss itself: the closure must return the "
-            f"loss without calling backward() ({err})"
-        ) from None
+    grads = closure_grads(kind, loss, params, outputs, create_graph=(kind == "hessian"))
     g = _flat([None if t is None else t.detach() for t in grads], params)
 
     if kind == "hessian":

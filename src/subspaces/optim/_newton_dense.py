@@ -27,6 +27,7 @@ from ..curvature import CurvatureOperator, GGNOperator
 from ..curvature._model import Batch, FunctionalModel, check_loss_finite
 from ..linops import LinearOperator
 from ..linops.structured import Dense
+from ._newton_autograd import closure_grads
 
 DENSE_BLOCK = 64  # identity columns per vmap'd product (measured fastest on P09's problems)
 _JACOBIAN_ENTRIES = 2**23  # entries of J (and of H_L J) held at once per batch: 64 MiB in float64
@@ -232,18 +233,7 @@ def closure_matrix(
         Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation 1994.
     """
     n = sum(p.numel() for p in params)
-    if kind != "hessian" and outputs is None:
-        raise ValueError(
-            f"curvature={kind!r} needs the closure to return (loss, outputs), the model "
-            "outputs the loss was computed from"
-        )
-    try:
-        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-    except RuntimeError as err:
-        raise ValueError(
-            "NewtonGR differentiates the closure's loss itself: the closure must return the "
-            f"loss without calling backward() ({err})"
-        ) from None
+    grads = closure_grads(kind, loss, params, outputs, create_graph=True)
     g = _stack_grads([None if t is None else t.detach() for t in grads], params, 1)[0]
     if not bool(torch.isfinite(g).all()):
         raise ValueError("the gradient of the closure's loss is not finite")
